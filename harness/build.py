@@ -1,0 +1,114 @@
+"""Stage 4 (build): the kernel image, its uapi headers and the iommufd selftests.
+
+Everything is built out of tree in the build dir.  A build stamp records what
+was built from which tree generation and config, so a re-run with nothing
+changed does not even start make.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness import elfinfo, proc
+from harness.errors import BuildError
+from harness.toolchain import Toolchain
+
+STAMP = ".harness-build.json"
+SELFTESTS = ("iommufd", "iommufd_fail_nth")
+
+
+@dataclass(frozen=True)
+class BuildRequest:
+    tree: Path
+    build_dir: Path
+    toolchain: Toolchain
+    config_sha256: str
+    tree_generation: str  # changes whenever the working copy changes
+    timeout: float = 3600.0
+
+
+@dataclass(frozen=True)
+class KernelBuild:
+    image: Path  # bzImage / Image
+    vmlinux: Path
+    build_id: str
+    headers: Path  # <build>/usr/include
+    selftests: dict[str, Path]  # binary name -> path
+    rebuilt: bool
+
+
+def _first_error(log: Path) -> str | None:
+    try:
+        text = log.read_text(errors="replace")
+    except OSError:
+        return None
+    pat = re.compile(r"^(\S+?:\d+(?::\d+)?): (?:fatal )?error: (.*)$", re.M)
+    m = pat.search(text)
+    if m:
+        return f"{m.group(1)}: {m.group(2)}"
+    m = re.search(r"^.*(?:undefined reference to|No rule to make target|\*\*\*).*$", text, re.M)
+    return m.group(0).strip() if m else None
+
+
+def _make(argv, req: BuildRequest, log: Path, what: str) -> None:
+    res = proc.run(argv, timeout=req.timeout, log=log, keep_output=False)
+    if res.timed_out or res.returncode != 0:
+        first = _first_error(log)
+        why = f"timed out after {req.timeout:.0f} s" if res.timed_out else "failed"
+        raise BuildError(f"{what} {why}" + (f": {first}" if first else ""),
+                         "see the log for the full compiler output", log=str(log))
+
+
+def _stamp_key(req: BuildRequest) -> str:
+    blob = json.dumps([req.config_sha256, req.tree_generation, req.toolchain.arch,
+                       req.toolchain.cross_compile, SELFTESTS])
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def build(req: BuildRequest, log: Path) -> KernelBuild:
+    tc = req.toolchain
+    tc.check()
+    proc.require_tool("make")
+    image = req.build_dir / tc.image_path
+    vmlinux = req.build_dir / "vmlinux"
+    headers = req.build_dir / "usr/include"
+    st_out = req.build_dir / "kselftest/iommu"
+    selftests = {name: st_out / name for name in SELFTESTS}
+    outputs = [image, vmlinux, headers, *selftests.values()]
+    stamp = req.build_dir / STAMP
+    key = _stamp_key(req)
+    rebuilt = False
+    if not (_stamp_matches(stamp, key) and all(p.exists() for p in outputs)):
+        stamp.unlink(missing_ok=True)
+        mk = tc.make_argv(req.tree, req.build_dir, jobs=True)
+        _make(mk + [tc.image_target], req, log, f"kernel build (make {tc.image_target})")
+        _make(mk + ["headers"], req, log, "make headers")
+        st_argv = ["make", "-C", str(req.tree / "tools/testing/selftests/iommu"),
+                   f"ARCH={tc.kernel_arch}", f"OUTPUT={st_out}",
+                   f"KHDR_INCLUDES=-isystem {headers}", "LDFLAGS=-static",
+                   f"-j{tc.jobs or 2}"]
+        if tc.cross_compile:
+            st_argv.append(f"CROSS_COMPILE={tc.cross_compile}")
+        st_out.mkdir(parents=True, exist_ok=True)
+        _make(st_argv, req, log, "iommufd selftests build")
+        missing = [str(p) for p in outputs if not p.exists()]
+        if missing:
+            raise BuildError(f"the build finished but did not produce {', '.join(missing)}", log=str(log))
+        rebuilt = True
+    for name, path in selftests.items():
+        elfinfo.check_binary(path, tc.elf_machine, static=True, what=f"selftest {name}")
+    build_id = elfinfo.build_id(vmlinux)
+    if rebuilt:
+        stamp.write_text(json.dumps({"key": key, "build_id": build_id}))
+    return KernelBuild(image, vmlinux, build_id, headers, selftests, rebuilt)
+
+
+def _stamp_matches(stamp: Path, key: str) -> bool:
+    try:
+        return json.loads(stamp.read_text()).get("key") == key
+    except (OSError, ValueError, AttributeError):
+        return False

@@ -1,0 +1,275 @@
+"""Command line: ``iommufd-harness run|build|boot|list-tests|profiles|suites``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from harness import __version__, kconfig, profiles, suites
+from harness.errors import EXIT_ERROR, EXIT_INTERRUPTED, HarnessError, InputError
+from harness.pipeline import Options, Pipeline, new_record, results_dir_for
+from harness.results import ResultsDir, summary_table
+from harness.ui import Ui
+from harness.workdir import WorkDir, WorkLock
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def default_work() -> Path:
+    return Path(os.environ.get("IOMMUFD_HARNESS_WORK", REPO / "work"))
+
+
+def _common(p: argparse.ArgumentParser, tests: bool = True) -> None:
+    g = p.add_argument_group("kernel")
+    g.add_argument("--kernel-src", type=Path, metavar="PATH",
+                   help="Linux tree to test (directory or git checkout; never modified). "
+                        "Default: Debian's linux-source-6.12 package")
+    g.add_argument("--patches", type=Path, action="append", default=[], metavar="P",
+                   help="extra patches on top of kernel-patches/default: a quilt dir, a .patch or an mbox "
+                        "(repeatable, applied in order)")
+    g.add_argument("--no-default-patches", action="store_true",
+                   help="do not apply the kernel-patches/default series")
+    g.add_argument("--kconfig-add", action="append", default=[], metavar="CONFIG_X=y",
+                   help="extra Kconfig setting, after the profile's fragments (repeatable)")
+    g.add_argument("--jobs", "-j", type=int, default=0, help="parallel build jobs (default: one per CPU)")
+    g = p.add_argument_group("machine")
+    g.add_argument("--profile", default=profiles.DEFAULT_PROFILE,
+                   help=f"vIOMMU/QEMU profile (default {profiles.DEFAULT_PROFILE}; see 'iommufd-harness profiles')")
+    g.add_argument("--accel", choices=["auto", "tcg", "kvm"], default="auto",
+                   help="QEMU accelerator; auto probes whether KVM really boots (default auto)")
+    g.add_argument("--boot-timeout", type=float, default=300.0, metavar="S",
+                   help="seconds for the guest to come up on SSH (default 300, sized for TCG)")
+    p.add_argument("--work", type=Path, default=default_work(),
+                   help="work dir for sources, builds, images and results (default ./work or $IOMMUFD_HARNESS_WORK)")
+    p.add_argument("--quiet", "-q", action="store_true", help="only the summary and errors")
+    if tests:
+        g = p.add_argument_group("tests")
+        g.add_argument("--suite", default=suites.DEFAULT_SUITE,
+                       help=f"test plan from selftests/suites (default {suites.DEFAULT_SUITE}; see 'iommufd-harness suites')")
+        g.add_argument("--tests", metavar="GLOB",
+                       help="only tests whose fixture.variant.test name matches (fnmatch; several separated by ',')")
+        g.add_argument("--per-test-timeout", type=float, metavar="S",
+                       help="wall-clock limit per test, enforced by the harness (default: the suite's)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="iommufd-harness",
+        description="Build a kernel with CONFIG_IOMMUFD_TEST, boot it under QEMU behind an emulated IOMMU "
+                    "and run the iommufd selftests in it.",
+        epilog="exit codes: 0 all tests passed, 1 a test failed, 2 no verdict (bad input, build or boot failure), "
+               "130 interrupted")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("run", help="the whole pipeline: patch, build, boot, test, report")
+    _common(p)
+    p.add_argument("--results", type=Path, metavar="DIR",
+                   help="where to write results (default: a new dir under <work>/results)")
+    p.add_argument("--keep-vm", action="store_true",
+                   help="after the tests, keep the VM running and print how to SSH in (Ctrl-C ends it)")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("build", help="patch, configure and build the kernel and the selftests")
+    _common(p, tests=False)
+    p.set_defaults(func=cmd_build)
+
+    p = sub.add_parser("boot", help="build, boot the VM and print how to SSH into it (Ctrl-C ends it)")
+    _common(p, tests=False)
+    p.set_defaults(func=cmd_boot)
+
+    p = sub.add_parser("list-tests", help="list the selftests a suite selects (builds if needed)")
+    _common(p)
+    p.set_defaults(func=cmd_list_tests)
+
+    p = sub.add_parser("profiles", help="list the vIOMMU/QEMU profiles")
+    p.set_defaults(func=cmd_profiles)
+    p = sub.add_parser("suites", help="list the test suites")
+    p.set_defaults(func=cmd_suites)
+    return parser
+
+
+def options(args) -> Options:
+    return Options(
+        work=args.work.expanduser().resolve(),
+        kernel_src=args.kernel_src,
+        patches=list(args.patches),
+        default_patches=not args.no_default_patches,
+        profile=args.profile,
+        suite=getattr(args, "suite", suites.DEFAULT_SUITE),
+        tests=getattr(args, "tests", None),
+        results=getattr(args, "results", None),
+        jobs=args.jobs,
+        keep_vm=getattr(args, "keep_vm", False),
+        accel=args.accel,
+        boot_timeout=args.boot_timeout,
+        per_test_timeout=getattr(args, "per_test_timeout", None),
+        kconfig_add=list(args.kconfig_add),
+    )
+
+
+def _validate(opts: Options, tests: bool = True) -> None:
+    """Check what can be checked before any work starts."""
+    profiles.load(opts.profile)
+    if tests:
+        suites.load(opts.suite)
+    for text in opts.kconfig_add:
+        kconfig.parse_assignment(text)
+    for p in opts.patches:
+        if not p.exists():
+            raise InputError(f"patch input {p} does not exist", "pass a quilt directory, a .patch file or an mbox")
+
+
+def cmd_run(args, ui: Ui) -> int:
+    opts = options(args)
+    _validate(opts)
+    work = WorkDir(opts.work).prepare()
+    results_path = results_dir_for(opts, work)
+    record = new_record(opts)
+    sink = ResultsDir(results_path)
+    interrupted = False
+    with WorkLock(work):
+        pipe = Pipeline(opts, ui, record, results_path / "logs")
+        try:
+            suite = suites.load(opts.suite)
+            prep = pipe.prepare()
+            base = pipe.make_image(prep)
+            with pipe.booted(prep, base, results_path) as (target, ssh_cmd):
+                pipe.run_tests(target, suite, sink)
+                sink.write(record)
+                if opts.keep_vm:
+                    _hold(ui, target, ssh_cmd)
+        except HarnessError as e:
+            record.errors.append(e.render())
+            ui.error(e.render())
+        except KeyboardInterrupt:
+            interrupted = True
+            record.errors.append("the run was interrupted")
+            ui.error("interrupted: tearing down, writing what was collected")
+        finally:
+            record.decide()
+            sink.write(record)
+    summary_table(record, ui.out)
+    failing = [t for t in record.tests if t.status in ("fail", "timeout", "crash")]
+    for t in failing[:10]:
+        ui.out.print(f"reproduce: iommufd-harness run --profile {opts.profile} --suite {opts.suite} "
+                     f"--tests '{t.name}'" + (f" --kernel-src {opts.kernel_src}" if opts.kernel_src else ""),
+                     highlight=False, markup=False)
+    ui.out.print(f"results: {results_path}", highlight=False, markup=False)
+    if interrupted:
+        return EXIT_INTERRUPTED
+    return record.exit_code()
+
+
+def _hold(ui: Ui, target, ssh_cmd: str) -> None:
+    ui.out.print("the VM is up; connect with:", highlight=False)
+    ui.out.print(f"  {ssh_cmd}", highlight=False, markup=False)
+    ui.out.print("Ctrl-C stops it.", highlight=False)
+    while target.failure() is None:
+        time.sleep(1.0)
+    ui.warn(f"the VM went away: {target.failure()}")
+
+
+def cmd_build(args, ui: Ui) -> int:
+    opts = options(args)
+    _validate(opts, tests=False)
+    work = WorkDir(opts.work).prepare()
+    record = new_record(opts)
+    with WorkLock(work):
+        pipe = Pipeline(opts, ui, record, work.root / "logs")
+        prep = pipe.prepare()
+    ui.out.print(f"kernel:    {prep.kernel.image}", highlight=False)
+    ui.out.print(f"vmlinux:   {prep.kernel.vmlinux} (build-id {prep.kernel.build_id})", highlight=False)
+    for name, path in prep.kernel.selftests.items():
+        ui.out.print(f"selftest:  {path}", highlight=False)
+    return 0
+
+
+def cmd_boot(args, ui: Ui) -> int:
+    opts = options(args)
+    _validate(opts, tests=False)
+    work = WorkDir(opts.work).prepare()
+    record = new_record(opts)
+    results_path = results_dir_for(opts, work)
+    with WorkLock(work):
+        pipe = Pipeline(opts, ui, record, results_path / "logs")
+        prep = pipe.prepare()
+        base = pipe.make_image(prep)
+        try:
+            with pipe.booted(prep, base, results_path) as (target, ssh_cmd):
+                ui.out.print(f"console log: {results_path / 'console.log'}", highlight=False)
+                _hold(ui, target, ssh_cmd)
+        except KeyboardInterrupt:
+            ui.info("stopped")
+            return 0
+    return 0
+
+
+def cmd_list_tests(args, ui: Ui) -> int:
+    opts = options(args)
+    _validate(opts)
+    suite = suites.load(opts.suite)
+    prof = profiles.load(opts.profile)
+    work = WorkDir(opts.work).prepare()
+    record = new_record(opts)
+    with WorkLock(work):
+        pipe = Pipeline(opts, ui, record, work.root / "logs")
+        prep = pipe.prepare()
+    if not prep.toolchain.native:
+        raise InputError(f"listing {prof.arch} tests needs a {prof.arch} machine",
+                         "run 'iommufd-harness run --suite ...' to list them in the guest")
+    available = {}
+    for run in suite.runs:
+        res = subprocess.run([str(prep.kernel.selftests[run.binary]), "-l"], capture_output=True, text=True,
+                             timeout=60)
+        available[run.binary] = suites.parse_list(res.stderr)
+    selection = suites.select(suite, available, opts.tests)
+    for binary, names in selection.tests.items():
+        for n in names:
+            ui.out.print(f"{binary} {n}", highlight=False, markup=False)
+    return 0
+
+
+def cmd_profiles(args, ui: Ui) -> int:
+    for name in profiles.available():
+        p = profiles.load(name)
+        ui.out.print(f"{name:<22} {p.arch:<7} {p.description}", highlight=False, markup=False)
+    return 0
+
+
+def cmd_suites(args, ui: Ui) -> int:
+    for name in suites.available():
+        s = suites.load(name)
+        ui.out.print(f"{name:<10} {s.description}", highlight=False, markup=False)
+    return 0
+
+
+def _sigterm(signum, frame):
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return EXIT_ERROR
+    ui = Ui(getattr(args, "quiet", False))
+    signal.signal(signal.SIGTERM, _sigterm)
+    try:
+        return args.func(args, ui)
+    except HarnessError as e:
+        ui.error(e.render())
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        ui.error("interrupted")
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

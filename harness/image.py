@@ -1,0 +1,271 @@
+"""Stage 5 (image): the guest initramfs.
+
+A base image (busybox, sshd and the libraries it needs, from Debian packages,
+plus the selftest binaries) is built once per set of inputs and cached.  Each
+run appends a small second archive with that run's SSH keys: the kernel
+unpacks concatenated cpio archives in order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from harness import elfinfo, proc
+from harness.cpio import CpioWriter
+from harness.errors import ImageError
+
+GUEST_SELFTEST_DIR = "/usr/lib/iommufd-harness/selftests"
+TRIPLETS = {"amd64": "x86_64-linux-gnu", "arm64": "aarch64-linux-gnu"}
+DEB_ARCH = {"x86_64": "amd64", "arm64": "arm64"}
+
+
+@dataclass(frozen=True)
+class Recipe:
+    directory: Path
+    name: str
+    packages: tuple[str, ...]
+    binaries: tuple[str, ...]
+    files: dict[str, tuple[str, int]]
+
+    @classmethod
+    def load(cls, directory: Path) -> "Recipe":
+        path = directory / "recipe.toml"
+        try:
+            data = tomllib.loads(path.read_text())
+        except OSError as e:
+            raise ImageError(f"cannot read image recipe {path}: {e.strerror}") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ImageError(f"image recipe {path} is not valid TOML: {e}") from None
+        try:
+            files = {k: (v[0], int(v[1])) for k, v in data.get("files", {}).items()}
+            recipe = cls(directory, data["name"], tuple(data["packages"]), tuple(data["binaries"]), files)
+        except (KeyError, TypeError, IndexError, ValueError) as e:
+            raise ImageError(f"image recipe {path} is incomplete: {e}",
+                             "it needs name, packages, binaries and [files]") from None
+        for dest, (src, _) in files.items():
+            if not (directory / src).is_file():
+                raise ImageError(f"image recipe {path}: file {src} (for {dest}) does not exist")
+        return recipe
+
+
+@dataclass(frozen=True)
+class ImageRequest:
+    recipe: Recipe
+    arch: str  # "x86_64" | "arm64"
+    elf_machine: str
+    selftests: dict[str, Path]
+
+
+@dataclass(frozen=True)
+class BaseImage:
+    path: Path
+    packages: dict[str, str]  # package -> .deb file name (records the version)
+    rebuilt: bool
+
+
+@dataclass(frozen=True)
+class SshKeys:
+    client_private: Path  # OpenSSH private key, 0600
+    client_public: str  # authorized_keys line
+    host_private: bytes
+    host_public: str  # "ssh-ed25519 AAAA..."
+
+
+# --- packages --------------------------------------------------------------
+
+
+def fetch_packages(packages, deb_arch: str, cache: Path, log: Path) -> dict[str, Path]:
+    """The .deb of each package, downloaded once into the cache."""
+    cache.mkdir(parents=True, exist_ok=True)
+    debs: dict[str, Path] = {}
+    missing = []
+    for pkg in packages:
+        found = sorted(cache.glob(f"{pkg}_*_{deb_arch}.deb")) + sorted(cache.glob(f"{pkg}_*_all.deb"))
+        if found:
+            debs[pkg] = found[-1]
+        else:
+            missing.append(pkg)
+    if missing:
+        proc.require_tool("apt-get")
+        res = proc.run(["apt-get", "download", *[f"{p}:{deb_arch}" for p in missing]],
+                       cwd=cache, timeout=900, log=log)
+        if res.returncode != 0:
+            hint = "run 'apt-get update' (and for a foreign architecture 'dpkg --add-architecture " \
+                   f"{deb_arch}'), or run 'make setup'"
+            raise ImageError(f"could not download Debian packages {', '.join(missing)}:\n"
+                             + "\n".join(res.output.strip().splitlines()[-5:]), hint, log=str(log))
+        for pkg in missing:
+            found = sorted(cache.glob(f"{pkg}_*_{deb_arch}.deb")) + sorted(cache.glob(f"{pkg}_*_all.deb"))
+            if not found:
+                raise ImageError(f"apt-get download did not produce a .deb for {pkg}", log=str(log))
+            debs[pkg] = found[-1]
+    return debs
+
+
+def unpack(debs: dict[str, Path], root: Path, log: Path) -> None:
+    proc.require_tool("dpkg-deb")
+    stamp = root / ".unpacked.json"
+    want = sorted(p.name for p in debs.values())
+    try:
+        if json.loads(stamp.read_text()) == want:
+            return
+    except (OSError, ValueError):
+        pass
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    for deb in debs.values():
+        proc.run(["dpkg-deb", "-x", deb, root], timeout=300, log=log, error=ImageError,
+                 what=f"unpacking {deb.name}")
+    stamp.write_text(json.dumps(want))
+
+
+def _resolve_in_root(root: Path, path: str) -> Path:
+    """Follow symlinks inside the unpacked root (absolute links stay inside)."""
+    p = Path(path)
+    for _ in range(40):
+        host = root / p.relative_to("/")
+        if host.is_symlink():
+            target = os.readlink(host)
+            p = Path(target) if target.startswith("/") else (p.parent / target)
+            p = Path(os.path.normpath(p))
+            continue
+        return host
+    raise ImageError(f"symlink loop at {path} in the unpacked packages")
+
+
+def library_closure(root: Path, binaries, triplet: str, machine: str) -> dict[str, Path]:
+    """Image path -> host file for the binaries, their program interpreters and
+    every shared library they need (transitively), found in the unpacked
+    packages.  A file that is missing names the binary that needs it."""
+    libdirs = [f"/lib/{triplet}", f"/usr/lib/{triplet}", "/lib", "/usr/lib"]
+    out: dict[str, Path] = {}
+    todo: list[tuple[str, str | None]] = [(b, None) for b in binaries]
+    while todo:
+        path, who = todo.pop()
+        if path in out:
+            continue
+        host = _resolve_in_root(root, path)
+        if not host.is_file():
+            raise ImageError(f"{path}{' (needed by ' + who + ')' if who else ''} is not in the recipe's packages",
+                             "add the Debian package that ships it to the recipe's 'packages'")
+        elfinfo.check_binary(host, machine, what=f"image file {path}")
+        out[path] = host
+        interp, libs = elfinfo.needed(host)
+        if interp:
+            todo.append((interp, path))
+        for lib in libs:
+            found = next((f"{d}/{lib}" for d in libdirs if _resolve_in_root(root, f"{d}/{lib}").is_file()), None)
+            if found is None:
+                raise ImageError(f"library {lib} (needed by {path}) is not in the recipe's packages",
+                                 "add the Debian package that ships it to the recipe's 'packages'")
+            todo.append((found, path))
+    return out
+
+
+def _sha_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def build_base(req: ImageRequest, images: Path, cache: Path, log: Path) -> BaseImage:
+    deb_arch = DEB_ARCH[req.arch]
+    triplet = TRIPLETS[deb_arch]
+    debs = fetch_packages(req.recipe.packages, deb_arch, cache / "debs" / deb_arch, log)
+    for name, path in req.selftests.items():
+        elfinfo.check_binary(path, req.elf_machine, static=True, what=f"selftest {name}")
+    key_parts = {
+        "debs": sorted(p.name for p in debs.values()),
+        "files": {dest: [src, mode, _sha_file(req.recipe.directory / src)]
+                  for dest, (src, mode) in sorted(req.recipe.files.items())},
+        "binaries": list(req.recipe.binaries),
+        "selftests": {n: _sha_file(p) for n, p in sorted(req.selftests.items())},
+        "format": 1,
+    }
+    key = hashlib.sha256(json.dumps(key_parts, sort_keys=True).encode()).hexdigest()[:16]
+    out = images / f"{req.recipe.name}-{req.arch}-{key}.cpio"
+    packages = {pkg: deb.name for pkg, deb in debs.items()}
+    if out.exists():
+        return BaseImage(out, packages, False)
+    root = cache / "rootfs" / f"{req.recipe.name}-{deb_arch}"
+    unpack(debs, root, log)
+    closure = library_closure(root, req.recipe.binaries, triplet, req.elf_machine)
+    images.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    try:
+        with open(tmp, "wb") as f:
+            w = CpioWriter(f)
+            for d in ("/bin", "/sbin", "/usr/bin", "/usr/sbin", "/dev", "/proc", "/sys", "/tmp",
+                      "/run", "/root", "/etc/ssh", "/var/empty", GUEST_SELFTEST_DIR):
+                w.directory(d)
+            w.chardev("/dev/console", 5, 1)
+            w.chardev("/dev/null", 1, 3, 0o666)
+            for dest in sorted(closure):
+                mode = 0o755
+                w.file(dest, closure[dest].read_bytes(), mode)
+            for dest, (src, mode) in sorted(req.recipe.files.items()):
+                w.file(dest, (req.recipe.directory / src).read_bytes(), mode)
+            for name, path in sorted(req.selftests.items()):
+                w.file(f"{GUEST_SELFTEST_DIR}/{name}", path.read_bytes(), 0o755)
+            w.close()
+        tmp.replace(out)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise ImageError(f"cannot write image {out}: {e.strerror}", "check free space in the work dir") from None
+    return BaseImage(out, packages, True)
+
+
+# --- per-run keys -----------------------------------------------------------
+
+
+def _ed25519_pair() -> tuple[bytes, str]:
+    key = ed25519.Ed25519PrivateKey.generate()
+    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                serialization.NoEncryption())
+    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    return private, public.decode()
+
+
+def make_keys(run_dir: Path) -> SshKeys:
+    """A fresh client and host key pair for one run; the client key is 0600."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    client_priv, client_pub = _ed25519_pair()
+    host_priv, host_pub = _ed25519_pair()
+    path = run_dir / "id_ed25519"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(client_priv)
+    os.chmod(path, 0o600)
+    (run_dir / "id_ed25519.pub").write_text(client_pub + "\n")
+    (run_dir / "known_hosts").write_text(f"[127.0.0.1]:* {host_pub}\n")
+    return SshKeys(path, client_pub, host_priv, host_pub)
+
+
+def run_image(base: BaseImage, keys: SshKeys, run_dir: Path) -> Path:
+    """The initrd for one run: the base image followed by the run's keys."""
+    out = run_dir / "initrd.cpio"
+    try:
+        with open(out, "wb") as f:
+            with open(base.path, "rb") as src:
+                while chunk := src.read(1 << 20):
+                    f.write(chunk)
+            w = CpioWriter(f)
+            w.file("/etc/ssh/ssh_host_ed25519_key", keys.host_private, 0o600)
+            w.file("/etc/ssh/ssh_host_ed25519_key.pub", (keys.host_public + "\n").encode(), 0o644)
+            w.file("/etc/ssh/authorized_keys", (keys.client_public + "\n").encode(), 0o600)
+            w.close()
+    except OSError as e:
+        raise ImageError(f"cannot write {out}: {e.strerror}", "check free space in the work dir") from None
+    return out
+

@@ -1,0 +1,298 @@
+"""Stage 2 (patches): load a patch series and apply it to the working copy.
+
+Inputs may be a quilt directory (``series`` + patches), a single patch file,
+or an mbox as written by ``git format-patch --stdout`` or b4.  Every patch is
+checked with a dry run before it is applied; when one does not apply, the
+tree is put back the way it was and the error names the patch, the file and
+the hunks that failed.
+
+The working copy remembers which series is applied (``.harness-patches.json``)
+and the pristine hash of every file it touched, so a re-run with the same
+series and an unchanged origin does nothing and keeps the build incremental.
+"""
+
+from __future__ import annotations
+
+import email
+import email.header
+import email.policy
+import hashlib
+import json
+import mailbox
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from harness import proc
+from harness.errors import PatchError
+
+STATE_FILE = ".harness-patches.json"
+
+
+@dataclass(frozen=True)
+class Patch:
+    name: str
+    subject: str
+    sha256: str
+    text: str = field(repr=False)
+    strip: int = 1
+    origin: str = ""  # where it came from (series dir, file, mbox)
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        return touched_files(self.text, self.strip)
+
+    def record(self) -> dict:
+        return {"name": self.name, "subject": self.subject, "sha256": self.sha256}
+
+
+@dataclass(frozen=True)
+class PatchResult:
+    applied: tuple[Patch, ...]
+    changed: tuple[str, ...]  # files rewritten in the working copy
+
+
+def _sha(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _clean_subject(subject: str) -> str:
+    subject = " ".join(subject.split())
+    return re.sub(r"^(\[[^\]]*\]\s*)+", "", subject)
+
+
+def _subject_of(text: str, fallback: str) -> str:
+    m = re.search(r"^Subject:\s*(.*(?:\n[ \t].*)*)", text, re.M)
+    if m:
+        raw = m.group(1).replace("\n", " ")
+        try:
+            raw = str(email.header.make_header(email.header.decode_header(raw)))
+        except Exception:
+            pass
+        return _clean_subject(raw)
+    return fallback
+
+
+def _is_diff(text: str) -> bool:
+    return bool(re.search(r"^(diff --git |--- \S)", text, re.M)) and bool(re.search(r"^\+\+\+ \S", text, re.M))
+
+
+def touched_files(text: str, strip: int = 1) -> tuple[str, ...]:
+    """Paths (relative to the tree) a unified diff creates, changes or deletes."""
+    files: list[str] = []
+
+    def add(path: str) -> None:
+        path = path.split("\t")[0].strip()
+        if path == "/dev/null":
+            return
+        parts = path.split("/")
+        rel = "/".join(parts[strip:]) if strip else path
+        if rel and rel not in files:
+            files.append(rel)
+
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith("--- ") and i + 1 < len(lines) and lines[i + 1].startswith("+++ "):
+            add(line[4:])
+            add(lines[i + 1][4:])
+        elif line.startswith("rename from ") or line.startswith("rename to "):
+            # git renames carry no ---/+++ pair when the content is unchanged
+            name = line.split(" ", 2)[2]
+            add(("a/" * strip) + name if strip else name)
+    return tuple(files)
+
+
+def load_patch_file(path: Path, strip: int = 1, name: str | None = None) -> list[Patch]:
+    """A single patch, or every patch in an mbox (cover letters are skipped)."""
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise PatchError(f"cannot read patch {path}: {e.strerror}", "check the --patches argument") from None
+    text = raw.decode("utf-8", errors="replace")
+    if text.startswith("From ") and len(re.findall(r"^From \S+ .*\d{4}$", text, re.M)) > 1:
+        return _load_mbox(path, strip)
+    if not _is_diff(text):
+        raise PatchError(f"{path} is not a patch: it holds no unified diff",
+                         "pass a .patch from 'git format-patch', an mbox, or a quilt directory")
+    pname = name or path.name
+    return [Patch(pname, _subject_of(text, pname), _sha(text), text, strip, str(path))]
+
+
+def _load_mbox(path: Path, strip: int) -> list[Patch]:
+    patches = []
+    box = mailbox.mbox(str(path), create=False)
+    try:
+        for index, msg in enumerate(box, start=1):
+            body = _message_text(msg)
+            subject = _clean_subject(str(email.header.make_header(email.header.decode_header(msg.get("Subject", "")))))
+            if not _is_diff(body):
+                continue  # cover letter or reply
+            full = f"Subject: {msg.get('Subject', '')}\n\n{body}"
+            slug = re.sub(r"[^A-Za-z0-9]+", "-", subject).strip("-")[:52] or "patch"
+            patches.append(Patch(f"{index:04d}-{slug}.patch", subject, _sha(full), full, strip, str(path)))
+    finally:
+        box.close()
+    if not patches:
+        raise PatchError(f"mbox {path} holds no patches", "pass an mbox written by 'git format-patch --stdout' or b4")
+    return patches
+
+
+def _message_text(msg: mailbox.mboxMessage) -> str:
+    if msg.is_multipart():
+        parts = []
+        for part in msg.walk():
+            if part.get_content_maintype() == "text":
+                payload = part.get_payload(decode=True) or b""
+                parts.append(payload.decode(part.get_content_charset() or "utf-8", errors="replace"))
+        return "\n".join(parts)
+    payload = msg.get_payload(decode=True) or b""
+    return payload.decode(msg.get_content_charset() or "utf-8", errors="replace")
+
+
+def load_series_dir(directory: Path) -> list[Patch]:
+    series = directory / "series"
+    if not series.is_file():
+        raise PatchError(f"{directory} has no 'series' file", "a quilt directory lists its patches, in order, in 'series'")
+    patches: list[Patch] = []
+    for lineno, line in enumerate(series.read_text().splitlines(), start=1):
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        fields = line.split()
+        strip = 1
+        for opt in fields[1:]:
+            m = re.fullmatch(r"-p(\d+)", opt)
+            if not m:
+                raise PatchError(f"{series}:{lineno}: unknown option {opt!r}", "quilt series lines are 'NAME [-pN]'")
+            strip = int(m.group(1))
+        pfile = directory / fields[0]
+        if not pfile.is_file():
+            raise PatchError(f"{series}:{lineno}: patch {fields[0]} does not exist in {directory}")
+        patches.extend(load_patch_file(pfile, strip, name=fields[0]))
+    return patches
+
+
+def load(spec: Path) -> list[Patch]:
+    """Load ``--patches`` input: a quilt directory, a patch file or an mbox."""
+    if not spec.exists():
+        raise PatchError(f"patch input {spec} does not exist", "pass a quilt directory, a .patch file or an mbox")
+    if spec.is_dir():
+        return load_series_dir(spec)
+    return load_patch_file(spec)
+
+
+# --- applying -------------------------------------------------------------
+
+
+def _file_sha(path: Path) -> str | None:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except FileNotFoundError:
+        return None
+    except IsADirectoryError:
+        return None
+
+
+def _load_state(tree: Path) -> dict:
+    try:
+        return json.loads((tree / STATE_FILE).read_text())
+    except (OSError, ValueError):
+        return {"series": [], "touched": {}}
+
+
+def _save_state(tree: Path, state: dict) -> None:
+    tmp = tree / (STATE_FILE + ".tmp")
+    tmp.write_text(json.dumps(state, indent=1, sort_keys=True))
+    tmp.replace(tree / STATE_FILE)
+
+
+def protected_files(origin: Path, tree: Path) -> set[str]:
+    """Patched files whose pristine version in the origin has not changed:
+    the source sync may leave them as they are."""
+    state = _load_state(tree)
+    keep = set()
+    for rel, pre in state.get("touched", {}).items():
+        if _file_sha(origin / rel) == pre:
+            keep.add(rel)
+    return keep
+
+
+def _restore(origin: Path, tree: Path, rels) -> list[str]:
+    """Put files back to their origin content (or remove them if the origin
+    has none); returns the ones that actually changed."""
+    changed = []
+    for rel in rels:
+        src, dst = origin / rel, tree / rel
+        if _file_sha(src) == _file_sha(dst):
+            continue
+        if src.is_file():
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dst)
+        else:
+            dst.unlink(missing_ok=True)
+        changed.append(rel)
+    return changed
+
+
+def _failure_details(output: str) -> str:
+    details, current = [], None
+    for line in output.splitlines():
+        m = re.match(r"(?:checking|patching) file (.+)", line)
+        if m:
+            current = m.group(1).strip().strip("'")
+            continue
+        m = re.match(r"Hunk #(\d+) FAILED at (\d+)", line)
+        if m:
+            details.append(f"{current}: hunk #{m.group(1)} (at line {m.group(2)}) does not apply")
+            continue
+        if "can't find file to patch" in line:
+            details.append("a file it changes does not exist in the tree")
+        elif "No file to patch" in line or "Reversed (or previously applied)" in line:
+            details.append(line.strip())
+        elif line.startswith("patch: ****"):
+            details.append(line.removeprefix("patch: **** ").strip())
+    return "\n".join(f"  {d}" for d in details) or output.strip()[-2000:]
+
+
+def apply_series(origin: Path, tree: Path, patches: list[Patch], protected: set[str], log: Path) -> PatchResult:
+    """Bring ``tree`` to ``origin`` + ``patches``.  ``protected`` is what the
+    source sync left alone (see :func:`protected_files`)."""
+    proc.require_tool("patch")
+    state = _load_state(tree)
+    want = [p.sha256 for p in patches]
+    if state.get("series") == want and set(state.get("touched", {})) <= protected:
+        return PatchResult(tuple(patches), ())
+
+    changed = _restore(origin, tree, state.get("touched", {}))
+    touched: dict[str, str | None] = {}
+    _save_state(tree, {"series": [], "touched": {}})
+    for patch in patches:
+        files = patch.files
+        for rel in files:
+            touched.setdefault(rel, _file_sha(origin / rel))
+        _save_state(tree, {"series": [], "touched": touched})  # a crash below leaves a restorable tree
+        pfile = log.parent / "patches" / patch.name
+        pfile.parent.mkdir(parents=True, exist_ok=True)
+        pfile.write_text(patch.text)
+        base = ["patch", f"-p{patch.strip}", "-N", "-f", "-F0", "-s", "-d", str(tree), "-i", str(pfile)]
+        check = proc.run(base[:-2] + ["--dry-run", "-i", str(pfile)], timeout=300, log=log)
+        ok = check.returncode == 0 and not check.timed_out
+        if ok:
+            done = proc.run(base, timeout=300, log=log)
+            ok = done.returncode == 0
+            check = done
+        if not ok:
+            verbose = proc.run(["patch", f"-p{patch.strip}", "-N", "-f", "-F0", "--dry-run", "-d", str(tree), "-i", str(pfile)],
+                               timeout=300)
+            _restore(origin, tree, touched)
+            _save_state(tree, {"series": [], "touched": {}})
+            raise PatchError(
+                f"patch {patch.name} ({patch.subject}) does not apply to {origin}:\n"
+                + _failure_details(verbose.output),
+                "rebase the patch onto this tree, or drop it from the series; the working copy was left unpatched",
+                log=str(log),
+            )
+        changed.extend(r for r in files if r not in changed)
+    _save_state(tree, {"series": want, "names": [p.name for p in patches], "touched": touched})
+    return PatchResult(tuple(patches), tuple(changed))

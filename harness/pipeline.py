@@ -1,0 +1,217 @@
+"""The pipeline: source -> patches -> config -> build -> image -> boot -> run -> results.
+
+Each stage is its own module with small request/result dataclasses; this
+module only wires them together, times them and records provenance.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import os
+import platform
+import secrets
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from harness import __version__, build, config, image, patches, profiles, qemu, runner, source, suites
+from harness.errors import HarnessError
+from harness.results import ResultsDir, RunRecord, TestRecord
+from harness.ssh import SshClient
+from harness.target import QemuTarget
+from harness.toolchain import Toolchain
+from harness.ui import Ui
+from harness.workdir import WorkDir
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_SERIES = REPO / "kernel-patches" / "default"
+
+
+@dataclass
+class Options:
+    work: Path
+    kernel_src: Path | None = None
+    patches: list[Path] = field(default_factory=list)
+    default_patches: bool = True
+    profile: str = profiles.DEFAULT_PROFILE
+    suite: str = suites.DEFAULT_SUITE
+    tests: str | None = None
+    results: Path | None = None
+    jobs: int = 0
+    keep_vm: bool = False
+    accel: str = "auto"
+    boot_timeout: float = 300.0
+    per_test_timeout: float | None = None
+    kconfig_add: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    tree: source.SourceTree
+    series: tuple[patches.Patch, ...]
+    config: config.ConfigResult
+    kernel: build.KernelBuild
+    toolchain: Toolchain
+    profile: profiles.Profile
+
+
+class Pipeline:
+    def __init__(self, opts: Options, ui: Ui, record: RunRecord, logs: Path):
+        self.opts = opts
+        self.ui = ui
+        self.record = record
+        self.logs = logs
+        self.work = WorkDir(opts.work)
+
+    @contextlib.contextmanager
+    def stage(self, name: str):
+        self.ui.stage(name)
+        t0 = time.monotonic()
+        try:
+            yield
+        finally:
+            self.record.stages[name] = round(self.record.stages.get(name, 0.0) + time.monotonic() - t0, 3)
+            self.ui.stage_done(name, self.record.stages[name])
+
+    # -- build side --------------------------------------------------------------
+
+    def load_series(self) -> list[patches.Patch]:
+        series: list[patches.Patch] = []
+        if self.opts.default_patches:
+            series += patches.load(DEFAULT_SERIES)
+        for spec in self.opts.patches:
+            series += patches.load(spec)
+        return series
+
+    def prepare(self) -> Prepared:
+        opts = self.opts
+        profile = profiles.load(opts.profile)
+        tc = Toolchain(profile.arch, jobs=opts.jobs)
+        series = self.load_series()  # before any work: a bad patch input fails fast
+        with self.stage("source"):
+            tree = source.prepare(source.SourceRequest(opts.kernel_src), self.work,
+                                  protect_fn=lambda origin, dest: patches.protected_files(origin.path, dest))
+            self.record.kernel.update(version=tree.version, source=tree.origin.description)
+            self.ui.info(f"kernel {tree.version} from {tree.origin.description} -> {tree.path}"
+                         + (f" ({len(tree.changed)} files updated)" if tree.changed else ""))
+        with self.stage("patches"):
+            applied = patches.apply_series(tree.origin.path, tree.path, series, set(tree.protected),
+                                           self.logs / "patches.log")
+            self.record.patches = [p.record() for p in applied.applied]
+            for p in applied.applied:
+                self.ui.info(f"patch {p.name}: {p.subject}")
+        generation = source.bump_generation(tree.path, tree.changed + applied.changed)
+        build_dir = self.work.build / tree.origin.key / profile.arch
+        with self.stage("config"):
+            frag_tree = tree.path / "tools/testing/selftests/iommu/config"
+            fragments = profile.fragments + ((frag_tree,) if frag_tree.is_file() else ())
+            cfg = config.configure(config.ConfigRequest(tree.path, build_dir, tc, "tinyconfig", fragments,
+                                                        tuple(opts.kconfig_add)), self.logs / "config.log")
+            self.record.kernel["config_sha256"] = cfg.sha256
+        with self.stage("build"):
+            kb = build.build(build.BuildRequest(tree.path, build_dir, tc, cfg.sha256, generation),
+                             self.logs / "build.log")
+            self.record.kernel["build_id"] = kb.build_id
+            self.ui.info(("built" if kb.rebuilt else "up to date:") + f" {kb.image} (build-id {kb.build_id[:16]})")
+        return Prepared(tree, tuple(series), cfg, kb, tc, profile)
+
+    # -- guest side ---------------------------------------------------------------
+
+    def make_image(self, prep: Prepared) -> image.BaseImage:
+        with self.stage("image"):
+            recipe = image.Recipe.load(prep.profile.recipe)
+            req = image.ImageRequest(recipe, prep.profile.arch, prep.toolchain.elf_machine, prep.kernel.selftests)
+            base = image.build_base(req, self.work.images, self.work.cache, self.logs / "image.log")
+            self.ui.info(("built" if base.rebuilt else "cached:") + f" {base.path.name}")
+            return base
+
+    def accel(self, prep: Prepared) -> tuple[str, str]:
+        if self.opts.accel in ("tcg", "kvm"):
+            return self.opts.accel, "requested"
+        return qemu.probe_kvm(prep.profile.qemu.binary, prep.kernel.image, self.work.cache)
+
+    @contextlib.contextmanager
+    def booted(self, prep: Prepared, base: image.BaseImage, results_dir: Path):
+        """A running VM with SSH up; torn down on exit, whatever happens."""
+        vm_dir = self.work.root / "vm" / results_dir.name
+        vm_dir.mkdir(parents=True, exist_ok=True)
+        sock_dir = Path(tempfile.mkdtemp(prefix="iommufd-harness-"))
+        vm = None
+        try:
+            with self.stage("boot"):
+                keys = image.make_keys(vm_dir)
+                initrd = image.run_image(base, keys, vm_dir)
+                accel, why = self.accel(prep)
+                self.record.qemu.update(version=qemu.qemu_version(prep.profile.qemu.binary), accel=accel,
+                                        accel_reason=why, profile=prep.profile.name)
+                self.ui.info(f"booting {prep.profile.name} ({prep.profile.description}) with {accel}: {why}")
+                req = qemu.BootRequest(prep.profile, prep.kernel.image, initrd, results_dir, accel,
+                                       self.opts.boot_timeout, qmp_dir=sock_dir)
+                vm = qemu.QemuVM(req)
+                vm.start()
+                self.record.qemu["cmdline"] = vm.argv
+                client = SshClient("127.0.0.1", vm.ssh_port, "root", keys.client_private, keys.host_public)
+                vm.wait_for_sshd(client.connect)
+                (vm_dir / "known_hosts").write_text(f"[127.0.0.1]:{vm.ssh_port} {keys.host_public}\n")
+                target = QemuTarget(vm, client)
+                info = runner.verify_guest(target, prep.kernel.build_id, prep.profile.iommu, prep.profile.hugepages)
+                self.record.guest = {"kernel_release": info.kernel_release, "build_id": info.build_id,
+                                     "hugepages": info.hugepages, "iommus": list(info.iommus)}
+                self.ui.info(f"guest up: {info.kernel_release}, IOMMUs: {', '.join(info.iommus) or 'none'}, "
+                             f"{info.hugepages} huge pages")
+            yield target, self.ssh_command(vm_dir, vm.ssh_port)
+        finally:
+            if vm is not None:
+                vm.stop()
+            shutil.rmtree(sock_dir, ignore_errors=True)
+            (vm_dir / "initrd.cpio").unlink(missing_ok=True)
+
+    @staticmethod
+    def ssh_command(vm_dir: Path, port: int) -> str:
+        return (f"ssh -i {vm_dir / 'id_ed25519'} -p {port} -o UserKnownHostsFile={vm_dir / 'known_hosts'} "
+                f"-o StrictHostKeyChecking=yes root@127.0.0.1")
+
+    # -- tests ---------------------------------------------------------------------
+
+    def run_tests(self, target, suite: suites.Suite, sink: ResultsDir) -> None:
+        with self.stage("run"):
+            available = {r.binary: runner.list_tests(target, r.binary) for r in suite.runs}
+            selection = suites.select(suite, available, self.opts.tests)
+            for miss in selection.unmatched:
+                self.ui.warn(f"suite {suite.name}: no test matches {miss}")
+            total = selection.count
+            self.ui.info(f"running {total} tests of suite {suite.name}")
+            limit = self.opts.per_test_timeout or suite.per_test_timeout
+
+            def on_result(rec: TestRecord) -> None:
+                self.record.tests.append(rec)
+                sink.add(rec)
+                self.ui.test_result(rec, len(self.record.tests), total)
+
+            r = runner.Runner(target, limit, on_result, on_tap=sink.save_tap)
+            r.run(selection)
+            if r.dead:
+                self.record.errors.append(f"the target died during the run: {r.dead}")
+
+
+def new_record(opts: Options) -> RunRecord:
+    return RunRecord(
+        suite=opts.suite, profile=opts.profile,
+        started=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        harness={"version": __version__, "host": platform.node(), "python": platform.python_version(),
+                 "argv": list(map(str, os.sys.argv))},
+    )
+
+
+def results_dir_for(opts: Options, work: WorkDir) -> Path:
+    if opts.results is not None:
+        path = opts.results.expanduser().resolve()
+        if (path / "results.json").exists() or (path / "progress.jsonl").exists():
+            raise HarnessError(f"results dir {path} already holds another run",
+                               "pass an empty or new directory with --results")
+        return path
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return work.results / f"{stamp}-{opts.profile}-{opts.suite}-{secrets.token_hex(2)}"

@@ -1,0 +1,301 @@
+"""Stage 6 (boot): a QEMU VM behind a vIOMMU, started paused and driven over QMP.
+
+The harness listens on the QMP socket and QEMU connects to it, so a QEMU that
+never comes up cannot block the harness; every QMP call is bounded.  The
+serial console goes to ``console.log`` and is watched for panics.  The VM is
+always torn down: QMP ``quit``, then SIGKILL; QEMU also gets SIGKILL if the
+harness itself dies (PR_SET_PDEATHSIG).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from harness import proc
+from harness.errors import BootError, ToolMissing
+from harness.profiles import Profile
+
+GUEST_SSH_PORT = 22
+SSHD_MARKER = "iommufd-harness: sshd started"
+PANIC_RE = re.compile(r"Kernel panic - not syncing|BUG: kernel NULL pointer|---\[ end Kernel panic")
+QMP_TIMEOUT = 10.0
+
+
+def qemu_version(binary: str) -> str:
+    try:
+        out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    m = re.search(r"version (\S+)", out)
+    return m.group(1) if m else "unknown"
+
+
+def _pdeathsig() -> None:
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def probe_kvm(binary: str, kernel: Path, cache: Path, timeout: float = 20.0) -> tuple[str, str]:
+    """('kvm'|'tcg', why): does KVM really boot a kernel here?  Nested KVM can
+    hang in early boot, so the probe boots ``kernel`` without an initrd and
+    waits (bounded) for it to reach the root-fs panic.  Cached per host."""
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return "tcg", "/dev/kvm is not usable"
+    ident = f"{os.uname().release} {qemu_version(binary)} {binary}"
+    cache_file = cache / "kvm-probe.json"
+    try:
+        cached = json.loads(cache_file.read_text())
+        if cached.get("ident") == ident:
+            return cached["accel"], cached["why"] + " (cached)"
+    except (OSError, ValueError, KeyError):
+        pass
+    argv = [binary, "-accel", "kvm", "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+            "-m", "512M", "-serial", "stdio", "-kernel", str(kernel),
+            "-append", "console=ttyS0 console=ttyAMA0 panic=-1"]
+    if "x86_64" in binary:
+        argv[1:1] = ["-machine", "q35"]
+    else:
+        argv[1:1] = ["-machine", "virt", "-cpu", "host"]
+    res = proc.run(argv, timeout=timeout)
+    if "Kernel panic" in res.output or "Run /init" in res.output:
+        accel, why = "kvm", "KVM booted a test kernel"
+    elif res.timed_out:
+        accel, why = "tcg", f"KVM did not boot a test kernel within {timeout:.0f} s (nested KVM?)"
+    else:
+        accel, why = "tcg", f"KVM failed: {res.output.strip().splitlines()[-1:] or ['no output']}"
+    cache.mkdir(parents=True, exist_ok=True)
+    cache_file.write_text(json.dumps({"ident": ident, "accel": accel, "why": why}))
+    return accel, why
+
+
+@dataclass
+class BootRequest:
+    profile: Profile
+    kernel: Path
+    initrd: Path
+    run_dir: Path
+    accel: str  # "tcg" | "kvm"
+    boot_timeout: float = 300.0
+    extra_cmdline: str = ""
+    qmp_dir: Path | None = None  # short path for the QMP socket (AF_UNIX paths are limited to 107 bytes)
+
+
+@dataclass
+class ConsoleWatcher:
+    path: Path
+    offset: int = 0
+    text: str = ""
+    panic_at: int | None = None
+    markers: dict[str, float] = field(default_factory=dict)
+
+    def poll(self) -> str:
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self.offset)
+                data = f.read()
+        except FileNotFoundError:
+            return ""
+        if not data:
+            return ""
+        self.offset += len(data)
+        new = data.decode(errors="replace")
+        start = len(self.text)
+        self.text += new
+        if self.panic_at is None:
+            m = PANIC_RE.search(self.text, max(0, start - 200))
+            if m:
+                self.panic_at = m.start()
+        if SSHD_MARKER in new:
+            self.markers.setdefault(SSHD_MARKER, time.monotonic())
+        return new
+
+    def excerpt(self, lines: int = 60) -> str:
+        self.poll()
+        if self.panic_at is not None:
+            before = self.text[: self.panic_at].splitlines()[-lines // 2:]
+            after = self.text[self.panic_at:].splitlines()[: lines]
+            return "\n".join(before + after)
+        return "\n".join(self.text.splitlines()[-lines:])
+
+
+class QemuVM:
+    """One VM.  Use as a context manager; ``start()`` boots it to the point
+    where the guest's SSH port is forwarded to ``self.ssh_port`` on 127.0.0.1."""
+
+    def __init__(self, req: BootRequest):
+        self.req = req
+        self.proc: subprocess.Popen | None = None
+        self.qmp = None
+        self.ssh_port = 0
+        self.console = ConsoleWatcher(req.run_dir / "console.log")
+        self.qemu_log = req.run_dir / "qemu.log"
+        self.events: list[dict] = []
+        self.argv: list[str] = []
+
+    # -- command line --------------------------------------------------------
+
+    def command_line(self, ssh_port: int, qmp_path: Path) -> list[str]:
+        q = self.req.profile.qemu
+        cmdline = " ".join(filter(None, [q.cmdline, f"harness.hugepages={self.req.profile.hugepages}",
+                                         self.req.extra_cmdline]))
+        argv = [q.binary, "-S", "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+                "-machine", q.machine, "-accel", self.req.accel, "-cpu", "host" if self.req.accel == "kvm" else q.cpu,
+                "-smp", str(q.smp), "-m", q.memory]
+        for dev in q.devices:
+            argv += ["-device", dev]
+        argv += ["-kernel", str(self.req.kernel), "-initrd", str(self.req.initrd), "-append", cmdline,
+                 "-chardev", f"file,id=con0,path={self.console.path}", "-serial", "chardev:con0",
+                 "-netdev", f"user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:{ssh_port}-:{GUEST_SSH_PORT}",
+                 "-device", f"{q.nic},netdev=net0",
+                 "-chardev", f"socket,id=qmp0,path={qmp_path}", "-mon", "chardev=qmp0,mode=control"]
+        return argv
+
+    # -- lifecycle -------------------------------------------------------------
+
+    def start(self, attempts: int = 3) -> None:
+        from qemu.qmp.legacy import QEMUMonitorProtocol
+
+        binary = self.req.profile.qemu.binary
+        try:
+            proc.require_tool(binary)
+        except ToolMissing:
+            raise
+        self.req.run_dir.mkdir(parents=True, exist_ok=True)
+        for attempt in range(1, attempts + 1):
+            qmp_path = (self.req.qmp_dir or self.req.run_dir) / "qmp.sock"
+            qmp_path.unlink(missing_ok=True)
+            self.console.path.unlink(missing_ok=True)
+            self.console = ConsoleWatcher(self.console.path)
+            self.ssh_port = free_port()
+            self.qmp = QEMUMonitorProtocol(str(qmp_path), server=True)
+            self.argv = self.command_line(self.ssh_port, qmp_path)
+            (self.req.run_dir / "qemu-cmdline.txt").write_text(" ".join(_shq(a) for a in self.argv) + "\n")
+            log = open(self.qemu_log, "ab")
+            self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                         preexec_fn=_pdeathsig)
+            log.close()
+            try:
+                self.qmp.accept(timeout=QMP_TIMEOUT)
+            except Exception as e:  # noqa: BLE001 - any failure here means QEMU did not come up
+                err = self.qemu_log.read_text(errors="replace")[-2000:]
+                self._kill()
+                if "host forwarding" in err and attempt < attempts:
+                    continue  # the port was taken between probe and use
+                raise BootError(f"QEMU did not start ({type(e).__name__}): {err.strip() or 'no output'}",
+                                f"command line in {self.req.run_dir / 'qemu-cmdline.txt'}",
+                                log=str(self.qemu_log)) from None
+            self.qmp.settimeout(QMP_TIMEOUT)
+            status = self.qmp.cmd("query-status")
+            if status.get("status") != "prelaunch" and status.get("running"):
+                raise BootError(f"QEMU was expected to wait paused, but is {status}")
+            self.qmp.cmd("cont")
+            return
+
+    def query(self, command: str, **args):
+        if self.qmp is None:
+            return None
+        return self.qmp.cmd(command, **args)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def collect_events(self) -> list[dict]:
+        if self.qmp is None:
+            return self.events
+        try:
+            self.events += self.qmp.get_events(wait=False)
+        except Exception:  # noqa: BLE001 - QMP gone means QEMU gone; alive() tells
+            pass
+        return self.events
+
+    def failure(self) -> str | None:
+        """Why the guest is unusable (panic, QEMU exit), or None."""
+        self.console.poll()
+        if self.console.panic_at is not None:
+            return "the guest kernel panicked"
+        if self.proc is not None and self.proc.poll() is not None:
+            return f"QEMU exited with status {self.proc.returncode}"
+        return None
+
+    def wait_for_sshd(self, connect) -> object:
+        """Wait for the guest's sshd and return ``connect()``'s result.
+        ``connect`` raises while the guest is not ready yet."""
+        deadline = time.monotonic() + self.req.boot_timeout
+        last_err = None
+        while time.monotonic() < deadline:
+            why = self.failure()
+            if why:
+                raise BootError(f"{why} during boot:\n{self.console.excerpt()}",
+                                "see console.log; check the kernel config and command line",
+                                log=str(self.console.path))
+            if SSHD_MARKER in self.console.markers:
+                try:
+                    return connect()
+                except Exception as e:  # noqa: BLE001 - banner errors are expected while sshd comes up
+                    last_err = e
+            time.sleep(1.0)
+        reached = "sshd started" if SSHD_MARKER in self.console.markers else "sshd never started"
+        raise BootError(
+            f"the guest did not answer on SSH within {self.req.boot_timeout:.0f} s ({reached}; last error: {last_err}):\n"
+            f"{self.console.excerpt(40)}",
+            "raise --boot-timeout under slow emulation, or check console.log",
+            log=str(self.console.path))
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        if self.alive() and self.qmp is not None:
+            try:
+                self.qmp.settimeout(5.0)
+                self.qmp.cmd("quit")
+            except Exception:  # noqa: BLE001 - fall through to kill
+                pass
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
+        self._kill()
+
+    def _kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
+        if self.qmp is not None:
+            try:
+                self.qmp.close()
+            except Exception:  # noqa: BLE001
+                pass
+            self.qmp = None
+        self.console.poll()
+
+    def __enter__(self) -> "QemuVM":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def _shq(arg: str) -> str:
+    import shlex
+    return shlex.quote(arg)

@@ -1,0 +1,199 @@
+"""Stage 7 (run): check the guest, list its tests, run the selected ones.
+
+Each selftest binary runs once with ``-r`` for every selected test; its TAP
+is parsed as it streams in.  The harness enforces its own per-test wall-clock
+limit: a test that overruns is killed with its whole process tree, recorded
+as ``timeout``, and the binary is started again for the tests after it.  If
+the kernel dies, the running test is ``crash`` and the rest ``notrun``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from harness import elfinfo
+from harness.errors import TargetError
+from harness.image import GUEST_SELFTEST_DIR
+from harness.results import TestRecord
+from harness.suites import Selection, parse_list
+from harness.tap import TapParser
+from harness.target import Target
+
+KILLTREE = "/usr/libexec/iommufd-harness/killtree"
+# Prints its PID (for killtree) on stderr, then becomes the selftest binary.
+WRAPPER = 'echo "harness-pid $$" >&2; cd /tmp && exec "$0" "$@"'
+
+
+@dataclass(frozen=True)
+class GuestInfo:
+    kernel_release: str
+    build_id: str | None
+    hugepages: int
+    iommus: tuple[str, ...]
+
+
+def _check(res, what: str) -> str:
+    if res.exit_status != 0:
+        raise TargetError(f"{what} failed in the guest (status {res.exit_status}): {res.err_text.strip()[:500]}")
+    return res.text
+
+
+def verify_guest(target: Target, want_build_id: str, want_iommu: str, min_hugepages: int) -> GuestInfo:
+    """The guest runs the kernel we built, and has what the tests need."""
+    release = _check(target.run(["uname", "-r"], 30), "uname -r").strip()
+    notes = target.run(["cat", "/sys/kernel/notes"], 30)
+    build_id = elfinfo.build_id_from_notes(notes.stdout) if notes.exit_status == 0 else None
+    if build_id != want_build_id:
+        raise TargetError(f"the guest runs kernel build-id {build_id}, not the one just built ({want_build_id})",
+                          "the wrong kernel image was booted")
+    meminfo = _check(target.run(["cat", "/proc/meminfo"], 30), "reading /proc/meminfo")
+    huge = 0
+    for line in meminfo.splitlines():
+        if line.startswith("HugePages_Total:"):
+            huge = int(line.split()[1])
+    if huge < min_hugepages:
+        raise TargetError(f"the guest has {huge} huge pages, the selftests need {min_hugepages}",
+                          "give the VM more memory, or check CONFIG_HUGETLBFS")
+    iommus = tuple(_check(target.run(["ls", "/sys/class/iommu"], 30), "listing /sys/class/iommu").split())
+    if want_iommu and not any(i.startswith(want_iommu) for i in iommus):
+        raise TargetError(f"the guest has no '{want_iommu}*' IOMMU (found: {', '.join(iommus) or 'none'}):\n"
+                          f"{target.console_excerpt(30)}",
+                          "the vIOMMU did not come up; check the profile and the kernel config")
+    return GuestInfo(release, build_id, huge, iommus)
+
+
+def list_tests(target: Target, binary: str) -> list[str]:
+    path = f"{GUEST_SELFTEST_DIR}/{binary}"
+    res = target.run([path, "-l"], 60)
+    # kselftest_harness prints the table to stderr and exits with KSFT_SKIP (4)
+    if res.exit_status not in (0, 4):
+        raise TargetError(f"'{binary} -l' failed in the guest (status {res.exit_status}): {res.err_text[:500]}")
+    names = parse_list(res.err_text)
+    if not names:
+        raise TargetError(f"'{binary} -l' listed no tests:\n{res.err_text[:500]}")
+    return names
+
+
+class Runner:
+    def __init__(self, target: Target, per_test_timeout: float, on_result: Callable[[TestRecord], None],
+                 on_start: Callable[[str], None] | None = None, on_tap: Callable[[str, str], None] | None = None):
+        self.target = target
+        self.per_test_timeout = per_test_timeout
+        self.on_result = on_result
+        self.on_start = on_start or (lambda name: None)
+        self.on_tap = on_tap or (lambda binary, text: None)
+        self.dead: str | None = None  # why the target went away
+
+    def run(self, selection: Selection) -> list[TestRecord]:
+        records: list[TestRecord] = []
+        for binary, names in selection.tests.items():
+            records += self.run_binary(binary, list(names))
+        return records
+
+    def _emit(self, rec: TestRecord, out: list[TestRecord]) -> None:
+        out.append(rec)
+        self.on_result(rec)
+
+    def run_binary(self, binary: str, names: list[str]) -> list[TestRecord]:
+        out: list[TestRecord] = []
+        remaining = list(names)
+        while remaining:
+            if self.dead:
+                for n in remaining:
+                    self._emit(TestRecord(n, "notrun", reason=f"not run: {self.dead}", binary=binary), out)
+                break
+            remaining = self._run_batch(binary, remaining, out)
+        return out
+
+    def _run_batch(self, binary: str, names: list[str], out: list[TestRecord]) -> list[str]:
+        """Run ``names`` in one process; returns the names still to run."""
+        parser = TapParser()
+        started: dict[str, float] = {}
+        state = {"pid": None, "overrun": None}
+        wanted = set(names)
+        reported: set[str] = set()
+        tap_lines: list[str] = []
+
+        def on_line(line: str) -> None:
+            tap_lines.append(line)
+            for ev in parser.feed(line):
+                if ev.kind == "start":
+                    started[ev.name] = time.monotonic()
+                    self.on_start(ev.name)
+                elif ev.kind == "result" and ev.name in wanted and ev.name not in reported:
+                    reported.add(ev.name)
+                    case = ev.case
+                    dur = time.monotonic() - started.get(ev.name, time.monotonic())
+                    self._emit(TestRecord(ev.name, case.status, dur, "\n".join(case.log), case.reason, binary), out)
+
+        def on_err(line: str) -> None:
+            if line.startswith("harness-pid ") and state["pid"] is None:
+                state["pid"] = line.split()[1]
+
+        def overrun() -> bool:
+            cur = parser.current
+            if cur and time.monotonic() - started.get(cur, time.monotonic()) > self.per_test_timeout:
+                state["overrun"] = cur
+                return True
+            return False
+
+        argv = ["sh", "-c", WRAPPER, f"{GUEST_SELFTEST_DIR}/{binary}"]
+        for n in names:
+            argv += ["-r", n]
+        budget = self.per_test_timeout * len(names) + 60
+        res = self._exec(argv, budget, on_line, on_err, overrun)
+        self.on_tap(binary, "\n".join(tap_lines) + "\n")
+        left = [n for n in names if n not in reported]
+
+        failure = self.target.failure()
+        if failure:
+            self.dead = failure
+            cur = parser.current or (left[0] if left else None)
+            if cur in left:
+                case = parser.cases.get(cur)
+                log = ("\n".join(case.log) + "\n" if case else "") + "--- console ---\n" + self.target.console_excerpt(80)
+                dur = time.monotonic() - started.get(cur, time.monotonic())
+                self._emit(TestRecord(cur, "crash", dur, log, failure, binary), out)
+                left.remove(cur)
+            return left
+        if res.timed_out or res.lost:
+            cur = state["overrun"] or parser.current
+            if state["pid"] and not res.lost:
+                self._exec([KILLTREE, state["pid"]], 30, None, None, None)
+            elif res.lost and not self.target.reconnect():
+                self.dead = "the target stopped answering over SSH"
+            if cur in left:
+                case = parser.cases.get(cur)
+                dur = time.monotonic() - started.get(cur, time.monotonic())
+                if state["overrun"]:
+                    reason = f"killed after the harness's {self.per_test_timeout:.0f} s per-test limit"
+                    status = "timeout"
+                else:
+                    reason = "the SSH connection was lost while the test ran"
+                    status = "crash"
+                self._emit(TestRecord(cur, status, dur, "\n".join(case.log) if case else "", reason, binary), out)
+                left.remove(cur)
+            if not state["overrun"] and not res.lost:
+                # the whole batch overran its budget without a test to blame
+                self.dead = self.dead or f"{binary} exceeded its time budget"
+            return left
+        if left:
+            cur = parser.current if parser.current in left else None
+            tail = "\n".join(tap_lines[-20:] + res.err_text.splitlines()[-10:])
+            if cur is not None:
+                # The selftest process died inside this test: blame it, go on with the rest.
+                case = parser.cases.get(cur)
+                dur = time.monotonic() - started.get(cur, time.monotonic())
+                self._emit(TestRecord(cur, "fail", dur, "\n".join(case.log) if case else tail,
+                                      f"{binary} died (status {res.exit_status}) while this test ran", binary), out)
+                left.remove(cur)
+                return left
+            for n in left:
+                self._emit(TestRecord(n, "notrun", reason=f"{binary} exited with status {res.exit_status} "
+                                                          "before running this test", log=tail, binary=binary), out)
+        return []
+
+    def _exec(self, argv, timeout, on_line, on_err, check_stop):
+        return self.target.run(argv, timeout, on_stdout_line=on_line, on_stderr_line=on_err, check_stop=check_stop)

@@ -1,0 +1,190 @@
+"""Commands on a guest or board over SSH (paramiko), each bounded in time.
+
+One connection carries many commands, each in its own channel.  stdout and
+stderr are read together (reading only one while the other fills its window
+would deadlock), lines are handed to a callback as they arrive, and a
+wall-clock limit ends the wait, whatever the remote process does.  If opening
+a channel fails (some SSH servers drop the connection after a channel closes)
+the client reconnects once and tries again.
+"""
+
+from __future__ import annotations
+
+import select
+import shlex
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import paramiko
+
+from harness.errors import TargetError
+
+MAX_OUTPUT = 64 * 1024 * 1024  # per stream; guest output is untrusted
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    argv: tuple[str, ...]
+    exit_status: int | None  # None: no exit status (timeout, connection lost)
+    stdout: bytes
+    stderr: bytes
+    timed_out: bool
+    lost: bool  # the connection went away while the command ran
+    duration_s: float
+
+    @property
+    def text(self) -> str:
+        return self.stdout.decode(errors="replace")
+
+    @property
+    def err_text(self) -> str:
+        return self.stderr.decode(errors="replace")
+
+
+class SshLost(TargetError):
+    pass
+
+
+def quote(argv: Sequence[str]) -> str:
+    return " ".join(shlex.quote(str(a)) for a in argv)
+
+
+class SshClient:
+    def __init__(self, host: str, port: int, user: str, key_file: Path, host_key: str | None,
+                 connect_timeout: float = 15.0):
+        self.host, self.port, self.user = host, port, user
+        try:
+            self.key = paramiko.PKey.from_path(str(key_file))
+        except (OSError, paramiko.SSHException) as e:
+            raise TargetError(f"cannot load SSH key {key_file}: {e}") from None
+        self.host_key = host_key  # "ssh-ed25519 AAAA..." to pin, or None (not recommended)
+        self.connect_timeout = connect_timeout
+        self.transport: paramiko.Transport | None = None
+
+    # -- connection ----------------------------------------------------------
+
+    def connect(self) -> None:
+        self.close()
+        try:
+            sock = socket.create_connection((self.host, self.port), timeout=self.connect_timeout)
+        except OSError as e:
+            raise SshLost(f"cannot connect to {self.host}:{self.port}: {e}") from None
+        t = paramiko.Transport(sock)
+        t.banner_timeout = self.connect_timeout
+        t.handshake_timeout = self.connect_timeout
+        t.auth_timeout = self.connect_timeout
+        try:
+            t.start_client(timeout=self.connect_timeout)
+            remote = t.get_remote_server_key()
+            if self.host_key is not None:
+                want_type, want_b64 = self.host_key.split()[:2]
+                if remote.get_name() != want_type or remote.get_base64() != want_b64:
+                    t.close()
+                    raise TargetError(
+                        f"host key of {self.host}:{self.port} does not match the pinned key "
+                        f"(got {remote.get_name()} {remote.get_fingerprint().hex()})",
+                        "the machine is not the one expected; check known_hosts before trusting it",
+                    )
+            t.auth_publickey(self.user, self.key)
+        except TargetError:
+            raise
+        except (paramiko.SSHException, OSError, EOFError) as e:
+            t.close()
+            raise SshLost(f"SSH to {self.host}:{self.port} failed: {e or type(e).__name__}") from None
+        t.set_keepalive(5)
+        self.transport = t
+
+    def connected(self) -> bool:
+        return self.transport is not None and self.transport.is_active()
+
+    def close(self) -> None:
+        if self.transport is not None:
+            try:
+                self.transport.close()
+            except Exception:
+                pass
+            self.transport = None
+
+    def _open_channel(self) -> paramiko.Channel:
+        for attempt in (1, 2):
+            if not self.connected():
+                self.connect()
+            try:
+                return self.transport.open_session(timeout=self.connect_timeout)
+            except (paramiko.SSHException, OSError, EOFError) as e:
+                self.close()
+                if attempt == 2:
+                    raise SshLost(f"cannot open an SSH channel to {self.host}:{self.port}: {e}") from None
+        raise AssertionError("unreachable")
+
+    # -- commands ------------------------------------------------------------
+
+    def run(self, argv: Sequence[str], timeout: float, on_stdout_line: Callable[[str], None] | None = None,
+            on_stderr_line: Callable[[str], None] | None = None, check_stop: Callable[[], bool] | None = None,
+            ) -> ExecResult:
+        """Run ``argv`` (quoted, never interpreted by a shell) with a wall-clock
+        ``timeout``.  ``check_stop()`` is polled; when it returns True the
+        wait ends early as if timed out."""
+        argv = tuple(str(a) for a in argv)
+        start = time.monotonic()
+        chan = self._open_channel()
+        out, err = bytearray(), bytearray()
+        bufs = {"out": b"", "err": b""}
+        timed_out = lost = False
+        status = None
+
+        def emit(kind: str, data: bytes, final: bool = False) -> None:
+            cb = on_stdout_line if kind == "out" else on_stderr_line
+            if cb is None:
+                return
+            buf = bufs[kind] + data
+            *lines, rest = buf.split(b"\n")
+            for line in lines:
+                cb(line.decode(errors="replace").rstrip("\r"))
+            if final and rest:
+                cb(rest.decode(errors="replace").rstrip("\r"))
+                rest = b""
+            bufs[kind] = rest
+
+        try:
+            chan.exec_command(quote(argv))
+            while True:
+                if chan.recv_ready():
+                    data = chan.recv(65536)
+                    if len(out) < MAX_OUTPUT:
+                        out += data
+                    emit("out", data)
+                    continue
+                if chan.recv_stderr_ready():
+                    data = chan.recv_stderr(65536)
+                    if len(err) < MAX_OUTPUT:
+                        err += data
+                    emit("err", data)
+                    continue
+                if chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
+                    if chan.closed or chan.eof_received:
+                        status = chan.recv_exit_status()
+                        break
+                if time.monotonic() - start > timeout or (check_stop is not None and check_stop()):
+                    timed_out = True
+                    break
+                if not self.connected():
+                    lost = True
+                    break
+                select.select([chan], [], [], 0.2)
+        except (paramiko.SSHException, OSError, EOFError):
+            lost = True
+        finally:
+            try:
+                chan.close()
+            except Exception:
+                pass
+        emit("out", b"", final=True)
+        emit("err", b"", final=True)
+        if lost:
+            self.close()
+        return ExecResult(argv, status, bytes(out), bytes(err), timed_out, lost, time.monotonic() - start)
+

@@ -1,0 +1,147 @@
+"""A streaming parser for the TAP that kselftest_harness.h prints.
+
+    TAP version 13
+    1..2
+    # Starting 2 tests from 1 test cases.
+    #  RUN           iommufd_ioas.no_domain.access_rw ...
+    #            OK  iommufd_ioas.no_domain.access_rw
+    ok 1 iommufd_ioas.no_domain.access_rw
+    #  RUN           iommufd_ioas.mock_domain.access_pin ...
+    # iommufd.c:1234:access_pin:Expected 0 (0) == ...
+    #          FAIL  iommufd_ioas.mock_domain.access_pin
+    not ok 2 iommufd_ioas.mock_domain.access_pin
+    # FAILED: 1 / 2 tests passed.
+    # Totals: pass:1 fail:1 xfail:0 xpass:0 skip:0 error:0
+
+Lines are fed one at a time as they arrive; the parser knows at any moment
+which test is running, so a caller can enforce per-test time limits and
+attribute a crash to the test that was running.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+RE_VERSION = re.compile(r"^TAP version (\d+)")
+RE_PLAN = re.compile(r"^1\.\.(\d+)")
+RE_RESULT = re.compile(r"^(not )?ok (\d+)(?: -)? (\S+)(?:\s+#\s*(SKIP|XFAIL|XPASS|TODO)\b\s*(.*))?\s*$", re.I)
+RE_RUN = re.compile(r"^#\s+RUN\s+(\S+) \.\.\.")
+RE_END = re.compile(r"^#\s+(OK|FAIL)\s+(\S+)\s*$")
+RE_TOTALS = re.compile(r"^# Totals: pass:(\d+) fail:(\d+) xfail:(\d+) xpass:(\d+) skip:(\d+) error:(\d+)")
+
+MAX_LOG_LINES = 2000
+
+
+@dataclass
+class TapCase:
+    name: str
+    number: int | None = None
+    status: str | None = None  # pass | fail | skip ; None while running
+    reason: str = ""
+    log: list[str] = field(default_factory=list)
+
+
+@dataclass
+class TapEvent:
+    kind: str  # "start" | "result" | "plan" | "totals"
+    name: str = ""
+    case: TapCase | None = None
+
+
+class TapParser:
+    def __init__(self) -> None:
+        self.version: int | None = None
+        self.plan: int | None = None
+        self.totals: dict[str, int] | None = None
+        self.cases: dict[str, TapCase] = {}
+        self.current: str | None = None
+        self.preamble: list[str] = []
+        self.lines: list[str] = []
+
+    def _case(self, name: str) -> TapCase:
+        case = self.cases.get(name)
+        if case is None:
+            case = self.cases[name] = TapCase(name)
+        return case
+
+    def feed(self, line: str) -> list[TapEvent]:
+        line = line.rstrip("\r\n")
+        self.lines.append(line)
+        m = RE_RUN.match(line)
+        if m:
+            self.current = m.group(1)
+            case = self._case(self.current)
+            case.log.append(line)
+            return [TapEvent("start", self.current, case)]
+        m = RE_RESULT.match(line)
+        if m:
+            name = m.group(3)
+            case = self._case(name)
+            case.number = int(m.group(2))
+            directive = (m.group(4) or "").upper()
+            if directive == "SKIP":
+                case.status = "skip"
+            elif directive == "XFAIL":
+                case.status = "pass"
+            elif directive == "XPASS":
+                case.status = "fail"
+            else:
+                case.status = "fail" if m.group(1) else "pass"
+            case.reason = (f"{directive.lower()}: " if directive and directive != "SKIP" else "") + (m.group(5) or "").strip()
+            case.log.append(line)
+            if self.current == name:
+                self.current = None
+            return [TapEvent("result", name, case)]
+        m = RE_PLAN.match(line)
+        if m and self.plan is None:
+            self.plan = int(m.group(1))
+            return [TapEvent("plan")]
+        m = RE_TOTALS.match(line)
+        if m:
+            keys = ("pass", "fail", "xfail", "xpass", "skip", "error")
+            self.totals = dict(zip(keys, map(int, m.groups())))
+            return [TapEvent("totals")]
+        m = RE_VERSION.match(line)
+        if m:
+            self.version = int(m.group(1))
+            return []
+        target = self.cases.get(self.current) if self.current else None
+        if target is not None:
+            if len(target.log) < MAX_LOG_LINES:
+                target.log.append(line)
+        else:
+            self.preamble.append(line)
+        return []
+
+    def feed_text(self, text: str) -> list[TapEvent]:
+        events = []
+        for line in text.splitlines():
+            events += self.feed(line)
+        return events
+
+    def finished(self) -> list[TapCase]:
+        return [c for c in self.cases.values() if c.status is not None]
+
+    def consistency_errors(self) -> list[str]:
+        """Disagreements between the results, the plan and the totals line."""
+        done = self.finished()
+        errors = []
+        if self.plan is not None and len(done) != self.plan:
+            errors.append(f"the plan announced {self.plan} tests but {len(done)} reported a result")
+        if self.totals is not None:
+            counted = {
+                "pass": sum(c.status == "pass" and not c.reason.startswith("xfail") for c in done),
+                "fail": sum(c.status == "fail" and not c.reason.startswith("xpass") for c in done),
+                "skip": sum(c.status == "skip" for c in done),
+            }
+            for key, n in counted.items():
+                if self.totals[key] != n:
+                    errors.append(f"the Totals line says {key}:{self.totals[key]} but {n} were parsed")
+        return errors
+
+
+def parse(text: str) -> TapParser:
+    p = TapParser()
+    p.feed_text(text)
+    return p

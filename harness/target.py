@@ -1,0 +1,61 @@
+"""Targets: where the selftests run.  The runner only sees this interface, so a
+QEMU VM and a real board over SSH are interchangeable (and tests use fakes)."""
+
+from __future__ import annotations
+
+from typing import Callable, Protocol, Sequence
+
+from harness.ssh import ExecResult, SshClient, SshLost
+
+
+class Target(Protocol):
+    name: str
+
+    def run(self, argv: Sequence[str], timeout: float, on_stdout_line: Callable[[str], None] | None = None,
+            on_stderr_line: Callable[[str], None] | None = None,
+            check_stop: Callable[[], bool] | None = None) -> ExecResult:
+        """Run argv (never through a shell) within ``timeout`` seconds."""
+
+    def failure(self) -> str | None:
+        """Why the machine is gone (panic, emulator exit), or None if it is up."""
+
+    def reconnect(self) -> bool:
+        """Re-establish the command channel; False if the machine is unreachable."""
+
+    def console_excerpt(self, lines: int = 60) -> str: ...
+
+    def describe(self) -> dict: ...
+
+
+class QemuTarget:
+    """A booted :class:`harness.qemu.QemuVM` reached over SSH."""
+
+    def __init__(self, vm, client: SshClient):
+        self.vm = vm
+        self.client = client
+        self.name = vm.req.profile.name
+
+    def run(self, argv, timeout, on_stdout_line=None, on_stderr_line=None, check_stop=None) -> ExecResult:
+        def stop() -> bool:
+            return self.vm.failure() is not None or (check_stop is not None and check_stop())
+
+        return self.client.run(argv, timeout, on_stdout_line=on_stdout_line, on_stderr_line=on_stderr_line,
+                               check_stop=stop)
+
+    def failure(self) -> str | None:
+        return self.vm.failure()
+
+    def reconnect(self) -> bool:
+        if self.vm.failure():
+            return False
+        try:
+            self.client.connect()
+            return True
+        except SshLost:
+            return False
+
+    def console_excerpt(self, lines: int = 60) -> str:
+        return self.vm.console.excerpt(lines)
+
+    def describe(self) -> dict:
+        return {"kind": "qemu", "ssh_port": self.vm.ssh_port, "accel": self.vm.req.accel}

@@ -1,0 +1,51 @@
+"""Progress output (stderr) and the final summary (stdout)."""
+
+from __future__ import annotations
+
+import sys
+
+from rich.console import Console
+from rich.markup import escape
+
+from harness.results import TestRecord
+
+COLORS = {"pass": "green", "fail": "red", "skip": "yellow", "timeout": "red", "crash": "bold red",
+          "notrun": "magenta"}
+
+
+class Ui:
+    def __init__(self, quiet: bool = False):
+        self.err = Console(stderr=True, highlight=False, soft_wrap=True)
+        self.out = Console(highlight=False, soft_wrap=True)
+        self.quiet = quiet
+
+    def stage(self, name: str) -> None:
+        if not self.quiet:
+            self.err.print(f"[bold cyan]==>[/] [bold]{name}[/]")
+
+    def stage_done(self, name: str, seconds: float) -> None:
+        if not self.quiet:
+            self.err.print(f"    [dim]{name} took {seconds:.1f} s[/]")
+
+    def info(self, text: str) -> None:
+        if not self.quiet:
+            self.err.print(f"    {escape(text)}")
+
+    def warn(self, text: str) -> None:
+        self.err.print(f"[yellow]warning:[/] {escape(text)}")
+
+    def error(self, text: str) -> None:
+        self.err.print(f"[bold red]{escape(text)}[/]")
+
+    def test_result(self, rec: TestRecord, index: int, total: int) -> None:
+        if self.quiet:
+            return
+        width = len(str(total))
+        color = COLORS[rec.status]
+        extra = f"  [dim]{escape(rec.reason)}[/]" if rec.reason else ""
+        self.err.print(f"    [{index:>{width}}/{total}] [{color}]{rec.status:<7}[/] {escape(rec.name)} "
+                       f"[dim]({rec.duration_s:.1f}s)[/]{extra}")
+
+
+def stdout_is_tty() -> bool:
+    return sys.stdout.isatty()

@@ -1,0 +1,96 @@
+"""The work directory: every output of the harness lives below it.
+
+    <work>/cache/      downloads and extracted sources, reusable across runs
+    <work>/src/        patched working copies of kernel trees
+    <work>/build/      kernel and selftest build directories
+    <work>/images/     guest initramfs images
+    <work>/results/    one directory per run
+    <work>/lock        held by the run using this work dir
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness.errors import InputError
+
+
+@dataclass(frozen=True)
+class WorkDir:
+    root: Path
+
+    @property
+    def cache(self) -> Path:
+        return self.root / "cache"
+
+    @property
+    def src(self) -> Path:
+        return self.root / "src"
+
+    @property
+    def build(self) -> Path:
+        return self.root / "build"
+
+    @property
+    def images(self) -> Path:
+        return self.root / "images"
+
+    @property
+    def results(self) -> Path:
+        return self.root / "results"
+
+    def prepare(self) -> "WorkDir":
+        try:
+            for d in (self.root, self.cache, self.src, self.build, self.images, self.results):
+                d.mkdir(parents=True, exist_ok=True)
+            probe = self.root / ".write-test"
+            probe.write_text("ok")
+            probe.unlink()
+        except OSError as e:
+            raise InputError(
+                f"work dir {self.root} is not usable: {e.strerror or e}",
+                "pass a writable directory with --work (and check free disk space)",
+            ) from None
+        return self
+
+
+class WorkLock:
+    """An exclusive lock on a work dir, so two runs never share a build dir."""
+
+    def __init__(self, work: WorkDir, wait: float = 0.0):
+        self.path = work.root / "lock"
+        self.wait = wait
+        self._fd: int | None = None
+
+    def __enter__(self) -> "WorkLock":
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        deadline = time.monotonic() + self.wait
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as e:
+                if e.errno not in (errno.EAGAIN, errno.EACCES):
+                    raise
+                if time.monotonic() >= deadline:
+                    holder = os.pread(fd, 200, 0).decode(errors="replace").strip()
+                    os.close(fd)
+                    raise InputError(
+                        f"work dir {self.path.parent} is in use by another run ({holder or 'unknown pid'})",
+                        "wait for it to finish, or use another --work directory",
+                    ) from None
+                time.sleep(1.0)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()}\n".encode(), 0)
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None

@@ -1,0 +1,101 @@
+"""Fake targets and trees for the fast tests."""
+
+from __future__ import annotations
+
+import os
+import selectors
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+from harness.image import GUEST_SELFTEST_DIR
+from harness.runner import KILLTREE
+from harness.ssh import ExecResult
+
+REPO = Path(__file__).resolve().parent.parent
+FAKE_KERNEL = Path(__file__).resolve().parent / "fixtures" / "fake-kernel"
+KILLTREE_SCRIPT = REPO / "qemu-images" / "debian-bookworm" / "killtree"
+
+
+class LocalTarget:
+    """Runs the guest's commands as host processes: selftest paths map to
+    ``bindir``, killtree to the image's own script.  ``dead`` simulates a
+    machine that went away."""
+
+    name = "local"
+
+    def __init__(self, bindir: Path):
+        self.bindir = bindir
+        self.dead: str | None = None
+        self.commands: list[tuple[str, ...]] = []
+
+    def _map(self, arg: str) -> str:
+        if arg.startswith(GUEST_SELFTEST_DIR + "/"):
+            return str(self.bindir / arg[len(GUEST_SELFTEST_DIR) + 1:])
+        if arg == KILLTREE:
+            return str(KILLTREE_SCRIPT)
+        return arg
+
+    def run(self, argv, timeout, on_stdout_line=None, on_stderr_line=None, check_stop=None) -> ExecResult:
+        argv = tuple(str(a) for a in argv)
+        self.commands.append(argv)
+        start = time.monotonic()
+        p = subprocess.Popen([self._map(a) for a in argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             stdin=subprocess.DEVNULL, start_new_session=True)
+        sel = selectors.DefaultSelector()
+        sel.register(p.stdout, selectors.EVENT_READ, ("out", on_stdout_line))
+        sel.register(p.stderr, selectors.EVENT_READ, ("err", on_stderr_line))
+        bufs = {"out": b"", "err": b""}
+        data_all = {"out": b"", "err": b""}
+        open_streams = 2
+        timed_out = False
+        while open_streams:
+            if time.monotonic() - start > timeout or self.dead or (check_stop and check_stop()):
+                timed_out = True
+                break
+            for key, _ in sel.select(0.1):
+                kind, cb = key.data
+                chunk = os.read(key.fileobj.fileno(), 65536)
+                if not chunk:
+                    sel.unregister(key.fileobj)
+                    open_streams -= 1
+                    continue
+                data_all[kind] += chunk
+                bufs[kind] += chunk
+                *lines, bufs[kind] = bufs[kind].split(b"\n")
+                if cb:
+                    for line in lines:
+                        cb(line.decode(errors="replace"))
+        status = None
+        if self.dead:  # the "machine" is gone, and its processes with it
+            os.killpg(p.pid, 9)
+            p.wait()
+        if not timed_out and not self.dead:
+            status = p.wait()
+            if self.dead:
+                status = None
+            elif status < 0:
+                status = 128 - status
+        sel.close()
+        p.stdout.close()
+        p.stderr.close()
+        return ExecResult(argv, status, data_all["out"], data_all["err"], timed_out, False,
+                          time.monotonic() - start)
+
+    def failure(self):
+        return self.dead
+
+    def reconnect(self):
+        return self.dead is None
+
+    def console_excerpt(self, lines=60):
+        return "fake console"
+
+    def describe(self):
+        return {"kind": "local"}
+
+
+def copy_fake_kernel(dest: Path) -> Path:
+    shutil.copytree(FAKE_KERNEL, dest, symlinks=True)
+    return dest

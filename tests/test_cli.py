@@ -1,0 +1,57 @@
+"""User errors end with one clear message and exit 2, never a traceback."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def harness(*args, work):
+    return subprocess.run([sys.executable, "-m", "harness", *args, "--work", str(work)], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["run", "--profile", "nope"], "unknown profile 'nope'"),
+    (["run", "--suite", "nope"], "unknown suite 'nope'"),
+    (["run", "--kernel-src", "/nonexistent/linux"], "kernel source /nonexistent/linux does not exist"),
+    (["run", "--patches", "/nonexistent.patch"], "patch input /nonexistent.patch does not exist"),
+    (["build", "--kernel-src", "/etc"], "/etc is not a Linux kernel tree"),
+    (["build", "--kconfig-add", "IOMMUFD"], "not a Kconfig setting"),
+])
+def test_bad_input_exit_2_with_a_message(args, message, tmp_path):
+    res = harness(*args, work=tmp_path / "w")
+    assert res.returncode == 2, res.stderr
+    assert message in res.stderr
+    assert "Traceback" not in res.stderr + res.stdout
+
+
+def test_patch_that_does_not_apply(fake_kernel, tmp_path):
+    bad = tmp_path / "bad.patch"
+    bad.write_text("Subject: [PATCH] iommufd: nothing\n\n--- a/drivers/iommu/iommufd/main.c\n"
+                   "+++ b/drivers/iommu/iommufd/main.c\n@@ -1,3 +1,3 @@\n-this line\n+that line\n context\n"
+                   " more\n")
+    res = harness("build", "--kernel-src", str(fake_kernel), "--no-default-patches", "--patches", str(bad),
+                  work=tmp_path / "w")
+    assert res.returncode == 2
+    assert "bad.patch (iommufd: nothing) does not apply" in res.stderr
+    assert "drivers/iommu/iommufd/main.c: hunk #1" in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_results_dir_holding_another_run_is_refused(tmp_path):
+    res_dir = tmp_path / "res"
+    res_dir.mkdir()
+    (res_dir / "results.json").write_text("{}")
+    res = harness("run", "--results", str(res_dir), work=tmp_path / "w")
+    assert res.returncode == 2 and "already holds another run" in res.stderr
+
+
+def test_listings():
+    out = subprocess.run([sys.executable, "-m", "harness", "profiles"], cwd=REPO, capture_output=True, text=True)
+    assert out.returncode == 0 and "x86_64-vtd" in out.stdout
+    out = subprocess.run([sys.executable, "-m", "harness", "suites"], cwd=REPO, capture_output=True, text=True)
+    assert out.returncode == 0 and "access" in out.stdout and "fail_nth" in out.stdout

@@ -1,0 +1,113 @@
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from harness import patches, source
+from harness.errors import PatchError
+
+MAIN_C = "drivers/iommu/iommufd/main.c"
+
+
+def _make_patch(tree: Path, rel: str, old: str, new: str, subject: str, tmp: Path, name: str) -> Path:
+    """A format-patch style patch replacing ``old`` by ``new`` in ``rel``."""
+    a, b = tmp / "a", tmp / "b"
+    for d in (a, b):
+        (d / rel).parent.mkdir(parents=True, exist_ok=True)
+    text = (tree / rel).read_text()
+    (a / rel).write_text(text)
+    (b / rel).write_text(text.replace(old, new))
+    diff = subprocess.run(["diff", "-u", f"a/{rel}", f"b/{rel}"], cwd=tmp, capture_output=True, text=True).stdout
+    p = tmp / name
+    p.write_text(f"From 0123456789abcdef Mon Sep 17 00:00:00 2001\nFrom: Dev <dev@example.org>\n"
+                 f"Subject: [PATCH] {subject}\n\nBecause.\n---\n{diff}-- \n2.39.5\n")
+    return p
+
+
+@pytest.fixture
+def trees(fake_kernel, tmp_path):
+    origin = source.user_origin(fake_kernel)
+    work = tmp_path / "copy"
+    source.sync(origin, work)
+    return origin, work
+
+
+def test_quilt_series_applies_and_records(trees, tmp_path):
+    origin, work = trees
+    qdir = tmp_path / "series-dir"
+    qdir.mkdir()
+    _make_patch(origin.path, MAIN_C, "return 0;", "return 1;", "iommufd: return one", qdir, "0001-one.patch")
+    (qdir / "series").write_text("# comment\n0001-one.patch\n")
+    series = patches.load(qdir)
+    assert [(p.name, p.subject) for p in series] == [("0001-one.patch", "iommufd: return one")]
+    assert series[0].files == (MAIN_C,)
+    res = patches.apply_series(origin.path, work, series, set(), tmp_path / "p.log")
+    assert "return 1;" in (work / MAIN_C).read_text()
+    assert res.changed == (MAIN_C,)
+    # same series again, file protected by the sync: nothing to do
+    prot = patches.protected_files(origin.path, work)
+    assert prot == {MAIN_C}
+    again = patches.apply_series(origin.path, work, series, prot, tmp_path / "p.log")
+    assert again.changed == ()
+    # the origin itself is never touched
+    assert "return 0;" in (origin.path / MAIN_C).read_text()
+
+
+def test_switching_series_reverts_the_old_one(trees, tmp_path):
+    origin, work = trees
+    one = patches.load(_make_patch(origin.path, MAIN_C, "return 0;", "return 1;", "one", tmp_path, "one.patch"))
+    two = patches.load(_make_patch(origin.path, MAIN_C, "int main", "int  main", "two", tmp_path, "two.patch"))
+    patches.apply_series(origin.path, work, one, set(), tmp_path / "p.log")
+    patches.apply_series(origin.path, work, two, patches.protected_files(origin.path, work), tmp_path / "p.log")
+    text = (work / MAIN_C).read_text()
+    assert "return 0;" in text and "int  main" in text
+    patches.apply_series(origin.path, work, [], patches.protected_files(origin.path, work), tmp_path / "p.log")
+    assert (work / MAIN_C).read_text() == (origin.path / MAIN_C).read_text()
+
+
+def test_patch_that_does_not_apply_names_patch_file_and_hunk_and_leaves_tree_clean(trees, tmp_path):
+    origin, work = trees
+    good = _make_patch(origin.path, MAIN_C, "return 0;", "return 1;", "good", tmp_path, "good.patch")
+    (tmp_path / "x").mkdir()
+    bad = _make_patch(origin.path, MAIN_C, "return 0;", "return 2;", "bad", tmp_path / "x", "bad.patch")
+    series = patches.load(good) + patches.load(bad)  # bad conflicts with good
+    with pytest.raises(PatchError) as e:
+        patches.apply_series(origin.path, work, series, set(), tmp_path / "p.log")
+    msg = e.value.message
+    assert "bad.patch" in msg and "(bad)" in msg
+    assert f"{MAIN_C}: hunk #1" in msg
+    assert (work / MAIN_C).read_text() == (origin.path / MAIN_C).read_text()
+
+
+def test_mbox_with_cover_letter(trees, tmp_path):
+    origin, _ = trees
+    p1 = _make_patch(origin.path, MAIN_C, "return 0;", "return 1;", "iommufd: first", tmp_path, "1.patch")
+    mbox = tmp_path / "series.mbox"
+    cover = ("From 0000000000000000 Mon Sep 17 00:00:00 2001\nFrom: Dev <dev@example.org>\n"
+             "Subject: [PATCH 0/1] cover\n\nJust words.\n\n")
+    mbox.write_text(cover + p1.read_text().replace("[PATCH]", "[PATCH v2 1/1]"))
+    series = patches.load(mbox)
+    assert [p.subject for p in series] == ["iommufd: first"]
+    assert series[0].files == (MAIN_C,)
+
+
+def test_bad_inputs(tmp_path):
+    with pytest.raises(PatchError, match="does not exist"):
+        patches.load(tmp_path / "missing.patch")
+    (tmp_path / "notes.txt").write_text("hello\n")
+    with pytest.raises(PatchError, match="not a patch"):
+        patches.load(tmp_path / "notes.txt")
+    (tmp_path / "q").mkdir()
+    with pytest.raises(PatchError, match="no 'series' file"):
+        patches.load(tmp_path / "q")
+    (tmp_path / "q" / "series").write_text("missing.patch\n")
+    with pytest.raises(PatchError, match="series:1: patch missing.patch does not exist"):
+        patches.load(tmp_path / "q")
+
+
+def test_default_series_is_well_formed():
+    series = patches.load(Path(__file__).resolve().parent.parent / "kernel-patches" / "default")
+    assert series, "the default series must carry the selftest build fix"
+    for p in series:
+        assert p.subject and p.files
+        assert "Signed-off-by:" in p.text

@@ -1,0 +1,104 @@
+"""source -> patches -> config -> build on the fake kernel tree (milliseconds)."""
+
+import os
+
+import pytest
+
+from harness import build, config, profiles, source
+from harness.errors import BuildError, ConfigError, SourceError
+from harness.toolchain import Toolchain
+from harness.workdir import WorkDir, WorkLock
+from harness.errors import InputError
+
+
+def _configure(tree, bdir, extra=()):
+    prof = profiles.load("x86_64-vtd")
+    req = config.ConfigRequest(tree, bdir, Toolchain("x86_64"), "tinyconfig", prof.fragments, tuple(extra))
+    return config.configure(req, bdir / "config.log")
+
+
+def test_source_sync_keeps_the_user_tree_and_skips_build_outputs(fake_kernel, tmp_path):
+    (fake_kernel / "drivers/iommu/iommufd/main.o").write_text("object")
+    (fake_kernel / ".config").write_text("CONFIG_X=y\n")
+    work = WorkDir(tmp_path / "w").prepare()
+    tree = source.prepare(source.SourceRequest(fake_kernel), work)
+    assert tree.version == "6.12.99-fake"
+    assert (tree.path / "drivers/iommu/iommufd/main.c").exists()
+    assert not (tree.path / "drivers/iommu/iommufd/main.o").exists()
+    assert not (tree.path / ".config").exists()
+    assert "drivers/iommu/iommufd/main.c" in tree.changed
+    # unchanged origin: nothing to copy again
+    assert source.prepare(source.SourceRequest(fake_kernel), work).changed == ()
+    (fake_kernel / "Kconfig").write_text("# changed\n")
+    assert source.prepare(source.SourceRequest(fake_kernel), work).changed == ("Kconfig",)
+
+
+def test_not_a_kernel_tree(tmp_path):
+    with pytest.raises(SourceError, match="does not exist"):
+        source.user_origin(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SourceError, match="not a Linux kernel tree"):
+        source.user_origin(tmp_path / "empty")
+
+
+def test_config_is_checked_and_not_redone_when_inputs_are_unchanged(fake_kernel, tmp_path):
+    bdir = tmp_path / "b"
+    first = _configure(fake_kernel, bdir)
+    assert first.reconfigured
+    values = (bdir / ".config").read_text()
+    assert "CONFIG_IOMMUFD_TEST=y" in values
+    mtime = os.stat(bdir / ".config").st_mtime_ns
+    second = _configure(fake_kernel, bdir)
+    assert not second.reconfigured and second.sha256 == first.sha256
+    assert os.stat(bdir / ".config").st_mtime_ns == mtime
+
+
+def test_symbol_that_does_not_stick_stops_before_the_build(fake_kernel, tmp_path):
+    with pytest.raises(ConfigError) as e:
+        _configure(fake_kernel, tmp_path / "b", ["CONFIG_FAULT_INJECTION=n"])
+    assert "CONFIG_IOMMUFD_TEST=y" in e.value.message and "iommufd.config" in e.value.message
+    with pytest.raises(ConfigError, match="CONFIG_NO_SUCH_SYMBOL=y"):
+        _configure(fake_kernel, tmp_path / "c", ["CONFIG_NO_SUCH_SYMBOL=y"])
+    with pytest.raises(ConfigError, match="not a Kconfig setting"):
+        _configure(fake_kernel, tmp_path / "d", ["IOMMUFD=y"])
+
+
+def test_build_is_skipped_when_nothing_changed(fake_kernel, tmp_path):
+    bdir = tmp_path / "b"
+    cfg = _configure(fake_kernel, bdir)
+    req = build.BuildRequest(fake_kernel, bdir, Toolchain("x86_64"), cfg.sha256, "gen1")
+    kb = build.build(req, tmp_path / "build.log")
+    assert kb.rebuilt and kb.image.exists() and len(kb.build_id) == 40
+    assert set(kb.selftests) == {"iommufd", "iommufd_fail_nth"}
+    again = build.build(req, tmp_path / "build.log")
+    assert not again.rebuilt and again.build_id == kb.build_id
+    assert (bdir / "build-count").read_text().count("fake build") == 1
+    changed = build.build(build.BuildRequest(fake_kernel, bdir, Toolchain("x86_64"), cfg.sha256, "gen2"),
+                          tmp_path / "build.log")
+    assert changed.rebuilt
+
+
+def test_compiler_error_names_file_line_and_log(fake_kernel, tmp_path):
+    bdir = tmp_path / "b"
+    cfg = _configure(fake_kernel, bdir, ["CONFIG_FAKE_BREAK_BUILD=y"])
+    with pytest.raises(BuildError) as e:
+        build.build(build.BuildRequest(fake_kernel, bdir, Toolchain("x86_64"), cfg.sha256, "g"), tmp_path / "b.log")
+    assert "drivers/iommu/iommufd/main.c:42:7: 'broken' undeclared" in e.value.message
+    assert e.value.log == str(tmp_path / "b.log")
+
+
+def test_second_run_on_a_locked_work_dir_fails_clearly(tmp_path):
+    work = WorkDir(tmp_path / "w").prepare()
+    with WorkLock(work):
+        with pytest.raises(InputError, match="in use by another run"):
+            with WorkLock(work):
+                pass
+    with WorkLock(work):  # released
+        pass
+
+
+def test_unwritable_work_dir(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(InputError, match="not usable"):
+        WorkDir(blocker / "w").prepare()

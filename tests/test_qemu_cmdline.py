@@ -1,0 +1,54 @@
+from pathlib import Path
+
+import pytest
+
+from harness import profiles, qemu
+from harness.errors import InputError
+
+
+def _argv(name):
+    prof = profiles.load(name)
+    req = qemu.BootRequest(prof, Path("/k/bzImage"), Path("/r/initrd.cpio"), Path("/r"), "tcg")
+    return qemu.QemuVM(req).command_line(10022, Path("/s/qmp.sock"))
+
+
+def test_vtd_profile_command_line_golden():
+    assert _argv("x86_64-vtd") == [
+        "qemu-system-x86_64", "-S", "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+        "-machine", "q35,kernel-irqchip=split", "-accel", "tcg", "-cpu", "max", "-smp", "2", "-m", "2G",
+        "-device", "intel-iommu,intremap=on",
+        "-kernel", "/k/bzImage", "-initrd", "/r/initrd.cpio",
+        "-append", "console=ttyS0 panic=-1 oops=panic printk.time=1 intel_iommu=on harness.hugepages=64",
+        "-chardev", "file,id=con0,path=/r/console.log", "-serial", "chardev:con0",
+        "-netdev", "user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:10022-:22",
+        "-device", "virtio-net-pci,netdev=net0",
+        "-chardev", "socket,id=qmp0,path=/s/qmp.sock", "-mon", "chardev=qmp0,mode=control",
+    ]
+
+
+@pytest.mark.parametrize("name", profiles.available())
+def test_every_profile_is_isolated_from_the_network(name):
+    argv = _argv(name)
+    net = argv[argv.index("-netdev") + 1]
+    assert "restrict=on" in net and "hostfwd=tcp:127.0.0.1:" in net
+    assert "-S" in argv and "-no-reboot" in argv
+    assert "panic=-1" in argv[argv.index("-append") + 1]
+
+
+def test_unknown_profile_lists_the_known_ones():
+    with pytest.raises(InputError) as e:
+        profiles.load("x86_64-nope")
+    assert "x86_64-vtd" in e.value.hint
+
+
+def test_console_watcher_spots_a_panic(tmp_path):
+    log = tmp_path / "console.log"
+    log.write_text("[    0.1] booting\n")
+    w = qemu.ConsoleWatcher(log)
+    w.poll()
+    assert w.panic_at is None
+    with open(log, "a") as f:
+        f.write("[    2.0] Kernel panic - not syncing: Attempted to kill init!\n[    2.1] ---[ end Kernel panic ]---\n")
+    w.poll()
+    assert w.panic_at is not None
+    assert "Attempted to kill init" in w.excerpt()

@@ -1,0 +1,82 @@
+import json
+
+from fakes import LocalTarget
+
+from harness import suites
+from harness.runner import Runner, list_tests
+from harness.suites import Selection
+
+
+def _run(bindir, names, limit=5.0, target=None):
+    target = target or LocalTarget(bindir)
+    seen = []
+    r = Runner(target, limit, seen.append)
+    records = r.run(Selection({"iommufd": tuple(names)}, ()))
+    return r, records, seen, target
+
+
+def test_lists_tests_from_the_binary(fake_selftests):
+    names = list_tests(LocalTarget(fake_selftests), "iommufd")
+    assert names == [
+        "iommufd_ioas.no_domain.access_pin", "iommufd_ioas.no_domain.access_rw",
+        "iommufd_ioas.no_domain.fails", "iommufd_ioas.no_domain.hangs", "iommufd_ioas.no_domain.dies",
+        "iommufd_ioas.mock_domain.access_pin", "iommufd_ioas.mock_domain.access_rw",
+        "iommufd_ioas.mock_domain.fails", "iommufd_ioas.mock_domain.hangs", "iommufd_ioas.mock_domain.dies",
+        "iommufd.simple_close",
+    ]
+
+
+def test_pass_and_fail_are_reported_with_logs(fake_selftests):
+    names = ["iommufd_ioas.no_domain.access_pin", "iommufd_ioas.no_domain.fails", "iommufd.simple_close"]
+    r, records, seen, _ = _run(fake_selftests, names)
+    assert [(t.name, t.status) for t in records] == [
+        (names[0], "pass"), (names[1], "fail"), (names[2], "pass")]
+    assert seen == records  # streamed as they finished
+    assert "Expected 0 (0) == rc (-22)" in records[1].log
+    assert r.dead is None
+
+
+def test_hanging_test_is_killed_and_the_rest_still_runs(fake_selftests):
+    names = ["iommufd_ioas.no_domain.access_pin", "iommufd_ioas.no_domain.hangs", "iommufd_ioas.no_domain.access_rw"]
+    r, records, _, target = _run(fake_selftests, names, limit=1.5)
+    assert [(t.name, t.status) for t in records] == [
+        (names[0], "pass"), (names[1], "timeout"), (names[2], "pass")]
+    assert "per-test limit" in records[1].reason
+    assert any(cmd[0].endswith("killtree") for cmd in target.commands)
+    # the hung process tree is gone
+    import subprocess
+    left = subprocess.run(["pgrep", "-f", f"{fake_selftests}/iommufd"], capture_output=True, text=True).stdout
+    assert left.strip() == ""
+
+
+def test_selftest_process_dying_blames_the_running_test(fake_selftests):
+    names = ["iommufd_ioas.no_domain.dies", "iommufd_ioas.no_domain.access_rw"]
+    _, records, _, _ = _run(fake_selftests, names)
+    assert [(t.name, t.status) for t in records] == [(names[0], "fail"), (names[1], "pass")]
+    assert "died" in records[0].reason
+
+
+def test_dead_machine_marks_crash_then_notrun(fake_selftests):
+    target = LocalTarget(fake_selftests)
+    names = ["iommufd_ioas.no_domain.hangs", "iommufd_ioas.no_domain.access_rw", "iommufd.simple_close"]
+
+    def on_start_kill(name):
+        target.dead = "the guest kernel panicked"
+
+    r = Runner(target, 30.0, lambda rec: None, on_start=on_start_kill)
+    records = r.run(Selection({"iommufd": tuple(names)}, ()))
+    assert [t.status for t in records] == ["crash", "notrun", "notrun"]
+    assert records[0].name == names[0]
+    assert "fake console" in records[0].log
+    assert r.dead == "the guest kernel panicked"
+
+
+def test_access_suite_selects_the_24_access_tests(golden):
+    names = suites.parse_list((golden / "iommufd-6.12-list.txt").read_text())
+    sel = suites.select(suites.load("access"), {"iommufd": names})
+    chosen = sel.tests["iommufd"]
+    assert len(chosen) == 24
+    assert sum(n.endswith(".access_pin_unmap") for n in chosen) == 4
+    assert sum(n.endswith(".user_copy") for n in chosen) == 4
+    assert sel.unmatched == ()
+    assert json.dumps(chosen)  # plain strings

@@ -1,0 +1,73 @@
+from harness.tap import TapParser, parse
+
+SAMPLE = """TAP version 13
+1..4
+# Starting 4 tests from 2 test cases.
+#  RUN           iommufd_ioas.no_domain.access_rw ...
+#            OK  iommufd_ioas.no_domain.access_rw
+ok 1 iommufd_ioas.no_domain.access_rw
+#  RUN           iommufd_ioas.mock_domain.access_pin ...
+# iommufd.c:1520:access_pin:Expected 0 (0) == _test_cmd_mock_domain(self->fd, ioas_id, &stdev_id, &hwpt_id, NULL) (22)
+# access_pin: Test terminated by assertion
+#          FAIL  iommufd_ioas.mock_domain.access_pin
+not ok 2 iommufd_ioas.mock_domain.access_pin
+#  RUN           iommufd_dirty_tracking.domain_dirty128k.set_dirty_tracking ...
+#      SKIP      hugepages not available
+#            OK  iommufd_dirty_tracking.domain_dirty128k.set_dirty_tracking
+ok 3 iommufd_dirty_tracking.domain_dirty128k.set_dirty_tracking # SKIP hugepages not available
+#  RUN           iommufd.simple_close ...
+#            OK  iommufd.simple_close
+ok 4 iommufd.simple_close # XFAIL known bug
+# FAILED: 3 / 4 tests passed.
+# Totals: pass:1 fail:1 xfail:1 xpass:0 skip:1 error:0
+"""
+
+
+def test_statuses_reasons_and_logs():
+    p = parse(SAMPLE)
+    got = {c.name: c.status for c in p.finished()}
+    assert got == {
+        "iommufd_ioas.no_domain.access_rw": "pass",
+        "iommufd_ioas.mock_domain.access_pin": "fail",
+        "iommufd_dirty_tracking.domain_dirty128k.set_dirty_tracking": "skip",
+        "iommufd.simple_close": "pass",
+    }
+    fail = p.cases["iommufd_ioas.mock_domain.access_pin"]
+    assert fail.number == 2
+    assert any("Expected 0 (0)" in line for line in fail.log)
+    assert p.cases["iommufd_dirty_tracking.domain_dirty128k.set_dirty_tracking"].reason == "hugepages not available"
+    assert p.cases["iommufd.simple_close"].reason.startswith("xfail")
+    assert p.plan == 4 and p.version == 13
+    assert p.totals == {"pass": 1, "fail": 1, "xfail": 1, "xpass": 0, "skip": 1, "error": 0}
+    assert p.consistency_errors() == []
+    assert p.current is None
+
+
+def test_streaming_knows_the_running_test():
+    p = TapParser()
+    kinds = []
+    for line in SAMPLE.splitlines()[:8]:
+        kinds += [(e.kind, e.name) for e in p.feed(line)]
+    assert p.current == "iommufd_ioas.mock_domain.access_pin"
+    assert ("start", "iommufd_ioas.no_domain.access_rw") in kinds
+    assert ("result", "iommufd_ioas.no_domain.access_rw") in kinds
+
+
+def test_truncated_output_is_inconsistent():
+    text = "\n".join(SAMPLE.splitlines()[:9])  # cut inside test 2
+    p = parse(text)
+    assert p.current == "iommufd_ioas.mock_domain.access_pin"
+    assert [c.name for c in p.finished()] == ["iommufd_ioas.no_domain.access_rw"]
+    assert any("plan announced 4" in e for e in p.consistency_errors())
+
+
+def test_totals_mismatch_is_reported():
+    text = SAMPLE.replace("pass:1 fail:1", "pass:2 fail:0")
+    errors = parse(text).consistency_errors()
+    assert any("pass:2" in e for e in errors) and any("fail:0" in e for e in errors)
+
+
+def test_console_noise_before_the_plan_is_kept_out_of_tests():
+    p = parse("[    1.234] random: crng init done\nTAP version 13\n1..0\n")
+    assert p.plan == 0 and p.finished() == []
+    assert p.preamble == ["[    1.234] random: crng init done"]
