@@ -89,7 +89,7 @@ def build(req: BuildRequest, log: Path) -> KernelBuild:
         _make(mk + ["headers"], req, log, "make headers")
         st_argv = ["make", "-C", str(req.tree / "tools/testing/selftests/iommu"),
                    f"ARCH={tc.kernel_arch}", f"OUTPUT={st_out}",
-                   f"KHDR_INCLUDES=-isystem {headers}", "LDFLAGS=-static",
+                   f"KHDR_INCLUDES=-isystem {headers}", "USERLDFLAGS=-static",
                    f"-j{tc.jobs or 2}"]
         if tc.cross_compile:
             st_argv.append(f"CROSS_COMPILE={tc.cross_compile}")

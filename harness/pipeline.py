@@ -114,7 +114,8 @@ class Pipeline:
         with self.stage("build"):
             kb = build.build(build.BuildRequest(tree.path, build_dir, tc, cfg.sha256, generation),
                              self.logs / "build.log")
-            self.record.kernel["build_id"] = kb.build_id
+            self.record.kernel.update(build_id=kb.build_id, rebuilt=kb.rebuilt, arch=tc.arch,
+                                      toolchain=tc.cc + (" (ccache)" if tc.ccache else ""))
             self.ui.info(("built" if kb.rebuilt else "up to date:") + f" {kb.image} (build-id {kb.build_id[:16]})")
         return Prepared(tree, tuple(series), cfg, kb, tc, profile)
 
@@ -125,6 +126,8 @@ class Pipeline:
             recipe = image.Recipe.load(prep.profile.recipe)
             req = image.ImageRequest(recipe, prep.profile.arch, prep.toolchain.elf_machine, prep.kernel.selftests)
             base = image.build_base(req, self.work.images, self.work.cache, self.logs / "image.log")
+            self.record.image = {"recipe": recipe.name, "file": base.path.name, "rebuilt": base.rebuilt,
+                                 "packages": base.packages}
             self.ui.info(("built" if base.rebuilt else "cached:") + f" {base.path.name}")
             return base
 
@@ -163,6 +166,7 @@ class Pipeline:
                 self.ui.info(f"guest up: {info.kernel_release}, IOMMUs: {', '.join(info.iommus) or 'none'}, "
                              f"{info.hugepages} huge pages")
             yield target, self.ssh_command(vm_dir, vm.ssh_port)
+            self.record.guest.update(ssh_connections=client.connections, ssh_commands=client.commands)
         finally:
             if vm is not None:
                 vm.stop()

@@ -58,6 +58,7 @@ class RunRecord:
     kernel: dict = field(default_factory=dict)
     patches: list[dict] = field(default_factory=list)
     qemu: dict = field(default_factory=dict)
+    image: dict = field(default_factory=dict)
     guest: dict = field(default_factory=dict)
     stages: dict[str, float] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
@@ -120,11 +121,14 @@ class ResultsDir:
             f.write(json.dumps(asdict(test)) + "\n")
             f.flush()
 
-    def save_tap(self, binary: str, text: str) -> None:
+    def save_tap(self, binary: str, tap: str, stderr: str = "") -> None:
+        """The raw TAP (stdout) and the diagnostics (stderr) of one selftest process."""
         d = self.path / "tap"
         d.mkdir(exist_ok=True)
         with open(d / f"{binary}.tap", "a") as f:
-            f.write(text)
+            f.write(tap)
+        with open(d / f"{binary}.stderr", "a") as f:
+            f.write(stderr)
 
     def write(self, run: RunRecord) -> None:
         run.results_dir = str(self.path)

@@ -78,12 +78,12 @@ def list_tests(target: Target, binary: str) -> list[str]:
 
 class Runner:
     def __init__(self, target: Target, per_test_timeout: float, on_result: Callable[[TestRecord], None],
-                 on_start: Callable[[str], None] | None = None, on_tap: Callable[[str, str], None] | None = None):
+                 on_start: Callable[[str], None] | None = None, on_tap: Callable[[str, str, str], None] | None = None):
         self.target = target
         self.per_test_timeout = per_test_timeout
         self.on_result = on_result
         self.on_start = on_start or (lambda name: None)
-        self.on_tap = on_tap or (lambda binary, text: None)
+        self.on_tap = on_tap or (lambda binary, tap, stderr: None)
         self.dead: str | None = None  # why the target went away
 
     def run(self, selection: Selection) -> list[TestRecord]:
@@ -115,6 +115,7 @@ class Runner:
         wanted = set(names)
         reported: set[str] = set()
         tap_lines: list[str] = []
+        err_lines: list[str] = []
 
         def on_line(line: str) -> None:
             tap_lines.append(line)
@@ -131,6 +132,9 @@ class Runner:
         def on_err(line: str) -> None:
             if line.startswith("harness-pid ") and state["pid"] is None:
                 state["pid"] = line.split()[1]
+                return
+            err_lines.append(line)
+            parser.note(line)
 
         def overrun() -> bool:
             cur = parser.current
@@ -144,7 +148,7 @@ class Runner:
             argv += ["-r", n]
         budget = self.per_test_timeout * len(names) + 60
         res = self._exec(argv, budget, on_line, on_err, overrun)
-        self.on_tap(binary, "\n".join(tap_lines) + "\n")
+        self.on_tap(binary, "\n".join(tap_lines) + "\n", "\n".join(err_lines) + "\n")
         left = [n for n in names if n not in reported]
 
         failure = self.target.failure()

@@ -63,6 +63,8 @@ class SshClient:
         self.host_key = host_key  # "ssh-ed25519 AAAA..." to pin, or None (not recommended)
         self.connect_timeout = connect_timeout
         self.transport: paramiko.Transport | None = None
+        self.connections = 0  # successful connects (1 when every command shared one connection)
+        self.commands = 0
 
     # -- connection ----------------------------------------------------------
 
@@ -96,6 +98,7 @@ class SshClient:
             raise SshLost(f"SSH to {self.host}:{self.port} failed: {e or type(e).__name__}") from None
         t.set_keepalive(5)
         self.transport = t
+        self.connections += 1
 
     def connected(self) -> bool:
         return self.transport is not None and self.transport.is_active()
@@ -131,6 +134,7 @@ class SshClient:
         argv = tuple(str(a) for a in argv)
         start = time.monotonic()
         chan = self._open_channel()
+        self.commands += 1
         out, err = bytearray(), bytearray()
         bufs = {"out": b"", "err": b""}
         timed_out = lost = False

@@ -56,6 +56,7 @@ class TapParser:
         self.totals: dict[str, int] | None = None
         self.cases: dict[str, TapCase] = {}
         self.current: str | None = None
+        self.last_started: str | None = None
         self.preamble: list[str] = []
         self.lines: list[str] = []
 
@@ -70,7 +71,7 @@ class TapParser:
         self.lines.append(line)
         m = RE_RUN.match(line)
         if m:
-            self.current = m.group(1)
+            self.current = self.last_started = m.group(1)
             case = self._case(self.current)
             case.log.append(line)
             return [TapEvent("start", self.current, case)]
@@ -113,6 +114,19 @@ class TapParser:
         else:
             self.preamble.append(line)
         return []
+
+    def note(self, line: str) -> None:
+        """A line from another stream (the selftests print their assertion
+        messages on stderr): attach it to the running test, or the one that
+        ran last (its result may have overtaken it on the other stream)."""
+        line = line.rstrip("\r\n")
+        name = self.current or self.last_started
+        target = self.cases.get(name) if name else None
+        if target is not None:
+            if len(target.log) < MAX_LOG_LINES:
+                target.log.append(line)
+        else:
+            self.preamble.append(line)
 
     def feed_text(self, text: str) -> list[TapEvent]:
         events = []

@@ -30,5 +30,5 @@ def fake_selftests(tmp_path_factory):
     (inc / "linux").mkdir()
     (inc / "linux" / "iommufd.h").write_text("#define IOMMUFD_FAKE_UAPI 1\n")
     subprocess.run(["make", "-s", "-C", str(FAKE_KERNEL / "tools/testing/selftests/iommu"), f"OUTPUT={out}",
-                    f"KHDR_INCLUDES=-isystem {inc}", "LDFLAGS=-static"], check=True)
+                    f"KHDR_INCLUDES=-isystem {inc}", "USERLDFLAGS=-static"], check=True)
     return out

@@ -1,0 +1,136 @@
+"""End to end on the real thing: Debian's linux-source-6.12, the default patch
+series, a kernel built here, booted under QEMU behind the emulated VT-d, the
+access suite run over SSH.  Slow (a cold build takes minutes); reuses the
+work dir's caches when they exist.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from harness import elfinfo, suites
+from harness.tap import parse
+
+REPO = Path(__file__).resolve().parents[2]
+WORK = Path(os.environ.get("IOMMUFD_HARNESS_WORK", REPO / "work"))
+EXIT_FOR = {"pass": 0, "fail": 1, "error": 2}
+# Access tests that need no mock domain: they pass behind VT-d even without
+# the mock-device fix (0002).
+NO_DOMAIN_PASSING = ["iommufd_ioas.no_domain.access_pin_unmap", "iommufd_ioas.no_domain.access_rw",
+                     "iommufd_ioas.no_domain.access_rw_unaligned"]
+DEFAULT_SERIES = REPO / "kernel-patches" / "default"
+
+pytestmark = pytest.mark.slow
+
+
+def _run(results: Path, *extra: str) -> subprocess.CompletedProcess:
+    argv = [sys.executable, "-m", "harness", "run", "--work", str(WORK), "--results", str(results), *extra]
+    res = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=3600)
+    sys.stdout.write(res.stdout)
+    sys.stderr.write(res.stderr[-20000:])
+    return res
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory):
+    results = tmp_path_factory.mktemp("e2e") / "run1"
+    res = _run(results)
+    return res, results
+
+
+def test_access_suite_ran_in_the_booted_guest(first_run):
+    res, results = first_run
+    data = json.loads((results / "results.json").read_text())
+    assert data["verdict"] in ("pass", "fail"), data["errors"]
+    assert res.returncode == EXIT_FOR[data["verdict"]]
+    # the guest ran the kernel that was built: build-id from vmlinux == /sys/kernel/notes
+    assert data["guest"]["build_id"] == data["kernel"]["build_id"]
+    assert len(data["kernel"]["build_id"]) == 40
+    assert data["kernel"]["version"] == "6.12.117"
+    assert data["qemu"]["accel"] in ("tcg", "kvm")
+    assert any(i.startswith("dmar") for i in data["guest"]["iommus"]), "VT-d must be active in the guest"
+    assert data["guest"]["hugepages"] >= 64
+    # many commands (checks, listing, the tests, their kill switch) over one SSH connection
+    assert data["guest"]["ssh_commands"] >= 6 and data["guest"]["ssh_connections"] == 1
+    assert any(p["subject"].startswith("selftests/iommu") for p in data["patches"])
+    console = (results / "console.log").read_text()
+    assert "Run /init as init process" in console and "DMAR" in console
+
+    names = [t["name"] for t in data["tests"]]
+    assert len(names) == 24 and len(set(names)) == 24
+    access = suites.load("access")
+    for pattern in access.runs[0].patterns:
+        assert any(__import__("fnmatch").fnmatch(n, pattern) for n in names), pattern
+    # with the default series (including the VT-d mock-device fix) every access test passes
+    status = {t["name"]: t["status"] for t in data["tests"]}
+    assert set(status.values()) == {"pass"}, {n: s for n, s in status.items() if s != "pass"}
+    assert data["verdict"] == "pass" and res.returncode == 0
+
+
+def test_results_json_and_junit_agree_with_the_tap(first_run):
+    _, results = first_run
+    data = json.loads((results / "results.json").read_text())
+    tap = parse((results / "tap" / "iommufd.tap").read_text())
+    assert tap.consistency_errors() == []
+    tap_status = {c.name: c.status for c in tap.finished()}
+    assert tap_status == {t["name"]: t["status"] for t in data["tests"]}
+    suite = ET.parse(results / "junit.xml").getroot()
+    cases = suite.findall("testcase")
+    assert len(cases) == 24
+    failed = {f"{c.get('classname')}.{c.get('name')}" for c in cases if c.find("failure") is not None}
+    assert failed == {n for n, s in tap_status.items() if s == "fail"}
+    for t in data["tests"]:
+        assert t["log"].startswith(f"#  RUN           {t['name']} ...")
+
+
+def test_second_run_rebuilds_nothing(first_run, tmp_path):
+    results = tmp_path / "run2"
+    res = _run(results, "--tests", "iommufd_ioas.no_domain.access_rw*")
+    data = json.loads((results / "results.json").read_text())
+    assert res.returncode == 0, data["errors"]
+    assert data["kernel"]["rebuilt"] is False and data["image"]["rebuilt"] is False
+    assert [t["name"] for t in data["tests"]] == ["iommufd_ioas.no_domain.access_rw",
+                                                  "iommufd_ioas.no_domain.access_rw_unaligned"]
+    first = json.loads((first_run[1] / "results.json").read_text())
+    assert data["kernel"]["build_id"] == first["kernel"]["build_id"]
+
+
+def test_full_suite_passes_behind_vtd(first_run, tmp_path):
+    results = tmp_path / "full"
+    res = _run(results, "--suite", "full")
+    data = json.loads((results / "results.json").read_text())
+    assert data["counts"]["pass"] == 190, [(t["name"], t["status"]) for t in data["tests"] if t["status"] != "pass"]
+    assert res.returncode == 0
+
+
+def test_fail_nth_suite_runs_with_fault_injection(first_run, tmp_path):
+    results = tmp_path / "fail_nth"
+    res = _run(results, "--suite", "fail_nth")
+    data = json.loads((results / "results.json").read_text())
+    assert [t["status"] for t in data["tests"]] == ["pass"] * 7, data["tests"]
+    assert res.returncode == 0
+
+
+def test_without_the_vtd_fix_mock_domain_tests_fail(first_run, tmp_path):
+    """The regression check for kernel-patches/default/0002: drop it and the
+    mock-domain access tests fail behind VT-d (EINVAL from MOCK_DOMAIN)."""
+    only_0001 = sorted(DEFAULT_SERIES.glob("0001-*.patch"))
+    assert len(only_0001) == 1
+    results = tmp_path / "no-fix"
+    res = _run(results, "--no-default-patches", "--patches", str(only_0001[0]),
+               "--tests", "iommufd_ioas.no_domain.access_rw,iommufd_ioas.mock_domain.access_pin*")
+    data = json.loads((results / "results.json").read_text())
+    status = {t["name"]: t["status"] for t in data["tests"]}
+    assert status == {"iommufd_ioas.no_domain.access_rw": "pass",
+                      "iommufd_ioas.mock_domain.access_pin": "fail",
+                      "iommufd_ioas.mock_domain.access_pin_unmap": "fail"}
+    assert res.returncode == 1 and data["verdict"] == "fail"
+    failing = next(t for t in data["tests"] if t["name"] == "iommufd_ioas.mock_domain.access_pin")
+    assert "(22)" in failing["log"]  # EINVAL, as the selftest's assertion prints it
