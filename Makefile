@@ -7,9 +7,13 @@ VENV := .venv
 BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
-# Host tools: kernel build, guest image, QEMU, and Debian's kernel source.
+# Host tools: kernel build (native and arm64 cross), guest image, QEMU, and
+# Debian's kernel source.  arm64 guest userland comes from Debian's arm64
+# packages, so dpkg learns that architecture too (nothing arm64 is installed).
 APT_PACKAGES := build-essential flex bison bc libelf-dev libssl-dev cpio rsync patch \
-	xz-utils git dpkg-dev ccache qemu-system-x86 linux-source-6.12 python3-venv
+	xz-utils git dpkg-dev ccache qemu-system-x86 qemu-system-arm gcc-aarch64-linux-gnu libc6-dev-arm64-cross \
+	linux-source-6.12 python3-venv
+FOREIGN_ARCHES := arm64
 
 HARNESS_ARGS ?=
 PYTEST_ARGS ?=
@@ -26,16 +30,22 @@ help:
 setup: setup-apt setup-venv
 
 setup-apt:
-	@missing=$$(for p in $(APT_PACKAGES); do \
+	@update=; \
+	for a in $(FOREIGN_ARCHES); do \
+		dpkg --print-foreign-architectures | grep -qx $$a || { $(SUDO) dpkg --add-architecture $$a; update=1; }; \
+	done; \
+	ls /var/lib/apt/lists/ 2>/dev/null | grep -q '_Packages' || update=1; \
+	for a in $(FOREIGN_ARCHES); do \
+		ls /var/lib/apt/lists/ 2>/dev/null | grep -q "binary-$${a}_Packages" || update=1; \
+	done; \
+	missing=$$(for p in $(APT_PACKAGES); do \
 		dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; \
 	done); \
+	if [ -n "$$missing" ]; then update=1; fi; \
+	if [ -n "$$update" ]; then $(SUDO) apt-get update -q; fi; \
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages:" $$missing; \
-		$(SUDO) apt-get update -q && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends $$missing; \
-	fi; \
-	if [ -z "$$(ls /var/lib/apt/lists/ 2>/dev/null | grep -v -e lock -e partial -e auxfiles)" ]; then \
-		$(SUDO) apt-get update -q; \
 	fi
 
 $(BIN)/iommufd-harness: pyproject.toml

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import signal
 import subprocess
@@ -13,7 +14,7 @@ from pathlib import Path
 from harness import __version__, kconfig, profiles, suites
 from harness.errors import EXIT_ERROR, EXIT_INTERRUPTED, HarnessError, InputError
 from harness.pipeline import Options, Pipeline, new_record, results_dir_for
-from harness.results import ResultsDir, summary_table
+from harness.results import ResultsDir, matrix_table, summary_table
 from harness.ui import Ui
 from harness.workdir import WorkDir, WorkLock
 
@@ -44,6 +45,8 @@ def _common(p: argparse.ArgumentParser, tests: bool = True) -> None:
                    help="QEMU accelerator; auto probes whether KVM really boots (default auto)")
     g.add_argument("--boot-timeout", type=float, default=300.0, metavar="S",
                    help="seconds for the guest to come up on SSH (default 300, sized for TCG)")
+    g.add_argument("--cmdline", default="", metavar="ARGS",
+                   help="extra kernel command line, after the profile's (e.g. 'iommu.strict=1')")
     p.add_argument("--work", type=Path, default=default_work(),
                    help="work dir for sources, builds, images and results (default ./work or $IOMMUFD_HARNESS_WORK)")
     p.add_argument("--quiet", "-q", action="store_true", help="only the summary and errors")
@@ -71,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--results", type=Path, metavar="DIR",
                    help="where to write results (default: a new dir under <work>/results)")
+    p.add_argument("--profiles", metavar="A,B,...",
+                   help="run on several profiles, one after the other, and print a profile x suite matrix")
     p.add_argument("--keep-vm", action="store_true",
                    help="after the tests, keep the VM running and print how to SSH in (Ctrl-C ends it)")
     p.set_defaults(func=cmd_run)
@@ -108,6 +113,7 @@ def options(args) -> Options:
         keep_vm=getattr(args, "keep_vm", False),
         accel=args.accel,
         boot_timeout=args.boot_timeout,
+        extra_cmdline=args.cmdline,
         per_test_timeout=getattr(args, "per_test_timeout", None),
         kconfig_add=list(args.kconfig_add),
     )
@@ -127,33 +133,59 @@ def _validate(opts: Options, tests: bool = True) -> None:
 
 def cmd_run(args, ui: Ui) -> int:
     opts = options(args)
+    names = [p.strip() for p in args.profiles.split(",") if p.strip()] if args.profiles else [opts.profile]
+    for name in names:
+        profiles.load(name)
     _validate(opts)
     work = WorkDir(opts.work).prepare()
-    results_path = results_dir_for(opts, work)
+    if len(names) == 1:
+        results_path = results_dir_for(opts, work)
+        with WorkLock(work):
+            record, interrupted = _run_one(opts, ui, results_path)
+        return EXIT_INTERRUPTED if interrupted else record.exit_code()
+    # A matrix: one run per profile, each in its own results subdir.  The
+    # profiles run one after the other: each guest already uses both cores.
+    top = results_dir_for(dataclasses.replace(opts, profile="matrix"), work)
+    records = []
+    with WorkLock(work):
+        for name in names:
+            one = dataclasses.replace(opts, profile=name, results=None)
+            record, interrupted = _run_one(one, ui, top / name)
+            records.append(record)
+            if interrupted:
+                break
+    matrix_table(records, ui.out)
+    ui.out.print(f"results: {top}", highlight=False, markup=False)
+    if interrupted:
+        return EXIT_INTERRUPTED
+    return max(r.exit_code() for r in records)
+
+
+def _run_one(opts: Options, ui: Ui, results_path: Path):
+    """One profile: pipeline, tests, results.  Returns (record, interrupted)."""
     record = new_record(opts)
     sink = ResultsDir(results_path)
     interrupted = False
-    with WorkLock(work):
-        pipe = Pipeline(opts, ui, record, results_path / "logs")
-        try:
-            suite = suites.load(opts.suite)
-            prep = pipe.prepare()
-            base = pipe.make_image(prep)
-            with pipe.booted(prep, base, results_path) as (target, ssh_cmd):
-                pipe.run_tests(target, suite, sink)
-                sink.write(record)
-                if opts.keep_vm:
-                    _hold(ui, target, ssh_cmd)
-        except HarnessError as e:
-            record.errors.append(e.render())
-            ui.error(e.render())
-        except KeyboardInterrupt:
-            interrupted = True
-            record.errors.append("the run was interrupted")
-            ui.error("interrupted: tearing down, writing what was collected")
-        finally:
-            record.decide()
+    pipe = Pipeline(opts, ui, record, results_path / "logs")
+    try:
+        suite = suites.load(opts.suite)
+        prep = pipe.prepare()
+        base = pipe.make_image(prep)
+        with pipe.booted(prep, base, results_path) as (target, ssh_cmd):
+            pipe.run_tests(target, suite, sink)
             sink.write(record)
+            if opts.keep_vm:
+                _hold(ui, target, ssh_cmd)
+    except HarnessError as e:
+        record.errors.append(e.render())
+        ui.error(e.render())
+    except KeyboardInterrupt:
+        interrupted = True
+        record.errors.append("the run was interrupted")
+        ui.error("interrupted: tearing down, writing what was collected")
+    finally:
+        record.decide()
+        sink.write(record)
     summary_table(record, ui.out)
     failing = [t for t in record.tests if t.status in ("fail", "timeout", "crash")]
     for t in failing[:10]:
@@ -161,9 +193,7 @@ def cmd_run(args, ui: Ui) -> int:
                      f"--tests '{t.name}'" + (f" --kernel-src {opts.kernel_src}" if opts.kernel_src else ""),
                      highlight=False, markup=False)
     ui.out.print(f"results: {results_path}", highlight=False, markup=False)
-    if interrupted:
-        return EXIT_INTERRUPTED
-    return record.exit_code()
+    return record, interrupted
 
 
 def _hold(ui: Ui, target, ssh_cmd: str) -> None:

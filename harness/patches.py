@@ -228,7 +228,10 @@ def _restore(origin: Path, tree: Path, rels) -> list[str]:
             continue
         if src.is_file():
             dst.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dst)
+            # a fresh modification time: make must see the file as changed
+            # (the origin's own time can be older than the last build)
+            shutil.copyfile(src, dst)
+            shutil.copymode(src, dst)
         else:
             dst.unlink(missing_ok=True)
         changed.append(rel)

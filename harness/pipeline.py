@@ -44,6 +44,7 @@ class Options:
     keep_vm: bool = False
     accel: str = "auto"
     boot_timeout: float = 300.0
+    extra_cmdline: str = ""
     per_test_timeout: float | None = None
     kconfig_add: list[str] = field(default_factory=list)
 
@@ -134,6 +135,8 @@ class Pipeline:
     def accel(self, prep: Prepared) -> tuple[str, str]:
         if self.opts.accel in ("tcg", "kvm"):
             return self.opts.accel, "requested"
+        if not prep.toolchain.native:
+            return "tcg", f"a {prep.profile.arch} guest on this host needs emulation"
         return qemu.probe_kvm(prep.profile.qemu.binary, prep.kernel.image, self.work.cache)
 
     @contextlib.contextmanager
@@ -152,7 +155,7 @@ class Pipeline:
                                         accel_reason=why, profile=prep.profile.name)
                 self.ui.info(f"booting {prep.profile.name} ({prep.profile.description}) with {accel}: {why}")
                 req = qemu.BootRequest(prep.profile, prep.kernel.image, initrd, results_dir, accel,
-                                       self.opts.boot_timeout, qmp_dir=sock_dir)
+                                       self.opts.boot_timeout, self.opts.extra_cmdline, qmp_dir=sock_dir)
                 vm = qemu.QemuVM(req)
                 vm.start()
                 self.record.qemu["cmdline"] = vm.argv

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ class QemuSpec:
     devices: tuple[str, ...]
     nic: str
     cmdline: str
+    qtree: str  # device name QMP's "info qtree" must show ("" for none)
 
 
 @dataclass(frozen=True)
@@ -35,7 +37,7 @@ class Profile:
     recipe: Path
     fragments: tuple[Path, ...]
     qemu: QemuSpec
-    iommu: str  # expected /sys/class/iommu entry prefix; "" for none
+    iommu: str  # regex an entry of /sys/class/iommu must match; "" for none
     hugepages: int
     path: Path
 
@@ -60,13 +62,17 @@ def load(name: str, directory: Path = PROFILE_DIR) -> Profile:
             fragments=tuple(CONFIG_DIR / f for f in data["fragments"]),
             qemu=QemuSpec(q["binary"], q["machine"], q.get("cpu", "max"), int(q.get("smp", 1)),
                           str(q.get("memory", "1G")), tuple(q.get("devices", [])), q.get("nic", "virtio-net-pci"),
-                          q.get("cmdline", "")),
+                          q.get("cmdline", ""), q.get("qtree", "")),
             iommu=g.get("iommu", ""),
             hugepages=int(g.get("hugepages", 64)),
             path=path,
         )
     except (tomllib.TOMLDecodeError, KeyError, TypeError, ValueError) as e:
         raise InputError(f"profile {path} is invalid: {type(e).__name__}: {e}") from None
+    try:
+        re.compile(profile.iommu)
+    except re.error as e:
+        raise InputError(f"profile {path}: guest.iommu is not a valid regex: {e}") from None
     for frag in profile.fragments:
         if not frag.is_file():
             raise InputError(f"profile {path} names config fragment {frag}, which does not exist")

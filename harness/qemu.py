@@ -206,8 +206,19 @@ class QemuVM:
             status = self.qmp.cmd("query-status")
             if status.get("status") != "prelaunch" and status.get("running"):
                 raise BootError(f"QEMU was expected to wait paused, but is {status}")
+            self.check_device()
             self.qmp.cmd("cont")
             return
+
+    def check_device(self) -> None:
+        """The profile's vIOMMU really is part of the machine QEMU built."""
+        want = self.req.profile.qemu.qtree
+        if not want:
+            return
+        tree = self.qmp.cmd("human-monitor-command", **{"command-line": "info qtree"})
+        if not re.search(rf"dev: {re.escape(want)}\b", str(tree)):
+            raise BootError(f"QEMU's device tree has no {want}, which profile {self.req.profile.name} promises",
+                            f"check the profile's devices and machine options ({self.req.profile.path})")
 
     def query(self, command: str, **args):
         if self.qmp is None:

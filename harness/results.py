@@ -205,6 +205,22 @@ def summary_table(run: RunRecord, console=None, show_passed: bool = True) -> Non
         console.print(f"[bold red]error:[/] {e}", markup=True, highlight=False)
 
 
+def matrix_table(runs: list[RunRecord], console=None) -> None:
+    """profile x suite -> counts, for runs over several profiles."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    table = Table(title="iommufd-harness matrix")
+    for col in ("profile", "suite", "verdict", *STATUSES):
+        table.add_column(col, justify="right" if col in STATUSES else "left")
+    for r in runs:
+        c = r.counts()
+        color = {"pass": "green", "fail": "red"}.get(r.verdict, "bold red")
+        table.add_row(r.profile, r.suite, f"[{color}]{r.verdict}[/]", *(str(c[s]) for s in STATUSES))
+    console.print(table)
+
+
 def first_failure_line(log: str) -> str:
     for line in log.splitlines():
         if re.search(r"Expected|Assertion|error|ERROR|failed", line):

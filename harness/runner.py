@@ -9,6 +9,7 @@ the kernel dies, the running test is ``crash`` and the rest ``notrun``.
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -57,8 +58,8 @@ def verify_guest(target: Target, want_build_id: str, want_iommu: str, min_hugepa
         raise TargetError(f"the guest has {huge} huge pages, the selftests need {min_hugepages}",
                           "give the VM more memory, or check CONFIG_HUGETLBFS")
     iommus = tuple(_check(target.run(["ls", "/sys/class/iommu"], 30), "listing /sys/class/iommu").split())
-    if want_iommu and not any(i.startswith(want_iommu) for i in iommus):
-        raise TargetError(f"the guest has no '{want_iommu}*' IOMMU (found: {', '.join(iommus) or 'none'}):\n"
+    if want_iommu and not any(re.search(want_iommu, i) for i in iommus):
+        raise TargetError(f"the guest has no IOMMU matching '{want_iommu}' (found: {', '.join(iommus) or 'none'}):\n"
                           f"{target.console_excerpt(30)}",
                           "the vIOMMU did not come up; check the profile and the kernel config")
     return GuestInfo(release, build_id, huge, iommus)
@@ -164,10 +165,11 @@ class Runner:
             return left
         if res.timed_out or res.lost:
             cur = state["overrun"] or parser.current
-            if state["pid"] and not res.lost:
-                self._exec([KILLTREE, state["pid"]], 30, None, None, None)
-            elif res.lost and not self.target.reconnect():
+            if res.lost and not self.target.reconnect():
                 self.dead = "the target stopped answering over SSH"
+            elif state["pid"]:
+                # the remote process outlives a closed channel: end it and its children
+                self._exec([KILLTREE, state["pid"]], 30, None, None, None)
             if cur in left:
                 case = parser.cases.get(cur)
                 dur = time.monotonic() - started.get(cur, time.monotonic())

@@ -62,7 +62,8 @@ class Toolchain:
 
     def check(self) -> None:
         if shutil.which(self.cc) is None:
-            pkg = "gcc" if self.native else f"gcc-{ARCHES[self.arch][4].rstrip('-')}"
+            prefix = ARCHES[self.arch][4].rstrip("-")
+            pkg = "gcc libc6-dev" if self.native else f"gcc-{prefix} libc6-dev-{self.kernel_arch}-cross"
             raise ToolMissing(f"compiler {self.cc} for {self.arch} is not installed",
                               f"install it with: apt-get install {pkg}  (or run 'make setup')")
 

@@ -15,8 +15,10 @@ COLORS = {"pass": "green", "fail": "red", "skip": "yellow", "timeout": "red", "c
 
 class Ui:
     def __init__(self, quiet: bool = False):
-        self.err = Console(stderr=True, highlight=False, soft_wrap=True)
-        self.out = Console(highlight=False, soft_wrap=True)
+        # Not a terminal (CI logs, pipes): wide enough that test names are never folded.
+        width = None if sys.stdout.isatty() else 160
+        self.err = Console(stderr=True, highlight=False, soft_wrap=True, width=width)
+        self.out = Console(highlight=False, soft_wrap=True, width=width)
         self.quiet = quiet
 
     def stage(self, name: str) -> None:

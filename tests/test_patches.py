@@ -61,8 +61,15 @@ def test_switching_series_reverts_the_old_one(trees, tmp_path):
     patches.apply_series(origin.path, work, two, patches.protected_files(origin.path, work), tmp_path / "p.log")
     text = (work / MAIN_C).read_text()
     assert "return 0;" in text and "int  main" in text
+    import os
+    import time
+    old = time.time() - 3600
+    os.utime(origin.path / MAIN_C, (old, old))  # an origin file older than the last build
+    build_time = time.time()
     patches.apply_series(origin.path, work, [], patches.protected_files(origin.path, work), tmp_path / "p.log")
     assert (work / MAIN_C).read_text() == (origin.path / MAIN_C).read_text()
+    # restored files look newer than any build made before, or make would not rebuild them
+    assert os.stat(work / MAIN_C).st_mtime >= build_time - 1
 
 
 def test_patch_that_does_not_apply_names_patch_file_and_hunk_and_leaves_tree_clean(trees, tmp_path):

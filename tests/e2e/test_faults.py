@@ -1,0 +1,169 @@
+"""Faults the harness must survive, on the real kernel in a real VM: every
+one ends in a clear verdict and exit code, with the evidence kept and no QEMU
+left behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import paramiko
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+WORK = Path(os.environ.get("IOMMUFD_HARNESS_WORK", REPO / "work"))
+FIXTURES = REPO / "tests" / "fixtures" / "kernel-patches"
+
+pytestmark = pytest.mark.slow
+
+
+def _argv(results: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "harness", "run", "--work", str(WORK), "--results", str(results), *extra]
+
+
+def _run(results: Path, *extra: str, timeout: float = 3600) -> subprocess.CompletedProcess:
+    res = subprocess.run(_argv(results, *extra), cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    sys.stderr.write(res.stderr[-10000:])
+    return res
+
+
+def _no_qemu_left(results: Path) -> None:
+    """QEMU's command line names the run's console.log: no such process may remain."""
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        left = subprocess.run(["pgrep", "-f", str(results / "console.log")], capture_output=True, text=True)
+        if not left.stdout.strip():
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"QEMU processes left behind: {left.stdout}")
+
+
+def _results(results: Path) -> dict:
+    return json.loads((results / "results.json").read_text())
+
+
+def _start(results: Path, *extra: str) -> tuple[subprocess.Popen, list[str]]:
+    """Start a run in the background and wait until its tests are running."""
+    proc = subprocess.Popen(_argv(results, *extra), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    lines: list[str] = []
+    deadline = time.monotonic() + 3000
+    for line in proc.stdout:
+        lines.append(line)
+        if line.strip().startswith("running ") and " tests of suite " in line:
+            return proc, lines
+        assert time.monotonic() < deadline
+    raise AssertionError("the run ended before its tests started:\n" + "".join(lines[-40:]))
+
+
+def _finish(proc: subprocess.Popen, lines: list[str], timeout: float = 300) -> int:
+    out, _ = proc.communicate(timeout=timeout)
+    lines.append(out)
+    sys.stderr.write("".join(lines)[-10000:])
+    return proc.returncode
+
+
+def _guest_ssh(results: Path) -> paramiko.SSHClient:
+    vm_dir = WORK / "vm" / results.name
+    line = (vm_dir / "known_hosts").read_text().split()
+    port = int(line[0].split(":")[1])
+    client = paramiko.SSHClient()
+    client.get_host_keys().add(f"[127.0.0.1]:{port}", line[1],
+                               paramiko.PKey.from_type_string(line[1], __import__("base64").b64decode(line[2])))
+    client.connect("127.0.0.1", port, "root", key_filename=str(vm_dir / "id_ed25519"), timeout=30,
+                   allow_agent=False, look_for_keys=False)
+    return client
+
+
+def test_kernel_panic_at_boot_is_an_error_with_the_console(tmp_path):
+    results = tmp_path / "panic"
+    res = _run(results, "--patches", str(FIXTURES / "panic-at-boot.patch"))
+    assert res.returncode == 2
+    data = _results(results)
+    assert data["verdict"] == "error" and data["tests"] == []
+    assert "the guest kernel panicked during boot" in data["errors"][0]
+    assert "fault fixture: panic in iommufd_init" in data["errors"][0]  # the console excerpt
+    assert "fault fixture: panic in iommufd_init" in (results / "console.log").read_text()
+    assert data["stages"]["boot"] < 120, "a panic must be noticed within seconds, not at the boot timeout"
+    assert "Traceback" not in res.stderr
+    _no_qemu_left(results)
+
+
+def test_guest_that_never_starts_sshd_hits_the_boot_timeout(tmp_path):
+    results = tmp_path / "hang"
+    res = _run(results, "--boot-timeout", "25", "--cmdline", "rdinit=/bin/busybox -- sleep 100000")
+    assert res.returncode == 2
+    data = _results(results)
+    assert "did not answer on SSH within 25 s (sshd never started" in data["errors"][0]
+    assert "Run /bin/busybox as init process" in (results / "console.log").read_text()
+    _no_qemu_left(results)
+
+
+def test_kernel_crash_during_a_test_is_attributed_to_it(tmp_path):
+    results = tmp_path / "crash"
+    res = _run(results, "--patches", str(FIXTURES / "crash-in-access-rw.patch"))
+    data = _results(results)
+    assert res.returncode == 1 and data["verdict"] == "fail"
+    status = [(t["name"], t["status"]) for t in data["tests"]]
+    assert status[:3] == [("iommufd_ioas.no_domain.access_domain_destory", "pass"),
+                          ("iommufd_ioas.no_domain.access_pin", "pass"),
+                          ("iommufd_ioas.no_domain.access_pin_unmap", "pass")]
+    assert status[3] == ("iommufd_ioas.no_domain.access_rw", "crash")
+    assert {s for _, s in status[4:]} == {"notrun"} and len(status) == 24
+    crash = data["tests"][3]
+    assert "kernel BUG at drivers/iommu/iommufd/device.c" in crash["log"]
+    assert any("the target died" in e for e in data["errors"])
+    _no_qemu_left(results)
+
+
+def test_sysrq_crash_mid_run(tmp_path):
+    results = tmp_path / "sysrq"
+    proc, lines = _start(results, "--suite", "fail_nth")
+    with _guest_ssh(results) as client:
+        chan = client.get_transport().open_session()
+        chan.exec_command("echo c > /proc/sysrq-trigger")
+        time.sleep(2)
+    code = _finish(proc, lines)
+    data = _results(results)
+    assert code == 1 and data["verdict"] == "fail"
+    statuses = [t["status"] for t in data["tests"]]
+    assert "crash" in statuses and statuses.count("crash") == 1
+    after = statuses[statuses.index("crash") + 1:]
+    assert set(after) <= {"notrun"} and len(statuses) == 7
+    assert "sysrq" in (results / "console.log").read_text()
+    _no_qemu_left(results)
+
+
+def test_qemu_killed_mid_run(tmp_path):
+    results = tmp_path / "killed"
+    proc, lines = _start(results, "--suite", "fail_nth")
+    pids = subprocess.run(["pgrep", "-f", str(results / "console.log")], capture_output=True, text=True).stdout.split()
+    assert pids
+    for pid in pids:
+        os.kill(int(pid), signal.SIGKILL)
+    t0 = time.monotonic()
+    code = _finish(proc, lines, timeout=120)
+    assert time.monotonic() - t0 < 60, "QEMU's death must be noticed at once"
+    data = _results(results)
+    assert code == 1 and data["verdict"] == "fail"
+    assert "crash" in [t["status"] for t in data["tests"]]
+    assert any("QEMU exited" in t["reason"] for t in data["tests"] if t["status"] == "crash")
+    _no_qemu_left(results)
+
+
+def test_sigterm_tears_down_and_keeps_results(tmp_path):
+    results = tmp_path / "term"
+    proc, lines = _start(results, "--suite", "fail_nth")
+    proc.send_signal(signal.SIGTERM)
+    code = _finish(proc, lines, timeout=120)
+    assert code == 130
+    data = _results(results)
+    assert "the run was interrupted" in data["errors"]
+    assert data["verdict"] in ("error", "fail")
+    assert len(data["tests"]) < 7
+    _no_qemu_left(results)

@@ -1,0 +1,128 @@
+"""The SSH client against a tiny in-process SSH server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import paramiko
+import pytest
+
+from harness import image
+from harness.errors import TargetError
+from harness.ssh import SshClient
+
+
+class _Server(paramiko.ServerInterface):
+    def __init__(self, allowed: paramiko.PKey, behaviour: dict):
+        self.allowed = allowed
+        self.behaviour = behaviour
+
+    def get_allowed_auths(self, username):
+        return "publickey"
+
+    def check_auth_publickey(self, username, key):
+        ok = username == "root" and key.get_base64() == self.allowed.get_base64()
+        return paramiko.AUTH_SUCCESSFUL if ok else paramiko.AUTH_FAILED
+
+    def check_channel_request(self, kind, chanid):
+        return paramiko.OPEN_SUCCEEDED if kind == "session" else paramiko.OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED
+
+    def check_channel_exec_request(self, channel, command):
+        threading.Thread(target=self._serve, args=(channel, command.decode()), daemon=True).start()
+        return True
+
+    def _serve(self, chan, command):
+        time.sleep(0.05)  # let the exec request's reply go out first, as a real server does
+        if command.startswith("sleep"):
+            time.sleep(30)
+            return
+        if command.startswith("noisy"):
+            # lots of stderr before any stdout: a client reading only stdout would stall
+            chan.sendall_stderr(b"e" * 2_000_000)
+        chan.sendall(f"ran: {command}\n".encode())
+        chan.send_exit_status(7 if "fail" in command else 0)
+        chan.close()
+        self.behaviour["served"] += 1
+        if self.behaviour.get("die_after_channel"):
+            time.sleep(0.2)
+            chan.get_transport().close()  # like an SSH server that aborts after one channel
+
+
+@pytest.fixture
+def server(tmp_path):
+    keys = image.make_keys(tmp_path)
+    host = paramiko.Ed25519Key.from_private_key(__import__("io").StringIO(keys.host_private.decode()))
+    client_key = paramiko.PKey.from_path(str(keys.client_private))
+    behaviour = {"served": 0}
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(8)
+    stop = threading.Event()
+
+    def accept_loop():
+        sock.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = sock.accept()
+            except OSError:
+                continue
+            t = paramiko.Transport(conn)
+            t.add_server_key(host)
+            t.start_server(server=_Server(client_key, behaviour))
+
+    threading.Thread(target=accept_loop, daemon=True).start()
+    yield sock.getsockname()[1], keys, behaviour
+    stop.set()
+    sock.close()
+
+
+def test_many_commands_share_one_connection(server):
+    port, keys, _ = server
+    c = SshClient("127.0.0.1", port, "root", keys.client_private, keys.host_public)
+    c.connect()
+    for i in range(5):
+        res = c.run(["echo", f"it's {i}"], 10)
+        assert res.exit_status == 0 and res.text == f"ran: echo 'it'\"'\"'s {i}'\n"  # quoted, no shell injection
+    assert c.connections == 1 and c.commands == 5
+    assert c.run(["fail"], 10).exit_status == 7
+
+
+def test_server_dying_after_a_channel_is_survived_by_reconnecting(server):
+    port, keys, behaviour = server
+    behaviour["die_after_channel"] = True
+    c = SshClient("127.0.0.1", port, "root", keys.client_private, keys.host_public)
+    c.connect()
+    outputs = []
+    for i in range(3):
+        outputs.append(c.run(["echo", str(i)], 10).text)
+        time.sleep(0.5)
+    assert outputs == ["ran: echo 0\n", "ran: echo 1\n", "ran: echo 2\n"]
+    assert c.connections == 3
+
+
+def test_stderr_and_stdout_are_read_together(server):
+    port, keys, _ = server
+    c = SshClient("127.0.0.1", port, "root", keys.client_private, keys.host_public)
+    lines = []
+    res = c.run(["noisy"], 30, on_stdout_line=lines.append)
+    assert not res.timed_out and len(res.stderr) == 2_000_000
+    assert lines == ["ran: noisy"]
+
+
+def test_wall_clock_limit_holds_whatever_the_remote_does(server):
+    port, keys, _ = server
+    c = SshClient("127.0.0.1", port, "root", keys.client_private, keys.host_public)
+    t0 = time.monotonic()
+    res = c.run(["sleep", "30"], 1.5)
+    assert res.timed_out and res.exit_status is None
+    assert time.monotonic() - t0 < 5
+
+
+def test_a_changed_host_key_is_refused(server, tmp_path):
+    port, keys, _ = server
+    other = image.make_keys(tmp_path / "other")
+    c = SshClient("127.0.0.1", port, "root", keys.client_private, other.host_public)
+    with pytest.raises(TargetError, match="does not match the pinned key"):
+        c.connect()
