@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import fnmatch
 import os
 import signal
 import subprocess
@@ -11,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from harness import __version__, kconfig, profiles, suites
+from harness import __version__, kconfig, profiles, report_md, suites
 from harness.errors import EXIT_ERROR, EXIT_INTERRUPTED, HarnessError, InputError
 from harness.pipeline import Options, Pipeline, new_record, results_dir_for
 from harness.results import ResultsDir, matrix_table, summary_table
@@ -37,6 +38,10 @@ def _common(p: argparse.ArgumentParser, tests: bool = True) -> None:
                    help="do not apply the kernel-patches/default series")
     g.add_argument("--kconfig-add", action="append", default=[], metavar="CONFIG_X=y",
                    help="extra Kconfig setting, after the profile's fragments (repeatable)")
+    g.add_argument("--fragment", action="append", default=[], type=Path, metavar="FILE",
+                   help="extra Kconfig fragment, same precedence as --kconfig-add (repeatable)")
+    g.add_argument("--config", type=Path, metavar="FILE", dest="base_config",
+                   help="start from this full .config instead of tinyconfig (fragments still apply)")
     g.add_argument("--jobs", "-j", type=int, default=0, help="parallel build jobs (default: one per CPU)")
     g = p.add_argument_group("machine")
     g.add_argument("--profile", default=profiles.DEFAULT_PROFILE,
@@ -74,6 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--results", type=Path, metavar="DIR",
                    help="where to write results (default: a new dir under <work>/results)")
+    p.add_argument("--baseline", type=Path, metavar="FILE|DIR",
+                   help="gate on change: compare with a previous results dir / results.json, or an expectations "
+                        "file (selftests/baselines/<profile>-<suite>.toml, or that directory); exit 1 only on "
+                        "regressions")
     p.add_argument("--profiles", metavar="A,B,...",
                    help="run on several profiles, one after the other, and print a profile x suite matrix")
     p.add_argument("--keep-vm", action="store_true",
@@ -88,9 +97,25 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p, tests=False)
     p.set_defaults(func=cmd_boot)
 
+    p = sub.add_parser("config", help="only patch and configure; show symbols, or explain why one has its value")
+    _common(p, tests=False)
+    p.add_argument("--arch", choices=["x86_64", "arm64"],
+                   help="configure the guest kernel of this architecture (its first profile)")
+    p.add_argument("--show", action="append", default=[], metavar="GLOB",
+                   help="print the final value of matching symbols, e.g. 'IOMMUFD*' (repeatable)")
+    p.add_argument("--explain", action="append", default=[], metavar="CONFIG_X[=v]",
+                   help="explain a symbol's value (and how to get v), with kconfiglib (repeatable)")
+    p.set_defaults(func=cmd_config)
+
     p = sub.add_parser("list-tests", help="list the selftests a suite selects (builds if needed)")
     _common(p)
     p.set_defaults(func=cmd_list_tests)
+
+    p = sub.add_parser("report", help="re-render summary.md, junit.xml and kcidb.json of a results dir, "
+                                      "optionally against a baseline")
+    p.add_argument("results_dir", type=Path, metavar="DIR")
+    p.add_argument("--baseline", type=Path, metavar="FILE|DIR", help="as for 'run --baseline'")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("profiles", help="list the vIOMMU/QEMU profiles")
     p.set_defaults(func=cmd_profiles)
@@ -116,6 +141,9 @@ def options(args) -> Options:
         extra_cmdline=args.cmdline,
         per_test_timeout=getattr(args, "per_test_timeout", None),
         kconfig_add=list(args.kconfig_add),
+        fragments=list(args.fragment),
+        base_config=args.base_config,
+        baseline=getattr(args, "baseline", None),
     )
 
 
@@ -126,9 +154,16 @@ def _validate(opts: Options, tests: bool = True) -> None:
         suites.load(opts.suite)
     for text in opts.kconfig_add:
         kconfig.parse_assignment(text)
+    for frag in opts.fragments:
+        kconfig.parse_fragment(frag)
+    if opts.base_config is not None and not opts.base_config.is_file():
+        raise InputError(f"--config {opts.base_config} does not exist", "pass a full kernel .config")
     for p in opts.patches:
         if not p.exists():
             raise InputError(f"patch input {p} does not exist", "pass a quilt directory, a .patch file or an mbox")
+    if opts.baseline is not None and not opts.baseline.exists():
+        raise InputError(f"baseline {opts.baseline} does not exist",
+                         "pass a results dir, a results.json or selftests/baselines/")
 
 
 def cmd_run(args, ui: Ui) -> int:
@@ -172,10 +207,13 @@ def _run_one(opts: Options, ui: Ui, results_path: Path):
         prep = pipe.prepare()
         base = pipe.make_image(prep)
         with pipe.booted(prep, base, results_path) as (target, ssh_cmd):
-            pipe.run_tests(target, suite, sink)
-            sink.write(record)
+            try:
+                pipe.run_tests(target, suite, sink)
+            finally:
+                sink.write(record)
             if opts.keep_vm:
                 _hold(ui, target, ssh_cmd)
+        pipe.decode_splats(prep)
     except HarnessError as e:
         record.errors.append(e.render())
         ui.error(e.render())
@@ -186,6 +224,7 @@ def _run_one(opts: Options, ui: Ui, results_path: Path):
     finally:
         record.decide()
         sink.write(record)
+    gate = _reports(ui, results_path, opts.baseline)
     summary_table(record, ui.out)
     failing = [t for t in record.tests if t.status in ("fail", "timeout", "crash")]
     for t in failing[:10]:
@@ -193,7 +232,39 @@ def _run_one(opts: Options, ui: Ui, results_path: Path):
                      f"--tests '{t.name}'" + (f" --kernel-src {opts.kernel_src}" if opts.kernel_src else ""),
                      highlight=False, markup=False)
     ui.out.print(f"results: {results_path}", highlight=False, markup=False)
+    if gate is not None:
+        record.verdict = gate  # the exit code of a gated run is about change
     return record, interrupted
+
+
+def _reports(ui: Ui, results_path: Path, baseline: Path | None) -> str | None:
+    """summary.md, kcidb.json (and comparison.json against a baseline) from
+    what was written; returns the gate verdict when there is a baseline."""
+    try:
+        comparison, _ = report_md.rerender(results_path, baseline)
+    except HarnessError as e:
+        ui.warn(f"reports: {e.message}")
+        return "error" if baseline else None
+    if comparison is None:
+        return None
+    run = report_md.load_run(results_path)
+    gate = comparison.gate_verdict(run.verdict)
+    for reason in comparison.reasons():
+        ui.out.print(f"baseline: {reason}", highlight=False, markup=False)
+    ui.out.print(f"gate verdict against {baseline}: {gate.upper()}", highlight=False, markup=False)
+    return gate
+
+
+def cmd_report(args, ui: Ui) -> int:
+    if not (args.results_dir / "results.json").is_file():
+        raise InputError(f"{args.results_dir} holds no results.json", "pass a results dir written by 'run'")
+    gate = _reports(ui, args.results_dir, args.baseline)
+    run = report_md.load_run(args.results_dir)
+    summary_table(run, ui.out)
+    ui.out.print(f"summary: {args.results_dir / 'summary.md'}", highlight=False, markup=False)
+    if gate is not None:
+        run.verdict = gate
+    return run.exit_code()
 
 
 def _hold(ui: Ui, target, ssh_cmd: str) -> None:
@@ -217,6 +288,36 @@ def cmd_build(args, ui: Ui) -> int:
     ui.out.print(f"vmlinux:   {prep.kernel.vmlinux} (build-id {prep.kernel.build_id})", highlight=False)
     for name, path in prep.kernel.selftests.items():
         ui.out.print(f"selftest:  {path}", highlight=False)
+    return 0
+
+
+def cmd_config(args, ui: Ui) -> int:
+    opts = options(args)
+    if args.arch:
+        matching = [n for n in profiles.available() if profiles.load(n).arch == args.arch]
+        if not matching:
+            raise InputError(f"no profile for {args.arch}")
+        opts.profile = next((n for n in matching if n == opts.profile), matching[0])
+    _validate(opts, tests=False)
+    work = WorkDir(opts.work).prepare()
+    record = new_record(opts)
+    with WorkLock(work):
+        pipe = Pipeline(opts, ui, record, work.root / "logs")
+        prep = pipe.prepare(until="config")
+    values = kconfig.read_config(prep.config.config)
+    ui.out.print(f"config: {prep.config.config} ({prep.profile.arch}, profile {prep.profile.name})",
+                 highlight=False, markup=False)
+    for glob in args.show:
+        pattern = glob if glob.startswith("CONFIG_") else "CONFIG_" + glob
+        for sym in sorted(fnmatch.filter(values, pattern)):
+            shown = "is not set" if values[sym] == "n" else f"={values[sym]}"
+            ui.out.print(f"{sym}{shown if shown.startswith('=') else ' ' + shown}", highlight=False, markup=False)
+    if args.explain:
+        from harness import config as config_stage, kconfig_explain
+
+        model = config_stage.model(prep.config_request, prep.config.config)
+        for sym in args.explain:
+            ui.out.print(kconfig_explain.explain_symbol(model, sym), highlight=False, markup=False)
     return 0
 
 

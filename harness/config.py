@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,12 +23,29 @@ INPUTS_FILE = ".harness-config-inputs.json"
 
 @dataclass(frozen=True)
 class ConfigRequest:
+    """Inputs by precedence, lowest first: the base (a make target such as
+    tinyconfig, or ``base_config``, a full .config of the user's), the
+    profile's fragments from configs/, the tree's own selftest config, then
+    the user's --fragment files and --kconfig-add settings."""
+
     tree: Path
     build_dir: Path
     toolchain: Toolchain
-    base: str = "tinyconfig"  # a make target: tinyconfig, defconfig, ...
-    fragments: tuple[Path, ...] = ()
+    base: str = "tinyconfig"
+    fragments: tuple[Path, ...] = ()  # configs/ for the profile
     extra: tuple[str, ...] = ()  # CONFIG_X=y given on the command line
+    tree_fragments: tuple[Path, ...] = ()  # the tree's tools/testing/selftests/iommu/config
+    user_fragments: tuple[Path, ...] = ()  # --fragment
+    base_config: Path | None = None  # --config: a full .config instead of ``base``
+
+    def levels(self) -> list[tuple[str, list[kconfig.Setting]]]:
+        user = [s for f in self.user_fragments for s in kconfig.parse_fragment(f)]
+        user += [kconfig.parse_assignment(t) for t in self.extra]
+        return [
+            ("configs/", [s for f in self.fragments for s in kconfig.parse_fragment(f)]),
+            ("the tree's selftest config", [s for f in self.tree_fragments for s in kconfig.parse_fragment(f)]),
+            ("command line", user),
+        ]
 
 
 @dataclass(frozen=True)
@@ -42,23 +60,41 @@ class ConfigResult:
     sha256: str
     requested: dict[str, kconfig.Setting] = field(repr=False)
     reconfigured: bool = False
+    overrides: tuple[str, ...] = ()  # "CONFIG_X: a.config:3 (=y) overridden by b.config:7 (=n)"
+
+
+def resolve(req: ConfigRequest) -> tuple[dict[str, kconfig.Setting], list[str]]:
+    """The settings to request, and the overrides between levels.  Two
+    inputs of the same level that disagree are an error: nothing says which
+    one was meant."""
+    settings: dict[str, kconfig.Setting] = {}
+    overrides: list[str] = []
+    for level, items in req.levels():
+        seen: dict[str, kconfig.Setting] = {}
+        for item in items:
+            prev = seen.get(item.symbol)
+            if prev is not None and prev.value != item.value:
+                raise ConfigError(
+                    f"conflicting settings for {item.symbol} ({level}):\n"
+                    f"  {prev.source}: {item.symbol}={prev.value}\n  {item.source}: {item.symbol}={item.value}",
+                    "keep one of them; inputs of the same level must agree")
+            seen[item.symbol] = item
+        for sym, item in seen.items():
+            old = settings.get(sym)
+            if old is not None and old.value != item.value:
+                overrides.append(f"{sym}: {old.source} (={old.value}) overridden by {item.source} (={item.value})")
+            settings[sym] = item
+    return settings, overrides
 
 
 def requested_settings(req: ConfigRequest) -> dict[str, kconfig.Setting]:
-    """Later inputs win: fragments in order, then --kconfig-add."""
-    settings: dict[str, kconfig.Setting] = {}
-    for frag in req.fragments:
-        for s in kconfig.parse_fragment(frag):
-            settings[s.symbol] = s
-    for text in req.extra:
-        s = kconfig.parse_assignment(text)
-        settings[s.symbol] = s
-    return settings
+    return resolve(req)[0]
 
 
 def _inputs_key(req: ConfigRequest, settings: dict[str, kconfig.Setting]) -> str:
     blob = json.dumps({
         "base": req.base,
+        "base_config": hashlib.sha256(req.base_config.read_bytes()).hexdigest() if req.base_config else None,
         "arch": req.toolchain.arch,
         "cross": req.toolchain.cross_compile,
         "settings": [[s.symbol, s.value] for s in settings.values()],
@@ -88,7 +124,9 @@ def describe_mismatches(bad: list[Mismatch]) -> str:
 
 
 def configure(req: ConfigRequest, log: Path) -> ConfigResult:
-    settings = requested_settings(req)
+    settings, overrides = resolve(req)
+    if req.base_config is not None and not req.base_config.is_file():
+        raise ConfigError(f"--config {req.base_config} does not exist", "pass a full kernel .config")
     key = _inputs_key(req, settings)
     cfg = req.build_dir / ".config"
     stamp = req.build_dir / INPUTS_FILE
@@ -97,7 +135,10 @@ def configure(req: ConfigRequest, log: Path) -> ConfigResult:
     if not (cfg.exists() and stamp.exists() and _read_key(stamp) == key):
         stamp.unlink(missing_ok=True)
         mk = req.toolchain.make_argv(req.tree, req.build_dir)
-        proc.run(mk + [req.base], timeout=600, log=log, error=ConfigError, what=f"make {req.base}")
+        if req.base_config is not None:
+            shutil.copyfile(req.base_config, cfg)
+        else:
+            proc.run(mk + [req.base], timeout=600, log=log, error=ConfigError, what=f"make {req.base}")
         merged = req.build_dir / "harness-fragment.config"
         merged.write_text(kconfig.render(settings))
         proc.run(["bash", req.tree / "scripts/kconfig/merge_config.sh", "-m", "-O", req.build_dir, cfg, merged],
@@ -109,15 +150,33 @@ def configure(req: ConfigRequest, log: Path) -> ConfigResult:
     if bad:
         raise ConfigError(
             f"{len(bad)} requested config symbol(s) did not get their value after olddefconfig:\n"
-            + describe_mismatches(bad),
-            "their dependencies are not met (or the symbol does not exist in this tree); "
-            "fix the fragments in configs/ or add the missing dependencies",
+            + describe_mismatches(bad) + "\n" + explain_mismatches(req, cfg, bad),
+            "fix the fragments (or --kconfig-add) as suggested; nothing was built",
             log=str(log),
         )
     if reconfigured:
         stamp.write_text(json.dumps({"key": key}))
     sha = hashlib.sha256(cfg.read_bytes()).hexdigest()
-    return ConfigResult(cfg, sha, settings, reconfigured)
+    return ConfigResult(cfg, sha, settings, reconfigured, tuple(overrides))
+
+
+def model(req: ConfigRequest, cfg: Path):
+    """kconfiglib's view of the tree and ``cfg`` (or why there is none)."""
+    from harness import kconfig_explain
+
+    return kconfig_explain.load_tree(req.tree, req.toolchain.kernel_arch, cfg,
+                                     kconfig_explain.toolchain_vars(req.toolchain))
+
+
+def explain_mismatches(req: ConfigRequest, cfg: Path, bad: list[Mismatch]) -> str:
+    """Why each symbol did not stick and what would fix it (kconfiglib);
+    never fails: without a model it says why there is no explanation."""
+    from harness import kconfig_explain
+
+    try:
+        return kconfig_explain.report(model(req, cfg), {m.setting.symbol: m.setting.value for m in bad})
+    except Exception as e:  # noqa: BLE001 - an explanation must never hide the real error
+        return f"no explanation available: {type(e).__name__}: {e}"
 
 
 def _read_key(stamp: Path) -> str | None:

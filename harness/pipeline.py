@@ -17,9 +17,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness import __version__, build, config, image, patches, profiles, qemu, runner, source, suites
+from harness import __version__, build, config, image, patches, profiles, qemu, runner, source, splats, suites
 from harness.errors import HarnessError
-from harness.results import ResultsDir, RunRecord, TestRecord
+from harness.results import ResultsDir, RunRecord, TestRecord, clean
 from harness.ssh import SshClient
 from harness.target import QemuTarget
 from harness.toolchain import Toolchain
@@ -47,6 +47,9 @@ class Options:
     extra_cmdline: str = ""
     per_test_timeout: float | None = None
     kconfig_add: list[str] = field(default_factory=list)
+    fragments: list[Path] = field(default_factory=list)
+    base_config: Path | None = None
+    baseline: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -54,9 +57,10 @@ class Prepared:
     tree: source.SourceTree
     series: tuple[patches.Patch, ...]
     config: config.ConfigResult
-    kernel: build.KernelBuild
+    kernel: build.KernelBuild | None  # None when stopped after config
     toolchain: Toolchain
     profile: profiles.Profile
+    config_request: config.ConfigRequest
 
 
 class Pipeline:
@@ -87,7 +91,15 @@ class Pipeline:
             series += patches.load(spec)
         return series
 
-    def prepare(self) -> Prepared:
+    def config_request(self, tree: source.SourceTree, profile: profiles.Profile, tc: Toolchain,
+                       build_dir: Path) -> config.ConfigRequest:
+        frag_tree = tree.path / "tools/testing/selftests/iommu/config"
+        return config.ConfigRequest(
+            tree.path, build_dir, tc, "tinyconfig", profile.fragments, tuple(self.opts.kconfig_add),
+            tree_fragments=(frag_tree,) if frag_tree.is_file() else (),
+            user_fragments=tuple(self.opts.fragments), base_config=self.opts.base_config)
+
+    def prepare(self, until: str = "build") -> Prepared:
         opts = self.opts
         profile = profiles.load(opts.profile)
         tc = Toolchain(profile.arch, jobs=opts.jobs)
@@ -107,18 +119,20 @@ class Pipeline:
         generation = source.bump_generation(tree.path, tree.changed + applied.changed)
         build_dir = self.work.build / tree.origin.key / profile.arch
         with self.stage("config"):
-            frag_tree = tree.path / "tools/testing/selftests/iommu/config"
-            fragments = profile.fragments + ((frag_tree,) if frag_tree.is_file() else ())
-            cfg = config.configure(config.ConfigRequest(tree.path, build_dir, tc, "tinyconfig", fragments,
-                                                        tuple(opts.kconfig_add)), self.logs / "config.log")
+            creq = self.config_request(tree, profile, tc, build_dir)
+            cfg = config.configure(creq, self.logs / "config.log")
+            for line in cfg.overrides:
+                self.ui.info(f"config: {line}")
             self.record.kernel["config_sha256"] = cfg.sha256
+        if until == "config":
+            return Prepared(tree, tuple(series), cfg, None, tc, profile, creq)
         with self.stage("build"):
             kb = build.build(build.BuildRequest(tree.path, build_dir, tc, cfg.sha256, generation),
                              self.logs / "build.log")
             self.record.kernel.update(build_id=kb.build_id, rebuilt=kb.rebuilt, arch=tc.arch,
                                       toolchain=tc.cc + (" (ccache)" if tc.ccache else ""))
             self.ui.info(("built" if kb.rebuilt else "up to date:") + f" {kb.image} (build-id {kb.build_id[:16]})")
-        return Prepared(tree, tuple(series), cfg, kb, tc, profile)
+        return Prepared(tree, tuple(series), cfg, kb, tc, profile, creq)
 
     # -- guest side ---------------------------------------------------------------
 
@@ -199,9 +213,28 @@ class Pipeline:
                 self.ui.test_result(rec, len(self.record.tests), total)
 
             r = runner.Runner(target, limit, on_result, on_tap=sink.save_tap)
-            r.run(selection)
+            try:
+                r.run(selection)
+            finally:
+                self.record.kernel["splats"] = [
+                    {"test": name, "kind": s.kind, "title": s.title, "signature": s.signature, "fatal": s.fatal}
+                    for name, s in r.splats]
+                self.found_splats = r.splats
             if r.dead:
                 self.record.errors.append(f"the target died during the run: {r.dead}")
+            for name, s in r.splats:
+                where = f"during {name}" if name else "outside any test"
+                self.ui.warn(f"kernel {s.kind} {where}: {s.title}")
+
+    def decode_splats(self, prep: Prepared, limit: int = 5) -> None:
+        """Symbolised call traces (scripts/decode_stacktrace.sh + vmlinux) for
+        the first reports that were attributed to tests, into their logs."""
+        by_name = {t.name: t for t in self.record.tests}
+        for name, s in [(n, s) for n, s in getattr(self, "found_splats", []) if n][:limit]:
+            text = splats.decode(s, prep.tree.path, prep.kernel.vmlinux, self.logs / "decode.log")
+            if text and name in by_name:
+                rec = by_name[name]
+                rec.log = clean(rec.log + f"\n--- decoded {s.kind} ---\n{text}")
 
 
 def new_record(opts: Options) -> RunRecord:

@@ -23,6 +23,7 @@ from pathlib import Path
 from harness import proc
 from harness.errors import BootError, ToolMissing
 from harness.profiles import Profile
+from harness.splats import Splat, SplatScanner
 
 GUEST_SSH_PORT = 22
 SSHD_MARKER = "iommufd-harness: sshd started"
@@ -100,11 +101,28 @@ class BootRequest:
 
 @dataclass
 class ConsoleWatcher:
+    """Follows the growing console.log: panics, boot markers, kernel splats."""
+
     path: Path
     offset: int = 0
     text: str = ""
     panic_at: int | None = None
     markers: dict[str, float] = field(default_factory=dict)
+    scanner: SplatScanner = field(default_factory=SplatScanner)
+    pending: list[Splat] = field(default_factory=list)  # found, not yet claimed by a test
+
+    def mark(self) -> int:
+        """A position in the kernel log: everything printed so far is before it."""
+        self.poll()
+        return len(self.text)
+
+    def claim(self, since: int, final: bool = False) -> list[Splat]:
+        """The splats that started at or after ``since`` and were not claimed yet."""
+        self.poll()
+        self.pending += self.scanner.flush() if final else self.scanner.settle()
+        mine = [s for s in self.pending if s.start >= since]
+        self.pending = [s for s in self.pending if s.start < since]
+        return mine
 
     def poll(self) -> str:
         try:
@@ -125,6 +143,7 @@ class ConsoleWatcher:
                 self.panic_at = m.start()
         if SSHD_MARKER in new:
             self.markers.setdefault(SSHD_MARKER, time.monotonic())
+        self.pending += self.scanner.feed(new)
         return new
 
     def excerpt(self, lines: int = 60) -> str:

@@ -180,6 +180,7 @@ def junit_xml(run: RunRecord) -> str:
 def summary_table(run: RunRecord, console=None, show_passed: bool = True) -> None:
     """The terminal summary: one row per test, then counts and the verdict."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     console = console or Console(stderr=False)
@@ -195,14 +196,14 @@ def summary_table(run: RunRecord, console=None, show_passed: bool = True) -> Non
         if not show_passed and t.status == "pass":
             continue
         note = t.reason or (first_failure_line(t.log) if t.status in BAD else "")
-        table.add_row(t.name, f"[{colors[t.status]}]{t.status}[/]", f"{t.duration_s:.1f}s", note)
+        table.add_row(escape(t.name), f"[{colors[t.status]}]{t.status}[/]", f"{t.duration_s:.1f}s", escape(note))
     console.print(table)
     c = run.counts()
     counts = ", ".join(f"{c[s]} {s}" for s in STATUSES if c[s])
     color = {"pass": "green", "fail": "red"}.get(run.verdict, "bold red")
     console.print(f"[{color}]verdict: {run.verdict.upper()}[/]  ({counts or 'no tests'})")
     for e in run.errors:
-        console.print(f"[bold red]error:[/] {e}", markup=True, highlight=False)
+        console.print(f"[bold red]error:[/] {escape(e)}", highlight=False)
 
 
 def matrix_table(runs: list[RunRecord], console=None) -> None:

@@ -17,7 +17,8 @@ from typing import Callable
 from harness import elfinfo
 from harness.errors import TargetError
 from harness.image import GUEST_SELFTEST_DIR
-from harness.results import TestRecord
+from harness.results import TestRecord, clean
+from harness.splats import Splat
 from harness.suites import Selection, parse_list
 from harness.tap import TapParser
 from harness.target import Target
@@ -86,16 +87,39 @@ class Runner:
         self.on_start = on_start or (lambda name: None)
         self.on_tap = on_tap or (lambda binary, tap, stderr: None)
         self.dead: str | None = None  # why the target went away
+        self.marks: dict[str, int] = {}  # running test -> kernel log position at its start
+        self.window = 0  # kernel log position where the next test's window opens
+        self.splats: list[tuple[str | None, Splat]] = []
 
     def run(self, selection: Selection) -> list[TestRecord]:
         records: list[TestRecord] = []
         for binary, names in selection.tests.items():
             records += self.run_binary(binary, list(names))
+        self.finish()
         return records
 
     def _emit(self, rec: TestRecord, out: list[TestRecord]) -> None:
+        """Record a finished test, with the kernel reports logged while it ran:
+        a test that passed in userspace but made the kernel WARN has failed."""
+        since = self.marks.pop(rec.name, None)
+        if since is not None:
+            found = self.target.kernel_splats(since)
+            if found:
+                self.splats += [(rec.name, s) for s in found]
+                rec.log = clean(rec.log + "\n" + "\n".join(
+                    f"--- kernel {s.kind}: {s.title} ---\n{s.text}" for s in found))
+                if rec.status in ("pass", "skip"):
+                    rec.status = "fail"
+                    rec.reason = f"kernel {found[0].kind} during the test: {found[0].title}"
         out.append(rec)
         self.on_result(rec)
+        self.window = self.target.kernel_log_mark()
+
+    def finish(self) -> list[tuple[str | None, Splat]]:
+        """Every kernel report of the run, with the test it is attributed to
+        (None: logged outside any test, e.g. at boot)."""
+        self.splats += [(None, s) for s in self.target.kernel_splats(0, final=True)]
+        return self.splats
 
     def run_binary(self, binary: str, names: list[str]) -> list[TestRecord]:
         out: list[TestRecord] = []
@@ -110,6 +134,7 @@ class Runner:
 
     def _run_batch(self, binary: str, names: list[str], out: list[TestRecord]) -> list[str]:
         """Run ``names`` in one process; returns the names still to run."""
+        self.window = self.target.kernel_log_mark()
         parser = TapParser()
         started: dict[str, float] = {}
         state = {"pid": None, "overrun": None}
@@ -123,6 +148,9 @@ class Runner:
             for ev in parser.feed(line):
                 if ev.kind == "start":
                     started[ev.name] = time.monotonic()
+                    # its kernel log window opened when the previous test was done:
+                    # by the time its RUN line is read here, it may have logged already
+                    self.marks[ev.name] = self.window
                     self.on_start(ev.name)
                 elif ev.kind == "result" and ev.name in wanted and ev.name not in reported:
                     reported.add(ev.name)

@@ -133,7 +133,11 @@ class SshClient:
         wait ends early as if timed out."""
         argv = tuple(str(a) for a in argv)
         start = time.monotonic()
-        chan = self._open_channel()
+        try:
+            chan = self._open_channel()
+        except SshLost as e:
+            # the machine is unreachable: report it like a connection lost mid-command
+            return ExecResult(argv, None, b"", str(e).encode(), False, True, time.monotonic() - start)
         self.commands += 1
         out, err = bytearray(), bytearray()
         bufs = {"out": b"", "err": b""}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Callable, Protocol, Sequence
 
+from harness.splats import Splat
 from harness.ssh import ExecResult, SshClient, SshLost
 
 
@@ -23,6 +24,12 @@ class Target(Protocol):
         """Re-establish the command channel; False if the machine is unreachable."""
 
     def console_excerpt(self, lines: int = 60) -> str: ...
+
+    def kernel_log_mark(self) -> int:
+        """A position in the kernel log (everything logged so far is before it)."""
+
+    def kernel_splats(self, since: int, final: bool = False) -> list[Splat]:
+        """Kernel reports (WARN, BUG, KASAN, ...) logged since ``since``, each returned once."""
 
     def describe(self) -> dict: ...
 
@@ -56,6 +63,12 @@ class QemuTarget:
 
     def console_excerpt(self, lines: int = 60) -> str:
         return self.vm.console.excerpt(lines)
+
+    def kernel_log_mark(self) -> int:
+        return self.vm.console.mark()
+
+    def kernel_splats(self, since: int, final: bool = False) -> list[Splat]:
+        return self.vm.console.claim(since, final)
 
     def describe(self) -> dict:
         return {"kind": "qemu", "ssh_port": self.vm.ssh_port, "accel": self.vm.req.accel}

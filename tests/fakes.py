@@ -6,10 +6,12 @@ import os
 import selectors
 import shutil
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
 from harness.image import GUEST_SELFTEST_DIR
+from harness.qemu import ConsoleWatcher
 from harness.runner import KILLTREE
 from harness.ssh import ExecResult
 
@@ -25,10 +27,13 @@ class LocalTarget:
 
     name = "local"
 
-    def __init__(self, bindir: Path):
+    def __init__(self, bindir: Path, console: Path | None = None):
         self.bindir = bindir
         self.dead: str | None = None
         self.commands: list[tuple[str, ...]] = []
+        # the "kernel log": the fake selftest appends a WARN here for tests named *warns*
+        self.console = console or Path(tempfile.mkstemp(prefix="fake-console-")[1])
+        self.watcher = ConsoleWatcher(self.console)
 
     def _map(self, arg: str) -> str:
         if arg.startswith(GUEST_SELFTEST_DIR + "/"):
@@ -42,7 +47,8 @@ class LocalTarget:
         self.commands.append(argv)
         start = time.monotonic()
         p = subprocess.Popen([self._map(a) for a in argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             stdin=subprocess.DEVNULL, start_new_session=True)
+                             stdin=subprocess.DEVNULL, start_new_session=True,
+                             env={**os.environ, "FAKE_CONSOLE": str(self.console)})
         sel = selectors.DefaultSelector()
         sel.register(p.stdout, selectors.EVENT_READ, ("out", on_stdout_line))
         sel.register(p.stderr, selectors.EVENT_READ, ("err", on_stderr_line))
@@ -91,6 +97,12 @@ class LocalTarget:
 
     def console_excerpt(self, lines=60):
         return "fake console"
+
+    def kernel_log_mark(self):
+        return self.watcher.mark()
+
+    def kernel_splats(self, since, final=False):
+        return self.watcher.claim(since, final)
 
     def describe(self):
         return {"kind": "local"}

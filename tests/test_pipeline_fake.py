@@ -102,3 +102,42 @@ def test_unwritable_work_dir(tmp_path):
     blocker.write_text("x")
     with pytest.raises(InputError, match="not usable"):
         WorkDir(blocker / "w").prepare()
+
+
+def test_precedence_and_conflicts(fake_kernel, tmp_path):
+    prof = profiles.load("x86_64-vtd")
+    a = tmp_path / "a.config"
+    b = tmp_path / "b.config"
+    a.write_text("CONFIG_FAILSLAB=y\nCONFIG_VFIO=y\n")
+    b.write_text("# CONFIG_VFIO is not set\n")
+    tc = Toolchain("x86_64")
+    # the same level disagrees: an error naming both places
+    req = config.ConfigRequest(fake_kernel, tmp_path / "b1", tc, fragments=prof.fragments, user_fragments=(a, b))
+    with pytest.raises(ConfigError) as e:
+        config.resolve(req)
+    assert f"{a}:2: CONFIG_VFIO=y" in e.value.message and f"{b}:1: CONFIG_VFIO=n" in e.value.message
+    # a later level wins, and the override is reported
+    req = config.ConfigRequest(fake_kernel, tmp_path / "b2", tc, fragments=prof.fragments, user_fragments=(b,))
+    settings, overrides = config.resolve(req)
+    assert settings["CONFIG_VFIO"].value == "n"
+    assert any(o.startswith("CONFIG_VFIO: ") and "iommufd.config" in o and "overridden by" in o for o in overrides)
+    # --kconfig-add is at the user's level too
+    req = config.ConfigRequest(fake_kernel, tmp_path / "b3", tc, fragments=prof.fragments,
+                               extra=("CONFIG_VFIO=y",), user_fragments=(b,))
+    with pytest.raises(ConfigError, match="conflicting settings for CONFIG_VFIO"):
+        config.resolve(req)
+
+
+def test_full_user_config_as_base(fake_kernel, tmp_path):
+    base = tmp_path / "my.config"
+    base.write_text("CONFIG_64BIT=y\nCONFIG_MY_OWN_OPTION=y\n")
+    prof = profiles.load("x86_64-vtd")
+    req = config.ConfigRequest(fake_kernel, tmp_path / "b", Toolchain("x86_64"), fragments=prof.fragments,
+                               base_config=base)
+    res = config.configure(req, tmp_path / "c.log")
+    values = (tmp_path / "b" / ".config").read_text()
+    assert "CONFIG_MY_OWN_OPTION=y" in values and "CONFIG_IOMMUFD_TEST=y" in values
+    assert res.reconfigured
+    # a changed base config is a changed input
+    base.write_text("CONFIG_64BIT=y\n")
+    assert config.configure(req, tmp_path / "c.log").reconfigured

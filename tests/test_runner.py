@@ -17,13 +17,9 @@ def _run(bindir, names, limit=5.0, target=None):
 
 def test_lists_tests_from_the_binary(fake_selftests):
     names = list_tests(LocalTarget(fake_selftests), "iommufd")
-    assert names == [
-        "iommufd_ioas.no_domain.access_pin", "iommufd_ioas.no_domain.access_rw",
-        "iommufd_ioas.no_domain.fails", "iommufd_ioas.no_domain.hangs", "iommufd_ioas.no_domain.dies",
-        "iommufd_ioas.mock_domain.access_pin", "iommufd_ioas.mock_domain.access_rw",
-        "iommufd_ioas.mock_domain.fails", "iommufd_ioas.mock_domain.hangs", "iommufd_ioas.mock_domain.dies",
-        "iommufd.simple_close",
-    ]
+    tests = ["access_pin", "access_rw", "fails", "hangs", "dies", "warns"]
+    assert names == [f"iommufd_ioas.{v}.{t}" for v in ("no_domain", "mock_domain") for t in tests] + [
+        "iommufd.simple_close"]
 
 
 def test_pass_and_fail_are_reported_with_logs(fake_selftests):
@@ -80,3 +76,15 @@ def test_access_suite_selects_the_24_access_tests(golden):
     assert sum(n.endswith(".user_copy") for n in chosen) == 4
     assert sel.unmatched == ()
     assert json.dumps(chosen)  # plain strings
+
+
+def test_kernel_warning_during_a_passing_test_fails_it(fake_selftests):
+    names = ["iommufd_ioas.no_domain.access_pin", "iommufd_ioas.no_domain.warns", "iommufd_ioas.no_domain.access_rw"]
+    r, records, seen, _ = _run(fake_selftests, names)
+    assert [(t.name, t.status) for t in records] == [
+        (names[0], "pass"), (names[1], "fail"), (names[2], "pass")]
+    warned = records[1]
+    assert warned.reason.startswith("kernel warning during the test: WARNING: CPU: 1 PID:")
+    assert "iommufd_access_rw+0x4a/0x2d0" in warned.log and "end trace" in warned.log
+    assert seen[1].status == "fail"  # streamed with the splat already attributed
+    assert [(name, s.kind) for name, s in r.splats] == [(names[1], "warning")]

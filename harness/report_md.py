@@ -1,0 +1,285 @@
+"""summary.md: a short Markdown report to paste into a merge-request comment.
+
+Reviewers read it in a web UI, so it leads with the verdict, then what
+changed against the baseline, then just enough of each failure and kernel
+splat to recognise it, then where the kernel came from.  Everything that came
+out of the guest is untrusted: it is only ever put inside code spans or
+fenced blocks sized so that it cannot close them, and plain text is escaped,
+so guest output cannot inject links, HTML or mentions into the comment.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+from harness.baseline import Change, Comparison, compare, is_flaky, load_baseline
+from harness.errors import InputError, ToolMissing
+from harness.results import BAD, STATUSES, RunRecord, TestRecord, junit_xml
+
+MAX_FAILURES = 15  # failures shown with log lines; the rest are only counted
+MAX_LINES = 6  # log lines per failure
+MAX_LIST = 25  # rows per list of changes
+MAX_SPLATS = 10
+MAX_REPRO = 5
+_INTERESTING = re.compile(r"Expected|Assertion|[Ee]rror|ERROR|failed|Bail out|BUG|WARNING|Oops|panic|Call Trace")
+_TAP_NOISE = re.compile(r"^(not ok \d+|ok \d+|#\s+FAIL\s|#\s+RUN\s|#\s+OK\s)")
+_MD_SPECIAL = re.compile(r"([\\`*_\[\]<>|~@&])")  # enough to stop emphasis, links, HTML, tables, mentions
+
+
+# -- escaping ---------------------------------------------------------------------
+
+
+def _one_line(text: str, limit: int = 200) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def esc(text: str, limit: int = 200) -> str:
+    """Plain text with Markdown and HTML specials escaped, on one line."""
+    return _MD_SPECIAL.sub(r"\\\1", _one_line(text, limit))
+
+
+def code(text: str, limit: int = 200) -> str:
+    """An inline code span that ``text`` cannot break out of."""
+    text = _one_line(text, limit)
+    if not text:
+        return ""
+    ticks = "`" * (max((len(m) for m in re.findall(r"`+", text)), default=0) + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{ticks}{pad}{text}{pad}{ticks}"
+
+
+def block(lines: list[str]) -> str:
+    """A fenced block whose fence is longer than any backtick run inside."""
+    body = "\n".join(lines)
+    fence = "`" * max(3, max((len(m) for m in re.findall(r"`+", body)), default=0) + 1)
+    return f"{fence}text\n{body}\n{fence}"
+
+
+# -- content ----------------------------------------------------------------------
+
+
+def failure_lines(test: TestRecord, limit: int = MAX_LINES) -> list[str]:
+    """The lines of a test's log that say why it failed: the harness's reason,
+    then assertion and error lines; the log's last lines when none match."""
+    lines = [f"harness: {test.reason}"] if test.reason else []
+    body = [ln.strip().removeprefix("#").strip() for ln in test.log.splitlines()]
+    body = [ln for ln in body if ln and not _TAP_NOISE.match(ln)]
+    hits = [ln for ln in body if _INTERESTING.search(ln)]
+    lines += hits or body[-max(1, limit - len(lines)):]
+    if len(lines) > limit:
+        more = len(lines) - limit + 1
+        lines = lines[: limit - 1] + [f"[... {more} more line{'s' if more != 1 else ''}]"]
+    return [ln[:300] for ln in lines]
+
+
+def _counts(run: RunRecord) -> list[str]:
+    c = run.counts()
+    return ["| " + " | ".join((*STATUSES, "total")) + " |",
+            "|" + " ---: |" * (len(STATUSES) + 1),
+            "| " + " | ".join((*(str(c[s]) for s in STATUSES), str(len(run.tests)))) + " |"]
+
+
+def _changes(title: str, changes: tuple[Change, ...], with_reason: bool = False) -> list[str]:
+    if not changes:
+        return []
+    out = ["", f"#### {title}", ""]
+    for ch in changes[:MAX_LIST]:
+        before = ch.before or "new test"
+        line = f"- {code(ch.name)}: {esc(before)} -> {esc(ch.after)} ({esc(ch.kind)})"
+        if with_reason and ch.reason:
+            line += f": {esc(ch.reason)}"
+        if ch.link.startswith(("https://", "http://")):
+            line += f" ([link]({ch.link.replace(')', '%29').replace(' ', '%20')}))"
+        out.append(line)
+    if len(changes) > MAX_LIST:
+        out.append(f"- ... and {len(changes) - MAX_LIST} more (see comparison.json)")
+    return out
+
+
+def _comparison(cmp: Comparison) -> list[str]:
+    out = _changes("Regressions against the baseline", cmp.regressions)
+    if cmp.disappeared:
+        names = ", ".join(code(n) for n in cmp.disappeared[:MAX_LIST])
+        more = f" and {len(cmp.disappeared) - MAX_LIST} more" if len(cmp.disappeared) > MAX_LIST else ""
+        out += ["", f"**Disappeared** (in the baseline, not in this run): {names}{more}"]
+    if cmp.count_dropped:
+        out += ["", f"**Fewer tests**: {cmp.count} ran, the baseline expects {cmp.expected_count}."]
+    out += _changes("Improvements", cmp.improvements, with_reason=True)
+    out += _changes("Known failures (do not fail the gate)", cmp.known_failures, with_reason=True)
+    out += _changes("Flaky (failed, then passed on rerun)", cmp.flaky, with_reason=True)
+    if cmp.new_tests:
+        shown = ", ".join(code(n) for n in cmp.new_tests[:MAX_LIST])
+        more = f" and {len(cmp.new_tests) - MAX_LIST} more" if len(cmp.new_tests) > MAX_LIST else ""
+        out += ["", f"New tests (not in the baseline): {shown}{more}"]
+    return out
+
+
+def _failures(run: RunRecord) -> list[str]:
+    failing = [t for t in run.tests if t.status in BAD - {"notrun"}]
+    flaky = [t for t in run.tests if is_flaky(t)]
+    if not failing and not flaky:
+        return []
+    out = ["", "#### Failures", ""]
+    for t in (failing + flaky)[:MAX_FAILURES]:
+        status = "flaky" if is_flaky(t) else t.status
+        out += [f"{code(t.name)} ({status}, {t.duration_s:.2f} s)", "", block(failure_lines(t)), ""]
+    rest = len(failing) + len(flaky) - MAX_FAILURES
+    if rest > 0:
+        out.append(f"... and {rest} more (see junit.xml / results.json)")
+    notrun = sum(t.status == "notrun" for t in run.tests)
+    if notrun:
+        out.append(f"{notrun} test{'s' if notrun != 1 else ''} not run.")
+    return out
+
+
+def _splats(splats: list) -> list[str]:
+    items = [s for s in splats if isinstance(s, dict)]
+    if not items:
+        return []
+    out = ["", f"#### Kernel splats ({len(items)})", ""]
+    for s in items[:MAX_SPLATS]:
+        kind = esc(s.get("kind") or "splat", 40)
+        line = f"- **{kind}**: {code(s.get('title') or '?')}"
+        if s.get("test"):
+            line += f" during {code(s['test'])}"
+        if s.get("signature"):
+            line += f", signature {code(s['signature'], 80)}"
+        out.append(line)
+        text = [ln for ln in str(s.get("text") or "").splitlines() if ln.strip()]
+        if text:  # the report's own first lines (harness.splats.Splat.text), indented into the item
+            shown = [ln[:200] for ln in text[:MAX_LINES]] + ([f"[... {len(text) - MAX_LINES} more lines]"]
+                                                              if len(text) > MAX_LINES else [])
+            out += ["", *("  " + ln for ln in block(shown).splitlines()), ""]
+    if len(items) > MAX_SPLATS:
+        out.append(f"- ... and {len(items) - MAX_SPLATS} more (see console.log)")
+    return out
+
+
+def _provenance(run: RunRecord) -> list[str]:
+    k, q = run.kernel, run.qemu
+    kernel = f"{esc(k.get('version', '?'))} from {esc(k.get('source') or 'unknown source')}"
+    if k.get("build_id"):
+        kernel += f", build-id {code(k['build_id'])}"
+    if k.get("config_sha256"):
+        kernel += f", config sha256 {code(k['config_sha256'][:16])}"
+    if "rebuilt" in k:
+        kernel += ", rebuilt" if k["rebuilt"] else ", reused"
+    if k.get("toolchain"):
+        kernel += f", {esc(k['toolchain'])}"
+    out = ["", "#### Provenance", "", f"- kernel: {kernel}"]
+    if run.patches:
+        out.append(f"- patches ({len(run.patches)}, in order):")
+        for i, p in enumerate(run.patches, 1):
+            subject = p.get("subject") or ""
+            out.append(f"  {i}. {code(p.get('name', '?'))}" + (f" {esc(subject)}" if subject else "")
+                       + (f" (sha256 {code(p['sha256'][:12])})" if p.get("sha256") else ""))
+    else:
+        out.append("- patches: none")
+    qemu = f"QEMU {esc(q.get('version', '?'))}, {esc(q.get('accel', '?'))}"
+    if q.get("accel_reason"):
+        qemu += f" ({esc(q['accel_reason'])})"
+    out.append(f"- profile: {code(run.profile or '?')}, suite {code(run.suite or '?')}; "
+               + (qemu if q else "not booted"))
+    if run.guest.get("iommus"):
+        out.append(f"- guest IOMMUs: {', '.join(code(i) for i in run.guest['iommus'])}")
+    h = run.harness
+    out.append(f"- iommufd-harness {esc(h.get('version', '?'))}, started {esc(run.started or '?')}")
+    return out
+
+
+def _repro(run: RunRecord, cmp: Comparison | None) -> list[str]:
+    names = [c.name for c in cmp.regressions] if cmp else []
+    names += [t.name for t in run.tests if t.status in ("fail", "timeout", "crash") and t.name not in names]
+    if not names:
+        return []
+    cmds = [f"iommufd-harness run --profile {run.profile} --suite {run.suite} --tests '{n}'"
+            for n in names[:MAX_REPRO] if "'" not in n]
+    return ["", "Reproduce:", "", block(cmds)] if cmds else []
+
+
+def render(run: RunRecord, comparison: Comparison | None, splats: list | None = None) -> str:
+    """summary.md for ``run``; with ``comparison`` the headline is the gate
+    verdict (what changed), else the run's own verdict.  ``splats`` defaults
+    to ``run.kernel["splats"]``: dicts with kind, title, signature, test and
+    optionally text (the report's lines), as harness.splats finds them."""
+    if splats is None:
+        splats = run.kernel.get("splats", []) or []
+    c = run.counts()
+    bad = c["fail"] + c["timeout"] + c["crash"]
+    run_line = f"{c['pass']} of {len(run.tests)} passed" + (f", {bad} failed" if bad else "")
+    out = []
+    if comparison is not None:
+        gate = comparison.gate_verdict(run.verdict)
+        why = "; ".join(comparison.reasons()) or "no regressions"
+        out.append(f"### iommufd-harness: {gate.upper()}")
+        out += ["", (f"**Gate: {gate.upper()}** against {code(comparison.baseline, 120)}: {why}. "
+                     f"Run verdict: {run.verdict} ({run_line}).")]
+    else:
+        out.append(f"### iommufd-harness: {run.verdict.upper()}")
+        out += ["", f"**Verdict: {run.verdict.upper()}** ({run_line}); no baseline given."]
+    out += ["", (f"Suite {code(run.suite or '?')} on {code(run.profile or '?')}, "
+                 f"Linux {esc(run.kernel.get('version', '?'))}."), ""]
+    out += _counts(run)
+    if run.errors:
+        out += ["", "#### Errors", "", block([ln for e in run.errors for ln in e.splitlines()][:20])]
+    if comparison is not None:
+        out += _comparison(comparison)
+    out += _failures(run)
+    out += _splats(splats)
+    out += _repro(run, comparison)
+    out += _provenance(run)
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(out)).strip("\n") + "\n"
+
+
+def _write(path: Path, text: str) -> None:
+    """Atomic, so a reader never sees half a report."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def load_run(results_dir: Path) -> RunRecord:
+    """The RunRecord a results dir (or its results.json) holds."""
+    path = Path(results_dir)
+    path = path / "results.json" if path.is_dir() else path
+    try:
+        data = json.loads(path.read_text())
+        if not isinstance(data, dict):
+            raise TypeError("not a JSON object")
+        run = RunRecord.from_json(data)
+    except FileNotFoundError:
+        raise InputError(f"{path} does not exist", "pass a results dir written by 'iommufd-harness run'") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, TypeError, ValueError) as e:
+        raise InputError(f"{path} is not a readable results.json: {e}") from None
+    if not run.results_dir:
+        run.results_dir = str(path.parent)
+    return run
+
+
+def rerender(results_dir: Path, baseline: Path | None, artifacts_url: str | None = None
+             ) -> tuple[Comparison | None, str]:
+    """Re-derive every report of a finished run from its results.json:
+    summary.md, kcidb.json, junit.xml and, against ``baseline``,
+    comparison.json.  Returns the comparison (for the gate's exit code) and
+    the Markdown.  kcidb.json is validated when kcidb-io is installed."""
+    from harness import kcidb  # kcidb uses failure_lines from this module
+
+    results_dir = Path(results_dir)
+    run = load_run(results_dir)
+    comparison = compare(run, load_baseline(Path(baseline), run.profile, run.suite)) if baseline else None
+    md = render(run, comparison)
+    data = kcidb.to_kcidb(run, artifacts_url=artifacts_url)
+    try:
+        kcidb.validate(data)
+    except ToolMissing:
+        pass  # the data is still written; the unit tests validate what to_kcidb produces
+    _write(results_dir / "summary.md", md)
+    _write(results_dir / "kcidb.json", json.dumps(data, indent=2) + "\n")
+    _write(results_dir / "junit.xml", junit_xml(run))
+    if comparison is not None:
+        _write(results_dir / "comparison.json", json.dumps(comparison.to_json(), indent=2) + "\n")
+    return comparison, md
