@@ -61,6 +61,8 @@ def _common(p: argparse.ArgumentParser, tests: bool = True) -> None:
                        help=f"test plan from selftests/suites (default {suites.DEFAULT_SUITE}; see 'iommufd-harness suites')")
         g.add_argument("--tests", metavar="GLOB",
                        help="only tests whose fixture.variant.test name matches (fnmatch; several separated by ',')")
+        g.add_argument("--rerun-failed", type=int, default=0, metavar="N",
+                       help="run failed tests again up to N times; one that then passes is reported flaky")
         g.add_argument("--per-test-timeout", type=float, metavar="S",
                        help="wall-clock limit per test, enforced by the harness (default: the suite's)")
 
@@ -144,6 +146,7 @@ def options(args) -> Options:
         fragments=list(args.fragment),
         base_config=args.base_config,
         baseline=getattr(args, "baseline", None),
+        rerun_failed=getattr(args, "rerun_failed", 0),
     )
 
 

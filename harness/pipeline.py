@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness import __version__, build, config, image, patches, profiles, qemu, runner, source, splats, suites
+from harness import __version__, baseline, build, config, image, patches, profiles, qemu, runner, source, splats, suites
 from harness.errors import HarnessError
 from harness.results import ResultsDir, RunRecord, TestRecord, clean
 from harness.ssh import SshClient
@@ -50,6 +50,7 @@ class Options:
     fragments: list[Path] = field(default_factory=list)
     base_config: Path | None = None
     baseline: Path | None = None
+    rerun_failed: int = 0
 
 
 @dataclass(frozen=True)
@@ -222,9 +223,37 @@ class Pipeline:
                 self.found_splats = r.splats
             if r.dead:
                 self.record.errors.append(f"the target died during the run: {r.dead}")
+            elif self.opts.rerun_failed:
+                self.rerun_failed(target, selection, limit)
+            for problem in r.tap_errors:
+                self.record.errors.append(f"inconsistent TAP from the guest: {problem}")
             for name, s in r.splats:
                 where = f"during {name}" if name else "outside any test"
                 self.ui.warn(f"kernel {s.kind} {where}: {s.title}")
+
+    def rerun_failed(self, target, selection: suites.Selection, limit: float) -> None:
+        """Run failed and timed-out tests again, up to --rerun-failed times: one
+        that passes on a rerun is recorded as flaky (listed, never silently
+        green); a kernel crash is never rerun away."""
+        reruns: dict[str, list[TestRecord]] = {}
+        for attempt in range(1, self.opts.rerun_failed + 1):
+            todo = {t.name for t in self.record.tests if t.status in ("fail", "timeout")
+                    and not any(r.status == "pass" for r in reruns.get(t.name, []))}
+            if not todo:
+                break
+            self.ui.info(f"rerun {attempt} of {self.opts.rerun_failed}: {len(todo)} test(s)")
+            again = suites.Selection({b: tuple(n for n in names if n in todo)
+                                      for b, names in selection.tests.items() if todo & set(names)}, ())
+            rr = runner.Runner(target, limit, lambda rec: reruns.setdefault(rec.name, []).append(rec))
+            rr.run(again)
+            if rr.dead:
+                self.record.errors.append(f"the target died while rerunning failed tests: {rr.dead}")
+                break
+        for i, t in enumerate(self.record.tests):
+            if t.name in reruns:
+                self.record.tests[i] = baseline.mark_flaky(t, reruns[t.name])
+                if baseline.is_flaky(self.record.tests[i]):
+                    self.ui.warn(f"flaky: {t.name} ({self.record.tests[i].reason})")
 
     def decode_splats(self, prep: Prepared, limit: int = 5) -> None:
         """Symbolised call traces (scripts/decode_stacktrace.sh + vmlinux) for

@@ -116,12 +116,19 @@ class ConsoleWatcher:
         self.poll()
         return len(self.text)
 
-    def claim(self, since: int, final: bool = False) -> list[Splat]:
-        """The splats that started at or after ``since`` and were not claimed yet."""
+    def find(self, pattern: re.Pattern, since: int = 0) -> int | None:
+        """Offset of the first match of ``pattern`` at or after ``since``."""
+        self.poll()
+        m = pattern.search(self.text, since)
+        return m.start() if m else None
+
+    def claim(self, since: int, until: int | None = None, final: bool = False) -> list[Splat]:
+        """The splats that started in [since, until) and were not claimed yet."""
         self.poll()
         self.pending += self.scanner.flush() if final else self.scanner.settle()
-        mine = [s for s in self.pending if s.start >= since]
-        self.pending = [s for s in self.pending if s.start < since]
+        end = len(self.text) if until is None else until
+        mine = [s for s in self.pending if since <= s.start < end]
+        self.pending = [s for s in self.pending if s not in mine]
         return mine
 
     def poll(self) -> str:

@@ -24,8 +24,14 @@ from harness.tap import TapParser
 from harness.target import Target
 
 KILLTREE = "/usr/libexec/iommufd-harness/killtree"
-# Prints its PID (for killtree) on stderr, then becomes the selftest binary.
-WRAPPER = 'echo "harness-pid $$" >&2; cd /tmp && exec "$0" "$@"'
+# Runs each test in its own process between kernel log markers; prints its
+# PID (for killtree) on stderr first.
+RUN_TESTS = "/usr/libexec/iommufd-harness/run-tests"
+MARKER_WAIT = 3.0  # seconds to wait for a test's END marker to reach the kernel log
+
+
+def _marker(kind: str, name: str) -> re.Pattern:
+    return re.compile(rf"iommufd-harness: {kind} {re.escape(name)}(?=[ \r\n])")
 
 
 @dataclass(frozen=True)
@@ -87,8 +93,8 @@ class Runner:
         self.on_start = on_start or (lambda name: None)
         self.on_tap = on_tap or (lambda binary, tap, stderr: None)
         self.dead: str | None = None  # why the target went away
-        self.marks: dict[str, int] = {}  # running test -> kernel log position at its start
-        self.window = 0  # kernel log position where the next test's window opens
+        self.log_pos = 0  # kernel log searched up to here for test markers
+        self.tap_errors: list[str] = []  # TAP that contradicts itself (count, plan, Totals)
         self.splats: list[tuple[str | None, Splat]] = []
 
     def run(self, selection: Selection) -> list[TestRecord]:
@@ -100,10 +106,21 @@ class Runner:
 
     def _emit(self, rec: TestRecord, out: list[TestRecord]) -> None:
         """Record a finished test, with the kernel reports logged while it ran:
-        a test that passed in userspace but made the kernel WARN has failed."""
-        since = self.marks.pop(rec.name, None)
-        if since is not None:
-            found = self.target.kernel_splats(since)
+        a test that passed in userspace but made the kernel WARN has failed.
+        The test's part of the kernel log lies between the RUN and END markers
+        run-tests wrote to /dev/kmsg around it."""
+        start = self.target.kernel_log_find(_marker("RUN", rec.name), self.log_pos)
+        if start is not None:
+            end = None
+            # only a test that ended normally has an END marker on its way
+            deadline = time.monotonic() + (MARKER_WAIT if rec.status in ("pass", "fail", "skip") else 0)
+            while end is None:
+                end = self.target.kernel_log_find(_marker("END", rec.name), start)
+                if end is not None or time.monotonic() >= deadline:
+                    break
+                time.sleep(0.05)
+            found = self.target.kernel_splats(start, end)
+            self.log_pos = end if end is not None else start
             if found:
                 self.splats += [(rec.name, s) for s in found]
                 rec.log = clean(rec.log + "\n" + "\n".join(
@@ -113,12 +130,11 @@ class Runner:
                     rec.reason = f"kernel {found[0].kind} during the test: {found[0].title}"
         out.append(rec)
         self.on_result(rec)
-        self.window = self.target.kernel_log_mark()
 
     def finish(self) -> list[tuple[str | None, Splat]]:
         """Every kernel report of the run, with the test it is attributed to
         (None: logged outside any test, e.g. at boot)."""
-        self.splats += [(None, s) for s in self.target.kernel_splats(0, final=True)]
+        self.splats += [(None, s) for s in self.target.kernel_splats(0, None, final=True)]
         return self.splats
 
     def run_binary(self, binary: str, names: list[str]) -> list[TestRecord]:
@@ -133,37 +149,70 @@ class Runner:
         return out
 
     def _run_batch(self, binary: str, names: list[str], out: list[TestRecord]) -> list[str]:
-        """Run ``names`` in one process; returns the names still to run."""
-        self.window = self.target.kernel_log_mark()
+        """Run ``names`` with one run-tests process; returns the names still to run.
+
+        Each test runs in a process of its own.  A test is recorded once both
+        its TAP result (stdout) and run-tests' "harness-exit" line (stderr,
+        after the test's own stderr) have arrived; a test whose process ends
+        without a result died.  The two streams may arrive in any order."""
         parser = TapParser()
         started: dict[str, float] = {}
-        state = {"pid": None, "overrun": None}
+        state: dict = {"pid": None, "overrun": None}
         wanted = set(names)
         reported: set[str] = set()
+        exits: dict[str, int] = {}
         tap_lines: list[str] = []
         err_lines: list[str] = []
+        test_err: list[str] = []  # stderr of the test that is running
+
+        def record(name: str, died: bool = False) -> None:
+            case = parser.cases.get(name)
+            dur = time.monotonic() - started.get(name, time.monotonic())
+            reported.add(name)
+            if died or case is None or case.status is None:
+                rc = exits.get(name)
+                why = f"{binary} died (status {rc}) while this test ran" if rc is not None else \
+                    f"{binary} ended without reporting this test"
+                self._emit(TestRecord(name, "fail", dur, "\n".join(case.log) if case else "", why, binary), out)
+            else:
+                self._emit(TestRecord(name, case.status, dur, "\n".join(case.log), case.reason, binary), out)
+
+        def ready(name: str) -> None:
+            case = parser.cases.get(name)
+            if name in wanted and name not in reported and name in exits and case is not None \
+                    and case.status is not None:
+                record(name)
 
         def on_line(line: str) -> None:
             tap_lines.append(line)
             for ev in parser.feed(line):
                 if ev.kind == "start":
+                    # stdout has moved on: a test started before without a result died
+                    for name in list(started):
+                        case = parser.cases.get(name)
+                        if name != ev.name and name not in reported and (case is None or case.status is None):
+                            record(name, died=True)
                     started[ev.name] = time.monotonic()
-                    # its kernel log window opened when the previous test was done:
-                    # by the time its RUN line is read here, it may have logged already
-                    self.marks[ev.name] = self.window
                     self.on_start(ev.name)
-                elif ev.kind == "result" and ev.name in wanted and ev.name not in reported:
-                    reported.add(ev.name)
-                    case = ev.case
-                    dur = time.monotonic() - started.get(ev.name, time.monotonic())
-                    self._emit(TestRecord(ev.name, case.status, dur, "\n".join(case.log), case.reason, binary), out)
+                elif ev.kind == "result":
+                    ready(ev.name)
 
         def on_err(line: str) -> None:
             if line.startswith("harness-pid ") and state["pid"] is None:
                 state["pid"] = line.split()[1]
                 return
+            m = re.fullmatch(r"harness-exit (\S+) (-?\d+)", line)
+            if m:
+                name = m.group(1)
+                exits[name] = int(m.group(2))
+                case = parser.cases.get(name) or parser._case(name)
+                case.log[1:1] = test_err  # the test's stderr goes after its RUN line
+                test_err.clear()
+                if case.status is not None or name in reported:
+                    ready(name)
+                return
             err_lines.append(line)
-            parser.note(line)
+            test_err.append(line)
 
         def overrun() -> bool:
             cur = parser.current
@@ -172,19 +221,27 @@ class Runner:
                 return True
             return False
 
-        argv = ["sh", "-c", WRAPPER, f"{GUEST_SELFTEST_DIR}/{binary}"]
-        for n in names:
-            argv += ["-r", n]
+        argv = [RUN_TESTS, f"{GUEST_SELFTEST_DIR}/{binary}", *names]
         budget = self.per_test_timeout * len(names) + 60
         res = self._exec(argv, budget, on_line, on_err, overrun)
         self.on_tap(binary, "\n".join(tap_lines) + "\n", "\n".join(err_lines) + "\n")
+        for name in list(started):  # results whose exit line never came
+            case = parser.cases.get(name)
+            if name not in reported and case is not None and case.status is not None:
+                case.log[1:1] = test_err if name == parser.last_started else []
+                record(name)
         left = [n for n in names if n not in reported]
+        if res.exit_status is not None and not res.timed_out and not left:
+            # a batch that ran to its end: its plans, results and Totals lines must agree
+            for problem in parser.consistency_errors():
+                self.tap_errors.append(f"{binary}: {problem}")
+        cur = parser.current if parser.current in left else None
 
         failure = self.target.failure()
         if failure:
             self.dead = failure
-            cur = parser.current or (left[0] if left else None)
-            if cur in left:
+            cur = cur or (left[0] if left else None)
+            if cur is not None:
                 case = parser.cases.get(cur)
                 log = ("\n".join(case.log) + "\n" if case else "") + "--- console ---\n" + self.target.console_excerpt(80)
                 dur = time.monotonic() - started.get(cur, time.monotonic())
@@ -192,7 +249,7 @@ class Runner:
                 left.remove(cur)
             return left
         if res.timed_out or res.lost:
-            cur = state["overrun"] or parser.current
+            cur = state["overrun"] or cur
             if res.lost and not self.target.reconnect():
                 self.dead = "the target stopped answering over SSH"
             elif state["pid"]:
@@ -213,20 +270,14 @@ class Runner:
                 # the whole batch overran its budget without a test to blame
                 self.dead = self.dead or f"{binary} exceeded its time budget"
             return left
-        if left:
-            cur = parser.current if parser.current in left else None
-            tail = "\n".join(tap_lines[-20:] + res.err_text.splitlines()[-10:])
-            if cur is not None:
-                # The selftest process died inside this test: blame it, go on with the rest.
-                case = parser.cases.get(cur)
-                dur = time.monotonic() - started.get(cur, time.monotonic())
-                self._emit(TestRecord(cur, "fail", dur, "\n".join(case.log) if case else tail,
-                                      f"{binary} died (status {res.exit_status}) while this test ran", binary), out)
-                left.remove(cur)
-                return left
-            for n in left:
-                self._emit(TestRecord(n, "notrun", reason=f"{binary} exited with status {res.exit_status} "
-                                                          "before running this test", log=tail, binary=binary), out)
+        if cur is not None:
+            record(cur, died=True)
+            left.remove(cur)
+            return left
+        tail = "\n".join(tap_lines[-20:] + res.err_text.splitlines()[-10:])
+        for n in left:
+            self._emit(TestRecord(n, "notrun", reason=f"run-tests exited with status {res.exit_status} "
+                                                      "before running this test", log=tail, binary=binary), out)
         return []
 
     def _exec(self, argv, timeout, on_line, on_err, check_stop):

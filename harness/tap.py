@@ -15,7 +15,9 @@
 
 Lines are fed one at a time as they arrive; the parser knows at any moment
 which test is running, so a caller can enforce per-test time limits and
-attribute a crash to the test that was running.
+attribute a crash to the test that was running.  A stream may hold several
+TAP documents one after the other (one per selftest process): their plans
+and Totals lines add up.
 """
 
 from __future__ import annotations
@@ -52,9 +54,10 @@ class TapEvent:
 class TapParser:
     def __init__(self) -> None:
         self.version: int | None = None
-        self.plan: int | None = None
-        self.totals: dict[str, int] | None = None
+        self.plans: list[int] = []  # one per TAP document
+        self.totals: dict[str, int] | None = None  # summed over the documents
         self.cases: dict[str, TapCase] = {}
+        self.documents = 0
         self.current: str | None = None
         self.last_started: str | None = None
         self.preamble: list[str] = []
@@ -95,17 +98,19 @@ class TapParser:
                 self.current = None
             return [TapEvent("result", name, case)]
         m = RE_PLAN.match(line)
-        if m and self.plan is None:
-            self.plan = int(m.group(1))
+        if m and len(self.plans) < max(self.documents, 1):
+            self.plans.append(int(m.group(1)))
             return [TapEvent("plan")]
         m = RE_TOTALS.match(line)
         if m:
             keys = ("pass", "fail", "xfail", "xpass", "skip", "error")
-            self.totals = dict(zip(keys, map(int, m.groups())))
+            totals = self.totals or dict.fromkeys(keys, 0)
+            self.totals = {k: totals[k] + int(v) for k, v in zip(keys, m.groups())}
             return [TapEvent("totals")]
         m = RE_VERSION.match(line)
         if m:
             self.version = int(m.group(1))
+            self.documents += 1
             return []
         target = self.cases.get(self.current) if self.current else None
         if target is not None:
@@ -134,6 +139,11 @@ class TapParser:
             events += self.feed(line)
         return events
 
+    @property
+    def plan(self) -> int | None:
+        """Tests announced by the plan lines (None before any)."""
+        return sum(self.plans) if self.plans else None
+
     def finished(self) -> list[TapCase]:
         return [c for c in self.cases.values() if c.status is not None]
 
@@ -141,7 +151,7 @@ class TapParser:
         """Disagreements between the results, the plan and the totals line."""
         done = self.finished()
         errors = []
-        if self.plan is not None and len(done) != self.plan:
+        if self.plans and len(done) != self.plan:
             errors.append(f"the plan announced {self.plan} tests but {len(done)} reported a result")
         if self.totals is not None:
             counted = {

@@ -3,6 +3,7 @@ QEMU VM and a real board over SSH are interchangeable (and tests use fakes)."""
 
 from __future__ import annotations
 
+import re
 from typing import Callable, Protocol, Sequence
 
 from harness.splats import Splat
@@ -25,11 +26,12 @@ class Target(Protocol):
 
     def console_excerpt(self, lines: int = 60) -> str: ...
 
-    def kernel_log_mark(self) -> int:
-        """A position in the kernel log (everything logged so far is before it)."""
+    def kernel_log_find(self, pattern: re.Pattern, since: int = 0) -> int | None:
+        """Where ``pattern`` first appears in the kernel log at or after ``since``."""
 
-    def kernel_splats(self, since: int, final: bool = False) -> list[Splat]:
-        """Kernel reports (WARN, BUG, KASAN, ...) logged since ``since``, each returned once."""
+    def kernel_splats(self, since: int, until: int | None = None, final: bool = False) -> list[Splat]:
+        """Kernel reports (WARN, BUG, KASAN, ...) that started in [since, until),
+        each returned once."""
 
     def describe(self) -> dict: ...
 
@@ -64,11 +66,11 @@ class QemuTarget:
     def console_excerpt(self, lines: int = 60) -> str:
         return self.vm.console.excerpt(lines)
 
-    def kernel_log_mark(self) -> int:
-        return self.vm.console.mark()
+    def kernel_log_find(self, pattern, since=0):
+        return self.vm.console.find(pattern, since)
 
-    def kernel_splats(self, since: int, final: bool = False) -> list[Splat]:
-        return self.vm.console.claim(since, final)
+    def kernel_splats(self, since, until=None, final=False):
+        return self.vm.console.claim(since, until, final)
 
     def describe(self) -> dict:
         return {"kind": "qemu", "ssh_port": self.vm.ssh_port, "accel": self.vm.req.accel}

@@ -12,12 +12,13 @@ from pathlib import Path
 
 from harness.image import GUEST_SELFTEST_DIR
 from harness.qemu import ConsoleWatcher
-from harness.runner import KILLTREE
+from harness.runner import KILLTREE, RUN_TESTS
 from harness.ssh import ExecResult
 
 REPO = Path(__file__).resolve().parent.parent
 FAKE_KERNEL = Path(__file__).resolve().parent / "fixtures" / "fake-kernel"
 KILLTREE_SCRIPT = REPO / "qemu-images" / "debian-bookworm" / "killtree"
+RUN_TESTS_SCRIPT = REPO / "qemu-images" / "debian-bookworm" / "run-tests"
 
 
 class LocalTarget:
@@ -40,6 +41,8 @@ class LocalTarget:
             return str(self.bindir / arg[len(GUEST_SELFTEST_DIR) + 1:])
         if arg == KILLTREE:
             return str(KILLTREE_SCRIPT)
+        if arg == RUN_TESTS:
+            return str(RUN_TESTS_SCRIPT)
         return arg
 
     def run(self, argv, timeout, on_stdout_line=None, on_stderr_line=None, check_stop=None) -> ExecResult:
@@ -48,7 +51,8 @@ class LocalTarget:
         start = time.monotonic()
         p = subprocess.Popen([self._map(a) for a in argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              stdin=subprocess.DEVNULL, start_new_session=True,
-                             env={**os.environ, "FAKE_CONSOLE": str(self.console)})
+                             env={**os.environ, "FAKE_CONSOLE": str(self.console),
+                                  "HARNESS_KMSG": str(self.console)})
         sel = selectors.DefaultSelector()
         sel.register(p.stdout, selectors.EVENT_READ, ("out", on_stdout_line))
         sel.register(p.stderr, selectors.EVENT_READ, ("err", on_stderr_line))
@@ -98,11 +102,11 @@ class LocalTarget:
     def console_excerpt(self, lines=60):
         return "fake console"
 
-    def kernel_log_mark(self):
-        return self.watcher.mark()
+    def kernel_log_find(self, pattern, since=0):
+        return self.watcher.find(pattern, since)
 
-    def kernel_splats(self, since, final=False):
-        return self.watcher.claim(since, final)
+    def kernel_splats(self, since, until=None, final=False):
+        return self.watcher.claim(since, until, final)
 
     def describe(self):
         return {"kind": "local"}

@@ -17,7 +17,7 @@ def _run(bindir, names, limit=5.0, target=None):
 
 def test_lists_tests_from_the_binary(fake_selftests):
     names = list_tests(LocalTarget(fake_selftests), "iommufd")
-    tests = ["access_pin", "access_rw", "fails", "hangs", "dies", "warns"]
+    tests = ["access_pin", "access_rw", "fails", "hangs", "dies", "warns", "flaky"]
     assert names == [f"iommufd_ioas.{v}.{t}" for v in ("no_domain", "mock_domain") for t in tests] + [
         "iommufd.simple_close"]
 
@@ -88,3 +88,39 @@ def test_kernel_warning_during_a_passing_test_fails_it(fake_selftests):
     assert "iommufd_access_rw+0x4a/0x2d0" in warned.log and "end trace" in warned.log
     assert seen[1].status == "fail"  # streamed with the splat already attributed
     assert [(name, s.kind) for name, s in r.splats] == [(names[1], "warning")]
+
+
+def test_tap_that_contradicts_itself_is_an_error(tmp_path):
+    """A binary whose Totals line disagrees with its results is not trusted."""
+    liar = tmp_path / "iommufd"
+    liar.write_text("#!/bin/sh\n"
+                    "echo 'TAP version 13'; echo '1..1'\n"
+                    "echo '#  RUN           f.v.t ...'; echo '#            OK  f.v.t'; echo 'ok 1 f.v.t'\n"
+                    "echo '# Totals: pass:2 fail:0 xfail:0 xpass:0 skip:0 error:0'\n")
+    liar.chmod(0o755)
+    r, records, _, _ = _run(tmp_path, ["f.v.t"])
+    assert [t.status for t in records] == ["pass"]
+    assert r.tap_errors == ["iommufd: the Totals line says pass:2 but 1 were parsed"]
+
+
+def test_rerun_failed_marks_flaky_and_keeps_real_failures(fake_selftests, tmp_path):
+    from harness.pipeline import Options, Pipeline, new_record
+    from harness.ui import Ui
+
+    target = LocalTarget(fake_selftests)
+    opts = Options(work=tmp_path / "w", rerun_failed=2)
+    record = new_record(opts)
+    pipe = Pipeline(opts, Ui(quiet=True), record, tmp_path / "logs")
+    names = ("iommufd_ioas.no_domain.flaky", "iommufd_ioas.no_domain.fails", "iommufd.simple_close")
+    selection = Selection({"iommufd": names}, ())
+    Runner(target, 5.0, record.tests.append).run(selection)
+    assert [t.status for t in record.tests] == ["fail", "fail", "pass"]
+    pipe.rerun_failed(target, selection, 5.0)
+    flaky, fails, simple = record.tests
+    assert flaky.status == "pass" and flaky.reason.startswith("flaky:")
+    assert "rerun 1: pass" in flaky.log
+    assert fails.status == "fail" and "failed on 2 rerun(s) too" in fails.reason
+    assert simple.status == "pass" and simple.reason == ""
+    # simple_close passed the first time: it was not run again
+    reruns = [c for c in target.commands if "-r" in c]
+    assert all("iommufd.simple_close" not in c for c in reruns[1:])

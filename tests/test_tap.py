@@ -71,3 +71,14 @@ def test_console_noise_before_the_plan_is_kept_out_of_tests():
     p = parse("[    1.234] random: crng init done\nTAP version 13\n1..0\n")
     assert p.plan == 0 and p.finished() == []
     assert p.preamble == ["[    1.234] random: crng init done"]
+
+
+def test_one_document_per_process_adds_up():
+    one = ("TAP version 13\n1..1\n#  RUN           {n} ...\n#            OK  {n}\nok 1 {n}\n"
+           "# PASSED: 1 / 1 tests passed.\n# Totals: pass:1 fail:0 xfail:0 xpass:0 skip:0 error:0\n")
+    p = parse(one.format(n="a.b.c") + one.format(n="a.b.d") + one.format(n="a.b.e"))
+    assert [c.name for c in p.finished()] == ["a.b.c", "a.b.d", "a.b.e"]
+    assert p.plan == 3 and p.totals["pass"] == 3
+    assert p.consistency_errors() == []
+    cut = parse(one.format(n="a.b.c") + "TAP version 13\n1..1\n#  RUN           a.b.d ...\n")
+    assert cut.current == "a.b.d" and any("announced 2" in e for e in cut.consistency_errors())

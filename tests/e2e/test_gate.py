@@ -1,0 +1,73 @@
+"""The CI gate on the real kernel: deliberately broken kernel patches must
+turn it red, with exactly the affected tests named, and a kernel WARNING
+must be caught even when userspace sees every test pass."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+WORK = Path(os.environ.get("IOMMUFD_HARNESS_WORK", REPO / "work"))
+FIXTURES = REPO / "tests" / "fixtures" / "kernel-patches"
+BASELINES = REPO / "selftests" / "baselines"
+VARIANTS = ("no_domain", "mock_domain", "two_mock_domain", "mock_domain_limit")
+USER_COPY = ("one_domain", "two_domains", "one_domain_hugepage", "two_domains_hugepage")
+
+pytestmark = pytest.mark.slow
+
+
+def _run(results: Path, *extra: str) -> tuple[int, dict, str]:
+    argv = [sys.executable, "-m", "harness", "run", "--work", str(WORK), "--results", str(results),
+            "--baseline", str(BASELINES), *extra]
+    res = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=3600)
+    sys.stderr.write(res.stderr[-10000:])
+    return res.returncode, json.loads((results / "results.json").read_text()), res.stdout
+
+
+def test_unbroken_kernel_passes_the_gate(tmp_path):
+    code, data, out = _run(tmp_path / "ok")
+    assert code == 0 and data["verdict"] == "pass"
+    cmp = json.loads((tmp_path / "ok" / "comparison.json").read_text())
+    assert cmp["regressions"] == [] and cmp["disappeared"] == []
+    assert "gate verdict" in out and "PASS" in out
+    summary = (tmp_path / "ok" / "summary.md").read_text()
+    assert "PASS" in summary.splitlines()[0]
+
+
+def test_broken_pinning_fails_exactly_the_pinning_tests(tmp_path):
+    code, data, out = _run(tmp_path / "pin", "--patches", str(FIXTURES / "pin-more-than-8-pages-fails.patch"))
+    assert code == 1
+    failed = {t["name"] for t in data["tests"] if t["status"] != "pass"}
+    expected = {f"iommufd_ioas.{v}.{t}" for v in VARIANTS for t in ("access_pin", "access_pin_unmap")}
+    expected |= {f"iommufd_mock_domain.{v}.user_copy" for v in USER_COPY}
+    assert failed == expected
+    cmp = json.loads((tmp_path / "pin" / "comparison.json").read_text())
+    assert {c["name"] for c in cmp["regressions"]} == expected
+    summary = (tmp_path / "pin" / "summary.md").read_text()
+    assert "FAIL" in summary.splitlines()[0] and "iommufd_ioas.no_domain.access_pin" in summary
+    kcidb = json.loads((tmp_path / "pin" / "kcidb.json").read_text())
+    statuses = {t["path"].rsplit(".", 1)[-1] for t in kcidb["tests"] if t.get("status") == "FAIL"}
+    assert {"access_pin", "access_pin_unmap", "user_copy"} <= statuses
+
+
+def test_kernel_warning_fails_a_test_that_passed_in_userspace(tmp_path):
+    code, data, _ = _run(tmp_path / "warn", "--patches", str(FIXTURES / "warn-in-access-rw.patch"))
+    assert code == 1
+    bad = [t for t in data["tests"] if t["status"] != "pass"]
+    assert [t["name"] for t in bad] == ["iommufd_ioas.no_domain.access_rw"]
+    warned = bad[0]
+    assert warned["status"] == "fail"
+    assert warned["reason"].startswith("kernel warning during the test: WARNING: CPU:")
+    assert "drivers/iommu/iommufd/device.c" in warned["reason"]
+    assert "iommufd_access_rw" in warned["log"]
+    # userspace itself reported the test as passing
+    assert "#            OK  iommufd_ioas.no_domain.access_rw" in warned["log"]
+    splats = data["kernel"]["splats"]
+    assert [(s["test"], s["kind"]) for s in splats] == [("iommufd_ioas.no_domain.access_rw", "warning")]
+    assert "WARNING" in (tmp_path / "warn" / "summary.md").read_text()
