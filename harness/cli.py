@@ -61,6 +61,8 @@ def _common(p: argparse.ArgumentParser, tests: bool = True) -> None:
                        help=f"test plan from selftests/suites (default {suites.DEFAULT_SUITE}; see 'iommufd-harness suites')")
         g.add_argument("--tests", metavar="GLOB",
                        help="only tests whose fixture.variant.test name matches (fnmatch; several separated by ',')")
+        g.add_argument("--continue-after-crash", action="store_true",
+                       help="when the kernel dies, reboot the VM and run the remaining tests (at most 3 reboots)")
         g.add_argument("--rerun-failed", type=int, default=0, metavar="N",
                        help="run failed tests again up to N times; one that then passes is reported flaky")
         g.add_argument("--per-test-timeout", type=float, metavar="S",
@@ -147,6 +149,7 @@ def options(args) -> Options:
         base_config=args.base_config,
         baseline=getattr(args, "baseline", None),
         rerun_failed=getattr(args, "rerun_failed", 0),
+        continue_after_crash=getattr(args, "continue_after_crash", False),
     )
 
 
@@ -209,13 +212,13 @@ def _run_one(opts: Options, ui: Ui, results_path: Path):
         suite = suites.load(opts.suite)
         prep = pipe.prepare()
         base = pipe.make_image(prep)
-        with pipe.booted(prep, base, results_path) as (target, ssh_cmd):
+        with pipe.booted(prep, base, results_path) as session:
             try:
-                pipe.run_tests(target, suite, sink)
+                pipe.run_tests(session, suite, sink)
             finally:
                 sink.write(record)
             if opts.keep_vm:
-                _hold(ui, target, ssh_cmd)
+                _hold(ui, session.target, session.ssh_cmd)
         pipe.decode_splats(prep)
     except HarnessError as e:
         record.errors.append(e.render())
@@ -335,9 +338,9 @@ def cmd_boot(args, ui: Ui) -> int:
         prep = pipe.prepare()
         base = pipe.make_image(prep)
         try:
-            with pipe.booted(prep, base, results_path) as (target, ssh_cmd):
+            with pipe.booted(prep, base, results_path) as session:
                 ui.out.print(f"console log: {results_path / 'console.log'}", highlight=False)
-                _hold(ui, target, ssh_cmd)
+                _hold(ui, session.target, session.ssh_cmd)
         except KeyboardInterrupt:
             ui.info("stopped")
             return 0
@@ -399,6 +402,11 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args, ui)
     except HarnessError as e:
         ui.error(e.render())
+        return EXIT_ERROR
+    except OSError as e:
+        # disk full, read-only or unwritable paths, ...: say which path, no traceback
+        where = f" ({e.filename})" if e.filename else ""
+        ui.error(f"error [host]: {e.strerror or e}{where}\n  hint: check free space and permissions there")
         return EXIT_ERROR
     except KeyboardInterrupt:
         ui.error("interrupted")

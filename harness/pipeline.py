@@ -16,6 +16,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from harness import __version__, baseline, build, config, image, patches, profiles, qemu, runner, source, splats, suites
 from harness.errors import HarnessError
@@ -51,6 +52,19 @@ class Options:
     base_config: Path | None = None
     baseline: Path | None = None
     rerun_failed: int = 0
+    continue_after_crash: bool = False
+
+
+MAX_REBOOTS = 3  # --continue-after-crash: at most this many reboots per run
+
+
+@dataclass
+class Session:
+    """A booted target; ``reboot()`` replaces the VM with a fresh one."""
+
+    target: QemuTarget
+    ssh_cmd: str
+    reboot: Callable[[], QemuTarget]
 
 
 @dataclass(frozen=True)
@@ -156,11 +170,12 @@ class Pipeline:
 
     @contextlib.contextmanager
     def booted(self, prep: Prepared, base: image.BaseImage, results_dir: Path):
-        """A running VM with SSH up; torn down on exit, whatever happens."""
+        """A running VM with SSH up, as a :class:`Session`; torn down on exit,
+        whatever happens (and so is every VM a reboot started)."""
         vm_dir = self.work.root / "vm" / results_dir.name
         vm_dir.mkdir(parents=True, exist_ok=True)
         sock_dir = Path(tempfile.mkdtemp(prefix="iommufd-harness-"))
-        vm = None
+        vms: list[qemu.QemuVM] = []
         try:
             with self.stage("boot"):
                 keys = image.make_keys(vm_dir)
@@ -169,24 +184,35 @@ class Pipeline:
                 self.record.qemu.update(version=qemu.qemu_version(prep.profile.qemu.binary), accel=accel,
                                         accel_reason=why, profile=prep.profile.name)
                 self.ui.info(f"booting {prep.profile.name} ({prep.profile.description}) with {accel}: {why}")
-                req = qemu.BootRequest(prep.profile, prep.kernel.image, initrd, results_dir, accel,
-                                       self.opts.boot_timeout, self.opts.extra_cmdline, qmp_dir=sock_dir)
-                vm = qemu.QemuVM(req)
-                vm.start()
-                self.record.qemu["cmdline"] = vm.argv
-                client = SshClient("127.0.0.1", vm.ssh_port, "root", keys.client_private, keys.host_public)
-                vm.wait_for_sshd(client.connect)
-                (vm_dir / "known_hosts").write_text(f"[127.0.0.1]:{vm.ssh_port} {keys.host_public}\n")
-                target = QemuTarget(vm, client)
-                info = runner.verify_guest(target, prep.kernel.build_id, prep.profile.iommu, prep.profile.hugepages)
-                self.record.guest = {"kernel_release": info.kernel_release, "build_id": info.build_id,
-                                     "hugepages": info.hugepages, "iommus": list(info.iommus)}
-                self.ui.info(f"guest up: {info.kernel_release}, IOMMUs: {', '.join(info.iommus) or 'none'}, "
-                             f"{info.hugepages} huge pages")
-            yield target, self.ssh_command(vm_dir, vm.ssh_port)
+
+                def boot() -> QemuTarget:
+                    n = len(vms)
+                    req = qemu.BootRequest(prep.profile, prep.kernel.image, initrd, results_dir, accel,
+                                           self.opts.boot_timeout, self.opts.extra_cmdline, qmp_dir=sock_dir,
+                                           console_name="console.log" if n == 0 else f"console.{n}.log")
+                    vm = qemu.QemuVM(req)
+                    vms.append(vm)
+                    vm.start()
+                    self.record.qemu["cmdline"] = vm.argv
+                    client = SshClient("127.0.0.1", vm.ssh_port, "root", keys.client_private, keys.host_public)
+                    vm.wait_for_sshd(client.connect)
+                    (vm_dir / "known_hosts").write_text(f"[127.0.0.1]:{vm.ssh_port} {keys.host_public}\n")
+                    target = QemuTarget(vm, client)
+                    info = runner.verify_guest(target, prep.kernel.build_id, prep.profile.iommu,
+                                               prep.profile.hugepages)
+                    self.record.guest.update(kernel_release=info.kernel_release, build_id=info.build_id,
+                                             hugepages=info.hugepages, iommus=list(info.iommus), boots=n + 1)
+                    self.ui.info(f"guest up: {info.kernel_release}, IOMMUs: {', '.join(info.iommus) or 'none'}, "
+                                 f"{info.hugepages} huge pages")
+                    return target
+
+                session = Session(boot(), "", boot)
+                session.ssh_cmd = self.ssh_command(vm_dir, vms[-1].ssh_port)
+            yield session
+            client = session.target.client
             self.record.guest.update(ssh_connections=client.connections, ssh_commands=client.commands)
         finally:
-            if vm is not None:
+            for vm in vms:
                 vm.stop()
             shutil.rmtree(sock_dir, ignore_errors=True)
             (vm_dir / "initrd.cpio").unlink(missing_ok=True)
@@ -198,8 +224,9 @@ class Pipeline:
 
     # -- tests ---------------------------------------------------------------------
 
-    def run_tests(self, target, suite: suites.Suite, sink: ResultsDir) -> None:
+    def run_tests(self, session: Session, suite: suites.Suite, sink: ResultsDir) -> None:
         with self.stage("run"):
+            target = session.target
             available = {r.binary: runner.list_tests(target, r.binary) for r in suite.runs}
             selection = suites.select(suite, available, self.opts.tests)
             for miss in selection.unmatched:
@@ -213,21 +240,41 @@ class Pipeline:
                 sink.add(rec)
                 self.ui.test_result(rec, len(self.record.tests), total)
 
-            r = runner.Runner(target, limit, on_result, on_tap=sink.save_tap)
-            try:
-                r.run(selection)
-            finally:
-                self.record.kernel["splats"] = [
-                    {"test": name, "kind": s.kind, "title": s.title, "signature": s.signature, "fatal": s.fatal}
-                    for name, s in r.splats]
-                self.found_splats = r.splats
+            self.found_splats = []
+            todo = selection
+            reboots = 0
+            while True:
+                r = runner.Runner(target, limit, on_result, on_tap=sink.save_tap,
+                                  defer_unrun=self.opts.continue_after_crash and reboots < MAX_REBOOTS)
+                try:
+                    r.run(todo)
+                finally:
+                    self.found_splats += r.splats
+                    self.record.kernel["splats"] = [
+                        {"test": name, "kind": s.kind, "title": s.title, "signature": s.signature,
+                         "fatal": s.fatal} for name, s in self.found_splats]
+                for problem in r.tap_errors:
+                    self.record.errors.append(f"inconsistent TAP from the guest: {problem}")
+                if not r.unrun:
+                    break
+                # --continue-after-crash: boot again and run what is left
+                reboots += 1
+                self.ui.warn(f"{r.dead}: rebooting ({reboots} of {MAX_REBOOTS}) for {len(r.unrun)} test(s) left")
+                todo = suites.Selection({b: tuple(n for bb, n in r.unrun if bb == b)
+                                         for b in dict.fromkeys(b for b, _ in r.unrun)}, ())
+                try:
+                    target = session.target = session.reboot()
+                except HarnessError as e:
+                    self.record.errors.append(f"reboot after a crash failed: {e.message}")
+                    for b, n in r.unrun:
+                        on_result(TestRecord(n, "notrun", reason=f"not run: {r.dead}; the reboot failed", binary=b))
+                    r.dead = r.dead or "reboot failed"
+                    break
             if r.dead:
                 self.record.errors.append(f"the target died during the run: {r.dead}")
             elif self.opts.rerun_failed:
                 self.rerun_failed(target, selection, limit)
-            for problem in r.tap_errors:
-                self.record.errors.append(f"inconsistent TAP from the guest: {problem}")
-            for name, s in r.splats:
+            for name, s in self.found_splats:
                 where = f"during {name}" if name else "outside any test"
                 self.ui.warn(f"kernel {s.kind} {where}: {s.title}")
 

@@ -97,6 +97,7 @@ class BootRequest:
     boot_timeout: float = 300.0
     extra_cmdline: str = ""
     qmp_dir: Path | None = None  # short path for the QMP socket (AF_UNIX paths are limited to 107 bytes)
+    console_name: str = "console.log"  # another name for the console of a reboot
 
 
 @dataclass
@@ -171,7 +172,7 @@ class QemuVM:
         self.proc: subprocess.Popen | None = None
         self.qmp = None
         self.ssh_port = 0
-        self.console = ConsoleWatcher(req.run_dir / "console.log")
+        self.console = ConsoleWatcher(req.run_dir / req.console_name)
         self.qemu_log = req.run_dir / "qemu.log"
         self.events: list[dict] = []
         self.argv: list[str] = []

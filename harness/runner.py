@@ -86,13 +86,18 @@ def list_tests(target: Target, binary: str) -> list[str]:
 
 class Runner:
     def __init__(self, target: Target, per_test_timeout: float, on_result: Callable[[TestRecord], None],
-                 on_start: Callable[[str], None] | None = None, on_tap: Callable[[str, str, str], None] | None = None):
+                 on_start: Callable[[str], None] | None = None, on_tap: Callable[[str, str, str], None] | None = None,
+                 defer_unrun: bool = False):
         self.target = target
         self.per_test_timeout = per_test_timeout
         self.on_result = on_result
         self.on_start = on_start or (lambda name: None)
         self.on_tap = on_tap or (lambda binary, tap, stderr: None)
         self.dead: str | None = None  # why the target went away
+        # with defer_unrun, the tests a dead target could not run are kept
+        # here (binary, name) for a rebooted target instead of becoming notrun
+        self.defer_unrun = defer_unrun
+        self.unrun: list[tuple[str, str]] = []
         self.log_pos = 0  # kernel log searched up to here for test markers
         self.tap_errors: list[str] = []  # TAP that contradicts itself (count, plan, Totals)
         self.splats: list[tuple[str | None, Splat]] = []
@@ -142,8 +147,11 @@ class Runner:
         remaining = list(names)
         while remaining:
             if self.dead:
-                for n in remaining:
-                    self._emit(TestRecord(n, "notrun", reason=f"not run: {self.dead}", binary=binary), out)
+                if self.defer_unrun:
+                    self.unrun += [(binary, n) for n in remaining]
+                else:
+                    for n in remaining:
+                        self._emit(TestRecord(n, "notrun", reason=f"not run: {self.dead}", binary=binary), out)
                 break
             remaining = self._run_batch(binary, remaining, out)
         return out

@@ -55,3 +55,20 @@ def test_listings():
     assert out.returncode == 0 and "x86_64-vtd" in out.stdout
     out = subprocess.run([sys.executable, "-m", "harness", "suites"], cwd=REPO, capture_output=True, text=True)
     assert out.returncode == 0 and "access" in out.stdout and "fail_nth" in out.stdout
+
+
+def test_disk_full_is_a_clear_error(fake_kernel, tmp_path):
+    small = tmp_path / "small"
+    small.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(small)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("needs permission to mount a small tmpfs")
+    try:
+        (fake_kernel / "big.bin").write_bytes(b"\0" * (1 << 20))  # does not fit
+        res = harness("build", "--kernel-src", str(fake_kernel), "--no-default-patches", work=small / "w")
+        assert res.returncode == 2
+        assert "No space left on device" in res.stderr
+        assert str(small / "w") in res.stderr
+        assert "Traceback" not in res.stderr
+    finally:
+        subprocess.run(["umount", str(small)])

@@ -167,3 +167,24 @@ def test_sigterm_tears_down_and_keeps_results(tmp_path):
     assert data["verdict"] in ("error", "fail")
     assert len(data["tests"]) < 7
     _no_qemu_left(results)
+
+
+def test_continue_after_crash_reboots_and_runs_the_rest(tmp_path):
+    """Every variant's access_rw crashes this kernel; with --continue-after-crash
+    the VM is rebooted (at most 3 times) and the remaining tests still run."""
+    results = tmp_path / "continue"
+    res = _run(results, "--patches", str(FIXTURES / "crash-in-access-rw.patch"), "--continue-after-crash")
+    data = _results(results)
+    assert res.returncode == 1 and data["verdict"] == "fail"
+    by_status: dict[str, list[str]] = {}
+    for t in data["tests"]:
+        by_status.setdefault(t["status"], []).append(t["name"])
+    assert by_status["crash"] == [f"iommufd_ioas.{v}.access_rw"
+                                  for v in ("no_domain", "mock_domain", "two_mock_domain", "mock_domain_limit")]
+    assert len(by_status["pass"]) == 15  # ran on the rebooted guests
+    assert "iommufd_ioas.two_mock_domain.access_rw_unaligned" in by_status["pass"]
+    assert len(by_status["notrun"]) == 5  # after the 4th crash there is no 4th reboot
+    assert data["guest"]["boots"] == 4
+    for n in (1, 2, 3):
+        assert "Run /init as init process" in (results / f"console.{n}.log").read_text()
+    _no_qemu_left(results)

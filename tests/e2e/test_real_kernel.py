@@ -171,3 +171,49 @@ def test_config_that_would_not_stick_is_explained_before_building(tmp_path):
                          text=True, timeout=600)
     assert res.returncode == 0
     assert "no symbol IOMMUFD_TSET in this tree; did you mean CONFIG_IOMMUFD_TEST?" in res.stdout
+
+
+def test_two_vms_at_once_do_not_collide(first_run, tmp_path):
+    """Two guests of the same kernel side by side (as two runs in two work
+    dirs would start them): separate ports, QMP sockets, consoles and keys."""
+    import threading
+
+    from harness import image, profiles, qemu
+    from harness.ssh import SshClient
+
+    data = json.loads((first_run[1] / "results.json").read_text())
+    kernel = WORK / "build" / "debian-6.12" / "x86_64" / "arch/x86/boot/bzImage"
+    base = image.BaseImage(WORK / "images" / data["image"]["file"], {}, False)
+    profile = profiles.load("x86_64-vtd")
+    vms, outputs, errors = [], {}, []
+
+    def one(i: int) -> None:
+        try:
+            run_dir = tmp_path / f"vm{i}"
+            keys = image.make_keys(run_dir)
+            req = qemu.BootRequest(profile, kernel, image.run_image(base, keys, run_dir), run_dir, "tcg",
+                                   qmp_dir=run_dir)
+            vm = qemu.QemuVM(req)
+            vms.append(vm)
+            vm.start()
+            client = SshClient("127.0.0.1", vm.ssh_port, "root", keys.client_private, keys.host_public)
+            vm.wait_for_sshd(client.connect)
+            outputs[i] = (vm.ssh_port, client.run(["cat", "/etc/ssh/ssh_host_ed25519_key.pub"], 30).text.strip(),
+                          keys.host_public)
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(repr(e))
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in (1, 2)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(300)
+    finally:
+        for vm in vms:
+            vm.stop()
+    assert errors == []
+    (p1, key1, want1), (p2, key2, want2) = outputs[1], outputs[2]
+    assert p1 != p2
+    assert key1 == want1 and key2 == want2 and key1 != key2  # each reached its own guest
+    assert all(not vm.alive() for vm in vms)
