@@ -14,6 +14,7 @@ from pathlib import Path
 
 from harness import __version__, kconfig, profiles, report_md, suites
 from harness.errors import EXIT_ERROR, EXIT_INTERRUPTED, HarnessError, InputError
+from harness.board import BoardSpec
 from harness.pipeline import Options, Pipeline, new_record, results_dir_for
 from harness.results import ResultsDir, matrix_table, summary_table
 from harness.ui import Ui
@@ -89,6 +90,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "regressions")
     p.add_argument("--profiles", metavar="A,B,...",
                    help="run on several profiles, one after the other, and print a profile x suite matrix")
+    g = p.add_argument_group("real board (instead of a VM)")
+    g.add_argument("--board", metavar="USER@HOST[:PORT]",
+                   help="run the tests on this board over SSH (it keeps its own kernel); use a board profile")
+    g.add_argument("--board-key", type=Path, default=Path("~/.ssh/id_ed25519"), metavar="KEY",
+                   help="SSH private key for the board (default ~/.ssh/id_ed25519)")
+    g.add_argument("--known-hosts", type=Path, default=Path("~/.ssh/known_hosts"), metavar="FILE",
+                   help="known_hosts holding the board's host key; a missing or changed key is refused")
     p.add_argument("--keep-vm", action="store_true",
                    help="after the tests, keep the VM running and print how to SSH in (Ctrl-C ends it)")
     p.set_defaults(func=cmd_run)
@@ -150,6 +158,9 @@ def options(args) -> Options:
         baseline=getattr(args, "baseline", None),
         rerun_failed=getattr(args, "rerun_failed", 0),
         continue_after_crash=getattr(args, "continue_after_crash", False),
+        board=getattr(args, "board", None),
+        board_key=getattr(args, "board_key", Path("~/.ssh/id_ed25519")),
+        known_hosts=getattr(args, "known_hosts", Path("~/.ssh/known_hosts")),
     )
 
 
@@ -210,9 +221,15 @@ def _run_one(opts: Options, ui: Ui, results_path: Path):
     pipe = Pipeline(opts, ui, record, results_path / "logs")
     try:
         suite = suites.load(opts.suite)
+        spec = BoardSpec.parse(opts.board, opts.board_key, opts.known_hosts) if opts.board else None
         prep = pipe.prepare()
-        base = pipe.make_image(prep)
-        with pipe.booted(prep, base, results_path) as session:
+        if spec is not None:
+            sessions = pipe.on_board(prep, spec, results_path)
+        else:
+            if prep.profile.qemu is None:
+                raise InputError(f"profile {opts.profile} is for real boards", "pass --board USER@HOST[:PORT]")
+            sessions = pipe.booted(prep, pipe.make_image(prep), results_path)
+        with sessions as session:
             try:
                 pipe.run_tests(session, suite, sink)
             finally:

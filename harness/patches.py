@@ -208,13 +208,17 @@ def _save_state(tree: Path, state: dict) -> None:
 
 
 def protected_files(origin: Path, tree: Path) -> set[str]:
-    """Patched files whose pristine version in the origin has not changed:
-    the source sync may leave them as they are."""
+    """Files the source sync may leave as they are: patched files whose
+    pristine version in the origin has not changed, and files put back to the
+    origin's content by an earlier series switch.  The latter have a fresh
+    modification time (so make rebuilt them); a sync would give them the
+    origin's older time again and make it look as if they had changed."""
     state = _load_state(tree)
     keep = set()
-    for rel, pre in state.get("touched", {}).items():
-        if _file_sha(origin / rel) == pre:
-            keep.add(rel)
+    for key in ("touched", "restored"):
+        for rel, pre in state.get(key, {}).items():
+            if _file_sha(origin / rel) == pre:
+                keep.add(rel)
     return keep
 
 
@@ -268,6 +272,8 @@ def apply_series(origin: Path, tree: Path, patches: list[Patch], protected: set[
         return PatchResult(tuple(patches), ())
 
     changed = _restore(origin, tree, state.get("touched", {}))
+    restored = {rel: sha for rel, sha in state.get("restored", {}).items() if _file_sha(origin / rel) == sha}
+    restored.update({rel: _file_sha(origin / rel) for rel in changed})
     touched: dict[str, str | None] = {}
     _save_state(tree, {"series": [], "touched": {}})
     for patch in patches:
@@ -297,5 +303,7 @@ def apply_series(origin: Path, tree: Path, patches: list[Patch], protected: set[
                 log=str(log),
             )
         changed.extend(r for r in files if r not in changed)
-    _save_state(tree, {"series": want, "names": [p.name for p in patches], "touched": touched})
+    restored = {rel: sha for rel, sha in restored.items() if rel not in touched}
+    _save_state(tree, {"series": want, "names": [p.name for p in patches], "touched": touched,
+                       "restored": restored})
     return PatchResult(tuple(patches), tuple(changed))

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from harness import __version__, baseline, build, config, image, patches, profiles, qemu, runner, source, splats, suites
+from harness import __version__, baseline, board, build, config, image, patches, profiles, qemu, runner, source, splats, suites
 from harness.errors import HarnessError
 from harness.results import ResultsDir, RunRecord, TestRecord, clean
 from harness.ssh import SshClient
@@ -53,6 +53,9 @@ class Options:
     baseline: Path | None = None
     rerun_failed: int = 0
     continue_after_crash: bool = False
+    board: str | None = None  # USER@HOST[:PORT] of a real board instead of a VM
+    board_key: Path = Path("~/.ssh/id_ed25519")
+    known_hosts: Path = Path("~/.ssh/known_hosts")
 
 
 MAX_REBOOTS = 3  # --continue-after-crash: at most this many reboots per run
@@ -62,7 +65,7 @@ MAX_REBOOTS = 3  # --continue-after-crash: at most this many reboots per run
 class Session:
     """A booted target; ``reboot()`` replaces the VM with a fresh one."""
 
-    target: QemuTarget
+    target: QemuTarget | board.BoardTarget
     ssh_cmd: str
     reboot: Callable[[], QemuTarget]
 
@@ -216,6 +219,43 @@ class Pipeline:
                 vm.stop()
             shutil.rmtree(sock_dir, ignore_errors=True)
             (vm_dir / "initrd.cpio").unlink(missing_ok=True)
+
+    @contextlib.contextmanager
+    def on_board(self, prep: Prepared, spec: "board.BoardSpec", results_dir: Path):
+        """A real board over SSH as a :class:`Session` (it is never rebooted
+        by the harness); the files the harness copied there are removed on exit."""
+        target = board.BoardTarget(spec, results_dir, name=prep.profile.name)
+        recipe = prep.profile.recipe
+        files = {f"selftests/{n}": (p, 0o755) for n, p in prep.kernel.selftests.items()}
+        files["run-tests"] = (recipe / "run-tests", 0o755)
+        files["killtree"] = (recipe / "killtree", 0o755)
+        try:
+            with self.stage("boot"):
+                self.ui.info(f"board {spec.user}@{spec.host}:{spec.port} (host key pinned from {spec.known_hosts})")
+                target.setup(files)
+                machine = target.run(["uname", "-m"], 30).text.strip()
+                want = {"x86_64": "x86_64", "arm64": "aarch64"}[prep.toolchain.arch]
+                if machine != want:
+                    raise HarnessError(f"the board is {machine or 'unknown'}, profile {prep.profile.name} builds "
+                                       f"for {prep.toolchain.arch}", "pick a profile of the board's architecture")
+                target.run(["sh", "-c", f"[ $(cat /proc/sys/vm/nr_hugepages) -ge {prep.profile.hugepages} ] || "
+                            f"echo {prep.profile.hugepages} > /proc/sys/vm/nr_hugepages"], 60)
+                info = runner.verify_guest(target, None, prep.profile.iommu, prep.profile.hugepages)
+                self.record.guest = {"kind": "board", "host": spec.host, "kernel_release": info.kernel_release,
+                                     "build_id": info.build_id, "hugepages": info.hugepages,
+                                     "iommus": list(info.iommus), "built_kernel_booted":
+                                     info.build_id == prep.kernel.build_id}
+                self.ui.info(f"board up: {info.kernel_release}, IOMMUs: {', '.join(info.iommus) or 'none'}, "
+                             f"{info.hugepages} huge pages"
+                             + ("" if info.build_id == prep.kernel.build_id else
+                                " (not the kernel built here: its own build-id is recorded)"))
+
+            def no_reboot():
+                raise HarnessError("the harness does not reboot real boards", "reboot it from the lab, then rerun")
+
+            yield Session(target, f"ssh -p {spec.port} {spec.user}@{spec.host}", no_reboot)
+        finally:
+            target.close()
 
     @staticmethod
     def ssh_command(vm_dir: Path, port: int) -> str:

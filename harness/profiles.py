@@ -36,7 +36,7 @@ class Profile:
     arch: str
     recipe: Path
     fragments: tuple[Path, ...]
-    qemu: QemuSpec
+    qemu: QemuSpec | None  # None: a profile for real boards only
     iommu: str  # regex an entry of /sys/class/iommu must match; "" for none
     hugepages: int
     path: Path
@@ -52,7 +52,7 @@ def load(name: str, directory: Path = PROFILE_DIR) -> Profile:
         raise InputError(f"unknown profile {name!r}", f"available profiles: {', '.join(available(directory))}")
     try:
         data = tomllib.loads(path.read_text())
-        q = data["qemu"]
+        q = data.get("qemu")
         g = data.get("guest", {})
         profile = Profile(
             name=name,
@@ -60,9 +60,9 @@ def load(name: str, directory: Path = PROFILE_DIR) -> Profile:
             arch=data["arch"],
             recipe=IMAGE_DIR / data["recipe"],
             fragments=tuple(CONFIG_DIR / f for f in data["fragments"]),
-            qemu=QemuSpec(q["binary"], q["machine"], q.get("cpu", "max"), int(q.get("smp", 1)),
-                          str(q.get("memory", "1G")), tuple(q.get("devices", [])), q.get("nic", "virtio-net-pci"),
-                          q.get("cmdline", ""), q.get("qtree", "")),
+            qemu=None if q is None else QemuSpec(
+                q["binary"], q["machine"], q.get("cpu", "max"), int(q.get("smp", 1)), str(q.get("memory", "1G")),
+                tuple(q.get("devices", [])), q.get("nic", "virtio-net-pci"), q.get("cmdline", ""), q.get("qtree", "")),
             iommu=g.get("iommu", ""),
             hugepages=int(g.get("hugepages", 64)),
             path=path,

@@ -27,6 +27,18 @@ KILLTREE = "/usr/libexec/iommufd-harness/killtree"
 # Runs each test in its own process between kernel log markers; prints its
 # PID (for killtree) on stderr first.
 RUN_TESTS = "/usr/libexec/iommufd-harness/run-tests"
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where the selftests and the harness's helper scripts are on the target."""
+
+    selftest_dir: str = GUEST_SELFTEST_DIR
+    run_tests: str = RUN_TESTS
+    killtree: str = KILLTREE
+
+
+IMAGE_LAYOUT = Layout()
 MARKER_WAIT = 3.0  # seconds to wait for a test's END marker to reach the kernel log
 
 
@@ -42,18 +54,23 @@ class GuestInfo:
     iommus: tuple[str, ...]
 
 
+def _layout(target: Target) -> Layout:
+    return getattr(target, "layout", IMAGE_LAYOUT)
+
+
 def _check(res, what: str) -> str:
     if res.exit_status != 0:
         raise TargetError(f"{what} failed in the guest (status {res.exit_status}): {res.err_text.strip()[:500]}")
     return res.text
 
 
-def verify_guest(target: Target, want_build_id: str, want_iommu: str, min_hugepages: int) -> GuestInfo:
-    """The guest runs the kernel we built, and has what the tests need."""
+def verify_guest(target: Target, want_build_id: str | None, want_iommu: str, min_hugepages: int) -> GuestInfo:
+    """The guest runs the kernel we built (unless ``want_build_id`` is None:
+    a board runs the kernel its lab installed), and has what the tests need."""
     release = _check(target.run(["uname", "-r"], 30), "uname -r").strip()
     notes = target.run(["cat", "/sys/kernel/notes"], 30)
     build_id = elfinfo.build_id_from_notes(notes.stdout) if notes.exit_status == 0 else None
-    if build_id != want_build_id:
+    if want_build_id is not None and build_id != want_build_id:
         raise TargetError(f"the guest runs kernel build-id {build_id}, not the one just built ({want_build_id})",
                           "the wrong kernel image was booted")
     meminfo = _check(target.run(["cat", "/proc/meminfo"], 30), "reading /proc/meminfo")
@@ -73,7 +90,7 @@ def verify_guest(target: Target, want_build_id: str, want_iommu: str, min_hugepa
 
 
 def list_tests(target: Target, binary: str) -> list[str]:
-    path = f"{GUEST_SELFTEST_DIR}/{binary}"
+    path = f"{_layout(target).selftest_dir}/{binary}"
     res = target.run([path, "-l"], 60)
     # kselftest_harness prints the table to stderr and exits with KSFT_SKIP (4)
     if res.exit_status not in (0, 4):
@@ -229,7 +246,8 @@ class Runner:
                 return True
             return False
 
-        argv = [RUN_TESTS, f"{GUEST_SELFTEST_DIR}/{binary}", *names]
+        layout = _layout(self.target)
+        argv = [layout.run_tests, f"{layout.selftest_dir}/{binary}", *names]
         budget = self.per_test_timeout * len(names) + 60
         res = self._exec(argv, budget, on_line, on_err, overrun)
         self.on_tap(binary, "\n".join(tap_lines) + "\n", "\n".join(err_lines) + "\n")
@@ -262,7 +280,7 @@ class Runner:
                 self.dead = "the target stopped answering over SSH"
             elif state["pid"]:
                 # the remote process outlives a closed channel: end it and its children
-                self._exec([KILLTREE, state["pid"]], 30, None, None, None)
+                self._exec([layout.killtree, state["pid"]], 30, None, None, None)
             if cur in left:
                 case = parser.cases.get(cur)
                 dur = time.monotonic() - started.get(cur, time.monotonic())

@@ -75,6 +75,11 @@ class SshClient:
         except OSError as e:
             raise SshLost(f"cannot connect to {self.host}:{self.port}: {e}") from None
         t = paramiko.Transport(sock)
+        if self.host_key is not None:
+            # ask for the kind of key that is pinned, so a server with several keys offers that one
+            kind = self.host_key.split()[0]
+            t.get_security_options().key_types = (
+                ["rsa-sha2-512", "rsa-sha2-256", "ssh-rsa"] if kind == "ssh-rsa" else [kind])
         t.banner_timeout = self.connect_timeout
         t.handshake_timeout = self.connect_timeout
         t.auth_timeout = self.connect_timeout
@@ -124,6 +129,25 @@ class SshClient:
         raise AssertionError("unreachable")
 
     # -- commands ------------------------------------------------------------
+
+    def put(self, path: str, data: bytes, mode: int = 0o644, timeout: float = 120.0) -> None:
+        """Write ``data`` to ``path`` on the remote side (plain exec + stdin:
+        needs no SFTP server, only a POSIX shell and cat)."""
+        chan = self._open_channel()
+        self.commands += 1
+        try:
+            chan.settimeout(timeout)
+            chan.exec_command(quote(["sh", "-c", 'cat > "$1" && chmod "$2" "$1"', "sh", path, f"{mode:o}"]))
+            chan.sendall(data)
+            chan.shutdown_write()
+            status = chan.recv_exit_status()
+            err = chan.recv_stderr(4096).decode(errors="replace") if chan.recv_stderr_ready() else ""
+        except (paramiko.SSHException, OSError, EOFError) as e:
+            raise SshLost(f"copying {path} to {self.host} failed: {e}") from None
+        finally:
+            chan.close()
+        if status != 0:
+            raise TargetError(f"cannot write {path} on {self.host}: {err.strip() or f'status {status}'}")
 
     def run(self, argv: Sequence[str], timeout: float, on_stdout_line: Callable[[str], None] | None = None,
             on_stderr_line: Callable[[str], None] | None = None, check_stop: Callable[[], bool] | None = None,

@@ -70,6 +70,11 @@ def test_switching_series_reverts_the_old_one(trees, tmp_path):
     assert (work / MAIN_C).read_text() == (origin.path / MAIN_C).read_text()
     # restored files look newer than any build made before, or make would not rebuild them
     assert os.stat(work / MAIN_C).st_mtime >= build_time - 1
+    # and the next sync leaves them alone: nothing changed, nothing to rebuild
+    prot = patches.protected_files(origin.path, work)
+    assert MAIN_C in prot
+    assert source.sync(origin, work, frozenset(prot)) == ()
+    assert os.stat(work / MAIN_C).st_mtime >= build_time - 1
 
 
 def test_patch_that_does_not_apply_names_patch_file_and_hunk_and_leaves_tree_clean(trees, tmp_path):

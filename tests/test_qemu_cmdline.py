@@ -26,7 +26,7 @@ def test_vtd_profile_command_line_golden():
     ]
 
 
-@pytest.mark.parametrize("name", profiles.available())
+@pytest.mark.parametrize("name", [n for n in profiles.available() if profiles.load(n).qemu is not None])
 def test_every_profile_is_isolated_from_the_network(name):
     argv = _argv(name)
     net = argv[argv.index("-netdev") + 1]

@@ -217,3 +217,41 @@ def test_two_vms_at_once_do_not_collide(first_run, tmp_path):
     assert p1 != p2
     assert key1 == want1 and key2 == want2 and key1 != key2  # each reached its own guest
     assert all(not vm.alive() for vm in vms)
+
+
+def test_board_target_over_ssh(first_run, tmp_path):
+    """The board path (ODROID lab) against a stand-in board: a running guest
+    reached only over SSH with a pinned host key.  The harness copies the
+    selftests there, follows /dev/kmsg and runs the same tests."""
+    from harness import image, profiles, qemu
+    from harness.ssh import SshClient
+
+    data = json.loads((first_run[1] / "results.json").read_text())
+    kernel = WORK / "build" / "debian-6.12" / "x86_64" / "arch/x86/boot/bzImage"
+    base = image.BaseImage(WORK / "images" / data["image"]["file"], {}, False)
+    run_dir = tmp_path / "board"
+    keys = image.make_keys(run_dir)
+    vm = qemu.QemuVM(qemu.BootRequest(profiles.load("x86_64-vtd"), kernel, image.run_image(base, keys, run_dir),
+                                      run_dir, "tcg", qmp_dir=run_dir))
+    try:
+        vm.start()
+        vm.wait_for_sshd(SshClient("127.0.0.1", vm.ssh_port, "root", keys.client_private, keys.host_public).connect)
+        known = tmp_path / "known_hosts"
+        board = ["--board", f"root@127.0.0.1:{vm.ssh_port}", "--board-key", str(keys.client_private)]
+        # an unknown host key is refused, never accepted on the fly
+        known.write_text("")
+        res = _run(tmp_path / "refused", *board, "--known-hosts", str(known))
+        assert res.returncode == 2 and "has no host key in" in res.stderr
+        known.write_text(f"[127.0.0.1]:{vm.ssh_port} {keys.host_public}\n")
+        res = _run(tmp_path / "res", *board, "--known-hosts", str(known), "--suite", "full")
+        out = json.loads((tmp_path / "res" / "results.json").read_text())
+        assert res.returncode == 0, out["errors"]
+        assert out["guest"]["kind"] == "board" and out["counts"]["pass"] == 190
+        assert out["guest"]["build_id"] == data["kernel"]["build_id"] and out["guest"]["built_kernel_booted"]
+        console = (tmp_path / "res" / "console.log").read_text()
+        assert console.count("iommufd-harness: RUN ") == 190  # the kernel log, followed over SSH
+        # the harness cleaned up after itself on the board
+        c = SshClient("127.0.0.1", vm.ssh_port, "root", keys.client_private, keys.host_public)
+        assert c.run(["sh", "-c", "ls -d /tmp/iommufd-harness-* 2>/dev/null | wc -l"], 30).text.strip() == "0"
+    finally:
+        vm.stop()

@@ -1,0 +1,175 @@
+"""Real boards (the ODROID lab, any Linux machine) reached over SSH, behind
+the same Target interface as a VM.
+
+The board runs the kernel its lab installed; the harness copies the selftest
+binaries and its two helper scripts to a fresh directory there, follows the
+kernel log over a second SSH connection (``/dev/kmsg``, turned into a local
+console.log so splats are found and attributed exactly as for a VM), runs
+the tests and removes the directory again.  The board's host key must be in
+the known_hosts file given: a missing or changed key is an error, never
+accepted on the fly.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import paramiko
+
+from harness.errors import InputError, TargetError
+from harness.qemu import ConsoleWatcher
+from harness.runner import Layout
+from harness.ssh import SshClient
+
+KMSG_RE = re.compile(r"^(\d+),(\d+),(\d+),[^;]*;(.*)$")
+
+
+@dataclass(frozen=True)
+class BoardSpec:
+    host: str
+    port: int
+    user: str
+    key: Path
+    known_hosts: Path
+
+    @classmethod
+    def parse(cls, text: str, key: Path, known_hosts: Path) -> "BoardSpec":
+        """USER@HOST[:PORT] (user defaults to root, port to 22)."""
+        m = re.fullmatch(r"(?:([^@\s]+)@)?([^:@\s]+|\[[^\]]+\])(?::(\d+))?", text)
+        if not m:
+            raise InputError(f"--board {text!r} is not USER@HOST[:PORT]")
+        return cls(m.group(2).strip("[]"), int(m.group(3) or 22), m.group(1) or "root",
+                   key.expanduser(), known_hosts.expanduser())
+
+
+def pinned_host_key(known_hosts: Path, host: str, port: int) -> str:
+    """The host key known_hosts holds for host:port, as "type base64"."""
+    try:
+        keys = paramiko.HostKeys(str(known_hosts))
+    except OSError as e:
+        raise InputError(f"cannot read known_hosts {known_hosts}: {e.strerror}",
+                         "pass the file that holds the board's host key with --known-hosts") from None
+    name = host if port == 22 else f"[{host}]:{port}"
+    entry = keys.lookup(name)
+    if not entry:
+        raise TargetError(f"{name} has no host key in {known_hosts}",
+                          f"check the board's key fingerprint, then add it: ssh-keyscan -p {port} {host} >> {known_hosts}")
+    key = entry.get("ssh-ed25519") or next(iter(entry.values()))
+    return f"{key.get_name()} {key.get_base64()}"
+
+
+def kmsg_to_console(line: str) -> str | None:
+    """A /dev/kmsg record as the console prints it: "[  sec.usec] message"."""
+    m = KMSG_RE.match(line)
+    if not m:
+        return None  # continuation lines (" KEY=value") and noise
+    usec = int(m.group(3))
+    return f"[{usec // 1_000_000:5d}.{usec % 1_000_000:06d}] {m.group(4)}"
+
+
+class BoardTarget:
+    def __init__(self, spec: BoardSpec, run_dir: Path, name: str = "board"):
+        self.spec = spec
+        self.name = name
+        host_key = pinned_host_key(spec.known_hosts, spec.host, spec.port)
+        self.client = SshClient(spec.host, spec.port, spec.user, spec.key, host_key)
+        self._log_client = SshClient(spec.host, spec.port, spec.user, spec.key, host_key)
+        self.remote = f"/tmp/iommufd-harness-{secrets.token_hex(4)}"
+        self.layout = Layout(f"{self.remote}/selftests", f"{self.remote}/run-tests", f"{self.remote}/killtree")
+        self.console = ConsoleWatcher(run_dir / "console.log")
+        self._stop = threading.Event()
+        self._reader: threading.Thread | None = None
+        self._lost: str | None = None
+
+    # -- setup / teardown ------------------------------------------------------------
+
+    def setup(self, files: dict[str, tuple[Path, int]]) -> None:
+        """Connect, follow the kernel log, and copy ``files`` (remote path
+        relative to the run's directory -> (local file, mode))."""
+        self.client.connect()
+        self.console.path.parent.mkdir(parents=True, exist_ok=True)
+        self.console.path.write_text("")
+        self._start_kmsg()
+        self.client.run(["mkdir", "-p", f"{self.remote}/selftests"], 30)
+        for rel, (local, mode) in files.items():
+            self.client.put(f"{self.remote}/{rel}", local.read_bytes(), mode)
+
+    def _start_kmsg(self) -> None:
+        marker = f"iommufd-harness: session {self.remote}"
+        seen = threading.Event()
+
+        def on_line(line: str) -> None:
+            if not seen.is_set():
+                if marker in line:
+                    seen.set()  # what came before belongs to earlier sessions
+                return
+            text = kmsg_to_console(line)
+            if text is not None:
+                with open(self.console.path, "a") as f:
+                    f.write(text + "\n")
+
+        def follow() -> None:
+            try:
+                self._log_client.connect()
+                res = self._log_client.run(["cat", "/dev/kmsg"], 7 * 24 * 3600, on_stdout_line=on_line,
+                                           check_stop=self._stop.is_set)
+                if res.lost and not self._stop.is_set():
+                    self._lost = "the board's kernel log stream was cut"
+            except TargetError as e:
+                self._lost = f"cannot follow the board's kernel log: {e.message}"
+
+        self._reader = threading.Thread(target=follow, name="kmsg", daemon=True)
+        self._reader.start()
+        deadline = time.monotonic() + 30
+        while not seen.is_set() and time.monotonic() < deadline and self._lost is None:
+            self.client.run(["sh", "-c", 'echo "$1" > /dev/kmsg', "sh", marker], 30)
+            seen.wait(1.0)
+        if not seen.is_set():
+            raise TargetError(f"cannot follow the kernel log of {self.spec.host} ({self._lost or 'no /dev/kmsg'})",
+                              "the tests need root on the board (to write /dev/kmsg and open /dev/iommu)")
+
+    def close(self) -> None:
+        self._stop.set()
+        try:
+            if self.client.connected():
+                self.client.run(["rm", "-rf", self.remote], 60)
+        finally:
+            if self._reader is not None:
+                self._reader.join(10)
+            self.client.close()
+            self._log_client.close()
+            self.console.poll()
+
+    # -- Target -------------------------------------------------------------------------
+
+    def run(self, argv, timeout, on_stdout_line=None, on_stderr_line=None, check_stop=None):
+        return self.client.run(argv, timeout, on_stdout_line=on_stdout_line, on_stderr_line=on_stderr_line,
+                               check_stop=check_stop)
+
+    def failure(self) -> str | None:
+        return None if self.client.connected() or self.reconnect() else (
+            self._lost or f"{self.spec.host} stopped answering over SSH")
+
+    def reconnect(self) -> bool:
+        try:
+            self.client.connect()
+            return True
+        except TargetError:
+            return False
+
+    def console_excerpt(self, lines: int = 60) -> str:
+        return self.console.excerpt(lines)
+
+    def kernel_log_find(self, pattern, since=0):
+        return self.console.find(pattern, since)
+
+    def kernel_splats(self, since, until=None, final=False):
+        return self.console.claim(since, until, final)
+
+    def describe(self) -> dict:
+        return {"kind": "board", "host": self.spec.host, "port": self.spec.port, "user": self.spec.user}
