@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import kconfiglib
@@ -357,18 +358,25 @@ def _write(tmp_path: Path, text: str) -> Path:
 # The real 6.12 tree (slow: parsing runs ~100 compiler probes)
 
 
-needs_real_tree = pytest.mark.skipif(
-    not (REAL_TREE / "Kconfig").is_file() or not REAL_CONFIG.is_file(),
-    reason=f"no configured real tree at {REAL_TREE} and {REAL_CONFIG} (the end-to-end tests create them)")
+@pytest.fixture(scope="module")
+def real_tree() -> None:
+    """The patched real tree and its configured .config, made with the
+    harness's own config stage when an earlier run has not left them (no
+    build: source, patches and config take well under a minute)."""
+    if (REAL_TREE / "Kconfig").is_file() and REAL_CONFIG.is_file():
+        return
+    res = subprocess.run([sys.executable, "-m", "harness", "config", "--quiet", "--work", str(WORK)],
+                         cwd=REPO, capture_output=True, text=True, timeout=1800)
+    assert res.returncode == 0, res.stderr
+    assert (REAL_TREE / "Kconfig").is_file() and REAL_CONFIG.is_file()
 
 
-needs_real_source = pytest.mark.skipif(
-    not (REAL_TREE / "Kconfig").is_file(),
-    reason=f"no real tree at {REAL_TREE} (the end-to-end tests extract it)")
+needs_real_tree = pytest.mark.usefixtures("real_tree")
+needs_real_source = pytest.mark.usefixtures("real_tree")
 
 
 @pytest.fixture(scope="module")
-def x86_model() -> KconfigModel:
+def x86_model(real_tree) -> KconfigModel:
     model = load_tree(REAL_TREE, "x86_64", REAL_CONFIG, toolchain_vars(Toolchain("x86_64")))
     assert isinstance(model, KconfigModel), model.render()
     return model
