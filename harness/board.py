@@ -25,6 +25,7 @@ from harness.errors import InputError, TargetError
 from harness.qemu import ConsoleWatcher
 from harness.runner import Layout
 from harness.ssh import SshClient
+from harness.target import ConsoleLog
 
 KMSG_RE = re.compile(r"^(\d+),(\d+),(\d+),[^;]*;(.*)$")
 
@@ -72,7 +73,7 @@ def kmsg_to_console(line: str) -> str | None:
     return f"[{usec // 1_000_000:5d}.{usec % 1_000_000:06d}] {m.group(4)}"
 
 
-class BoardTarget:
+class BoardTarget(ConsoleLog):
     def __init__(self, spec: BoardSpec, run_dir: Path, name: str = "board"):
         self.spec = spec
         self.name = name
@@ -161,15 +162,6 @@ class BoardTarget:
             return True
         except TargetError:
             return False
-
-    def console_excerpt(self, lines: int = 60) -> str:
-        return self.console.excerpt(lines)
-
-    def kernel_log_find(self, pattern, since=0):
-        return self.console.find(pattern, since)
-
-    def kernel_splats(self, since, until=None, final=False):
-        return self.console.claim(since, until, final)
 
     def describe(self) -> dict:
         return {"kind": "board", "host": self.spec.host, "port": self.spec.port, "user": self.spec.user}

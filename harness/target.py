@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from typing import Callable, Protocol, Sequence
 
+from harness.qemu import ConsoleWatcher
 from harness.splats import Splat
 from harness.ssh import ExecResult, SshClient, SshLost
 
@@ -36,13 +37,33 @@ class Target(Protocol):
     def describe(self) -> dict: ...
 
 
-class QemuTarget:
+class ConsoleLog:
+    """The kernel-log half of a Target, for targets whose kernel log is a
+    growing local file followed by a ``ConsoleWatcher`` in ``self.console``."""
+
+    console: ConsoleWatcher
+
+    def console_excerpt(self, lines: int = 60) -> str:
+        return self.console.excerpt(lines)
+
+    def kernel_log_find(self, pattern, since=0):
+        return self.console.find(pattern, since)
+
+    def kernel_splats(self, since, until=None, final=False):
+        return self.console.claim(since, until, final)
+
+
+class QemuTarget(ConsoleLog):
     """A booted :class:`harness.qemu.QemuVM` reached over SSH."""
 
     def __init__(self, vm, client: SshClient):
         self.vm = vm
         self.client = client
         self.name = vm.req.profile.name
+
+    @property
+    def console(self) -> ConsoleWatcher:
+        return self.vm.console  # a reboot replaces the VM, and its console
 
     def run(self, argv, timeout, on_stdout_line=None, on_stderr_line=None, check_stop=None) -> ExecResult:
         def stop() -> bool:
@@ -62,15 +83,6 @@ class QemuTarget:
             return True
         except SshLost:
             return False
-
-    def console_excerpt(self, lines: int = 60) -> str:
-        return self.vm.console.excerpt(lines)
-
-    def kernel_log_find(self, pattern, since=0):
-        return self.vm.console.find(pattern, since)
-
-    def kernel_splats(self, since, until=None, final=False):
-        return self.vm.console.claim(since, until, final)
 
     def describe(self) -> dict:
         return {"kind": "qemu", "ssh_port": self.vm.ssh_port, "accel": self.vm.req.accel}
