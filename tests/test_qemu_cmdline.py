@@ -52,3 +52,28 @@ def test_console_watcher_spots_a_panic(tmp_path):
     w.poll()
     assert w.panic_at is not None
     assert "Attempted to kill init" in w.excerpt()
+
+
+def test_arm64_smmuv3_profile_command_line_golden():
+    assert _argv("arm64-smmuv3") == [
+        "qemu-system-aarch64", "-S", "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+        "-machine", "virt,iommu=smmuv3,gic-version=3", "-accel", "tcg", "-cpu", "max", "-smp", "2", "-m", "2G",
+        "-kernel", "/k/bzImage", "-initrd", "/r/initrd.cpio",
+        "-append", "console=ttyAMA0 panic=-1 oops=panic printk.time=1 harness.hugepages=64",
+        "-chardev", "file,id=con0,path=/r/console.log", "-serial", "chardev:con0",
+        "-netdev", "user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:10022-:22",
+        "-device", "virtio-net-pci,netdev=net0",
+        "-chardev", "socket,id=qmp0,path=/s/qmp.sock", "-mon", "chardev=qmp0,mode=control",
+    ]
+
+
+def test_profiles_promise_a_checked_iommu():
+    """Every vIOMMU profile names the QEMU device and the guest IOMMU it promises."""
+    for name in profiles.available():
+        p = profiles.load(name)
+        if p.qemu is None or name.endswith("-none"):
+            continue
+        assert p.qemu.qtree and p.iommu, name
+    assert profiles.load("x86_64-none").qemu.devices == ()
+    board = profiles.load("board-arm64")
+    assert board.qemu is None and board.arch == "arm64"
