@@ -165,7 +165,41 @@ class TapParser:
         return errors
 
 
+RE_RUNNER_TEST = re.compile(r"^# selftests: (\S+): (\S+)$")
+RE_RUNNER_RESULT = re.compile(r"^(not )?ok \d+ selftests: (\S+): (\S+)")
+
+
 def parse(text: str) -> TapParser:
     p = TapParser()
     p.feed_text(text)
     return p
+
+
+def parse_runner(text: str) -> tuple[TapParser, dict[str, str]]:
+    """TAP as kselftest's run_kselftest.sh nests it: each binary's own TAP
+    indented by one "# " under "# selftests: COLLECTION: BINARY", and the
+    runner's verdict per binary ("ok 1 selftests: iommu: iommufd").
+
+    Returns the parser fed with the binaries' own TAP (one document each,
+    so their plans and Totals add up) and {binary: "pass"|"fail"|"skip"} from
+    the runner's lines, which also reveal a binary that died or timed out
+    without finishing its own TAP."""
+    inner = TapParser()
+    outer: dict[str, str] = {}
+    inside = False
+    for line in text.splitlines():
+        line = line.rstrip("\r")
+        if RE_RUNNER_TEST.match(line):
+            inside = True
+            continue
+        m = RE_RUNNER_RESULT.match(line)
+        if m:
+            inside = False
+            skip = re.search(r"#\s*SKIP", line, re.I)
+            outer[m.group(3)] = "skip" if skip else ("fail" if m.group(1) else "pass")
+            continue
+        if inside and line.startswith("# "):
+            inner.feed(line[2:])
+        elif inside and line == "#":
+            inner.feed("")
+    return inner, outer

@@ -82,3 +82,44 @@ def test_one_document_per_process_adds_up():
     assert p.consistency_errors() == []
     cut = parse(one.format(n="a.b.c") + "TAP version 13\n1..1\n#  RUN           a.b.d ...\n")
     assert cut.current == "a.b.d" and any("announced 2" in e for e in cut.consistency_errors())
+
+
+RUNNER = """TAP version 13
+1..2
+# timeout set to 45
+# selftests: iommu: iommufd
+# TAP version 13
+# 1..2
+# # Starting 2 tests from 1 test cases.
+# #  RUN           iommufd.simple_close ...
+# #            OK  iommufd.simple_close
+# ok 1 iommufd.simple_close
+# #  RUN           iommufd_ioas.no_domain.access_rw ...
+# # iommufd.c:1090:access_rw:Expected 0 (0) == ioctl(...) (-1)
+# #          FAIL  iommufd_ioas.no_domain.access_rw
+# not ok 2 iommufd_ioas.no_domain.access_rw
+# # FAILED: 1 / 2 tests passed.
+# # Totals: pass:1 fail:1 xfail:0 xpass:0 skip:0 error:0
+not ok 1 selftests: iommu: iommufd # exit=1
+# timeout set to 45
+# selftests: iommu: iommufd_fail_nth
+# TAP version 13
+# 1..7
+# # Starting 7 tests from 1 test cases.
+# #  RUN           basic_fail_nth.basic ...
+#
+not ok 2 selftests: iommu: iommufd_fail_nth # TIMEOUT 45 seconds
+"""
+
+
+def test_nested_ktap_from_the_kselftest_runner():
+    from harness.tap import parse_runner
+
+    inner, outer = parse_runner(RUNNER)
+    assert outer == {"iommufd": "fail", "iommufd_fail_nth": "fail"}
+    got = {c.name: c.status for c in inner.finished()}
+    assert got == {"iommufd.simple_close": "pass", "iommufd_ioas.no_domain.access_rw": "fail"}
+    assert any("Expected 0 (0)" in line for line in inner.cases["iommufd_ioas.no_domain.access_rw"].log)
+    # the timed-out binary left a test running and its plan unfulfilled
+    assert inner.current == "basic_fail_nth.basic"
+    assert any("announced 9" in e for e in inner.consistency_errors())
