@@ -112,11 +112,6 @@ class ConsoleWatcher:
     scanner: SplatScanner = field(default_factory=SplatScanner)
     pending: list[Splat] = field(default_factory=list)  # found, not yet claimed by a test
 
-    def mark(self) -> int:
-        """A position in the kernel log: everything printed so far is before it."""
-        self.poll()
-        return len(self.text)
-
     def find(self, pattern: re.Pattern, since: int = 0) -> int | None:
         """Offset of the first match of ``pattern`` at or after ``since``."""
         self.poll()
@@ -174,7 +169,6 @@ class QemuVM:
         self.ssh_port = 0
         self.console = ConsoleWatcher(req.run_dir / req.console_name)
         self.qemu_log = req.run_dir / "qemu.log"
-        self.events: list[dict] = []
         self.argv: list[str] = []
 
     # -- command line --------------------------------------------------------
@@ -247,22 +241,8 @@ class QemuVM:
             raise BootError(f"QEMU's device tree has no {want}, which profile {self.req.profile.name} promises",
                             f"check the profile's devices and machine options ({self.req.profile.path})")
 
-    def query(self, command: str, **args):
-        if self.qmp is None:
-            return None
-        return self.qmp.cmd(command, **args)
-
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
-
-    def collect_events(self) -> list[dict]:
-        if self.qmp is None:
-            return self.events
-        try:
-            self.events += self.qmp.get_events(wait=False)
-        except Exception:  # noqa: BLE001 - QMP gone means QEMU gone; alive() tells
-            pass
-        return self.events
 
     def failure(self) -> str | None:
         """Why the guest is unusable (panic, QEMU exit), or None."""
