@@ -299,14 +299,17 @@ def _hold(ui: Ui, target, ssh_cmd: str) -> None:
     ui.warn(f"the VM went away: {target.failure()}")
 
 
+def _prepare(opts: Options, ui: Ui, until: str = "build"):
+    """The build side of the pipeline alone (source .. build, or .. config)."""
+    work = WorkDir(opts.work).prepare()
+    with WorkLock(work):
+        return Pipeline(opts, ui, new_record(opts), work.root / "logs").prepare(until=until)
+
+
 def cmd_build(args, ui: Ui) -> int:
     opts = options(args)
     _validate(opts, tests=False)
-    work = WorkDir(opts.work).prepare()
-    record = new_record(opts)
-    with WorkLock(work):
-        pipe = Pipeline(opts, ui, record, work.root / "logs")
-        prep = pipe.prepare()
+    prep = _prepare(opts, ui)
     ui.out.print(f"kernel:    {prep.kernel.image}", highlight=False)
     ui.out.print(f"vmlinux:   {prep.kernel.vmlinux} (build-id {prep.kernel.build_id})", highlight=False)
     for name, path in prep.kernel.selftests.items():
@@ -322,11 +325,7 @@ def cmd_config(args, ui: Ui) -> int:
             raise InputError(f"no profile for {args.arch}")
         opts.profile = next((n for n in matching if n == opts.profile), matching[0])
     _validate(opts, tests=False)
-    work = WorkDir(opts.work).prepare()
-    record = new_record(opts)
-    with WorkLock(work):
-        pipe = Pipeline(opts, ui, record, work.root / "logs")
-        prep = pipe.prepare(until="config")
+    prep = _prepare(opts, ui, until="config")
     values = kconfig.read_config(prep.config.config)
     ui.out.print(f"config: {prep.config.config} ({prep.profile.arch}, profile {prep.profile.name})",
                  highlight=False, markup=False)
@@ -369,11 +368,7 @@ def cmd_list_tests(args, ui: Ui) -> int:
     _validate(opts)
     suite = suites.load(opts.suite)
     prof = profiles.load(opts.profile)
-    work = WorkDir(opts.work).prepare()
-    record = new_record(opts)
-    with WorkLock(work):
-        pipe = Pipeline(opts, ui, record, work.root / "logs")
-        prep = pipe.prepare()
+    prep = _prepare(opts, ui)
     if not prep.toolchain.native:
         raise InputError(f"listing {prof.arch} tests needs a {prof.arch} machine",
                          "run 'iommufd-harness run --suite ...' to list them in the guest")

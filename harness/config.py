@@ -87,10 +87,6 @@ def resolve(req: ConfigRequest) -> tuple[dict[str, kconfig.Setting], list[str]]:
     return settings, overrides
 
 
-def requested_settings(req: ConfigRequest) -> dict[str, kconfig.Setting]:
-    return resolve(req)[0]
-
-
 def _inputs_key(req: ConfigRequest, settings: dict[str, kconfig.Setting]) -> str:
     blob = json.dumps({
         "base": req.base,

@@ -88,6 +88,7 @@ class Pipeline:
         self.record = record
         self.logs = logs
         self.work = WorkDir(opts.work)
+        self.found_splats: list[tuple[str | None, splats.Splat]] = []
 
     @contextlib.contextmanager
     def stage(self, name: str):
@@ -280,7 +281,6 @@ class Pipeline:
                 sink.add(rec)
                 self.ui.test_result(rec, len(self.record.tests), total)
 
-            self.found_splats = []
             todo = selection
             reboots = 0
             while True:
@@ -346,7 +346,7 @@ class Pipeline:
         """Symbolised call traces (scripts/decode_stacktrace.sh + vmlinux) for
         the first reports that were attributed to tests, into their logs."""
         by_name = {t.name: t for t in self.record.tests}
-        for name, s in [(n, s) for n, s in getattr(self, "found_splats", []) if n][:limit]:
+        for name, s in [(n, s) for n, s in self.found_splats if n][:limit]:
             text = splats.decode(s, prep.tree.path, prep.kernel.vmlinux, self.logs / "decode.log")
             if text and name in by_name:
                 rec = by_name[name]

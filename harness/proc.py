@@ -97,7 +97,7 @@ def run(
     chunks: list[bytes] = []
     timed_out = False
     try:
-        out, _ = _communicate(proc, timeout, logf, chunks if keep_output else None)
+        _communicate(proc, timeout, logf, chunks if keep_output else None)
     except subprocess.TimeoutExpired:
         timed_out = True
         _kill_group(proc)
@@ -119,7 +119,9 @@ def run(
     return result
 
 
-def _communicate(proc, timeout, logf, chunks):
+def _communicate(proc, timeout, logf, chunks) -> None:
+    """Copy the merged output to the log (and ``chunks``) until EOF, then
+    wait for the exit; raises TimeoutExpired when ``timeout`` runs out."""
     import selectors
     import time
 
@@ -143,7 +145,6 @@ def _communicate(proc, timeout, logf, chunks):
     sel.close()
     left = None if deadline is None else max(0.1, deadline - time.monotonic())
     proc.wait(timeout=left)
-    return None, None
 
 
 def _kill_group(proc: subprocess.Popen) -> None:

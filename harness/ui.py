@@ -48,6 +48,3 @@ class Ui:
         self.err.print(f"    [{index:>{width}}/{total}] [{color}]{rec.status:<7}[/] {escape(rec.name)} "
                        f"[dim]({rec.duration_s:.1f}s)[/]{extra}")
 
-
-def stdout_is_tty() -> bool:
-    return sys.stdout.isatty()
