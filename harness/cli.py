@@ -12,11 +12,15 @@ import sys
 import time
 from pathlib import Path
 
-from harness import __version__, kconfig, profiles, report_md, suites
+from harness import __version__, profiles, suites
+
+from harness.kconfig import fragments as kconfig
+
+from harness.reports import markdown as report_md
 from harness.errors import EXIT_ERROR, EXIT_INTERRUPTED, HarnessError, InputError
-from harness.board import BoardSpec
+from harness.targets.board import BoardSpec
 from harness.pipeline import Options, Pipeline, new_record, results_dir_for
-from harness.results import ResultsDir, matrix_table, summary_table
+from harness.reports.results import ResultsDir, matrix_table, summary_table
 from harness.ui import Ui
 from harness.workdir import WorkDir, WorkLock
 
@@ -335,7 +339,8 @@ def cmd_config(args, ui: Ui) -> int:
             shown = "is not set" if values[sym] == "n" else f"={values[sym]}"
             ui.out.print(f"{sym}{shown if shown.startswith('=') else ' ' + shown}", highlight=False, markup=False)
     if args.explain:
-        from harness import config as config_stage, kconfig_explain
+        from harness.stages import config as config_stage
+        from harness.kconfig import explain as kconfig_explain
 
         model = config_stage.model(prep.config_request, prep.config.config)
         for sym in args.explain:

@@ -18,11 +18,31 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from harness import __version__, baseline, board, build, config, image, patches, profiles, qemu, runner, source, splats, suites
+from harness import __version__, profiles, suites
+
+from harness.reports import baseline
+
+from harness.targets import board
+
+from harness.stages import build
+
+from harness.stages import config
+
+from harness.stages import image
+
+from harness.stages import patches
+
+from harness.targets import qemu
+
+from harness.run import runner
+
+from harness.stages import source
+
+from harness.parse import splats
 from harness.errors import HarnessError
-from harness.results import ResultsDir, RunRecord, TestRecord, clean
-from harness.ssh import SshClient
-from harness.target import QemuTarget
+from harness.reports.results import ResultsDir, RunRecord, TestRecord, clean
+from harness.targets.ssh import SshClient
+from harness.targets.base import QemuTarget
 from harness.toolchain import Toolchain
 from harness.ui import Ui
 from harness.workdir import WorkDir

@@ -7,7 +7,7 @@ import sys
 from rich.console import Console
 from rich.markup import escape
 
-from harness.results import TestRecord
+from harness.reports.results import TestRecord
 
 COLORS = {"pass": "green", "fail": "red", "skip": "yellow", "timeout": "red", "crash": "bold red",
           "notrun": "magenta"}

@@ -10,10 +10,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from harness.image import GUEST_SELFTEST_DIR
-from harness.qemu import ConsoleWatcher
-from harness.runner import KILLTREE, RUN_TESTS
-from harness.ssh import ExecResult
+from harness.stages.image import GUEST_SELFTEST_DIR
+from harness.targets.qemu import ConsoleWatcher
+from harness.run.runner import KILLTREE, RUN_TESTS
+from harness.targets.ssh import ExecResult
 
 REPO = Path(__file__).resolve().parent.parent
 FAKE_KERNEL = Path(__file__).resolve().parent / "fixtures" / "fake-kernel"

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 from harness import suites
-from harness.baseline import (
+from harness.reports.baseline import (
     Baseline,
     Expectation,
     compare,
@@ -14,7 +14,7 @@ from harness.baseline import (
     mark_flaky,
 )
 from harness.errors import InputError
-from harness.results import RunRecord, TestRecord
+from harness.reports.results import RunRecord, TestRecord
 
 REPO = Path(__file__).resolve().parent.parent
 BASELINES = REPO / "selftests" / "baselines"

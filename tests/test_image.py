@@ -6,8 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from harness import elfinfo, image
-from harness.cpio import CpioWriter, read_entries
+from harness import elfinfo
+
+from harness.stages import image
+from harness.stages.cpio import CpioWriter, read_entries
 from harness.errors import BuildError, ImageError
 
 REPO = Path(__file__).resolve().parent.parent

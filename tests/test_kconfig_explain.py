@@ -19,9 +19,10 @@ from pathlib import Path
 import kconfiglib
 import pytest
 
-from harness import config as hconfig
-from harness import kconfig, kconfiglib_compat
-from harness.kconfig_explain import (
+from harness.stages import config as hconfig
+from harness.kconfig import fragments as kconfig
+from harness.kconfig import compat as kconfiglib_compat
+from harness.kconfig.explain import (
     Explanation,
     KconfigModel,
     Unavailable,
@@ -166,7 +167,7 @@ def test_missing_tree_or_config_degrade(tmp_path):
 
 
 def test_a_failing_explanation_does_not_hide_the_others(tmp_path, monkeypatch):
-    from harness import kconfig_explain
+    from harness.kconfig import explain as kconfig_explain
 
     model = load(tmp_path, "")
     real = kconfig_explain._explain_one
@@ -219,7 +220,7 @@ def test_fix_is_checked_and_completed(tmp_path):
 
 
 def test_a_proposal_kconfiglib_rejects_is_flagged(tmp_path, monkeypatch):
-    from harness import kconfig_explain
+    from harness.kconfig import explain as kconfig_explain
 
     monkeypatch.setattr(kconfig_explain, "_plan",
                         lambda model, sym, goal, depth: kconfig_explain._Plan(("CONFIG_EXPERT=y",)))

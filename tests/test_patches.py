@@ -3,7 +3,9 @@ from pathlib import Path
 
 import pytest
 
-from harness import patches, source
+from harness.stages import patches
+
+from harness.stages import source
 from harness.errors import PatchError
 
 MAIN_C = "drivers/iommu/iommufd/main.c"

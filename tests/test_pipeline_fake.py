@@ -4,7 +4,13 @@ import os
 
 import pytest
 
-from harness import build, config, profiles, source
+from harness import profiles
+
+from harness.stages import build
+
+from harness.stages import config
+
+from harness.stages import source
 from harness.errors import BuildError, ConfigError, SourceError
 from harness.toolchain import Toolchain
 from harness.workdir import WorkDir, WorkLock

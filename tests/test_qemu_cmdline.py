@@ -2,7 +2,9 @@ from pathlib import Path
 
 import pytest
 
-from harness import profiles, qemu
+from harness import profiles
+
+from harness.targets import qemu
 from harness.errors import InputError
 
 

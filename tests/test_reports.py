@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 from markdown_it import MarkdownIt
 
-from harness import kcidb
-from harness.baseline import compare, from_run, load_baseline, mark_flaky
+from harness.reports import kcidb
+from harness.reports.baseline import compare, from_run, load_baseline, mark_flaky
 from harness.errors import InputError, ToolMissing
-from harness.report_md import block, code, failure_lines, render, rerender
-from harness.results import RunRecord, TestRecord
+from harness.reports.markdown import block, code, failure_lines, render, rerender
+from harness.reports.results import RunRecord, TestRecord
 
 REPO = Path(__file__).resolve().parent.parent
 BASELINES = REPO / "selftests" / "baselines"

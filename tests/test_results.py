@@ -1,7 +1,7 @@
 import json
 import xml.etree.ElementTree as ET
 
-from harness.results import ResultsDir, RunRecord, TestRecord, clean
+from harness.reports.results import ResultsDir, RunRecord, TestRecord, clean
 
 
 def _record(*statuses, errors=()):

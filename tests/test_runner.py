@@ -3,7 +3,7 @@ import json
 from fakes import LocalTarget
 
 from harness import suites
-from harness.runner import Runner, list_tests
+from harness.run.runner import Runner, list_tests
 from harness.suites import Selection
 
 

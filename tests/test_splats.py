@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from harness import splats
-from harness.splats import SplatScanner, decode, group, scan, signature
+from harness.parse import splats
+from harness.parse.splats import SplatScanner, decode, group, scan, signature
 
 CONSOLE = Path(__file__).resolve().parent / "golden" / "console"
 STAMP = re.compile(r"^\[\s*\d+\.\d+\]", re.MULTILINE)

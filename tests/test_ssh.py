@@ -9,9 +9,9 @@ import time
 import paramiko
 import pytest
 
-from harness import image
+from harness.stages import image
 from harness.errors import TargetError
-from harness.ssh import SshClient
+from harness.targets.ssh import SshClient
 
 
 class _Server(paramiko.ServerInterface):

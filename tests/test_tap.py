@@ -1,4 +1,4 @@
-from harness.tap import TapParser, parse
+from harness.parse.tap import TapParser, parse
 
 SAMPLE = """TAP version 13
 1..4
@@ -113,7 +113,7 @@ not ok 2 selftests: iommu: iommufd_fail_nth # TIMEOUT 45 seconds
 
 
 def test_nested_ktap_from_the_kselftest_runner():
-    from harness.tap import parse_runner
+    from harness.parse.tap import parse_runner
 
     inner, outer = parse_runner(RUNNER)
     assert outer == {"iommufd": "fail", "iommufd_fail_nth": "fail"}

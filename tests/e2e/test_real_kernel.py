@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from harness import elfinfo, suites
-from harness.tap import parse
+from harness.parse.tap import parse
 
 REPO = Path(__file__).resolve().parents[2]
 WORK = Path(os.environ.get("IOMMUFD_HARNESS_WORK", REPO / "work"))
@@ -178,8 +178,12 @@ def test_two_vms_at_once_do_not_collide(first_run, tmp_path):
     dirs would start them): separate ports, QMP sockets, consoles and keys."""
     import threading
 
-    from harness import image, profiles, qemu
-    from harness.ssh import SshClient
+    from harness import profiles
+
+    from harness.stages import image
+
+    from harness.targets import qemu
+    from harness.targets.ssh import SshClient
 
     data = json.loads((first_run[1] / "results.json").read_text())
     kernel = WORK / "build" / "debian-6.12" / "x86_64" / "arch/x86/boot/bzImage"
@@ -223,8 +227,10 @@ def test_board_target_over_ssh(first_run, tmp_path):
     """The board path (ODROID lab) against a stand-in board: a running guest
     reached only over SSH with a pinned host key.  The harness copies the
     selftests there, follows /dev/kmsg and runs the same tests."""
-    from harness import image, profiles, qemu
-    from harness.ssh import SshClient
+    from harness import profiles
+    from harness.stages import image
+    from harness.targets import qemu
+    from harness.targets.ssh import SshClient
 
     data = json.loads((first_run[1] / "results.json").read_text())
     kernel = WORK / "build" / "debian-6.12" / "x86_64" / "arch/x86/boot/bzImage"

@@ -38,9 +38,9 @@ import hashlib
 import re
 from pathlib import Path
 
-from harness.baseline import is_flaky
+from harness.reports.baseline import is_flaky
 from harness.errors import HarnessError, ToolMissing
-from harness.results import RunRecord
+from harness.reports.results import RunRecord
 
 ORIGIN = "iommufd_harness"
 SCHEMA_VERSION = (5, 3)  # the latest kcidb-io ships (kcidb_io.schema.LATEST); tests check it

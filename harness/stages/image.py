@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from harness import elfinfo, proc
-from harness.cpio import CpioWriter
+from harness.stages.cpio import CpioWriter
 from harness.errors import ImageError
 
 GUEST_SELFTEST_DIR = "/usr/lib/iommufd-harness/selftests"

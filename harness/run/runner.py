@@ -16,12 +16,12 @@ from typing import Callable
 
 from harness import elfinfo
 from harness.errors import TargetError
-from harness.image import GUEST_SELFTEST_DIR
-from harness.results import TestRecord, clean
-from harness.splats import Splat
+from harness.stages.image import GUEST_SELFTEST_DIR
+from harness.reports.results import TestRecord, clean
+from harness.parse.splats import Splat
 from harness.suites import Selection, parse_list
-from harness.tap import TapParser
-from harness.target import Target
+from harness.parse.tap import TapParser
+from harness.targets.base import Target
 
 KILLTREE = "/usr/libexec/iommufd-harness/killtree"
 # Runs each test in its own process between kernel log markers; prints its

@@ -43,7 +43,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from harness.errors import InputError
-from harness.results import BAD, STATUSES, RunRecord, TestRecord
+from harness.reports.results import BAD, STATUSES, RunRecord, TestRecord
 
 FORMAT = 1
 FLAKY_MARK = "flaky:"

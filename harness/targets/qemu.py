@@ -23,7 +23,7 @@ from pathlib import Path
 from harness import proc
 from harness.errors import BootError, ToolMissing
 from harness.profiles import Profile
-from harness.splats import Splat, SplatScanner
+from harness.parse.splats import Splat, SplatScanner
 
 GUEST_SSH_PORT = 22
 SSHD_MARKER = "iommufd-harness: sshd started"

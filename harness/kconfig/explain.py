@@ -57,7 +57,7 @@ from kconfiglib import (
     Symbol,
 )
 
-from harness import kconfiglib_compat as compat
+from harness.kconfig import compat
 from harness.toolchain import Toolchain
 
 PREFIX = "CONFIG_"

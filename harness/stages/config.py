@@ -14,7 +14,9 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness import kconfig, proc
+from harness import proc
+
+from harness.kconfig import fragments as kconfig
 from harness.errors import ConfigError
 from harness.toolchain import Toolchain
 
@@ -158,7 +160,7 @@ def configure(req: ConfigRequest, log: Path) -> ConfigResult:
 
 def model(req: ConfigRequest, cfg: Path):
     """kconfiglib's view of the tree and ``cfg`` (or why there is none)."""
-    from harness import kconfig_explain
+    from harness.kconfig import explain as kconfig_explain
 
     return kconfig_explain.load_tree(req.tree, req.toolchain.kernel_arch, cfg,
                                      kconfig_explain.toolchain_vars(req.toolchain))
@@ -167,7 +169,7 @@ def model(req: ConfigRequest, cfg: Path):
 def explain_mismatches(req: ConfigRequest, cfg: Path, bad: list[Mismatch]) -> str:
     """Why each symbol did not stick and what would fix it (kconfiglib);
     never fails: without a model it says why there is no explanation."""
-    from harness import kconfig_explain
+    from harness.kconfig import explain as kconfig_explain
 
     try:
         return kconfig_explain.report(model(req, cfg), {m.setting.symbol: m.setting.value for m in bad})

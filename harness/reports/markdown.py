@@ -15,9 +15,9 @@ import os
 import re
 from pathlib import Path
 
-from harness.baseline import Change, Comparison, compare, is_flaky, load_baseline
+from harness.reports.baseline import Change, Comparison, compare, is_flaky, load_baseline
 from harness.errors import InputError, ToolMissing
-from harness.results import BAD, STATUSES, RunRecord, TestRecord, junit_xml
+from harness.reports.results import BAD, STATUSES, RunRecord, TestRecord, junit_xml
 
 MAX_FAILURES = 15  # failures shown with log lines; the rest are only counted
 MAX_LINES = 6  # log lines per failure
@@ -266,7 +266,7 @@ def rerender(results_dir: Path, baseline: Path | None, artifacts_url: str | None
     summary.md, kcidb.json, junit.xml and, against ``baseline``,
     comparison.json.  Returns the comparison (for the gate's exit code) and
     the Markdown.  kcidb.json is validated when kcidb-io is installed."""
-    from harness import kcidb  # kcidb uses failure_lines from this module
+    from harness.reports import kcidb
 
     results_dir = Path(results_dir)
     run = load_run(results_dir)

@@ -22,10 +22,10 @@ from pathlib import Path
 import paramiko
 
 from harness.errors import InputError, TargetError
-from harness.qemu import ConsoleWatcher
-from harness.runner import Layout
-from harness.ssh import SshClient
-from harness.target import ConsoleLog
+from harness.targets.qemu import ConsoleWatcher
+from harness.run.runner import Layout
+from harness.targets.ssh import SshClient
+from harness.targets.base import ConsoleLog
 
 KMSG_RE = re.compile(r"^(\d+),(\d+),(\d+),[^;]*;(.*)$")
 

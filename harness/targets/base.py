@@ -6,9 +6,9 @@ from __future__ import annotations
 import re
 from typing import Callable, Protocol, Sequence
 
-from harness.qemu import ConsoleWatcher
-from harness.splats import Splat
-from harness.ssh import ExecResult, SshClient, SshLost
+from harness.targets.qemu import ConsoleWatcher
+from harness.parse.splats import Splat
+from harness.targets.ssh import ExecResult, SshClient, SshLost
 
 
 class Target(Protocol):
