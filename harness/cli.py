@@ -1,34 +1,32 @@
-"""Command line: ``iommufd-harness run|build|boot|list-tests|profiles|suites``."""
+"""Command line: ``iommufd-harness run|build|boot|config|list-tests|report|profiles|suites``.
+
+This module only parses arguments into :class:`~harness.pipeline.Options` and
+calls :mod:`harness.jobs`; errors the user can act on end as one message and
+exit code 2, never as a traceback."""
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import fnmatch
 import os
 import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-from harness import __version__, profiles, suites
-
-from harness.kconfig import fragments as kconfig
-
-from harness.reports import markdown as report_md
+from harness import __version__, data, jobs, profiles, suites
 from harness.errors import EXIT_ERROR, EXIT_INTERRUPTED, HarnessError, InputError
-from harness.targets.board import BoardSpec
-from harness.pipeline import Options, Pipeline, new_record, results_dir_for
-from harness.reports.results import ResultsDir, matrix_table, summary_table
+from harness.kconfig import fragments as kconfig
+from harness.pipeline import Options
 from harness.ui import Ui
-from harness.workdir import WorkDir, WorkLock
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 def default_work() -> Path:
-    return Path(os.environ.get("IOMMUFD_HARNESS_WORK", REPO / "work"))
+    """$IOMMUFD_HARNESS_WORK, else ./work of the checkout the tool runs from,
+    else ./work in the current directory (an installed tool)."""
+    if "IOMMUFD_HARNESS_WORK" in os.environ:
+        return Path(os.environ["IOMMUFD_HARNESS_WORK"])
+    top = data.checkout()
+    return (top if top is not None else Path.cwd()) / "work"
 
 
 def _common(p: argparse.ArgumentParser, tests: bool = True) -> None:
@@ -168,152 +166,20 @@ def options(args) -> Options:
     )
 
 
-def _validate(opts: Options, tests: bool = True) -> None:
-    """Check what can be checked before any work starts."""
-    profiles.load(opts.profile)
-    if tests:
-        suites.load(opts.suite)
-    for text in opts.kconfig_add:
-        kconfig.parse_assignment(text)
-    for frag in opts.fragments:
-        kconfig.parse_fragment(frag)
-    if opts.base_config is not None and not opts.base_config.is_file():
-        raise InputError(f"--config {opts.base_config} does not exist", "pass a full kernel .config")
-    for p in opts.patches:
-        if not p.exists():
-            raise InputError(f"patch input {p} does not exist", "pass a quilt directory, a .patch file or an mbox")
-    if opts.baseline is not None and not opts.baseline.exists():
-        raise InputError(f"baseline {opts.baseline} does not exist",
-                         "pass a results dir, a results.json or selftests/baselines/")
-
-
 def cmd_run(args, ui: Ui) -> int:
     opts = options(args)
-    names = [p.strip() for p in args.profiles.split(",") if p.strip()] if args.profiles else [opts.profile]
-    for name in names:
-        profiles.load(name)
-    _validate(opts)
-    work = WorkDir(opts.work).prepare()
-    if len(names) == 1:
-        results_path = results_dir_for(opts, work)
-        with WorkLock(work):
-            record, interrupted = _run_one(opts, ui, results_path)
-        return EXIT_INTERRUPTED if interrupted else record.exit_code()
-    # A matrix: one run per profile, each in its own results subdir.  The
-    # profiles run one after the other: each guest already uses both cores.
-    top = results_dir_for(dataclasses.replace(opts, profile="matrix"), work)
-    records = []
-    with WorkLock(work):
-        for name in names:
-            one = dataclasses.replace(opts, profile=name, results=None)
-            record, interrupted = _run_one(one, ui, top / name)
-            records.append(record)
-            if interrupted:
-                break
-    matrix_table(records, ui.out)
-    ui.out.print(f"results: {top}", highlight=False, markup=False)
-    if interrupted:
-        return EXIT_INTERRUPTED
-    return max(r.exit_code() for r in records)
-
-
-def _run_one(opts: Options, ui: Ui, results_path: Path):
-    """One profile: pipeline, tests, results.  Returns (record, interrupted)."""
-    record = new_record(opts)
-    sink = ResultsDir(results_path)
-    interrupted = False
-    pipe = Pipeline(opts, ui, record, results_path / "logs")
-    try:
-        suite = suites.load(opts.suite)
-        spec = BoardSpec.parse(opts.board, opts.board_key, opts.known_hosts) if opts.board else None
-        prep = pipe.prepare()
-        if spec is not None:
-            sessions = pipe.on_board(prep, spec, results_path)
-        else:
-            if prep.profile.qemu is None:
-                raise InputError(f"profile {opts.profile} is for real boards", "pass --board USER@HOST[:PORT]")
-            sessions = pipe.booted(prep, pipe.make_image(prep), results_path)
-        with sessions as session:
-            try:
-                pipe.run_tests(session, suite, sink)
-            finally:
-                sink.write(record)
-            if opts.keep_vm:
-                _hold(ui, session.target, session.ssh_cmd)
-        pipe.decode_splats(prep)
-    except HarnessError as e:
-        record.errors.append(e.render())
-        ui.error(e.render())
-    except KeyboardInterrupt:
-        interrupted = True
-        record.errors.append("the run was interrupted")
-        ui.error("interrupted: tearing down, writing what was collected")
-    finally:
-        record.decide()
-        sink.write(record)
-    gate = _reports(ui, results_path, opts.baseline)
-    summary_table(record, ui.out)
-    failing = [t for t in record.tests if t.status in ("fail", "timeout", "crash")]
-    for t in failing[:10]:
-        ui.out.print(f"reproduce: iommufd-harness run --profile {opts.profile} --suite {opts.suite} "
-                     f"--tests '{t.name}'" + (f" --kernel-src {opts.kernel_src}" if opts.kernel_src else ""),
-                     highlight=False, markup=False)
-    ui.out.print(f"results: {results_path}", highlight=False, markup=False)
-    if gate is not None:
-        record.verdict = gate  # the exit code of a gated run is about change
-    return record, interrupted
-
-
-def _reports(ui: Ui, results_path: Path, baseline: Path | None) -> str | None:
-    """summary.md, kcidb.json (and comparison.json against a baseline) from
-    what was written; returns the gate verdict when there is a baseline."""
-    try:
-        comparison, _ = report_md.rerender(results_path, baseline)
-    except HarnessError as e:
-        ui.warn(f"reports: {e.message}")
-        return "error" if baseline else None
-    if comparison is None:
-        return None
-    run = report_md.load_run(results_path)
-    gate = comparison.gate_verdict(run.verdict)
-    for reason in comparison.reasons():
-        ui.out.print(f"baseline: {reason}", highlight=False, markup=False)
-    ui.out.print(f"gate verdict against {baseline}: {gate.upper()}", highlight=False, markup=False)
-    return gate
+    matrix = [p.strip() for p in args.profiles.split(",") if p.strip()] if args.profiles else None
+    return jobs.run(opts, ui, matrix)
 
 
 def cmd_report(args, ui: Ui) -> int:
-    if not (args.results_dir / "results.json").is_file():
-        raise InputError(f"{args.results_dir} holds no results.json", "pass a results dir written by 'run'")
-    gate = _reports(ui, args.results_dir, args.baseline)
-    run = report_md.load_run(args.results_dir)
-    summary_table(run, ui.out)
-    ui.out.print(f"summary: {args.results_dir / 'summary.md'}", highlight=False, markup=False)
-    if gate is not None:
-        run.verdict = gate
-    return run.exit_code()
-
-
-def _hold(ui: Ui, target, ssh_cmd: str) -> None:
-    ui.out.print("the VM is up; connect with:", highlight=False)
-    ui.out.print(f"  {ssh_cmd}", highlight=False, markup=False)
-    ui.out.print("Ctrl-C stops it.", highlight=False)
-    while target.failure() is None:
-        time.sleep(1.0)
-    ui.warn(f"the VM went away: {target.failure()}")
-
-
-def _prepare(opts: Options, ui: Ui, until: str = "build"):
-    """The build side of the pipeline alone (source .. build, or .. config)."""
-    work = WorkDir(opts.work).prepare()
-    with WorkLock(work):
-        return Pipeline(opts, ui, new_record(opts), work.root / "logs").prepare(until=until)
+    return jobs.report(ui, args.results_dir, args.baseline)
 
 
 def cmd_build(args, ui: Ui) -> int:
     opts = options(args)
-    _validate(opts, tests=False)
-    prep = _prepare(opts, ui)
+    jobs.validate(opts, tests=False)
+    prep = jobs.prepare(opts, ui)
     ui.out.print(f"kernel:    {prep.kernel.image}", highlight=False)
     ui.out.print(f"vmlinux:   {prep.kernel.vmlinux} (build-id {prep.kernel.build_id})", highlight=False)
     for name, path in prep.kernel.selftests.items():
@@ -328,8 +194,8 @@ def cmd_config(args, ui: Ui) -> int:
         if not matching:
             raise InputError(f"no profile for {args.arch}")
         opts.profile = next((n for n in matching if n == opts.profile), matching[0])
-    _validate(opts, tests=False)
-    prep = _prepare(opts, ui, until="config")
+    jobs.validate(opts, tests=False)
+    prep = jobs.prepare(opts, ui, until="config")
     values = kconfig.read_config(prep.config.config)
     ui.out.print(f"config: {prep.config.config} ({prep.profile.arch}, profile {prep.profile.name})",
                  highlight=False, markup=False)
@@ -339,53 +205,26 @@ def cmd_config(args, ui: Ui) -> int:
             shown = "is not set" if values[sym] == "n" else f"={values[sym]}"
             ui.out.print(f"{sym}{shown if shown.startswith('=') else ' ' + shown}", highlight=False, markup=False)
     if args.explain:
+        from harness.kconfig import explain
         from harness.stages import config as config_stage
-        from harness.kconfig import explain as kconfig_explain
 
         model = config_stage.model(prep.config_request, prep.config.config)
         for sym in args.explain:
-            ui.out.print(kconfig_explain.explain_symbol(model, sym), highlight=False, markup=False)
+            ui.out.print(explain.explain_symbol(model, sym), highlight=False, markup=False)
     return 0
 
 
 def cmd_boot(args, ui: Ui) -> int:
     opts = options(args)
-    _validate(opts, tests=False)
-    work = WorkDir(opts.work).prepare()
-    record = new_record(opts)
-    results_path = results_dir_for(opts, work)
-    with WorkLock(work):
-        pipe = Pipeline(opts, ui, record, results_path / "logs")
-        prep = pipe.prepare()
-        base = pipe.make_image(prep)
-        try:
-            with pipe.booted(prep, base, results_path) as session:
-                ui.out.print(f"console log: {results_path / 'console.log'}", highlight=False)
-                _hold(ui, session.target, session.ssh_cmd)
-        except KeyboardInterrupt:
-            ui.info("stopped")
-            return 0
-    return 0
+    jobs.validate(opts, tests=False)
+    return jobs.boot(opts, ui)
 
 
 def cmd_list_tests(args, ui: Ui) -> int:
     opts = options(args)
-    _validate(opts)
-    suite = suites.load(opts.suite)
-    prof = profiles.load(opts.profile)
-    prep = _prepare(opts, ui)
-    if not prep.toolchain.native:
-        raise InputError(f"listing {prof.arch} tests needs a {prof.arch} machine",
-                         "run 'iommufd-harness run --suite ...' to list them in the guest")
-    available = {}
-    for run in suite.runs:
-        res = subprocess.run([str(prep.kernel.selftests[run.binary]), "-l"], capture_output=True, text=True,
-                             timeout=60)
-        available[run.binary] = suites.parse_list(res.stderr)
-    selection = suites.select(suite, available, opts.tests)
-    for binary, names in selection.tests.items():
-        for n in names:
-            ui.out.print(f"{binary} {n}", highlight=False, markup=False)
+    jobs.validate(opts)
+    for binary, name in jobs.list_tests(opts, ui):
+        ui.out.print(f"{binary} {name}", highlight=False, markup=False)
     return 0
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
 import signal
@@ -26,16 +27,15 @@ PACKAGE_FOR_TOOL = {
     "apt-get": "apt",
     "dpkg-deb": "dpkg",
     "ccache": "ccache",
-    "qemu-system-x86_64": "qemu-system-x86",
-    "qemu-system-aarch64": "qemu-system-arm",
-    "aarch64-linux-gnu-gcc": "gcc-aarch64-linux-gnu",
-}
+}  # per-architecture tools (QEMU, cross compilers): see arches/
 
 
 def require_tool(name: str) -> str:
     path = shutil.which(name)
     if path is None:
-        pkg = PACKAGE_FOR_TOOL.get(name, name)
+        from harness import arches
+
+        pkg = PACKAGE_FOR_TOOL.get(name) or arches.package_for_tool(name) or name
         raise ToolMissing(
             f"'{name}' is not installed",
             f"install it with: apt-get install {pkg}  (or run 'make setup')",
@@ -62,12 +62,17 @@ def run(
     error: type[HarnessError] | None = None,
     what: str | None = None,
     keep_output: bool = True,
+    stdin_text: str | None = None,
+    stderr_to_log: bool = False,
 ) -> Completed:
-    """Run ``argv`` with stdin closed and a wall-clock ``timeout``.
+    """Run ``argv`` in a process group of its own, with a wall-clock
+    ``timeout`` that kills the whole group.
 
-    Output goes to ``log`` (appended) when given, and is also returned.  With
-    ``error`` set, a non-zero exit or a timeout raises that error class naming
-    ``what`` and the log path.
+    stdin is closed, or carries ``stdin_text``.  stdout and stderr go to
+    ``log`` (appended) when given and are also returned as ``output``; with
+    ``stderr_to_log`` stderr goes to the log only and ``output`` is stdout.
+    With ``error`` set, a non-zero exit or a timeout raises that error class
+    naming ``what`` and the log path.
     """
     argv = [str(a) for a in argv]
     full_env = dict(os.environ)
@@ -84,9 +89,9 @@ def run(
             argv,
             cwd=cwd,
             env=full_env,
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL if stdin_text is None else subprocess.PIPE,
             stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
+            stderr=(logf or subprocess.DEVNULL) if stderr_to_log else subprocess.STDOUT,
             start_new_session=True,
         )
     except FileNotFoundError:
@@ -96,6 +101,8 @@ def run(
         raise
     chunks: list[bytes] = []
     timed_out = False
+    if stdin_text is not None:
+        _feed(proc, stdin_text)
     try:
         _communicate(proc, timeout, logf, chunks if keep_output else None)
     except subprocess.TimeoutExpired:
@@ -145,6 +152,47 @@ def _communicate(proc, timeout, logf, chunks) -> None:
     sel.close()
     left = None if deadline is None else max(0.1, deadline - time.monotonic())
     proc.wait(timeout=left)
+
+
+def spawn(argv: Sequence[str | os.PathLike], log: Path) -> subprocess.Popen:
+    """Start a long-running child (an emulator) with stdin closed and its
+    output appended to ``log``.  It gets SIGKILL when the harness dies
+    (PR_SET_PDEATHSIG), so no orphan outlives a killed run; the caller owns
+    its lifetime otherwise."""
+    argv = [str(a) for a in argv]
+    with open(log, "ab") as out:
+        try:
+            return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, preexec_fn=_pdeathsig)
+        except FileNotFoundError:
+            require_tool(argv[0])
+            raise
+
+
+def _pdeathsig() -> None:
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def _feed(proc: subprocess.Popen, text: str) -> None:
+    """Write ``text`` to the child's stdin from a thread (a child that does
+    not read it must not block the harness), then close it."""
+    import threading
+
+    def write() -> None:
+        try:
+            proc.stdin.write(text.encode())
+        except (BrokenPipeError, OSError):
+            pass
+        finally:
+            try:
+                proc.stdin.close()
+            except OSError:
+                pass
+
+    threading.Thread(target=write, name="stdin", daemon=True).start()
 
 
 def _kill_group(proc: subprocess.Popen) -> None:

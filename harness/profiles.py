@@ -1,4 +1,5 @@
-"""vIOMMU/QEMU profiles: one declarative TOML file each in qemu-images/profiles/."""
+"""vIOMMU/QEMU profiles: one declarative TOML file each in qemu-images/profiles/,
+or a file of the user's passed by path (``--profile ./mine.toml``)."""
 
 from __future__ import annotations
 
@@ -7,12 +8,12 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness import arches, data
 from harness.errors import InputError
 
-REPO = Path(__file__).resolve().parent.parent
-PROFILE_DIR = REPO / "qemu-images" / "profiles"
-CONFIG_DIR = REPO / "configs"
-IMAGE_DIR = REPO / "qemu-images"
+IMAGE_DIR = data.folder("qemu-images")
+PROFILE_DIR = IMAGE_DIR / "profiles"
+CONFIG_DIR = data.folder("configs")
 DEFAULT_PROFILE = "x86_64-vtd"
 
 
@@ -46,22 +47,30 @@ def available(directory: Path = PROFILE_DIR) -> list[str]:
     return sorted(p.stem for p in directory.glob("*.toml"))
 
 
+def _near(path: Path, rel: str, default_dir: Path) -> Path:
+    """A file a profile names: next to a user's profile if it is there, else
+    in the data folder."""
+    mine = path.parent / rel
+    return mine if path.parent != PROFILE_DIR and mine.exists() else default_dir / rel
+
+
 def load(name: str, directory: Path = PROFILE_DIR) -> Profile:
-    path = directory / f"{name}.toml"
+    name, path = data.named_file(name, directory)
     if not path.is_file():
         raise InputError(f"unknown profile {name!r}", f"available profiles: {', '.join(available(directory))}")
     try:
-        data = tomllib.loads(path.read_text())
-        q = data.get("qemu")
-        g = data.get("guest", {})
+        doc = tomllib.loads(path.read_text())
+        q = doc.get("qemu")
+        g = doc.get("guest", {})
+        arch = arches.load(doc["arch"])
         profile = Profile(
             name=name,
-            description=data.get("description", ""),
-            arch=data["arch"],
-            recipe=IMAGE_DIR / data["recipe"],
-            fragments=tuple(CONFIG_DIR / f for f in data["fragments"]),
+            description=doc.get("description", ""),
+            arch=arch.name,
+            recipe=_near(path, doc["recipe"], IMAGE_DIR),
+            fragments=tuple(_near(path, f, CONFIG_DIR) for f in doc["fragments"]),
             qemu=None if q is None else QemuSpec(
-                q["binary"], q["machine"], q.get("cpu", "max"), int(q.get("smp", 1)), str(q.get("memory", "1G")),
+                q.get("binary", arch.qemu_binary), q["machine"], q.get("cpu", "max"), int(q.get("smp", 1)), str(q.get("memory", "1G")),
                 tuple(q.get("devices", [])), q.get("nic", "virtio-net-pci"), q.get("cmdline", ""), q.get("qtree", "")),
             iommu=g.get("iommu", ""),
             hugepages=int(g.get("hugepages", 64)),

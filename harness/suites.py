@@ -1,4 +1,5 @@
-"""Test plans from selftests/suites/*.toml, and selection by name."""
+"""Test plans from selftests/suites/*.toml (or a file of the user's, by path),
+and selection by name."""
 
 from __future__ import annotations
 
@@ -7,10 +8,10 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness import data
 from harness.errors import InputError
 
-REPO = Path(__file__).resolve().parent.parent
-SUITE_DIR = REPO / "selftests" / "suites"
+SUITE_DIR = data.folder("selftests") / "suites"
 DEFAULT_SUITE = "access"
 
 
@@ -45,54 +46,15 @@ def available(directory: Path = SUITE_DIR) -> list[str]:
 
 
 def load(name: str, directory: Path = SUITE_DIR) -> Suite:
-    path = directory / f"{name}.toml"
+    name, path = data.named_file(name, directory)
     if not path.is_file():
         raise InputError(f"unknown suite {name!r}", f"available suites: {', '.join(available(directory))}")
     try:
-        data = tomllib.loads(path.read_text())
-        runs = tuple(SuiteRun(r["binary"], tuple(r["tests"])) for r in data["run"])
-        return Suite(name, data.get("description", ""), runs, float(data.get("per_test_timeout", 120)))
+        doc = tomllib.loads(path.read_text())
+        runs = tuple(SuiteRun(r["binary"], tuple(r["tests"])) for r in doc["run"])
+        return Suite(name, doc.get("description", ""), runs, float(doc.get("per_test_timeout", 120)))
     except (tomllib.TOMLDecodeError, KeyError, TypeError, ValueError) as e:
         raise InputError(f"suite {path} is invalid: {type(e).__name__}: {e}") from None
-
-
-def parse_list(text: str) -> list[str]:
-    """Full test names (``fixture[.variant].test``) from the table that a
-    kselftest_harness binary prints for ``-l``.
-
-    Per fixture block the first line names the fixture; the variant and test
-    columns then run in parallel (not as a product), so the names are the
-    product of the block's variants and tests.  Columns are 20 and 25
-    characters wide unless a name is longer.
-    """
-    names: list[str] = []
-    blocks: list[tuple[str, list[str], list[str]]] = []
-    for line in text.splitlines():
-        if not line.strip() or line.startswith("# FIXTURE") or set(line.strip()) == {"-"}:
-            continue
-        if not line.startswith(" "):
-            fixture = line.split()[0]
-            blocks.append((fixture, [], []))
-            rest = line[max(20, len(fixture)) + 1:]
-        elif blocks:
-            rest = line[21:]
-        else:
-            continue
-        fixture, variants, tests = blocks[-1]
-        if rest.startswith(" "):
-            test = rest.strip()
-        else:
-            parts = rest.split(None, 1)
-            variant = parts[0]
-            variants.append(variant)
-            test = rest[max(25, len(variant)) + 1:].strip()
-        if test:
-            tests.append(test)
-    for fixture, variants, tests in blocks:
-        for variant in variants or [""]:
-            for test in tests:
-                names.append(f"{fixture}.{variant}.{test}" if variant else f"{fixture}.{test}")
-    return names
 
 
 def select(suite: Suite, available_tests: dict[str, list[str]], name_glob: str | None = None) -> Selection:

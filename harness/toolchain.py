@@ -1,56 +1,52 @@
-"""How to invoke the kernel build for one architecture."""
+"""How to invoke the kernel build for one architecture (facts from arches/)."""
 
 from __future__ import annotations
 
 import os
-import platform
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.errors import InputError, ToolMissing
-
-# arch -> (kernel ARCH, image target, image path in the build dir, ELF machine, cross prefix)
-ARCHES = {
-    "x86_64": ("x86_64", "bzImage", "arch/x86/boot/bzImage", "EM_X86_64", "x86_64-linux-gnu-"),
-    "arm64": ("arm64", "Image", "arch/arm64/boot/Image", "EM_AARCH64", "aarch64-linux-gnu-"),
-}
-HOST_ARCH = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "arm64", "arm64": "arm64"}
+from harness import arches
+from harness.errors import ToolMissing
 
 
 @dataclass(frozen=True)
 class Toolchain:
-    arch: str  # "x86_64" | "arm64"
+    arch: str  # a name from arches/: "x86_64", "arm64"
     jobs: int = 0  # 0: one per CPU
     use_ccache: bool = True
 
     def __post_init__(self):
-        if self.arch not in ARCHES:
-            raise InputError(f"unknown architecture {self.arch!r}", f"use one of: {', '.join(ARCHES)}")
+        arches.load(self.arch)  # an unknown architecture is an input error here
+
+    @property
+    def spec(self) -> arches.Arch:
+        return arches.load(self.arch)
 
     @property
     def kernel_arch(self) -> str:
-        return ARCHES[self.arch][0]
+        return self.spec.kernel_arch
 
     @property
     def image_target(self) -> str:
-        return ARCHES[self.arch][1]
+        return self.spec.image_target
 
     @property
     def image_path(self) -> str:
-        return ARCHES[self.arch][2]
+        return self.spec.image_path
 
     @property
     def elf_machine(self) -> str:
-        return ARCHES[self.arch][3]
+        return self.spec.elf_machine
 
     @property
     def native(self) -> bool:
-        return HOST_ARCH.get(platform.machine()) == self.arch
+        return self.spec.native
 
     @property
     def cross_compile(self) -> str:
-        return "" if self.native else ARCHES[self.arch][4]
+        return "" if self.native else self.spec.cross_compile
 
     @property
     def cc(self) -> str:
@@ -62,8 +58,7 @@ class Toolchain:
 
     def check(self) -> None:
         if shutil.which(self.cc) is None:
-            prefix = ARCHES[self.arch][4].rstrip("-")
-            pkg = "gcc libc6-dev" if self.native else f"gcc-{prefix} libc6-dev-{self.kernel_arch}-cross"
+            pkg = "gcc libc6-dev" if self.native else " ".join(self.spec.cross_packages)
             raise ToolMissing(f"compiler {self.cc} for {self.arch} is not installed",
                               f"install it with: apt-get install {pkg}  (or run 'make setup')")
 

@@ -8,9 +8,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from harness.reports.results import TestRecord
-
-COLORS = {"pass": "green", "fail": "red", "skip": "yellow", "timeout": "red", "crash": "bold red",
-          "notrun": "magenta"}
+from harness.reports.terminal import COLORS
 
 
 class Ui:

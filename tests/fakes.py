@@ -10,10 +10,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from harness.stages.image import GUEST_SELFTEST_DIR
-from harness.targets.qemu import ConsoleWatcher
-from harness.run.runner import KILLTREE, RUN_TESTS
+from harness.targets.base import IMAGE_LAYOUT
+from harness.targets.console import ConsoleWatcher
+from harness.targets.lifecycle import Lifecycle
 from harness.targets.ssh import ExecResult
+from harness.targets.verify import Expect, GuestInfo
+
+GUEST_SELFTEST_DIR, RUN_TESTS, KILLTREE = IMAGE_LAYOUT.selftest_dir, IMAGE_LAYOUT.run_tests, IMAGE_LAYOUT.killtree
 
 REPO = Path(__file__).resolve().parent.parent
 FAKE_KERNEL = Path(__file__).resolve().parent / "fixtures" / "fake-kernel"
@@ -27,6 +30,7 @@ class LocalTarget:
     machine that went away."""
 
     name = "local"
+    layout = IMAGE_LAYOUT
 
     def __init__(self, bindir: Path, console: Path | None = None):
         self.bindir = bindir
@@ -110,6 +114,29 @@ class LocalTarget:
 
     def describe(self):
         return {"kind": "local"}
+
+
+class LocalLifecycle(Lifecycle):
+    """A lifecycle around :class:`LocalTarget`s: "boot" makes one, "reboot"
+    another; verify accepts any."""
+
+    kind = "local"
+
+    def __init__(self, bindir: Path, console: Path | None = None):
+        super().__init__("local", Expect(None, "", 0))
+        self.bindir, self.console = bindir, console
+        self.torn_down = 0
+
+    def _boot(self):
+        return LocalTarget(self.bindir, self.console)
+
+    _reboot = _boot
+
+    def _verify(self, target):
+        return GuestInfo("fake", None, 0, ())
+
+    def _teardown(self):
+        self.torn_down += 1
 
 
 def copy_fake_kernel(dest: Path) -> Path:

@@ -1,18 +1,19 @@
 import pytest
 
 from harness import suites
+from harness.parse.testlist import parse_list
 from harness.errors import InputError
 
 
 def test_parse_list_golden_6_12(golden):
-    names = suites.parse_list((golden / "iommufd-6.12-list.txt").read_text())
+    names = parse_list((golden / "iommufd-6.12-list.txt").read_text())
     assert len(names) == 190
     assert len(set(names)) == 190
     assert "iommufd.simple_close" in names
     assert "iommufd_ioas.mock_domain_limit.access_rw_unaligned" in names
     # no variant: fixture.test
     assert not any(n.startswith("global") for n in names)
-    fail_nth = suites.parse_list((golden / "iommufd_fail_nth-6.12-list.txt").read_text())
+    fail_nth = parse_list((golden / "iommufd_fail_nth-6.12-list.txt").read_text())
     assert fail_nth == ["basic_fail_nth.basic", "basic_fail_nth.map_domain", "basic_fail_nth.map_two_domains",
                         "basic_fail_nth.access_rw", "basic_fail_nth.access_pin", "basic_fail_nth.access_pin_domain",
                         "basic_fail_nth.device"]
@@ -22,14 +23,14 @@ def test_parse_list_handles_names_wider_than_the_columns():
     text = (f"{'# FIXTURE':<20} {'VARIANT':<25} TEST\n"
             f"{'a_fixture_name_longer_than_twenty':<20} {'a_variant_name_longer_than_25_chars':<25} t1\n"
             f"{'':<20} {'v2':<25} t2\n")
-    assert suites.parse_list(text) == [
+    assert parse_list(text) == [
         "a_fixture_name_longer_than_twenty.a_variant_name_longer_than_25_chars.t1",
         "a_fixture_name_longer_than_twenty.a_variant_name_longer_than_25_chars.t2",
         "a_fixture_name_longer_than_twenty.v2.t1", "a_fixture_name_longer_than_twenty.v2.t2"]
 
 
 def test_tests_glob_narrows_and_a_glob_matching_nothing_is_an_error(golden):
-    names = suites.parse_list((golden / "iommufd-6.12-list.txt").read_text())
+    names = parse_list((golden / "iommufd-6.12-list.txt").read_text())
     suite = suites.load("access")
     sel = suites.select(suite, {"iommufd": names}, "iommufd_ioas.no_domain.*")
     assert sel.tests["iommufd"] == tuple(f"iommufd_ioas.no_domain.{t}" for t in (

@@ -17,7 +17,10 @@ from pathlib import Path
 
 from harness.reports.baseline import Change, Comparison, compare, is_flaky, load_baseline
 from harness.errors import InputError, ToolMissing
-from harness.reports.results import BAD, STATUSES, RunRecord, TestRecord, junit_xml
+from harness.reports.junit import junit_xml
+from harness.reports.repro import reproducer
+from harness.reports.results import BAD, STATUSES, RunRecord, TestRecord
+from harness.reports.resultsdir import atomic_write
 
 MAX_FAILURES = 15  # failures shown with log lines; the rest are only counted
 MAX_LINES = 6  # log lines per failure
@@ -196,8 +199,7 @@ def _repro(run: RunRecord, cmp: Comparison | None) -> list[str]:
     names += [t.name for t in run.tests if t.status in ("fail", "timeout", "crash") and t.name not in names]
     if not names:
         return []
-    cmds = [f"iommufd-harness run --profile {run.profile} --suite {run.suite} --tests '{n}'"
-            for n in names[:MAX_REPRO] if "'" not in n]
+    cmds = [reproducer(run.profile, run.suite, n) for n in names[:MAX_REPRO]]
     return ["", "Reproduce:", "", block(cmds)] if cmds else []
 
 
@@ -235,13 +237,6 @@ def render(run: RunRecord, comparison: Comparison | None, splats: list | None = 
     return re.sub(r"\n{3,}", "\n\n", "\n".join(out)).strip("\n") + "\n"
 
 
-def _write(path: Path, text: str) -> None:
-    """Atomic, so a reader never sees half a report."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def load_run(results_dir: Path) -> RunRecord:
     """The RunRecord a results dir (or its results.json) holds."""
     path = Path(results_dir)
@@ -277,9 +272,9 @@ def rerender(results_dir: Path, baseline: Path | None, artifacts_url: str | None
         kcidb.validate(data)
     except ToolMissing:
         pass  # the data is still written; the unit tests validate what to_kcidb produces
-    _write(results_dir / "summary.md", md)
-    _write(results_dir / "kcidb.json", json.dumps(data, indent=2) + "\n")
-    _write(results_dir / "junit.xml", junit_xml(run))
+    atomic_write(results_dir / "summary.md", md)
+    atomic_write(results_dir / "kcidb.json", json.dumps(data, indent=2) + "\n")
+    atomic_write(results_dir / "junit.xml", junit_xml(run))
     if comparison is not None:
-        _write(results_dir / "comparison.json", json.dumps(comparison.to_json(), indent=2) + "\n")
+        atomic_write(results_dir / "comparison.json", json.dumps(comparison.to_json(), indent=2) + "\n")
     return comparison, md

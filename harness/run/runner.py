@@ -1,4 +1,4 @@
-"""Stage 7 (run): check the guest, list its tests, run the selected ones.
+"""One pass of selected selftests over a target: list, run, attribute.
 
 Each selftest binary runs once with ``-r`` for every selected test; its TAP
 is parsed as it streams in.  The harness enforces its own per-test wall-clock
@@ -11,34 +11,16 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import dataclass
 from typing import Callable
 
-from harness import elfinfo
 from harness.errors import TargetError
-from harness.stages.image import GUEST_SELFTEST_DIR
-from harness.reports.results import TestRecord, clean
 from harness.parse.splats import Splat
-from harness.suites import Selection, parse_list
 from harness.parse.tap import TapParser
+from harness.parse.testlist import parse_list
+from harness.reports.results import TestRecord, clean
+from harness.suites import Selection
 from harness.targets.base import Target
 
-KILLTREE = "/usr/libexec/iommufd-harness/killtree"
-# Runs each test in its own process between kernel log markers; prints its
-# PID (for killtree) on stderr first.
-RUN_TESTS = "/usr/libexec/iommufd-harness/run-tests"
-
-
-@dataclass(frozen=True)
-class Layout:
-    """Where the selftests and the harness's helper scripts are on the target."""
-
-    selftest_dir: str = GUEST_SELFTEST_DIR
-    run_tests: str = RUN_TESTS
-    killtree: str = KILLTREE
-
-
-IMAGE_LAYOUT = Layout()
 MARKER_WAIT = 3.0  # seconds to wait for a test's END marker to reach the kernel log
 
 
@@ -46,51 +28,8 @@ def _marker(kind: str, name: str) -> re.Pattern:
     return re.compile(rf"iommufd-harness: {kind} {re.escape(name)}(?=[ \r\n])")
 
 
-@dataclass(frozen=True)
-class GuestInfo:
-    kernel_release: str
-    build_id: str | None
-    hugepages: int
-    iommus: tuple[str, ...]
-
-
-def _layout(target: Target) -> Layout:
-    return getattr(target, "layout", IMAGE_LAYOUT)
-
-
-def _check(res, what: str) -> str:
-    if res.exit_status != 0:
-        raise TargetError(f"{what} failed in the guest (status {res.exit_status}): {res.err_text.strip()[:500]}")
-    return res.text
-
-
-def verify_guest(target: Target, want_build_id: str | None, want_iommu: str, min_hugepages: int) -> GuestInfo:
-    """The guest runs the kernel we built (unless ``want_build_id`` is None:
-    a board runs the kernel its lab installed), and has what the tests need."""
-    release = _check(target.run(["uname", "-r"], 30), "uname -r").strip()
-    notes = target.run(["cat", "/sys/kernel/notes"], 30)
-    build_id = elfinfo.build_id_from_notes(notes.stdout) if notes.exit_status == 0 else None
-    if want_build_id is not None and build_id != want_build_id:
-        raise TargetError(f"the guest runs kernel build-id {build_id}, not the one just built ({want_build_id})",
-                          "the wrong kernel image was booted")
-    meminfo = _check(target.run(["cat", "/proc/meminfo"], 30), "reading /proc/meminfo")
-    huge = 0
-    for line in meminfo.splitlines():
-        if line.startswith("HugePages_Total:"):
-            huge = int(line.split()[1])
-    if huge < min_hugepages:
-        raise TargetError(f"the guest has {huge} huge pages, the selftests need {min_hugepages}",
-                          "give the VM more memory, or check CONFIG_HUGETLBFS")
-    iommus = tuple(_check(target.run(["ls", "/sys/class/iommu"], 30), "listing /sys/class/iommu").split())
-    if want_iommu and not any(re.search(want_iommu, i) for i in iommus):
-        raise TargetError(f"the guest has no IOMMU matching '{want_iommu}' (found: {', '.join(iommus) or 'none'}):\n"
-                          f"{target.console_excerpt(30)}",
-                          "the vIOMMU did not come up; check the profile and the kernel config")
-    return GuestInfo(release, build_id, huge, iommus)
-
-
 def list_tests(target: Target, binary: str) -> list[str]:
-    path = f"{_layout(target).selftest_dir}/{binary}"
+    path = f"{target.layout.selftest_dir}/{binary}"
     res = target.run([path, "-l"], 60)
     # kselftest_harness prints the table to stderr and exits with KSFT_SKIP (4)
     if res.exit_status not in (0, 4):
@@ -246,7 +185,7 @@ class Runner:
                 return True
             return False
 
-        layout = _layout(self.target)
+        layout = self.target.layout
         argv = [layout.run_tests, f"{layout.selftest_dir}/{binary}", *names]
         budget = self.per_test_timeout * len(names) + 60
         res = self._exec(argv, budget, on_line, on_err, overrun)

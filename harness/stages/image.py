@@ -19,13 +19,12 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from harness import elfinfo, proc
+from harness import arches, elfinfo, proc
 from harness.stages.cpio import CpioWriter
 from harness.errors import ImageError
+from harness.targets.base import IMAGE_LAYOUT
 
-GUEST_SELFTEST_DIR = "/usr/lib/iommufd-harness/selftests"
-TRIPLETS = {"amd64": "x86_64-linux-gnu", "arm64": "aarch64-linux-gnu"}
-DEB_ARCH = {"x86_64": "amd64", "arm64": "arm64"}
+GUEST_SELFTEST_DIR = IMAGE_LAYOUT.selftest_dir
 
 
 @dataclass(frozen=True)
@@ -60,8 +59,7 @@ class Recipe:
 @dataclass(frozen=True)
 class ImageRequest:
     recipe: Recipe
-    arch: str  # "x86_64" | "arm64"
-    elf_machine: str
+    arch: str  # a name from arches/
     selftests: dict[str, Path]
 
 
@@ -180,11 +178,11 @@ def _sha_file(path: Path) -> str:
 
 
 def build_base(req: ImageRequest, images: Path, cache: Path, log: Path) -> BaseImage:
-    deb_arch = DEB_ARCH[req.arch]
-    triplet = TRIPLETS[deb_arch]
+    arch = arches.load(req.arch)
+    deb_arch, triplet = arch.debian_arch, arch.triplet
     debs = fetch_packages(req.recipe.packages, deb_arch, cache / "debs" / deb_arch, log)
     for name, path in req.selftests.items():
-        elfinfo.check_binary(path, req.elf_machine, static=True, what=f"selftest {name}")
+        elfinfo.check_binary(path, arch.elf_machine, static=True, what=f"selftest {name}")
     key_parts = {
         "debs": sorted(p.name for p in debs.values()),
         "files": {dest: [src, mode, _sha_file(req.recipe.directory / src)]
@@ -200,7 +198,7 @@ def build_base(req: ImageRequest, images: Path, cache: Path, log: Path) -> BaseI
         return BaseImage(out, packages, False)
     root = cache / "rootfs" / f"{req.recipe.name}-{deb_arch}"
     unpack(debs, root, log)
-    closure = library_closure(root, req.recipe.binaries, triplet, req.elf_machine)
+    closure = library_closure(root, req.recipe.binaries, triplet, arch.elf_machine)
     images.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp")
     try:

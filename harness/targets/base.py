@@ -1,18 +1,35 @@
-"""Targets: where the selftests run.  The runner only sees this interface, so a
-QEMU VM and a real board over SSH are interchangeable (and tests use fakes)."""
+"""The interface the runner talks to: a :class:`Target` runs commands and
+shows its kernel log.  A QEMU VM, a real board over SSH and the tests' fakes
+all implement it, so the runner never knows which one it has.  How a target
+is brought up and taken down is its :mod:`lifecycle`."""
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Callable, Protocol, Sequence
 
-from harness.targets.qemu import ConsoleWatcher
 from harness.parse.splats import Splat
-from harness.targets.ssh import ExecResult, SshClient, SshLost
+from harness.targets.ssh import ExecResult
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where the selftests and the harness's helper scripts are on the target."""
+
+    selftest_dir: str = "/usr/lib/iommufd-harness/selftests"
+    # runs each test in its own process between kernel log markers; prints
+    # its PID (for killtree) on stderr first
+    run_tests: str = "/usr/libexec/iommufd-harness/run-tests"
+    killtree: str = "/usr/libexec/iommufd-harness/killtree"  # ends a process and its children
+
+
+IMAGE_LAYOUT = Layout()  # the guest image's (qemu-images/*/recipe.toml puts them there)
 
 
 class Target(Protocol):
     name: str
+    layout: Layout
 
     def run(self, argv: Sequence[str], timeout: float, on_stdout_line: Callable[[str], None] | None = None,
             on_stderr_line: Callable[[str], None] | None = None,
@@ -35,54 +52,3 @@ class Target(Protocol):
         each returned once."""
 
     def describe(self) -> dict: ...
-
-
-class ConsoleLog:
-    """The kernel-log half of a Target, for targets whose kernel log is a
-    growing local file followed by a ``ConsoleWatcher`` in ``self.console``."""
-
-    console: ConsoleWatcher
-
-    def console_excerpt(self, lines: int = 60) -> str:
-        return self.console.excerpt(lines)
-
-    def kernel_log_find(self, pattern, since=0):
-        return self.console.find(pattern, since)
-
-    def kernel_splats(self, since, until=None, final=False):
-        return self.console.claim(since, until, final)
-
-
-class QemuTarget(ConsoleLog):
-    """A booted :class:`harness.qemu.QemuVM` reached over SSH."""
-
-    def __init__(self, vm, client: SshClient):
-        self.vm = vm
-        self.client = client
-        self.name = vm.req.profile.name
-
-    @property
-    def console(self) -> ConsoleWatcher:
-        return self.vm.console  # a reboot replaces the VM, and its console
-
-    def run(self, argv, timeout, on_stdout_line=None, on_stderr_line=None, check_stop=None) -> ExecResult:
-        def stop() -> bool:
-            return self.vm.failure() is not None or (check_stop is not None and check_stop())
-
-        return self.client.run(argv, timeout, on_stdout_line=on_stdout_line, on_stderr_line=on_stderr_line,
-                               check_stop=stop)
-
-    def failure(self) -> str | None:
-        return self.vm.failure()
-
-    def reconnect(self) -> bool:
-        if self.vm.failure():
-            return False
-        try:
-            self.client.connect()
-            return True
-        except SshLost:
-            return False
-
-    def describe(self) -> dict:
-        return {"kind": "qemu", "ssh_port": self.vm.ssh_port, "accel": self.vm.req.accel}

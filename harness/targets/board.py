@@ -1,8 +1,9 @@
 """Real boards (the ODROID lab, any Linux machine) reached over SSH, behind
 the same Target interface as a VM.
 
-The board runs the kernel its lab installed; the harness copies the selftest
-binaries and its two helper scripts to a fresh directory there, follows the
+The board runs the kernel its lab installed (:class:`BoardLifecycle`); the
+harness copies the selftest binaries and its two helper scripts to a fresh
+directory there, follows the
 kernel log over a second SSH connection (``/dev/kmsg``, turned into a local
 console.log so splats are found and attributed exactly as for a VM), runs
 the tests and removes the directory again.  The board's host key must be in
@@ -21,11 +22,13 @@ from pathlib import Path
 
 import paramiko
 
-from harness.errors import InputError, TargetError
-from harness.targets.qemu import ConsoleWatcher
-from harness.run.runner import Layout
+from harness import arches
+from harness.errors import HarnessError, InputError, TargetError
+from harness.targets.base import Layout
+from harness.targets.console import ConsoleLog, ConsoleWatcher
+from harness.targets.lifecycle import Lifecycle
 from harness.targets.ssh import SshClient
-from harness.targets.base import ConsoleLog
+from harness.targets.verify import Expect, GuestInfo
 
 KMSG_RE = re.compile(r"^(\d+),(\d+),(\d+),[^;]*;(.*)$")
 
@@ -165,3 +168,56 @@ class BoardTarget(ConsoleLog):
 
     def describe(self) -> dict:
         return {"kind": "board", "host": self.spec.host, "port": self.spec.port, "user": self.spec.user}
+
+
+class BoardLifecycle(Lifecycle):
+    """A board that keeps the kernel its lab installed: "boot" connects,
+    follows the kernel log, copies the files and sets up huge pages; the
+    harness never reboots it.  ``built_build_id`` is the kernel built here,
+    recorded next to the one the board runs."""
+
+    kind = "board"
+
+    def __init__(self, spec: BoardSpec, files: dict[str, tuple[Path, int]], arch: str, run_dir: Path,
+                 expect: Expect, built_build_id: str | None, name: str = "board", **kw):
+        super().__init__(name, expect, **kw)
+        self.spec = spec
+        self.files = files
+        self.arch = arches.load(arch)
+        self.run_dir = run_dir
+        self.built_build_id = built_build_id
+        self._board: BoardTarget | None = None
+
+    def _boot(self) -> BoardTarget:
+        spec = self.spec
+        self.say(f"board {spec.user}@{spec.host}:{spec.port} (host key pinned from {spec.known_hosts})")
+        self._board = target = BoardTarget(spec, self.run_dir, name=self.name)
+        target.setup(self.files)
+        machine = target.run(["uname", "-m"], 30).text.strip()
+        if machine not in self.arch.machines:
+            raise HarnessError(f"the board is {machine or 'unknown'}, profile {self.name} builds "
+                               f"for {self.arch.name}", "pick a profile of the board's architecture")
+        want = self.expect.hugepages
+        target.run(["sh", "-c", f"[ $(cat /proc/sys/vm/nr_hugepages) -ge {want} ] || "
+                    f"echo {want} > /proc/sys/vm/nr_hugepages"], 60)
+        return target
+
+    def _verified(self, info: GuestInfo) -> None:
+        booted = info.build_id == self.built_build_id
+        self.guest.clear()
+        self.guest.update(kind="board", host=self.spec.host, kernel_release=info.kernel_release,
+                          build_id=info.build_id, hugepages=info.hugepages, iommus=list(info.iommus),
+                          built_kernel_booted=booted)
+        self.say(f"board up: {info.kernel_release}, IOMMUs: {', '.join(info.iommus) or 'none'}, "
+                 f"{info.hugepages} huge pages" + ("" if booted else
+                                                   " (not the kernel built here: its own build-id is recorded)"))
+
+    def _reboot(self) -> BoardTarget:
+        raise HarnessError("the harness does not reboot real boards", "reboot it from the lab, then rerun")
+
+    def _teardown(self) -> None:
+        if self._board is not None:
+            self._board.close()
+
+    def ssh_command(self) -> str:
+        return f"ssh -p {self.spec.port} {self.spec.user}@{self.spec.host}"

@@ -1,4 +1,4 @@
-"""Stage 6 (boot): a QEMU VM behind a vIOMMU, started paused and driven over QMP.
+"""One QEMU VM behind a vIOMMU, started paused and driven over QMP.
 
 The harness listens on the QMP socket and QEMU connects to it, so a QEMU that
 never comes up cannot block the harness; every QMP call is bounded.  The
@@ -9,43 +9,33 @@ harness itself dies (PR_SET_PDEATHSIG).
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import re
-import signal
 import socket
 import subprocess
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from harness import proc
-from harness.errors import BootError, ToolMissing
+from harness.arches import Arch
+from harness.errors import BootError, HarnessError
 from harness.profiles import Profile
-from harness.parse.splats import Splat, SplatScanner
+from harness.targets.console import ConsoleWatcher
 
 GUEST_SSH_PORT = 22
 SSHD_MARKER = "iommufd-harness: sshd started"
-PANIC_RE = re.compile(r"Kernel panic - not syncing|BUG: kernel NULL pointer|---\[ end Kernel panic")
 QMP_TIMEOUT = 10.0
 
 
 def qemu_version(binary: str) -> str:
     try:
-        out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=30).stdout
-    except (OSError, subprocess.TimeoutExpired):
+        out = proc.run([binary, "--version"], timeout=30).output
+    except (OSError, HarnessError):
         return "unknown"
     m = re.search(r"version (\S+)", out)
     return m.group(1) if m else "unknown"
-
-
-def _pdeathsig() -> None:
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
 
 
 def free_port() -> int:
@@ -54,12 +44,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def probe_kvm(binary: str, kernel: Path, cache: Path, timeout: float = 20.0) -> tuple[str, str]:
+def probe_kvm(arch: Arch, kernel: Path, cache: Path, timeout: float = 20.0) -> tuple[str, str]:
     """('kvm'|'tcg', why): does KVM really boot a kernel here?  Nested KVM can
-    hang in early boot, so the probe boots ``kernel`` without an initrd and
-    waits (bounded) for it to reach the root-fs panic.  Cached per host."""
+    hang in early boot, so the probe boots ``kernel`` without an initrd on the
+    architecture's probe machine and waits (bounded) for it to reach the
+    root-fs panic.  Cached per host."""
     if not os.access("/dev/kvm", os.R_OK | os.W_OK):
         return "tcg", "/dev/kvm is not usable"
+    binary = arch.qemu_binary
     ident = f"{os.uname().release} {qemu_version(binary)} {binary}"
     cache_file = cache / "kvm-probe.json"
     try:
@@ -68,13 +60,10 @@ def probe_kvm(binary: str, kernel: Path, cache: Path, timeout: float = 20.0) -> 
             return cached["accel"], cached["why"] + " (cached)"
     except (OSError, ValueError, KeyError):
         pass
-    argv = [binary, "-accel", "kvm", "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+    argv = [binary, "-machine", arch.probe_machine, *(["-cpu", arch.probe_cpu] if arch.probe_cpu else []),
+            "-accel", "kvm", "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
             "-m", "512M", "-serial", "stdio", "-kernel", str(kernel),
-            "-append", "console=ttyS0 console=ttyAMA0 panic=-1"]
-    if "x86_64" in binary:
-        argv[1:1] = ["-machine", "q35"]
-    else:
-        argv[1:1] = ["-machine", "virt", "-cpu", "host"]
+            "-append", f"console={arch.console} panic=-1"]
     res = proc.run(argv, timeout=timeout)
     if "Kernel panic" in res.output or "Run /init" in res.output:
         accel, why = "kvm", "KVM booted a test kernel"
@@ -85,6 +74,16 @@ def probe_kvm(binary: str, kernel: Path, cache: Path, timeout: float = 20.0) -> 
     cache.mkdir(parents=True, exist_ok=True)
     cache_file.write_text(json.dumps({"ident": ident, "accel": accel, "why": why}))
     return accel, why
+
+
+def choose_accel(requested: str, arch: Arch, kernel: Path, cache: Path) -> tuple[str, str]:
+    """The accelerator for a guest of ``arch`` and why: what was asked for,
+    else KVM only where a probe shows that it boots a kernel."""
+    if requested in ("tcg", "kvm"):
+        return requested, "requested"
+    if not arch.native:
+        return "tcg", f"a {arch.name} guest on this host needs emulation"
+    return probe_kvm(arch, kernel, cache)
 
 
 @dataclass
@@ -100,64 +99,6 @@ class BootRequest:
     console_name: str = "console.log"  # another name for the console of a reboot
 
 
-@dataclass
-class ConsoleWatcher:
-    """Follows the growing console.log: panics, boot markers, kernel splats."""
-
-    path: Path
-    offset: int = 0
-    text: str = ""
-    panic_at: int | None = None
-    markers: dict[str, float] = field(default_factory=dict)
-    scanner: SplatScanner = field(default_factory=SplatScanner)
-    pending: list[Splat] = field(default_factory=list)  # found, not yet claimed by a test
-
-    def find(self, pattern: re.Pattern, since: int = 0) -> int | None:
-        """Offset of the first match of ``pattern`` at or after ``since``."""
-        self.poll()
-        m = pattern.search(self.text, since)
-        return m.start() if m else None
-
-    def claim(self, since: int, until: int | None = None, final: bool = False) -> list[Splat]:
-        """The splats that started in [since, until) and were not claimed yet."""
-        self.poll()
-        self.pending += self.scanner.flush() if final else self.scanner.settle()
-        end = len(self.text) if until is None else until
-        mine = [s for s in self.pending if since <= s.start < end]
-        self.pending = [s for s in self.pending if s not in mine]
-        return mine
-
-    def poll(self) -> str:
-        try:
-            with open(self.path, "rb") as f:
-                f.seek(self.offset)
-                data = f.read()
-        except FileNotFoundError:
-            return ""
-        if not data:
-            return ""
-        self.offset += len(data)
-        new = data.decode(errors="replace")
-        start = len(self.text)
-        self.text += new
-        if self.panic_at is None:
-            m = PANIC_RE.search(self.text, max(0, start - 200))
-            if m:
-                self.panic_at = m.start()
-        if SSHD_MARKER in new:
-            self.markers.setdefault(SSHD_MARKER, time.monotonic())
-        self.pending += self.scanner.feed(new)
-        return new
-
-    def excerpt(self, lines: int = 60) -> str:
-        self.poll()
-        if self.panic_at is not None:
-            before = self.text[: self.panic_at].splitlines()[-lines // 2:]
-            after = self.text[self.panic_at:].splitlines()[: lines]
-            return "\n".join(before + after)
-        return "\n".join(self.text.splitlines()[-lines:])
-
-
 class QemuVM:
     """One VM.  Use as a context manager; ``start()`` boots it to the point
     where the guest's SSH port is forwarded to ``self.ssh_port`` on 127.0.0.1."""
@@ -167,7 +108,7 @@ class QemuVM:
         self.proc: subprocess.Popen | None = None
         self.qmp = None
         self.ssh_port = 0
-        self.console = ConsoleWatcher(req.run_dir / req.console_name)
+        self.console = ConsoleWatcher(req.run_dir / req.console_name, watch=(SSHD_MARKER,))
         self.qemu_log = req.run_dir / "qemu.log"
         self.argv: list[str] = []
 
@@ -194,25 +135,18 @@ class QemuVM:
     def start(self, attempts: int = 3) -> None:
         from qemu.qmp.legacy import QEMUMonitorProtocol
 
-        binary = self.req.profile.qemu.binary
-        try:
-            proc.require_tool(binary)
-        except ToolMissing:
-            raise
+        proc.require_tool(self.req.profile.qemu.binary)
         self.req.run_dir.mkdir(parents=True, exist_ok=True)
         for attempt in range(1, attempts + 1):
             qmp_path = (self.req.qmp_dir or self.req.run_dir) / "qmp.sock"
             qmp_path.unlink(missing_ok=True)
             self.console.path.unlink(missing_ok=True)
-            self.console = ConsoleWatcher(self.console.path)
+            self.console = ConsoleWatcher(self.console.path, watch=(SSHD_MARKER,))
             self.ssh_port = free_port()
             self.qmp = QEMUMonitorProtocol(str(qmp_path), server=True)
             self.argv = self.command_line(self.ssh_port, qmp_path)
             (self.req.run_dir / "qemu-cmdline.txt").write_text(" ".join(_shq(a) for a in self.argv) + "\n")
-            log = open(self.qemu_log, "ab")
-            self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                         preexec_fn=_pdeathsig)
-            log.close()
+            self.proc = proc.spawn(self.argv, self.qemu_log)
             try:
                 self.qmp.accept(timeout=QMP_TIMEOUT)
             except Exception as e:  # noqa: BLE001 - any failure here means QEMU did not come up

@@ -1,8 +1,9 @@
 import json
 
-from fakes import LocalTarget
+from fakes import LocalLifecycle, LocalTarget
 
 from harness import suites
+from harness.parse.testlist import parse_list
 from harness.run.runner import Runner, list_tests
 from harness.suites import Selection
 
@@ -68,7 +69,7 @@ def test_dead_machine_marks_crash_then_notrun(fake_selftests):
 
 
 def test_access_suite_selects_the_24_access_tests(golden):
-    names = suites.parse_list((golden / "iommufd-6.12-list.txt").read_text())
+    names = parse_list((golden / "iommufd-6.12-list.txt").read_text())
     sel = suites.select(suites.load("access"), {"iommufd": names})
     chosen = sel.tests["iommufd"]
     assert len(chosen) == 24
@@ -104,18 +105,22 @@ def test_tap_that_contradicts_itself_is_an_error(tmp_path):
 
 
 def test_rerun_failed_marks_flaky_and_keeps_real_failures(fake_selftests, tmp_path):
-    from harness.pipeline import Options, Pipeline, new_record
+    from harness.pipeline import Options, new_record
+    from harness.reports.resultsdir import ResultsDir
+    from harness.run.session import SessionOptions, TestSession
     from harness.ui import Ui
 
-    target = LocalTarget(fake_selftests)
-    opts = Options(work=tmp_path / "w", rerun_failed=2)
-    record = new_record(opts)
-    pipe = Pipeline(opts, Ui(quiet=True), record, tmp_path / "logs")
+    lifecycle = LocalLifecycle(fake_selftests)
+    target = lifecycle.up()
+    record = new_record(Options(work=tmp_path / "w"))
+    suite = suites.load("access")
+    session = TestSession(lifecycle, suite, SessionOptions(rerun_failed=2), record, ResultsDir(tmp_path / "r"),
+                          Ui(quiet=True))
     names = ("iommufd_ioas.no_domain.flaky", "iommufd_ioas.no_domain.fails", "iommufd.simple_close")
     selection = Selection({"iommufd": names}, ())
     Runner(target, 5.0, record.tests.append).run(selection)
     assert [t.status for t in record.tests] == ["fail", "fail", "pass"]
-    pipe.rerun_failed(target, selection, 5.0)
+    session.rerun_failed(selection, 5.0)
     flaky, fails, simple = record.tests
     assert flaky.status == "pass" and flaky.reason.startswith("flaky:")
     assert "rerun 1: pass" in flaky.log

@@ -12,7 +12,7 @@ from harness.stages import image
 from harness.stages.cpio import CpioWriter, read_entries
 from harness.errors import BuildError, ImageError
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_cpio_roundtrip_with_device_nodes_and_concatenation(tmp_path):

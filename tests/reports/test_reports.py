@@ -16,7 +16,7 @@ from harness.errors import InputError, ToolMissing
 from harness.reports.markdown import block, code, failure_lines, render, rerender
 from harness.reports.results import RunRecord, TestRecord
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 BASELINES = REPO / "selftests" / "baselines"
 try:
     import kcidb_io.schema

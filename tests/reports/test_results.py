@@ -1,7 +1,8 @@
 import json
 import xml.etree.ElementTree as ET
 
-from harness.reports.results import ResultsDir, RunRecord, TestRecord, clean
+from harness.reports.results import RunRecord, TestRecord, clean
+from harness.reports.resultsdir import ResultsDir
 
 
 def _record(*statuses, errors=()):

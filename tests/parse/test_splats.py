@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 
 from harness.parse import splats
-from harness.parse.splats import SplatScanner, decode, group, scan, signature
+from harness.parse.splats import SplatScanner, group, scan, signature
+from harness.reports.decode import decode
 
-CONSOLE = Path(__file__).resolve().parent / "golden" / "console"
+CONSOLE = Path(__file__).resolve().parents[1] / "golden" / "console"
 STAMP = re.compile(r"^\[\s*\d+\.\d+\]", re.MULTILINE)
 
 

@@ -1,0 +1,127 @@
+"""What the lines of a kernel report look like (headlines, call-trace
+frames, trailers, end markers), and the signature that makes two sightings
+of the same bug compare equal.  ``headline_kind`` is the single place that
+says what starts a report; ``harness.parse.splats`` cuts reports out of a log
+with these."""
+
+from __future__ import annotations
+
+import re
+
+# -- line syntax ---------------------------------------------------------------
+
+# "[   12.345678] ", with an optional "<4>" level (dmesg -r) and caller id ("[  T245]").
+STAMP = re.compile(r"(?:<\d>)?\[\s*(\d+\.\d+)\](?:\[\s*[TC]\d+\])? ?")
+# A timestamp inside a physical line: userspace output without a newline before it.
+MIDLINE_STAMP = re.compile(r"(?:<\d>)?\[\s*\d+\.\d{6}\]")
+
+CUT_HERE = re.compile(r"-+\[ cut here \]-+\s*$")
+BANNER = re.compile(r"={20,}\s*$")
+SYSRQ_CRASH = re.compile(r"sysrq: Trigger a crash\s*$")
+END_MARKER = re.compile(r"---\[ end (?:trace|Kernel panic)\b")
+CALL_TRACE = re.compile(r"Call [Tt]race:")
+STACK_TAG = re.compile(r"\s*<(/?)([A-Z#][A-Z0-9_#]*)>\s*$")
+FRAME = re.compile(r"\s+(?:\? )?(?:[\w.$]+\+0x[0-9a-f]+/0x[0-9a-f]+|0x[0-9a-f]+\b)")
+# Lines that may follow the end of a trace and still belong to the report.
+TRAILER = re.compile(r"(?:Modules linked in:|CR2: |Code: |Kernel Offset: |Rebooting in |CPU features: "
+                      r"|Memory Limit: |SMP: stopping)")
+# ... and those that start another part of it (more CPUs' backtraces).
+REOPEN = re.compile(r"(?:NMI backtrace for cpu \d+|Sending NMI from CPU \d+)")
+_RIP = re.compile(r"(?:RIP: [0-9a-f]{4}:|pc : )([\w.$]+)\+0x")
+
+_LOCKDEP_WARNINGS = (
+    r"possible circular locking dependency detected|possible recursive locking detected"
+    r"|possible irq lock inversion dependency detected|inconsistent lock state|bad unlock balance detected!"
+    r"|suspicious RCU usage|held lock freed!|lock held when returning to user space!|\S+ still has locks held!"
+    r"|\S+-safe -> \S+-unsafe lock order detected|Nested lock was not taken|chain_key collision"
+    r"|bad contention detected!"
+)
+
+# First match wins: specific patterns before the generic "BUG: ".
+_HEADLINES: tuple[tuple[str, re.Pattern[str]], ...] = tuple((kind, re.compile(rx)) for kind, rx in (
+    ("warning", r"WARNING: CPU: \d+ PID: \d+ at "),
+    ("lockdep", rf"WARNING: (?:{_LOCKDEP_WARNINGS})"),
+    ("lockdep", r"INFO: (?:possible irq lock inversion dependency detected|trying to register non-static key)"),
+    ("lockdep", (r"BUG: (?:MAX_LOCK\w* too low!|MAX_STACK_TRACE_ENTRIES too low!|key \S+ has not been registered!"
+                 r"|looking up invalid subclass)")),
+    ("refcount", r"refcount_t: (?:underflow|saturated|addition on 0|decrement hit 0)"),
+    ("kasan", r"BUG: KASAN: "),
+    ("kfence", r"BUG: KFENCE: "),
+    ("ubsan", r"UBSAN: [\w-]+ in "),
+    ("lockup", r"(?:watchdog: )?BUG: soft lockup - CPU#\d+ stuck for "),
+    ("lockup", r"(?:(?:NMI )?watchdog: )?Watchdog detected hard LOCKUP on cpu \d+"),
+    ("lockup", r"BUG: workqueue lockup - "),
+    ("rcu_stall", (r"(?:rcu: )?INFO: [\w-]+ (?:self-detected stall on CPU|detected (?:expedited )?stalls on "
+                   r"(?:CPUs/)?tasks)")),
+    ("hung_task", r"INFO: task .+:\d+ blocked for more than \d+ seconds"),
+    ("panic", r"Kernel panic - not syncing: "),
+    ("oops", r"(?:Internal error: )?Oops\b[^:]*: "),
+    ("oops", (r"(?:general protection fault|invalid opcode|double fault|stack segment|stack guard page)"
+              r"[^:]*: [0-9a-f]{4} \[#\d+\]")),
+    ("bug", r"kernel BUG at \S+"),
+    ("bug", r"Unable to handle kernel (?:NULL pointer dereference|paging request|execute from non-executable)"),
+    ("bug", r"BUG: "),
+    ("bug", r"BUG [\w.:()-]+ \((?:Not tainted|Tainted: [^)]*)\): "),  # SLUB object debugging
+))
+
+# Panic reasons that mean "the report just before killed the kernel".
+CONSEQUENCE = re.compile(
+    r"Fatal exception|Attempted to kill (?:init|the idle task)|Aiee, killing interrupt handler|panic_on_warn set"
+    r"|panic_on_taint set|kasan\.fault=panic|softlockup: hung tasks|Hard LOCKUP|hung_task: blocked tasks"
+    r"|RCU Stall|\bOops\b")
+
+# Report kinds whose call trace is only a part: they end with a "=====" banner.
+BANNER_CLOSED = frozenset({"kasan", "kfence"})
+# Kinds that a WARN-style "cut here" line introduces.
+CUT_HERE_KINDS = frozenset({"warning", "refcount", "bug", "ubsan"})
+
+
+def headline_kind(message: str) -> str | None:
+    """The kind of report that ``message`` (one console line, timestamp
+    stripped) starts, or None: the single place that says what a splat is."""
+    for kind, rx in _HEADLINES:
+        if rx.match(message):
+            return kind
+    return None
+
+
+# -- signatures ----------------------------------------------------------------
+
+_SRC_LOC = re.compile(r"([\w./+-]+\.(?:c|h|S|rs):\d+(?::\d+)?)")
+_SIG_SUBS: tuple[tuple[re.Pattern[str], str], ...] = tuple((re.compile(rx), repl) for rx, repl in (
+    (r"\+0x[0-9a-fA-F]+/0x[0-9a-fA-F]+", ""),  # symbol offsets
+    (r"\((?:Not tainted|Tainted: [^)]*)\)", "()"),  # SLUB's "(Tainted: G    B  )"
+    (r"\bTainted: [A-Z ]+", ""),
+    (r"\bNot tainted\b", ""),
+    (r"\bkworker/[\w+-]+(?::[\w+-]+)?", "kworker/*"),
+    (r"\b0x[0-9a-fA-F]+\b", "ADDR"),
+    (r"\b[0-9a-fA-F]{8,16}\b", "ADDR"),
+    (r"\b(CPU|cpu)(s?[#:]?\s?)\d+", r"\1\2N"),
+    (r"\bPID: \d+", "PID: N"),
+    (r"\bpid[:=] ?\d+", "pid N"),
+    (r"(?<=\S)([:/])\d+(?=[\]/\s,)]|$)", r"\1N"),  # comm:pid, comm/pid
+    (r"\[#\d+\]", "[#N]"),
+    (r"\b\d+(?:\.\d+)?(?=\s?(?:s|ms|us|ns|secs?|seconds|jiffies)\b)", "N"),  # durations
+    (r"\bt=\d+", "t=N"),
+    (r"\s+", " "),
+))
+
+
+def signature(title: str, text: str = "") -> str:
+    """``title`` with everything that differs between two sightings of the
+    same bug removed (addresses, symbol offsets, CPU numbers, PIDs, durations,
+    taint flags), so repeated reports group.  Source locations (file:line)
+    are kept: they name the bug.  A title that names no code at all (``BUG:
+    kernel NULL pointer dereference, address: ...``) gets the faulting
+    function from the report's ``RIP:``/``pc :`` line in ``text``, so two
+    different NULL dereferences do not group."""
+    parts = _SRC_LOC.split(title)
+    for i in range(0, len(parts), 2):  # even parts are outside source locations
+        for rx, repl in _SIG_SUBS:
+            parts[i] = rx.sub(repl, parts[i])
+    sig = "".join(parts).strip()
+    if text and not _SRC_LOC.search(title) and not re.search(r"\+0x[0-9a-f]+/", title):
+        m = _RIP.search(text)
+        if m:
+            sig += f" at {m.group(1)}"
+    return sig

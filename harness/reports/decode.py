@@ -1,0 +1,41 @@
+"""Symbolised call traces for kernel reports: file:line for every frame,
+from the kernel tree's own ``scripts/decode_stacktrace.sh`` and ``vmlinux``."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from harness import proc
+from harness.errors import HarnessError
+from harness.parse.splats import Splat
+
+
+def decode(splat: Splat, tree: Path, vmlinux: Path, log: Path, timeout: float = 120.0) -> str | None:
+    """The report with file:line for every frame, from the kernel tree's own
+    ``scripts/decode_stacktrace.sh`` (so the decoding matches that tree).
+    None when the script, ``vmlinux`` or bash is missing, or the script fails
+    or overruns ``timeout`` (it is killed with the addr2line and nm it
+    started); the command and its stderr are appended to ``log``.  Never
+    raises: decoding is a bonus on a report already made."""
+    script = Path(tree) / "scripts" / "decode_stacktrace.sh"
+    bash = shutil.which("bash")
+    if bash is None or not script.is_file() or not Path(vmlinux).is_file():
+        return None
+    try:
+        res = proc.run([bash, script, vmlinux, tree], cwd=tree, timeout=timeout, log=log,
+                       stdin_text=splat.text, stderr_to_log=True)
+    except (OSError, HarnessError):
+        return None
+    _note(log, f"timed out after {timeout:.0f} s\n" if res.timed_out else f"exit status {res.returncode}\n")
+    if res.timed_out or res.returncode != 0 or not res.output.strip():
+        return None
+    return res.output
+
+
+def _note(log: Path, text: str) -> None:
+    try:
+        with open(log, "a") as f:
+            f.write(text)
+    except OSError:
+        pass

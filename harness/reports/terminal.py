@@ -1,0 +1,65 @@
+"""What a run prints at its end: the summary table and, over several
+profiles, the matrix; the one table of colours for statuses and verdicts."""
+
+from __future__ import annotations
+
+import re
+
+from harness.reports.results import BAD, STATUSES, RunRecord
+
+COLORS = {"pass": "green", "fail": "red", "skip": "yellow", "timeout": "red", "crash": "bold red",
+          "notrun": "magenta"}
+
+
+def verdict_color(verdict: str) -> str:
+    return {"pass": "green", "fail": "red"}.get(verdict, "bold red")
+
+
+def summary_table(run: RunRecord, console=None, show_passed: bool = True) -> None:
+    """The terminal summary: one row per test, then counts and the verdict."""
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    console = console or Console(stderr=False)
+    table = Table(title=f"iommufd-harness: suite {run.suite} on {run.profile} "
+                        f"(kernel {run.kernel.get('version', '?')})", show_lines=False)
+    table.add_column("test")
+    table.add_column("status")
+    table.add_column("time", justify="right")
+    table.add_column("note", overflow="fold")
+    for t in run.tests:
+        if not show_passed and t.status == "pass":
+            continue
+        note = t.reason or (first_failure_line(t.log) if t.status in BAD else "")
+        table.add_row(escape(t.name), f"[{COLORS[t.status]}]{t.status}[/]", f"{t.duration_s:.1f}s", escape(note))
+    console.print(table)
+    c = run.counts()
+    counts = ", ".join(f"{c[s]} {s}" for s in STATUSES if c[s])
+    color = verdict_color(run.verdict)
+    console.print(f"[{color}]verdict: {run.verdict.upper()}[/]  ({counts or 'no tests'})")
+    for e in run.errors:
+        console.print(f"[bold red]error:[/] {escape(e)}", highlight=False)
+
+
+def matrix_table(runs: list[RunRecord], console=None) -> None:
+    """profile x suite -> counts, for runs over several profiles."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    table = Table(title="iommufd-harness matrix")
+    for col in ("profile", "suite", "verdict", *STATUSES):
+        table.add_column(col, justify="right" if col in STATUSES else "left")
+    for r in runs:
+        c = r.counts()
+        color = verdict_color(r.verdict)
+        table.add_row(r.profile, r.suite, f"[{color}]{r.verdict}[/]", *(str(c[s]) for s in STATUSES))
+    console.print(table)
+
+
+def first_failure_line(log: str) -> str:
+    for line in log.splitlines():
+        if re.search(r"Expected|Assertion|error|ERROR|failed", line):
+            return line.lstrip("# ").strip()[:200]
+    return ""

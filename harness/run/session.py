@@ -1,0 +1,124 @@
+"""A whole suite on a target lifecycle: list the binaries' tests, select the
+suite's, run them, and when the kernel dies (with --continue-after-crash)
+have the lifecycle reboot the target for the tests that are left; then run
+failed tests again (--rerun-failed) to tell flaky from broken.  Every result
+goes to the record and the results directory the moment it is known."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from harness import suites
+from harness.errors import HarnessError
+from harness.parse.splats import Splat
+from harness.reports import baseline
+from harness.reports.results import RunRecord, TestRecord
+from harness.reports.resultsdir import ResultsDir
+from harness.run import runner
+from harness.targets.lifecycle import Lifecycle, State
+from harness.ui import Ui
+
+MAX_REBOOTS = 3  # --continue-after-crash: at most this many reboots per run
+
+
+@dataclass(frozen=True)
+class SessionOptions:
+    tests: str | None = None  # --tests GLOB
+    per_test_timeout: float | None = None  # None: the suite's
+    continue_after_crash: bool = False
+    rerun_failed: int = 0
+
+
+class TestSession:
+    __test__ = False  # not a pytest class
+
+    def __init__(self, lifecycle: Lifecycle, suite: suites.Suite, opts: SessionOptions, record: RunRecord,
+                 sink: ResultsDir, ui: Ui):
+        self.lifecycle = lifecycle
+        self.suite = suite
+        self.opts = opts
+        self.record = record
+        self.sink = sink
+        self.ui = ui
+        self.splats: list[tuple[str | None, Splat]] = []  # (test, report); None: outside any test
+
+    def run(self) -> None:
+        target = self.lifecycle.target
+        suite = self.suite
+        available = {r.binary: runner.list_tests(target, r.binary) for r in suite.runs}
+        selection = suites.select(suite, available, self.opts.tests)
+        for miss in selection.unmatched:
+            self.ui.warn(f"suite {suite.name}: no test matches {miss}")
+        total = selection.count
+        self.ui.info(f"running {total} tests of suite {suite.name}")
+        limit = self.opts.per_test_timeout or suite.per_test_timeout
+
+        def on_result(rec: TestRecord) -> None:
+            self.record.tests.append(rec)
+            self.sink.add(rec)
+            self.ui.test_result(rec, len(self.record.tests), total)
+
+        todo = selection
+        reboots = 0
+        while True:
+            r = runner.Runner(target, limit, on_result, on_tap=self.sink.save_tap,
+                              defer_unrun=self.opts.continue_after_crash and reboots < MAX_REBOOTS)
+            try:
+                r.run(todo)
+            finally:
+                self.splats += r.splats
+                self.record.kernel["splats"] = [
+                    {"test": name, "kind": s.kind, "title": s.title, "signature": s.signature,
+                     "fatal": s.fatal} for name, s in self.splats]
+            for problem in r.tap_errors:
+                self.record.errors.append(f"inconsistent TAP from the guest: {problem}")
+            if not r.unrun:
+                break
+            # --continue-after-crash: boot again and run what is left
+            reboots += 1
+            self.ui.warn(f"{r.dead}: rebooting ({reboots} of {MAX_REBOOTS}) for {len(r.unrun)} test(s) left")
+            todo = suites.Selection({b: tuple(n for bb, n in r.unrun if bb == b)
+                                     for b in dict.fromkeys(b for b, _ in r.unrun)}, ())
+            self.lifecycle.crashed(r.dead)
+            try:
+                target = self.lifecycle.reboot()
+            except HarnessError as e:
+                self.record.errors.append(f"reboot after a crash failed: {e.message}")
+                for b, n in r.unrun:
+                    on_result(TestRecord(n, "notrun", reason=f"not run: {r.dead}; the reboot failed", binary=b))
+                r.dead = r.dead or "reboot failed"
+                break
+        if r.dead:
+            if self.lifecycle.state is State.VERIFIED:
+                self.lifecycle.crashed(r.dead)
+            self.record.errors.append(f"the target died during the run: {r.dead}")
+        elif self.opts.rerun_failed:
+            self.rerun_failed(selection, limit)
+        for name, s in self.splats:
+            where = f"during {name}" if name else "outside any test"
+            self.ui.warn(f"kernel {s.kind} {where}: {s.title}")
+
+    def rerun_failed(self, selection: suites.Selection, limit: float) -> None:
+        """Run failed and timed-out tests again, up to --rerun-failed times: one
+        that passes on a rerun is recorded as flaky (listed, never silently
+        green); a kernel crash is never rerun away."""
+        reruns: dict[str, list[TestRecord]] = {}
+        for attempt in range(1, self.opts.rerun_failed + 1):
+            todo = {t.name for t in self.record.tests if t.status in ("fail", "timeout")
+                    and not any(r.status == "pass" for r in reruns.get(t.name, []))}
+            if not todo:
+                break
+            self.ui.info(f"rerun {attempt} of {self.opts.rerun_failed}: {len(todo)} test(s)")
+            again = suites.Selection({b: tuple(n for n in names if n in todo)
+                                      for b, names in selection.tests.items() if todo & set(names)}, ())
+            rr = runner.Runner(self.lifecycle.target, limit,
+                               lambda rec: reruns.setdefault(rec.name, []).append(rec))
+            rr.run(again)
+            if rr.dead:
+                self.record.errors.append(f"the target died while rerunning failed tests: {rr.dead}")
+                break
+        for i, t in enumerate(self.record.tests):
+            if t.name in reruns:
+                self.record.tests[i] = baseline.mark_flaky(t, reruns[t.name])
+                if baseline.is_flaky(self.record.tests[i]):
+                    self.ui.warn(f"flaky: {t.name} ({self.record.tests[i].reason})")
