@@ -160,10 +160,10 @@ def configure(req: ConfigRequest, log: Path) -> ConfigResult:
 
 def model(req: ConfigRequest, cfg: Path):
     """kconfiglib's view of the tree and ``cfg`` (or why there is none)."""
-    from harness.kconfig import explain as kconfig_explain
+    from harness.kconfig import model as kconfig_model
 
-    return kconfig_explain.load_tree(req.tree, req.toolchain.kernel_arch, cfg,
-                                     kconfig_explain.toolchain_vars(req.toolchain))
+    return kconfig_model.load_tree(req.tree, req.toolchain.kernel_arch, cfg,
+                                   kconfig_model.toolchain_vars(req.toolchain))
 
 
 def explain_mismatches(req: ConfigRequest, cfg: Path, bad: list[Mismatch]) -> str:

@@ -22,20 +22,12 @@ import pytest
 from harness.stages import config as hconfig
 from harness.kconfig import fragments as kconfig
 from harness.kconfig import compat as kconfiglib_compat
-from harness.kconfig.explain import (
-    Explanation,
-    KconfigModel,
-    Unavailable,
-    explain,
-    explain_symbol,
-    load_tree,
-    report,
-    toolchain_vars,
-)
+from harness.kconfig.explain import Explanation, explain, explain_symbol, report
+from harness.kconfig.model import KconfigModel, Unavailable, load_tree, toolchain_vars
 from harness.toolchain import Toolchain
 
-REPO = Path(__file__).resolve().parent.parent
-TREE = Path(__file__).resolve().parent / "fixtures" / "kconfig-tree"
+REPO = Path(__file__).resolve().parents[2]
+TREE = Path(__file__).resolve().parents[1] / "fixtures" / "kconfig-tree"
 WORK = Path(os.environ.get("IOMMUFD_HARNESS_WORK", REPO / "work"))
 REAL_TREE = WORK / "src" / "debian-6.12"
 REAL_CONFIG = WORK / "build" / "debian-6.12" / "x86_64" / ".config"
@@ -220,10 +212,9 @@ def test_fix_is_checked_and_completed(tmp_path):
 
 
 def test_a_proposal_kconfiglib_rejects_is_flagged(tmp_path, monkeypatch):
-    from harness.kconfig import explain as kconfig_explain
+    from harness.kconfig import planner
 
-    monkeypatch.setattr(kconfig_explain, "_plan",
-                        lambda model, sym, goal, depth: kconfig_explain._Plan(("CONFIG_EXPERT=y",)))
+    monkeypatch.setattr(planner, "plan", lambda model, sym, goal, depth: planner.Plan(("CONFIG_EXPERT=y",)))
     model = load(tmp_path, IOMMUFD_CONFIG.replace("CONFIG_FAULT_INJECTION=y\n", ""))
     e = one(model, "CONFIG_IOMMUFD_TEST", "y")
     assert e.fix == ("CONFIG_EXPERT=y",)
