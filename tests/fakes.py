@@ -32,9 +32,10 @@ class LocalTarget:
     name = "local"
     layout = IMAGE_LAYOUT
 
-    def __init__(self, bindir: Path, console: Path | None = None):
+    def __init__(self, bindir: Path, console: Path | None = None, crash_on: str | None = None):
         self.bindir = bindir
         self.dead: str | None = None
+        self.crash_on = crash_on  # the "kernel" dies when this test starts
         self.commands: list[tuple[str, ...]] = []
         # the "kernel log": the fake selftest appends a WARN here for tests named *warns*
         self.console = console or Path(tempfile.mkstemp(prefix="fake-console-")[1])
@@ -78,9 +79,12 @@ class LocalTarget:
                 data_all[kind] += chunk
                 bufs[kind] += chunk
                 *lines, bufs[kind] = bufs[kind].split(b"\n")
-                if cb:
-                    for line in lines:
-                        cb(line.decode(errors="replace"))
+                for line in lines:
+                    text = line.decode(errors="replace")
+                    if self.crash_on and kind == "out" and f"RUN           {self.crash_on} " in text:
+                        self.dead = "the guest kernel panicked"
+                    if cb:
+                        cb(text)
         status = None
         if self.dead:  # the "machine" is gone, and its processes with it
             os.killpg(p.pid, 9)
@@ -122,13 +126,13 @@ class LocalLifecycle(Lifecycle):
 
     kind = "local"
 
-    def __init__(self, bindir: Path, console: Path | None = None):
+    def __init__(self, bindir: Path, console: Path | None = None, crash_on: str | None = None):
         super().__init__("local", Expect(None, "", 0))
-        self.bindir, self.console = bindir, console
+        self.bindir, self.console, self.crash_on = bindir, console, crash_on
         self.torn_down = 0
 
-    def _boot(self):
-        return LocalTarget(self.bindir, self.console)
+    def _boot(self):  # only the first boot's "kernel" has the crash
+        return LocalTarget(self.bindir, self.console, crash_on=self.crash_on if not self.boots else None)
 
     _reboot = _boot
 

@@ -43,19 +43,6 @@ def test_unknown_profile_lists_the_known_ones():
     assert "x86_64-vtd" in e.value.hint
 
 
-def test_console_watcher_spots_a_panic(tmp_path):
-    log = tmp_path / "console.log"
-    log.write_text("[    0.1] booting\n")
-    w = qemu.ConsoleWatcher(log)
-    w.poll()
-    assert w.panic_at is None
-    with open(log, "a") as f:
-        f.write("[    2.0] Kernel panic - not syncing: Attempted to kill init!\n[    2.1] ---[ end Kernel panic ]---\n")
-    w.poll()
-    assert w.panic_at is not None
-    assert "Attempted to kill init" in w.excerpt()
-
-
 def test_arm64_smmuv3_profile_command_line_golden():
     assert _argv("arm64-smmuv3") == [
         "qemu-system-aarch64", "-S", "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",

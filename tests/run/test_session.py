@@ -1,0 +1,61 @@
+"""A suite on a lifecycle: a crash, the reboot for the tests left, and a
+target that cannot be rebooted."""
+
+from fakes import LocalLifecycle
+
+from harness import suites
+from harness.pipeline import Options, new_record
+from harness.reports.resultsdir import ResultsDir
+from harness.run.session import SessionOptions, TestSession
+from harness.targets.lifecycle import Lifecycle, State
+from harness.ui import Ui
+
+SUITE = suites.Suite("t", "", (suites.SuiteRun("iommufd", ("iommufd_ioas.*",)),), 10.0)
+PICK = "*.no_domain.access_pin,*.no_domain.hangs,*.mock_domain.access_pin"
+HANGS = "iommufd_ioas.no_domain.hangs"  # the "kernel" dies while it runs
+
+
+def _session(lifecycle, tmp_path, **kw):
+    record = new_record(Options(work=tmp_path / "w"))
+    return TestSession(lifecycle, SUITE, SessionOptions(tests=PICK, **kw), record, ResultsDir(tmp_path / "r"),
+                       Ui(quiet=True)), record
+
+
+def _statuses(record):
+    return [(t.name.rsplit(".", 1)[1], t.status) for t in record.tests]
+
+
+def test_crash_reboots_and_runs_the_tests_left(fake_selftests, tmp_path):
+    lc = LocalLifecycle(fake_selftests, crash_on=HANGS)
+    session, record = _session(lc, tmp_path, continue_after_crash=True)
+    with lc:
+        lc.up()
+        session.run()
+        assert lc.state is State.VERIFIED and lc.boots == 2
+    assert _statuses(record) == [("access_pin", "pass"), ("hangs", "crash"), ("access_pin", "pass")]
+    assert [t for t, _ in lc.history] == ["boot", "verify", "crashed", "reboot", "verify", "teardown"]
+
+
+def test_without_continue_the_rest_is_notrun_and_the_target_crashed(fake_selftests, tmp_path):
+    lc = LocalLifecycle(fake_selftests, crash_on=HANGS)
+    session, record = _session(lc, tmp_path)
+    with lc:
+        lc.up()
+        session.run()
+        assert lc.state is State.CRASHED and lc.boots == 1
+    assert _statuses(record) == [("access_pin", "pass"), ("hangs", "crash"), ("access_pin", "notrun")]
+    assert record.errors == ["the target died during the run: the guest kernel panicked"]
+
+
+def test_a_target_that_cannot_reboot_leaves_the_rest_notrun(fake_selftests, tmp_path):
+    class Board(LocalLifecycle):
+        _reboot = Lifecycle._reboot
+
+    lc = Board(fake_selftests, crash_on=HANGS)
+    session, record = _session(lc, tmp_path, continue_after_crash=True)
+    with lc:
+        lc.up()
+        session.run()
+    assert _statuses(record) == [("access_pin", "pass"), ("hangs", "crash"), ("access_pin", "notrun")]
+    assert "the reboot failed" in record.tests[2].reason
+    assert any(e.startswith("reboot after a crash failed: local cannot be rebooted") for e in record.errors)

@@ -1,0 +1,82 @@
+"""The target lifecycle: its states, the transitions allowed between them,
+and teardown whatever happens."""
+
+import pytest
+
+from fakes import LocalLifecycle
+
+from harness.errors import HarnessError, TargetError
+from harness.targets.lifecycle import TRANSITIONS, Lifecycle, LifecycleError, State
+from harness.targets.verify import Expect
+
+
+def test_boot_verify_crash_reboot_teardown(fake_selftests):
+    lc = LocalLifecycle(fake_selftests)
+    assert lc.state is State.OFF
+    first = lc.boot()
+    assert lc.state is State.BOOTED and lc.target is first
+    lc.verify()
+    assert lc.state is State.VERIFIED and lc.info.kernel_release == "fake"
+    lc.crashed("the guest kernel panicked")
+    assert lc.state is State.CRASHED and lc.crash == "the guest kernel panicked"
+    second = lc.reboot()  # reboot verifies the new target before handing it out
+    assert second is not first and lc.state is State.VERIFIED and lc.boots == 2
+    lc.teardown()
+    assert lc.state is State.OFF and lc.torn_down == 1
+    assert [t for t, _ in lc.history] == ["boot", "verify", "crashed", "reboot", "verify", "teardown"]
+    with pytest.raises(LifecycleError, match="there is no target"):
+        lc.target
+
+
+@pytest.mark.parametrize("transition,prepare", [
+    ("verify", []), ("crashed", []), ("reboot", []),
+    ("boot", ["boot"]), ("crashed", ["boot"]), ("reboot", ["boot", "verify"]),
+])
+def test_transitions_out_of_order_are_refused(fake_selftests, transition, prepare):
+    lc = LocalLifecycle(fake_selftests)
+    for step in prepare:
+        getattr(lc, step)()
+    before = lc.state
+    with pytest.raises(LifecycleError, match=f"cannot {transition}"):
+        getattr(lc, transition)(*(["why"] if transition == "crashed" else []))
+    assert lc.state is before
+
+
+def test_teardown_runs_from_every_state_and_on_errors(fake_selftests):
+    for state in State:
+        assert state in TRANSITIONS["teardown"][0]
+    lc = LocalLifecycle(fake_selftests)
+    with pytest.raises(RuntimeError):
+        with lc:
+            lc.up()
+            raise RuntimeError("the tests blew up")
+    assert lc.state is State.OFF and lc.torn_down == 1
+
+
+def test_a_failed_boot_stays_off_and_is_still_torn_down():
+    class Broken(Lifecycle):
+        torn = False
+
+        def _boot(self):
+            raise TargetError("QEMU did not start")
+
+        def _teardown(self):
+            self.torn = True
+
+    lc = Broken("broken", Expect(None, "", 0))
+    with pytest.raises(HarnessError, match="QEMU did not start"):
+        with lc:
+            lc.up()
+    assert lc.state is State.OFF and lc.torn and lc.boots == 0
+
+
+def test_a_target_that_cannot_reboot_says_so(fake_selftests):
+    class Once(LocalLifecycle):
+        _reboot = Lifecycle._reboot
+
+    lc = Once(fake_selftests)
+    lc.up()
+    lc.crashed("gone")
+    with pytest.raises(TargetError, match="cannot be rebooted"):
+        lc.reboot()
+    assert lc.state is State.CRASHED
