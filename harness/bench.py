@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from harness import proc
 
 BUDGETS = {"cold": 20 * 60, "warm": 60}
 
@@ -22,16 +22,16 @@ BUDGETS = {"cold": 20 * 60, "warm": 60}
 def timed_run(work: Path, extra: list[str], cold: bool) -> tuple[float, dict, int]:
     results = Path(tempfile.mkdtemp(prefix="iommufd-bench-")) / "results"
     # a cold run must not be helped by objects ccache kept from earlier builds
-    env = dict(os.environ, CCACHE_DISABLE="1") if cold else None
+    env = {"CCACHE_DISABLE": "1"} if cold else None
     t0 = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "harness", "run", "--quiet", "--work", str(work),
-                           "--results", str(results), *extra], env=env)
+    res = proc.run([sys.executable, "-m", "harness", "run", "--quiet", "--work", work, "--results", results,
+                    *extra], env=env, log=results.parent / "bench.log", keep_output=False)
     elapsed = time.monotonic() - t0
     try:
         data = json.loads((results / "results.json").read_text())
     except (OSError, ValueError):
         data = {}
-    return elapsed, data, proc.returncode
+    return elapsed, data, res.returncode
 
 
 def main(argv: list[str] | None = None) -> int:

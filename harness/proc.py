@@ -47,9 +47,10 @@ def require_tool(name: str) -> str:
 class Completed:
     argv: tuple[str, ...]
     returncode: int
-    output: str  # combined stdout+stderr (also in ``log`` when one was given)
+    output: str  # combined stdout+stderr (also in ``log`` when one was given); stdout with split_stderr
     timed_out: bool
     log: Path | None
+    stderr: str = ""  # with split_stderr
 
 
 def run(
@@ -63,14 +64,14 @@ def run(
     what: str | None = None,
     keep_output: bool = True,
     stdin_text: str | None = None,
-    stderr_to_log: bool = False,
+    split_stderr: bool = False,
 ) -> Completed:
     """Run ``argv`` in a process group of its own, with a wall-clock
     ``timeout`` that kills the whole group.
 
     stdin is closed, or carries ``stdin_text``.  stdout and stderr go to
     ``log`` (appended) when given and are also returned as ``output``; with
-    ``stderr_to_log`` stderr goes to the log only and ``output`` is stdout.
+    ``split_stderr`` ``output`` is stdout alone and stderr is ``stderr``.
     With ``error`` set, a non-zero exit or a timeout raises that error class
     naming ``what`` and the log path.
     """
@@ -91,7 +92,7 @@ def run(
             env=full_env,
             stdin=subprocess.DEVNULL if stdin_text is None else subprocess.PIPE,
             stdout=subprocess.PIPE,
-            stderr=(logf or subprocess.DEVNULL) if stderr_to_log else subprocess.STDOUT,
+            stderr=subprocess.PIPE if split_stderr else subprocess.STDOUT,
             start_new_session=True,
         )
     except FileNotFoundError:
@@ -100,11 +101,12 @@ def run(
         require_tool(argv[0])
         raise
     chunks: list[bytes] = []
+    err_chunks: list[bytes] = []
     timed_out = False
     if stdin_text is not None:
         _feed(proc, stdin_text)
     try:
-        _communicate(proc, timeout, logf, chunks if keep_output else None)
+        _communicate(proc, timeout, logf, chunks if keep_output else None, err_chunks)
     except subprocess.TimeoutExpired:
         timed_out = True
         _kill_group(proc)
@@ -117,7 +119,8 @@ def run(
         if logf:
             logf.close()
     text = b"".join(chunks).decode(errors="replace")
-    result = Completed(tuple(argv), proc.returncode, text, timed_out, log)
+    result = Completed(tuple(argv), proc.returncode, text, timed_out, log,
+                       b"".join(err_chunks).decode(errors="replace"))
     if error is not None and (timed_out or proc.returncode != 0):
         name = what or Path(argv[0]).name
         why = f"timed out after {timeout:.0f} s" if timed_out else f"exited with {proc.returncode}"
@@ -126,29 +129,31 @@ def run(
     return result
 
 
-def _communicate(proc, timeout, logf, chunks) -> None:
-    """Copy the merged output to the log (and ``chunks``) until EOF, then
-    wait for the exit; raises TimeoutExpired when ``timeout`` runs out."""
+def _communicate(proc, timeout, logf, chunks, err_chunks) -> None:
+    """Copy the output to the log (and ``chunks``; stderr, when it has a pipe
+    of its own, to ``err_chunks``) until EOF, then wait for the exit; raises
+    TimeoutExpired when ``timeout`` runs out."""
     import selectors
     import time
 
     deadline = None if timeout is None else time.monotonic() + timeout
     sel = selectors.DefaultSelector()
-    sel.register(proc.stdout, selectors.EVENT_READ)
-    while True:
+    sel.register(proc.stdout, selectors.EVENT_READ, chunks)
+    if proc.stderr is not None:
+        sel.register(proc.stderr, selectors.EVENT_READ, err_chunks)
+    while sel.get_map():
         left = None if deadline is None else deadline - time.monotonic()
         if left is not None and left <= 0:
             raise subprocess.TimeoutExpired(proc.args, timeout)
-        events = sel.select(timeout=left if left is None else min(left, 1.0))
-        if not events:
-            continue
-        data = os.read(proc.stdout.fileno(), 65536)
-        if not data:
-            break
-        if logf:
-            logf.write(data)
-        if chunks is not None:
-            chunks.append(data)
+        for key, _ in sel.select(timeout=left if left is None else min(left, 1.0)):
+            data = os.read(key.fileobj.fileno(), 65536)
+            if not data:
+                sel.unregister(key.fileobj)
+                continue
+            if logf:
+                logf.write(data)
+            if key.data is not None:
+                key.data.append(data)
     sel.close()
     left = None if deadline is None else max(0.1, deadline - time.monotonic())
     proc.wait(timeout=left)

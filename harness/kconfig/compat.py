@@ -33,7 +33,6 @@ import os
 import re
 import shlex
 import shutil
-import subprocess
 import tempfile
 import threading
 from collections.abc import Iterator, Mapping
@@ -42,10 +41,9 @@ from pathlib import Path
 
 import kconfiglib
 
-# Kernel ARCH -> the arch/ directory holding its Kconfig (the top Makefile's
-# SRCARCH mapping).
-_SRCARCH = {"i386": "x86", "x86_64": "x86", "sparc32": "sparc", "sparc64": "sparc",
-            "parisc64": "parisc", "sh64": "sh"}
+from harness import arches, proc
+from harness.errors import HarnessError
+
 _VERSION_VAR = re.compile(r"^(VERSION|PATCHLEVEL|SUBLEVEL|EXTRAVERSION)\s*=[ \t]*(\S*)", re.MULTILINE)
 SHELL_TIMEOUT_S = 60
 # kconfiglib reads $srctree from os.environ while it constructs the object;
@@ -58,8 +56,9 @@ class CompatError(Exception):
 
 
 def srcarch(arch: str) -> str:
-    """The arch/ directory name Kbuild uses for ``ARCH=arch``."""
-    return _SRCARCH.get(arch, arch)
+    """The arch/ directory name Kbuild uses for ``ARCH=arch``: from arches/,
+    else ARCH itself (the top Makefile's default)."""
+    return next((a.srcarch for a in map(arches.load, arches.available()) if a.kernel_arch == arch), arch)
 
 
 def kernel_version(tree: Path) -> str:
@@ -81,11 +80,11 @@ def _first_line(argv: str, env: Mapping[str, str]) -> str:
     """First line of ``argv --version``, '#' removed, like the Makefile's
     CC_VERSION_TEXT; "" when the tool is missing."""
     try:
-        res = subprocess.run(shlex.split(argv) + ["--version"], capture_output=True, text=True,
-                             env={**env, "LC_ALL": "C"}, timeout=SHELL_TIMEOUT_S, check=False)
-    except (OSError, subprocess.SubprocessError, ValueError):
+        res = proc.run(shlex.split(argv) + ["--version"], env={**env, "LC_ALL": "C"}, timeout=SHELL_TIMEOUT_S,
+                       split_stderr=True)
+    except (OSError, HarnessError, ValueError):
         return ""
-    lines = res.stdout.splitlines()
+    lines = res.output.splitlines()
     return lines[0].replace("#", "") if lines else ""
 
 
@@ -214,15 +213,13 @@ class CompatKconfig(kconfiglib.Kconfig):
         """``$(shell,command)`` as Kbuild runs it; output post-processed the
         way kconfiglib's own implementation does."""
         self.shell_calls += 1
-        try:
-            res = subprocess.run(command, shell=True, capture_output=True, env=self._compat_env,
-                                 cwd=self._compat_workdir, timeout=SHELL_TIMEOUT_S, check=False)
-        except subprocess.TimeoutExpired:
+        res = proc.run(["/bin/sh", "-c", command], env=self._compat_env, cwd=self._compat_workdir,
+                       timeout=SHELL_TIMEOUT_S, split_stderr=True)
+        if res.timed_out:
             raise kconfiglib.KconfigError(
                 f"{self.filename}:{self.linenr}: $(shell,{command}) did not finish in "
-                f"{SHELL_TIMEOUT_S}s") from None
-        stdout = res.stdout.decode("utf-8", "replace")
-        stderr = res.stderr.decode("utf-8", "replace")
+                f"{SHELL_TIMEOUT_S}s")
+        stdout, stderr = res.output, res.stderr
         if stderr:
             self._warn(f"'{command}' wrote to stderr: {' '.join(stderr.splitlines())}",
                        self.filename, self.linenr)

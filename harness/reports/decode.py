@@ -24,7 +24,7 @@ def decode(splat: Splat, tree: Path, vmlinux: Path, log: Path, timeout: float = 
         return None
     try:
         res = proc.run([bash, script, vmlinux, tree], cwd=tree, timeout=timeout, log=log,
-                       stdin_text=splat.text, stderr_to_log=True)
+                       stdin_text=splat.text, split_stderr=True)
     except (OSError, HarnessError):
         return None
     _note(log, f"timed out after {timeout:.0f} s\n" if res.timed_out else f"exit status {res.returncode}\n")

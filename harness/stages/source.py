@@ -10,13 +10,12 @@ from __future__ import annotations
 import hashlib
 import re
 import shutil
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from harness import proc
-from harness.errors import SourceError
+from harness.errors import HarnessError, SourceError
 from harness.workdir import WorkDir
 
 DEBIAN_PACKAGE = "linux-source-6.12"
@@ -207,18 +206,17 @@ def _rsync_escape(rel: str) -> str:
 
 
 def _dpkg_version(package: str) -> str | None:
-    try:
-        out = subprocess.run(["dpkg-query", "-W", "-f", "${Version}", package],
-                             capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return out.stdout.strip() if out.returncode == 0 else None
+    return _first_output(["dpkg-query", "-W", "-f", "${Version}", package])
 
 
 def _git_describe(path: Path) -> str | None:
+    return _first_output(["git", "-C", str(path), "describe", "--always", "--dirty", "--abbrev=12"])
+
+
+def _first_output(argv: list[str]) -> str | None:
+    """What a query command printed on stdout, or None if it failed."""
     try:
-        out = subprocess.run(["git", "-C", str(path), "describe", "--always", "--dirty", "--abbrev=12"],
-                             capture_output=True, text=True, timeout=60)
-    except (OSError, subprocess.TimeoutExpired):
+        res = proc.run(argv, timeout=60, split_stderr=True)
+    except (OSError, HarnessError):
         return None
-    return out.stdout.strip() if out.returncode == 0 else None
+    return res.output.strip() if res.returncode == 0 and not res.timed_out else None
