@@ -7,13 +7,15 @@ VENV := .venv
 BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
-# Host tools: kernel build (native and arm64 cross), guest image, QEMU, and
-# Debian's kernel source.  arm64 guest userland comes from Debian's arm64
-# packages, so dpkg learns that architecture too (nothing arm64 is installed).
+# Host tools: kernel build, guest image, and Debian's kernel source; per
+# architecture (arches/*.toml) QEMU and, for the other architectures, a cross
+# compiler.  Their guest userland comes from Debian's packages of that
+# architecture, so dpkg learns it too (nothing of it is installed).
+ARCH_FACTS = $(PYTHON) -m harness.arches
 APT_PACKAGES := build-essential flex bison bc libelf-dev libssl-dev cpio rsync patch \
-	xz-utils git dpkg-dev ccache qemu-system-x86 qemu-system-arm gcc-aarch64-linux-gnu libc6-dev-arm64-cross \
-	linux-source-6.12 python3-venv
-FOREIGN_ARCHES := arm64
+	xz-utils git dpkg-dev ccache linux-source-6.12 python3-venv \
+	$(shell $(ARCH_FACTS) packages)
+FOREIGN_ARCHES := $(shell $(ARCH_FACTS) foreign)
 
 HARNESS_ARGS ?=
 PYTEST_ARGS ?=
@@ -30,6 +32,7 @@ help:
 setup: setup-apt setup-venv
 
 setup-apt:
+	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) is needed (apt-get install python3)"; exit 1; }
 	@update=; \
 	for a in $(FOREIGN_ARCHES); do \
 		dpkg --print-foreign-architectures | grep -qx $$a || { $(SUDO) dpkg --add-architecture $$a; update=1; }; \

@@ -13,7 +13,7 @@ import signal
 import sys
 from pathlib import Path
 
-from harness import __version__, data, jobs, profiles, suites
+from harness import __version__, arches, data, jobs, profiles, suites
 from harness.errors import EXIT_ERROR, EXIT_INTERRUPTED, HarnessError, InputError
 from harness.kconfig import fragments as kconfig
 from harness.pipeline import Options
@@ -113,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("config", help="only patch and configure; show symbols, or explain why one has its value")
     _common(p, tests=False)
-    p.add_argument("--arch", choices=["x86_64", "arm64"],
+    p.add_argument("--arch", choices=arches.available(),
                    help="configure the guest kernel of this architecture (its first profile)")
     p.add_argument("--show", action="append", default=[], metavar="GLOB",
                    help="print the final value of matching symbols, e.g. 'IOMMUFD*' (repeatable)")

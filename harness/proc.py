@@ -116,6 +116,9 @@ def run(
         proc.wait()
         raise
     finally:
+        for pipe in (proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()
         if logf:
             logf.close()
     text = b"".join(chunks).decode(errors="replace")

@@ -1,0 +1,50 @@
+"""The tool as a user installs it: a wheel built from this checkout, used
+from another directory, finds its profiles, suites, fragments, patches and
+architecture files inside the installed package."""
+
+import os
+import site
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_installed_wheel_works_from_any_directory(tmp_path):
+    wheels = tmp_path / "wheels"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(wheels), str(REPO)],
+                   check=True, capture_output=True, timeout=600)
+    [wheel] = wheels.glob("iommufd_harness-*.whl")
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(wheel)],
+                   check=True, capture_output=True, timeout=600)
+    # -S: the checkout's editable install stays out of sight; the
+    # dependencies come from this venv's site-packages
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(target), *site.getsitepackages()])}
+    env.pop("IOMMUFD_HARNESS_WORK", None)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+
+    def harness(*args):
+        return subprocess.run([sys.executable, "-S", "-m", "harness", *args], cwd=elsewhere, env=env,
+                              capture_output=True, text=True, timeout=120)
+
+    where = subprocess.run([sys.executable, "-S", "-c", "import harness.data as d; print(d.__file__); "
+                            "print(d.folder('qemu-images')); print(d.checkout())"],
+                           cwd=elsewhere, env=env, capture_output=True, text=True, check=True).stdout.split()
+    assert all(p.startswith(str(target)) for p in where[:2]) and where[2] == "None", where
+    res = harness("profiles")
+    assert res.returncode == 0, res.stderr
+    assert {line.split()[0] for line in res.stdout.splitlines()} >= {"x86_64-vtd", "arm64-smmuv3", "board-arm64"}
+    res = harness("suites")
+    assert res.returncode == 0 and "access" in res.stdout
+    # a profile of the user's own, outside the package, naming the packaged fragments
+    mine = elsewhere / "my-vtd.toml"
+    mine.write_text((REPO / "qemu-images/profiles/x86_64-vtd.toml").read_text())
+    res = harness("run", "--profile", str(mine), "--kernel-src", str(elsewhere / "no-tree"))
+    assert res.returncode == 2 and "kernel source" in res.stderr and "does not exist" in res.stderr, res.stderr
+    assert (elsewhere / "work").is_dir()  # an installed tool works in ./work
