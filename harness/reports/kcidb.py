@@ -29,7 +29,7 @@ timeout    ERROR   the test did not complete; the code's state is unknown
 notrun     MISS    not run because of an earlier crash or a harness problem
 =========  ======  =========================================================
 
-Flaky tests (see :mod:`harness.baseline`) are PASS with ``misc.flaky``.
+Flaky tests (see :mod:`harness.reports.baseline`) are PASS with ``misc.flaky``.
 """
 
 from __future__ import annotations

@@ -153,7 +153,7 @@ def _splats(splats: list) -> list[str]:
             line += f", signature {code(s['signature'], 80)}"
         out.append(line)
         text = [ln for ln in str(s.get("text") or "").splitlines() if ln.strip()]
-        if text:  # the report's own first lines (harness.splats.Splat.text), indented into the item
+        if text:  # the report's own first lines (harness.parse.splats.Splat.text), indented into the item
             shown = [ln[:200] for ln in text[:MAX_LINES]] + ([f"[... {len(text) - MAX_LINES} more lines]"]
                                                               if len(text) > MAX_LINES else [])
             out += ["", *("  " + ln for ln in block(shown).splitlines()), ""]
@@ -207,7 +207,7 @@ def render(run: RunRecord, comparison: Comparison | None, splats: list | None = 
     """summary.md for ``run``; with ``comparison`` the headline is the gate
     verdict (what changed), else the run's own verdict.  ``splats`` defaults
     to ``run.kernel["splats"]``: dicts with kind, title, signature, test and
-    optionally text (the report's lines), as harness.splats finds them."""
+    optionally text (the report's lines), as harness.parse.splats finds them."""
     if splats is None:
         splats = run.kernel.get("splats", []) or []
     c = run.counts()
