@@ -8,11 +8,10 @@ import dataclasses
 import time
 from pathlib import Path
 
-from harness import profiles, suites
+from harness import proc, profiles, suites
 from harness.errors import EXIT_INTERRUPTED, HarnessError, InputError
 from harness.kconfig import fragments as kconfig
 from harness.parse.testlist import parse_list
-from harness import proc
 from harness.pipeline import Options, Pipeline, Prepared, new_record, results_dir_for
 from harness.reports import markdown
 from harness.reports.repro import reproducer

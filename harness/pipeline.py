@@ -20,9 +20,9 @@ from pathlib import Path
 
 from harness import __version__, data, profiles, suites
 from harness.errors import HarnessError, InputError
+from harness.parse.splats import Splat
 from harness.reports.decode import decode
 from harness.reports.results import RunRecord, clean
-from harness.parse.splats import Splat
 from harness.stages import build, config, image, patches, source
 from harness.targets.board import BoardLifecycle, BoardSpec
 from harness.targets.lifecycle import Lifecycle

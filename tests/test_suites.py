@@ -1,8 +1,8 @@
 import pytest
 
 from harness import suites
-from harness.parse.testlist import parse_list
 from harness.errors import InputError
+from harness.parse.testlist import parse_list
 
 
 def test_parse_list_golden_6_12(golden):

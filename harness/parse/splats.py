@@ -32,7 +32,6 @@ gives the same reports as ``scan`` on the whole text, each exactly once.
 from __future__ import annotations
 
 import itertools
-import re
 from collections import deque
 from dataclasses import dataclass, field, replace
 

@@ -38,8 +38,8 @@ import hashlib
 import re
 from pathlib import Path
 
-from harness.reports.baseline import is_flaky
 from harness.errors import HarnessError, ToolMissing
+from harness.reports.baseline import is_flaky
 from harness.reports.results import RunRecord
 
 ORIGIN = "iommufd_harness"

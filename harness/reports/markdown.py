@@ -11,12 +11,11 @@ so guest output cannot inject links, HTML or mentions into the comment.
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 
-from harness.reports.baseline import Change, Comparison, compare, is_flaky, load_baseline
 from harness.errors import InputError, ToolMissing
+from harness.reports.baseline import Change, Comparison, compare, is_flaky, load_baseline
 from harness.reports.junit import junit_xml
 from harness.reports.repro import reproducer
 from harness.reports.results import BAD, STATUSES, RunRecord, TestRecord

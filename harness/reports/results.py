@@ -3,10 +3,8 @@ its provenance, and the verdict (schema of results.json in docs/results.md)."""
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 from harness.errors import EXIT_ERROR, EXIT_FAIL, EXIT_PASS
 

@@ -15,9 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness import proc
-
-from harness.kconfig import fragments as kconfig
 from harness.errors import ConfigError
+from harness.kconfig import fragments as kconfig
 from harness.toolchain import Toolchain
 
 INPUTS_FILE = ".harness-config-inputs.json"

@@ -20,8 +20,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from harness import arches, elfinfo, proc
-from harness.stages.cpio import CpioWriter
 from harness.errors import ImageError
+from harness.stages.cpio import CpioWriter
 from harness.targets.base import IMAGE_LAYOUT
 
 GUEST_SELFTEST_DIR = IMAGE_LAYOUT.selftest_dir

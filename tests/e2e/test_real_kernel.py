@@ -179,9 +179,7 @@ def test_two_vms_at_once_do_not_collide(first_run, tmp_path):
     import threading
 
     from harness import profiles
-
     from harness.stages import image
-
     from harness.targets import qemu
     from harness.targets.ssh import SshClient
 

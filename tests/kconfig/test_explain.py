@@ -19,11 +19,11 @@ from pathlib import Path
 import kconfiglib
 import pytest
 
-from harness.stages import config as hconfig
-from harness.kconfig import fragments as kconfig
 from harness.kconfig import compat as kconfiglib_compat
+from harness.kconfig import fragments as kconfig
 from harness.kconfig.explain import Explanation, explain, explain_symbol, report
 from harness.kconfig.model import KconfigModel, Unavailable, load_tree, toolchain_vars
+from harness.stages import config as hconfig
 from harness.toolchain import Toolchain
 
 REPO = Path(__file__).resolve().parents[2]

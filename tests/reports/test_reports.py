@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from markdown_it import MarkdownIt
 
+from harness.errors import InputError, ToolMissing
 from harness.reports import kcidb
 from harness.reports.baseline import compare, from_run, load_baseline, mark_flaky
-from harness.errors import InputError, ToolMissing
 from harness.reports.markdown import block, code, failure_lines, render, rerender
 from harness.reports.results import RunRecord, TestRecord
 

@@ -5,16 +5,13 @@ import os
 import pytest
 
 from harness import profiles
-
-from harness.stages import build
-
-from harness.stages import config
-
-from harness.stages import source
 from harness.errors import BuildError, ConfigError, SourceError
+from harness.errors import InputError
+from harness.stages import build
+from harness.stages import config
+from harness.stages import source
 from harness.toolchain import Toolchain
 from harness.workdir import WorkDir, WorkLock
-from harness.errors import InputError
 
 
 def _configure(tree, bdir, extra=()):

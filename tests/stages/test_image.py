@@ -7,10 +7,9 @@ from pathlib import Path
 import pytest
 
 from harness import elfinfo
-
+from harness.errors import BuildError, ImageError
 from harness.stages import image
 from harness.stages.cpio import CpioWriter, read_entries
-from harness.errors import BuildError, ImageError
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -3,10 +3,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.stages import patches
-
-from harness.stages import source
 from harness.errors import PatchError
+from harness.stages import patches
+from harness.stages import source
 
 MAIN_C = "drivers/iommu/iommufd/main.c"
 

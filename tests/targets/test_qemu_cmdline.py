@@ -3,9 +3,8 @@ from pathlib import Path
 import pytest
 
 from harness import profiles
-
-from harness.targets import qemu
 from harness.errors import InputError
+from harness.targets import qemu
 
 
 def _argv(name):

@@ -9,8 +9,8 @@ import time
 import paramiko
 import pytest
 
-from harness.stages import image
 from harness.errors import TargetError
+from harness.stages import image
 from harness.targets.ssh import SshClient
 
 
