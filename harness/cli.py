@@ -168,7 +168,12 @@ def options(args) -> Options:
 
 def cmd_run(args, ui: Ui) -> int:
     opts = options(args)
-    matrix = [p.strip() for p in args.profiles.split(",") if p.strip()] if args.profiles else None
+    matrix = None
+    if args.profiles is not None:
+        matrix = [p.strip() for p in args.profiles.split(",") if p.strip()]
+        if not matrix:
+            raise InputError(f"--profiles {args.profiles!r} names no profile",
+                             f"pass profile names separated by commas; available: {', '.join(profiles.available())}")
     return jobs.run(opts, ui, matrix)
 
 

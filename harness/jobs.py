@@ -51,6 +51,7 @@ def run(opts: Options, ui: Ui, matrix: list[str] | None = None) -> int:
     validate(opts)
     work = WorkDir(opts.work).prepare()
     if len(names) == 1:
+        opts = dataclasses.replace(opts, profile=names[0])  # --profiles with one name runs that one
         results_path = results_dir_for(opts, work)
         with WorkLock(work):
             record, interrupted = run_one(opts, ui, results_path)
@@ -120,7 +121,7 @@ def render_reports(ui: Ui, results_path: Path, baseline: Path | None) -> str | N
     """summary.md, kcidb.json (and comparison.json against a baseline) from
     what was written; returns the gate verdict when there is a baseline."""
     try:
-        comparison, _ = markdown.rerender(results_path, baseline)
+        comparison, _ = markdown.rerender(results_path, baseline, warn=ui.warn)
     except HarnessError as e:
         ui.warn(f"reports: {e.message}")
         return "error" if baseline else None

@@ -1,5 +1,6 @@
 """User errors end with one clear message and exit 2, never a traceback."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +22,8 @@ def harness(*args, work):
     (["run", "--patches", "/nonexistent.patch"], "patch input /nonexistent.patch does not exist"),
     (["build", "--kernel-src", "/etc"], "/etc is not a Linux kernel tree"),
     (["build", "--kconfig-add", "IOMMUFD"], "not a Kconfig setting"),
+    (["run", "--profiles", ","], "--profiles ',' names no profile"),
+    (["run", "--profiles", "x86_64-vtd,nope"], "unknown profile 'nope'"),
 ])
 def test_bad_input_exit_2_with_a_message(args, message, tmp_path):
     res = harness(*args, work=tmp_path / "w")
@@ -72,3 +75,11 @@ def test_disk_full_is_a_clear_error(fake_kernel, tmp_path):
         assert "Traceback" not in res.stderr
     finally:
         subprocess.run(["umount", str(small)])
+
+
+def test_profiles_with_one_name_runs_that_profile(tmp_path):
+    res = harness("run", "--profiles", "arm64-smmuv3", "--kernel-src", str(tmp_path / "no-tree"),
+                  "--results", str(tmp_path / "res"), work=tmp_path / "w")
+    assert res.returncode == 2 and "does not exist" in res.stderr
+    data = json.loads((tmp_path / "res" / "results.json").read_text())
+    assert data["profile"] == "arm64-smmuv3"

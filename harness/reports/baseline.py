@@ -251,12 +251,19 @@ def mark_flaky(first: TestRecord, reruns: list[TestRecord]) -> TestRecord:
 # -- loading ----------------------------------------------------------------------
 
 
+class NoExpectations(InputError):
+    """A directory of expectations that has none for this profile and suite:
+    not an error in the input, just nothing to compare with."""
+
+
 def load_baseline(path: Path, profile: str, suite: str) -> Baseline:
     """A baseline for ``profile``/``suite`` from a results dir, a
     ``results.json``, an expectations ``.toml`` or a directory of them.
 
     A baseline for another profile or suite is refused: comparing across them
-    reports every test as changed, which hides the real regressions.
+    reports every test as changed, which hides the real regressions.  A
+    directory of expectations without a file for this profile and suite
+    raises :class:`NoExpectations`.
     """
     path = Path(path)
     if path.is_dir():
@@ -264,6 +271,10 @@ def load_baseline(path: Path, profile: str, suite: str) -> Baseline:
             path = path / "results.json"
         elif (path / f"{profile}-{suite}.toml").is_file():
             path = path / f"{profile}-{suite}.toml"
+        elif any(path.glob("*.toml")):
+            raise NoExpectations(f"{path} has no expectations for profile {profile}, suite {suite} "
+                                 f"({profile}-{suite}.toml)",
+                                 f"record them: run once, then write {path / f'{profile}-{suite}.toml'}")
         else:
             raise InputError(f"baseline {path} holds neither results.json nor {profile}-{suite}.toml",
                              "pass a results dir, a results.json or an expectations file")

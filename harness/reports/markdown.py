@@ -13,9 +13,10 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Callable
 
 from harness.errors import InputError, ToolMissing
-from harness.reports.baseline import Change, Comparison, compare, is_flaky, load_baseline
+from harness.reports.baseline import Change, Comparison, NoExpectations, compare, is_flaky, load_baseline
 from harness.reports.junit import junit_xml
 from harness.reports.repro import reproducer
 from harness.reports.results import BAD, STATUSES, RunRecord, TestRecord
@@ -202,11 +203,13 @@ def _repro(run: RunRecord, cmp: Comparison | None) -> list[str]:
     return ["", "Reproduce:", "", block(cmds)] if cmds else []
 
 
-def render(run: RunRecord, comparison: Comparison | None, splats: list | None = None) -> str:
+def render(run: RunRecord, comparison: Comparison | None, splats: list | None = None,
+           notes: list[str] | None = None) -> str:
     """summary.md for ``run``; with ``comparison`` the headline is the gate
     verdict (what changed), else the run's own verdict.  ``splats`` defaults
     to ``run.kernel["splats"]``: dicts with kind, title, signature, test and
-    optionally text (the report's lines), as harness.parse.splats finds them."""
+    optionally text (the report's lines), as harness.parse.splats finds them.
+    ``notes`` are said right under the verdict (e.g. why there is no gate)."""
     if splats is None:
         splats = run.kernel.get("splats", []) or []
     c = run.counts()
@@ -222,6 +225,8 @@ def render(run: RunRecord, comparison: Comparison | None, splats: list | None = 
     else:
         out.append(f"### iommufd-harness: {run.verdict.upper()}")
         out += ["", f"**Verdict: {run.verdict.upper()}** ({run_line}); no baseline given."]
+    for note in notes or []:
+        out += ["", f"Note: {esc(note, 500)}"]
     out += ["", (f"Suite {code(run.suite or '?')} on {code(run.profile or '?')}, "
                  f"Linux {esc(run.kernel.get('version', '?'))}."), ""]
     out += _counts(run)
@@ -254,26 +259,45 @@ def load_run(results_dir: Path) -> RunRecord:
     return run
 
 
-def rerender(results_dir: Path, baseline: Path | None, artifacts_url: str | None = None
-             ) -> tuple[Comparison | None, str]:
+def rerender(results_dir: Path, baseline: Path | None, artifacts_url: str | None = None,
+             warn: Callable[[str], None] | None = None) -> tuple[Comparison | None, str]:
     """Re-derive every report of a finished run from its results.json:
     summary.md, kcidb.json, junit.xml and, against ``baseline``,
     comparison.json.  Returns the comparison (for the gate's exit code) and
-    the Markdown.  kcidb.json is validated when kcidb-io is installed."""
+    the Markdown.
+
+    Nothing here changes or hides the run's verdict: a baseline directory
+    without expectations for this profile and suite gives no comparison (the
+    verdict is the tests'), and KCIDB data that does not validate is not
+    written; both are said in summary.md and to ``warn``."""
     from harness.reports import kcidb
 
     results_dir = Path(results_dir)
     run = load_run(results_dir)
-    comparison = compare(run, load_baseline(Path(baseline), run.profile, run.suite)) if baseline else None
-    md = render(run, comparison)
-    data = kcidb.to_kcidb(run, artifacts_url=artifacts_url)
+    notes: list[str] = []
+    comparison = None
+    if baseline:
+        try:
+            comparison = compare(run, load_baseline(Path(baseline), run.profile, run.suite))
+        except NoExpectations as e:
+            notes.append(f"{e.message}: the verdict is the tests' own")
     try:
+        data = kcidb.to_kcidb(run, artifacts_url=artifacts_url)
         kcidb.validate(data)
     except ToolMissing:
         pass  # the data is still written; the unit tests validate what to_kcidb produces
+    except Exception as e:  # noqa: BLE001 - a KCIDB problem must never cost the other reports
+        data = None
+        notes.append(f"kcidb.json not written: {getattr(e, 'message', None) or f'{type(e).__name__}: {e}'}")
+    md = render(run, comparison, notes=notes)
     atomic_write(results_dir / "summary.md", md)
-    atomic_write(results_dir / "kcidb.json", json.dumps(data, indent=2) + "\n")
     atomic_write(results_dir / "junit.xml", junit_xml(run))
+    if data is not None:
+        atomic_write(results_dir / "kcidb.json", json.dumps(data, indent=2) + "\n")
+    else:
+        (results_dir / "kcidb.json").unlink(missing_ok=True)  # never a stale one beside this run
     if comparison is not None:
         atomic_write(results_dir / "comparison.json", json.dumps(comparison.to_json(), indent=2) + "\n")
+    for note in notes:
+        (warn or (lambda text: None))(note)
     return comparison, md

@@ -336,3 +336,41 @@ def test_rerender_bad_input(tmp_path, golden):
     with pytest.raises(InputError, match="holds neither results.json nor x86_64-vtd-full.toml"):
         rerender(tmp_path, tmp_path / "baselines")
     assert not (tmp_path / "summary.md").exists()  # nothing half-written on bad input
+
+
+def test_no_expectations_for_this_profile_is_a_note_not_an_error(tmp_path, golden):
+    """The README's board command gates with selftests/baselines/, which has
+    no expectations for board-arm64: the verdict is the tests', and every
+    report is still written."""
+    d = tmp_path / "board"
+    d.mkdir()
+    data = json.loads((golden / "results-x86_64-vtd-full-pass.json").read_text())
+    data["profile"] = "board-arm64"
+    (d / "results.json").write_text(json.dumps(data))
+    warnings = []
+    comparison, md = rerender(d, BASELINES, warn=warnings.append)
+    assert comparison is None
+    assert warnings == [f"{BASELINES} has no expectations for profile board-arm64, suite full "
+                        "(board-arm64-full.toml): the verdict is the tests' own"]
+    assert md.startswith("### iommufd-harness: PASS\n") and "Note:" in md and "board-arm64-full.toml" in md
+    assert (d / "summary.md").is_file() and (d / "kcidb.json").is_file() and (d / "junit.xml").is_file()
+    assert not (d / "comparison.json").exists()
+
+
+def test_a_kcidb_problem_never_costs_the_verdict_or_the_other_reports(tmp_path, golden, monkeypatch):
+    d = tmp_path / "run"
+    d.mkdir()
+    shutil.copy(golden / "results-x86_64-vtd-full-fail.json", d / "results.json")
+    (d / "kcidb.json").write_text("{}")  # from an earlier rendering
+
+    def broken(data):
+        raise kcidb.KcidbError("not valid KCIDB v5.3 data at tests/0/path: too long")
+
+    monkeypatch.setattr(kcidb, "validate", broken)
+    warnings = []
+    comparison, md = rerender(d, BASELINES, warn=warnings.append)
+    assert comparison is not None and comparison.gate_verdict("fail") == "fail"
+    assert warnings == ["kcidb.json not written: not valid KCIDB v5.3 data at tests/0/path: too long"]
+    assert "kcidb.json not written" in (d / "summary.md").read_text()
+    assert (d / "comparison.json").is_file() and (d / "junit.xml").is_file()
+    assert not (d / "kcidb.json").exists()
