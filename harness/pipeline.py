@@ -104,12 +104,13 @@ class Pipeline:
         return series
 
     def config_request(self, tree: source.SourceTree, profile: profiles.Profile, tc: Toolchain,
-                       build_dir: Path) -> config.ConfigRequest:
+                       build_dir: Path, kconfig_generation: str = "") -> config.ConfigRequest:
         frag_tree = tree.path / "tools/testing/selftests/iommu/config"
         return config.ConfigRequest(
             tree.path, build_dir, tc, "tinyconfig", profile.fragments, tuple(self.opts.kconfig_add),
             tree_fragments=(frag_tree,) if frag_tree.is_file() else (),
-            user_fragments=tuple(self.opts.fragments), base_config=self.opts.base_config)
+            user_fragments=tuple(self.opts.fragments), base_config=self.opts.base_config,
+            kconfig_generation=kconfig_generation)
 
     def prepare(self, until: str = "build") -> Prepared:
         opts = self.opts
@@ -128,10 +129,13 @@ class Pipeline:
             self.record.patches = [p.record() for p in applied.applied]
             for p in applied.applied:
                 self.ui.info(f"patch {p.name}: {p.subject}")
-        generation = source.bump_generation(tree.path, tree.changed + applied.changed)
+        changed = tree.changed + applied.changed
+        generation = source.bump_generation(tree.path, changed)
+        kconfig_generation = source.bump_generation(tree.path, [p for p in changed if source.is_kconfig(p)],
+                                                    source.KCONFIG_GENERATION_FILE)
         build_dir = self.work.build / tree.origin.key / profile.arch
         with self.stage("config"):
-            creq = self.config_request(tree, profile, tc, build_dir)
+            creq = self.config_request(tree, profile, tc, build_dir, kconfig_generation)
             cfg = config.configure(creq, self.logs / "config.log")
             for line in cfg.overrides:
                 self.ui.info(f"config: {line}")

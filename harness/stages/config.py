@@ -38,6 +38,7 @@ class ConfigRequest:
     tree_fragments: tuple[Path, ...] = ()  # the tree's tools/testing/selftests/iommu/config
     user_fragments: tuple[Path, ...] = ()  # --fragment
     base_config: Path | None = None  # --config: a full .config instead of ``base``
+    kconfig_generation: str = ""  # changes whenever a Kconfig file of the tree changes (a patch, an edit)
 
     def levels(self) -> list[tuple[str, list[kconfig.Setting]]]:
         user = [s for f in self.user_fragments for s in kconfig.parse_fragment(f)]
@@ -95,6 +96,7 @@ def _inputs_key(req: ConfigRequest, settings: dict[str, kconfig.Setting]) -> str
         "arch": req.toolchain.arch,
         "cross": req.toolchain.cross_compile,
         "settings": [[s.symbol, s.value] for s in settings.values()],
+        "kconfig": req.kconfig_generation,
     }, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 

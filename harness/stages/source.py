@@ -185,12 +185,20 @@ def prepare(req: SourceRequest, work: WorkDir, protect_fn=None) -> SourceTree:
 
 
 GENERATION_FILE = ".harness-generation"
+KCONFIG_GENERATION_FILE = ".harness-kconfig-generation"
 
 
-def bump_generation(tree: Path, changed) -> str:
+def is_kconfig(rel: str) -> bool:
+    """A file Kconfig reads: Kconfig, Kconfig.debug, arch/*/Kconfig.platforms, ..."""
+    return Path(rel).name.startswith("Kconfig")
+
+
+def bump_generation(tree: Path, changed, name: str = GENERATION_FILE) -> str:
     """A token that changes whenever the working copy's content changes, so
-    the build stage can tell that nothing changed without running make."""
-    path = tree / GENERATION_FILE
+    the build stage can tell that nothing changed without running make.
+    With ``name=KCONFIG_GENERATION_FILE`` and only the Kconfig files among
+    ``changed``, the same for the tree's Kconfig (the config stage's key)."""
+    path = tree / name
     try:
         current = path.read_text().strip()
     except OSError:
