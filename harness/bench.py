@@ -24,14 +24,14 @@ def timed_run(work: Path, extra: list[str], cold: bool) -> tuple[float, dict, in
     # a cold run must not be helped by objects ccache kept from earlier builds
     env = {"CCACHE_DISABLE": "1"} if cold else None
     t0 = time.monotonic()
-    res = proc.run([sys.executable, "-m", "harness", "run", "--quiet", "--work", work, "--results", results,
-                    *extra], env=env, log=results.parent / "bench.log", keep_output=False)
+    code = proc.run_foreground([sys.executable, "-m", "harness", "run", "--quiet", "--work", work,
+                                "--results", results, *extra], env=env)
     elapsed = time.monotonic() - t0
     try:
         data = json.loads((results / "results.json").read_text())
     except (OSError, ValueError):
         data = {}
-    return elapsed, data, res.returncode
+    return elapsed, data, code
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -89,7 +89,8 @@ def run_one(opts: Options, ui: Ui, results_path: Path) -> tuple[RunRecord, bool]
                                                                    opts.continue_after_crash, opts.rerun_failed),
                                   record, sink, ui)
             try:
-                session.run()
+                with pipe.stage("run"):
+                    session.run()
             finally:
                 sink.write(record)
             if opts.keep_vm:
@@ -109,7 +110,7 @@ def run_one(opts: Options, ui: Ui, results_path: Path) -> tuple[RunRecord, bool]
     summary_table(record, ui.out)
     failing = [t for t in record.tests if t.status in ("fail", "timeout", "crash")]
     for t in failing[:10]:
-        ui.out.print("reproduce: " + reproducer(opts.profile, opts.suite, t.name, opts.kernel_src),
+        ui.out.print("reproduce: " + reproducer(opts.profile, opts.suite, t.name, record.inputs),
                      highlight=False, markup=False)
     ui.out.print(f"results: {results_path}", highlight=False, markup=False)
     if gate is not None:
@@ -173,8 +174,9 @@ def boot(opts: Options, ui: Ui) -> int:
     with WorkLock(work):
         pipe = Pipeline(opts, ui, record, results_path / "logs")
         prep = pipe.prepare()
+        lifecycle = pipe.target(prep, results_path, None)
         try:
-            with pipe.up(pipe.target(prep, results_path, None)) as lifecycle:
+            with pipe.up(lifecycle):
                 ui.out.print(f"console log: {results_path / 'console.log'}", highlight=False)
                 hold(ui, lifecycle.target, lifecycle.ssh_command())
         except KeyboardInterrupt:
@@ -193,7 +195,9 @@ def list_tests(opts: Options, ui: Ui) -> list[tuple[str, str]]:
                          "run 'iommufd-harness run --suite ...' to list them in the guest")
     available = {}
     for r in suite.runs:
-        res = proc.run([prep.kernel.selftests[r.binary], "-l"], timeout=60)
-        available[r.binary] = parse_list(res.output)
+        res = proc.run([prep.kernel.selftests[r.binary], "-l"], timeout=60, split_stderr=True)
+        if res.timed_out:
+            raise HarnessError(f"'{r.binary} -l' did not finish within 60 s")
+        available[r.binary] = parse_list(res.stderr)  # kselftest_harness prints the table on stderr
     selection = suites.select(suite, available, opts.tests)
     return [(binary, n) for binary, names in selection.tests.items() for n in names]

@@ -166,14 +166,10 @@ class Pipeline:
         return Expect(None if any_kernel else prep.kernel.build_id, prep.profile.iommu, prep.profile.hugepages)
 
     def vm(self, prep: Prepared, base: image.BaseImage, results_dir: Path) -> VmLifecycle:
-        """The run's VM, off: its initrd is the base image plus the run's own
-        SSH keys (in <work>/vm/<run>/)."""
-        vm_dir = self.work.root / "vm" / results_dir.name
-        keys = image.make_keys(vm_dir)
-        initrd = image.run_image(base, keys, vm_dir)
-        req = VmRequest(prep.profile, prep.kernel.image, initrd, keys.client_private, keys.host_public,
-                        results_dir, vm_dir, self.work.cache, self.opts.accel, self.opts.boot_timeout,
-                        self.opts.extra_cmdline)
+        """The run's VM, off; booting it adds the run's own SSH keys (in
+        <work>/vm/<run>/) to the base image."""
+        req = VmRequest(prep.profile, prep.kernel.image, base, results_dir, self.work.root / "vm" / results_dir.name,
+                        self.work.cache, self.opts.accel, self.opts.boot_timeout, self.opts.extra_cmdline)
         return VmLifecycle(req, self.expect(prep), guest=self.record.guest, machine=self.record.qemu,
                            say=self.ui.info)
 
@@ -222,9 +218,21 @@ class Pipeline:
                 rec.log = clean(rec.log + f"\n--- decoded {s.kind} ---\n{text}")
 
 
+def inputs(opts: Options) -> dict:
+    """What defines the kernel and the machine of a run, with absolute paths:
+    enough to build and boot the same again (see reports.repro)."""
+    def absolute(p: Path | None) -> str | None:
+        return str(p.expanduser().resolve()) if p is not None else None
+
+    return {"kernel_src": absolute(opts.kernel_src), "default_patches": opts.default_patches,
+            "patches": [absolute(p) for p in opts.patches], "kconfig_add": list(opts.kconfig_add),
+            "fragments": [absolute(f) for f in opts.fragments], "config": absolute(opts.base_config),
+            "cmdline": opts.extra_cmdline}
+
+
 def new_record(opts: Options) -> RunRecord:
     return RunRecord(
-        suite=opts.suite, profile=opts.profile,
+        suite=opts.suite, profile=opts.profile, inputs=inputs(opts),
         started=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         harness={"version": __version__, "host": platform.node(), "python": platform.python_version(),
                  "argv": list(map(str, os.sys.argv))},

@@ -162,6 +162,18 @@ def _communicate(proc, timeout, logf, chunks, err_chunks) -> None:
     proc.wait(timeout=left)
 
 
+def run_foreground(argv: Sequence[str | os.PathLike], env: Mapping[str, str] | None = None) -> int:
+    """Run a command the user watches (``make bench`` timing ``run``): it
+    shares the terminal and the process group, so its output shows as it
+    comes and Ctrl-C reaches it (and the builds it started) too."""
+    argv = [str(a) for a in argv]
+    try:
+        return subprocess.run(argv, env={**os.environ, **(env or {})}).returncode
+    except FileNotFoundError:
+        require_tool(argv[0])
+        raise
+
+
 def spawn(argv: Sequence[str | os.PathLike], log: Path) -> subprocess.Popen:
     """Start a long-running child (an emulator) with stdin closed and its
     output appended to ``log``.  It gets SIGKILL when the harness dies

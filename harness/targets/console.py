@@ -46,6 +46,12 @@ class ConsoleWatcher:
         self.pending = [s for s in self.pending if s not in mine]
         return mine
 
+    def finish(self) -> None:
+        """The log is complete (its writer is gone): the last line counts
+        even without a newline, and every report in it is found."""
+        self.poll()
+        self.pending += self.scanner.flush()
+
     def poll(self) -> str:
         try:
             with open(self.path, "rb") as f:

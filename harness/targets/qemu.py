@@ -44,14 +44,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def probe_kvm(arch: Arch, kernel: Path, cache: Path, timeout: float = 20.0) -> tuple[str, str]:
+def probe_kvm(arch: Arch, binary: str, kernel: Path, cache: Path, timeout: float = 20.0) -> tuple[str, str]:
     """('kvm'|'tcg', why): does KVM really boot a kernel here?  Nested KVM can
-    hang in early boot, so the probe boots ``kernel`` without an initrd on the
+    hang in early boot, so ``binary`` boots ``kernel`` without an initrd on the
     architecture's probe machine and waits (bounded) for it to reach the
     root-fs panic.  Cached per host."""
     if not os.access("/dev/kvm", os.R_OK | os.W_OK):
         return "tcg", "/dev/kvm is not usable"
-    binary = arch.qemu_binary
     ident = f"{os.uname().release} {qemu_version(binary)} {binary}"
     cache_file = cache / "kvm-probe.json"
     try:
@@ -76,14 +75,14 @@ def probe_kvm(arch: Arch, kernel: Path, cache: Path, timeout: float = 20.0) -> t
     return accel, why
 
 
-def choose_accel(requested: str, arch: Arch, kernel: Path, cache: Path) -> tuple[str, str]:
+def choose_accel(requested: str, arch: Arch, binary: str, kernel: Path, cache: Path) -> tuple[str, str]:
     """The accelerator for a guest of ``arch`` and why: what was asked for,
     else KVM only where a probe shows that it boots a kernel."""
     if requested in ("tcg", "kvm"):
         return requested, "requested"
     if not arch.native:
         return "tcg", f"a {arch.name} guest on this host needs emulation"
-    return probe_kvm(arch, kernel, cache)
+    return probe_kvm(arch, binary, kernel, cache)
 
 
 @dataclass
@@ -184,6 +183,9 @@ class QemuVM:
         if self.console.panic_at is not None:
             return "the guest kernel panicked"
         if self.proc is not None and self.proc.poll() is not None:
+            self.console.finish()  # QEMU is gone: its last line counts without a newline
+            if self.console.panic_at is not None:
+                return "the guest kernel panicked"
             return f"QEMU exited with status {self.proc.returncode}"
         return None
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from harness import arches
 from harness.profiles import Profile
+from harness.stages import image
 from harness.targets import qemu
 from harness.targets.base import IMAGE_LAYOUT, Layout
 from harness.targets.console import ConsoleLog, ConsoleWatcher
@@ -60,11 +61,9 @@ class QemuTarget(ConsoleLog):
 class VmRequest:
     profile: Profile
     kernel: Path  # bzImage / Image
-    initrd: Path  # the run's initrd (base image + its SSH keys); removed at teardown
-    client_key: Path  # the run's SSH client key (0600) ...
-    host_key: str  # ... and the guest's host key, "ssh-ed25519 AAAA..."
+    base: image.BaseImage  # the guest image; boot adds the run's SSH keys to it
     run_dir: Path  # console logs, qemu.log, qemu-cmdline.txt
-    vm_dir: Path  # the run's keys and known_hosts
+    vm_dir: Path  # the run's keys, known_hosts and initrd (removed at teardown)
     cache: Path  # the KVM probe's verdict
     accel: str = "auto"  # "auto" | "tcg" | "kvm"
     boot_timeout: float = 300.0
@@ -80,11 +79,15 @@ class VmLifecycle(Lifecycle):
         self.vms: list[qemu.QemuVM] = []
         self._sock_dir: Path | None = None
         self._accel: str | None = None
+        self._keys: image.SshKeys | None = None
+        self._initrd: Path | None = None
 
     def _boot(self) -> QemuTarget:
         req = self.req
+        self._keys = image.make_keys(req.vm_dir)
+        self._initrd = image.run_image(req.base, self._keys, req.vm_dir)
         arch = arches.load(req.profile.arch)
-        self._accel, why = qemu.choose_accel(req.accel, arch, req.kernel, req.cache)
+        self._accel, why = qemu.choose_accel(req.accel, arch, req.profile.qemu.binary, req.kernel, req.cache)
         self.machine.update(version=qemu.qemu_version(req.profile.qemu.binary), accel=self._accel,
                             accel_reason=why, profile=req.profile.name)
         self.say(f"booting {req.profile.name} ({req.profile.description}) with {self._accel}: {why}")
@@ -93,20 +96,22 @@ class VmLifecycle(Lifecycle):
         return self._start_vm()
 
     def _reboot(self) -> QemuTarget:
+        self.vms[-1].stop()  # a guest that only lost SSH may still be running
         return self._start_vm()
 
     def _start_vm(self) -> QemuTarget:
         req, n = self.req, len(self.vms)
-        boot = qemu.BootRequest(req.profile, req.kernel, req.initrd, req.run_dir, self._accel, req.boot_timeout,
+        boot = qemu.BootRequest(req.profile, req.kernel, self._initrd, req.run_dir, self._accel, req.boot_timeout,
                                 req.extra_cmdline, qmp_dir=self._sock_dir,
                                 console_name="console.log" if n == 0 else f"console.{n}.log")
         vm = qemu.QemuVM(boot)
         self.vms.append(vm)
         vm.start()
         self.machine["cmdline"] = vm.argv
-        client = SshClient("127.0.0.1", vm.ssh_port, "root", req.client_key, req.host_key)
+        keys = self._keys
+        client = SshClient("127.0.0.1", vm.ssh_port, "root", keys.client_private, keys.host_public)
         vm.wait_for_sshd(client.connect)
-        (req.vm_dir / "known_hosts").write_text(f"[127.0.0.1]:{vm.ssh_port} {req.host_key}\n")
+        (req.vm_dir / "known_hosts").write_text(f"[127.0.0.1]:{vm.ssh_port} {keys.host_public}\n")
         return QemuTarget(vm, client)
 
     def _verified(self, info: GuestInfo) -> None:
@@ -125,10 +130,11 @@ class VmLifecycle(Lifecycle):
                 vm.stop()
             if self._sock_dir is not None:
                 shutil.rmtree(self._sock_dir, ignore_errors=True)
-            self.req.initrd.unlink(missing_ok=True)
+            if self._initrd is not None:
+                self._initrd.unlink(missing_ok=True)
 
     def ssh_command(self) -> str:
         port = self.vms[-1].ssh_port if self.vms else 0
-        return (f"ssh -i {self.req.client_key} -p {port} -o UserKnownHostsFile={self.req.vm_dir / 'known_hosts'} "
+        return (f"ssh -i {self.req.vm_dir / 'id_ed25519'} -p {port} -o UserKnownHostsFile={self.req.vm_dir / 'known_hosts'} "
                 f"-o StrictHostKeyChecking=yes root@127.0.0.1")
 

@@ -39,3 +39,13 @@ def test_panic_text_printed_by_userspace_is_not_a_panic(golden, tmp_path):
     text = (golden / "console" / "clean-boot.log").read_text()
     assert "Kernel panic - not syncing: quoted in a test log" in text
     assert _watch(tmp_path, text).panic_at is None
+
+
+def test_a_last_line_without_newline_counts_once_the_log_is_complete(tmp_path):
+    log = tmp_path / "console.log"
+    log.write_text("[    1.000000] booting\n[    2.000000] Kernel panic - not syncing: VFS: Unable to mount root fs")
+    w = ConsoleWatcher(log)
+    w.poll()
+    assert w.panic_at is None  # QEMU may still be writing that line
+    w.finish()  # ... and now it is gone
+    assert w.panic_at is not None and w.text[w.panic_at:].startswith("[    2.000000] Kernel panic")
