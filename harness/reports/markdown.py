@@ -199,7 +199,7 @@ def _repro(run: RunRecord, cmp: Comparison | None) -> list[str]:
     names += [t.name for t in run.tests if t.status in ("fail", "timeout", "crash") and t.name not in names]
     if not names:
         return []
-    cmds = [reproducer(run.profile, run.suite, n) for n in names[:MAX_REPRO]]
+    cmds = [reproducer(run.profile, run.suite, n, run.inputs) for n in names[:MAX_REPRO]]
     return ["", "Reproduce:", "", block(cmds)] if cmds else []
 
 

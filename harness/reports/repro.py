@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 import shlex
-from pathlib import Path
 
 
-def reproducer(profile: str, suite: str, test: str, kernel_src: Path | str | None = None) -> str:
-    """The command that runs ``test`` again the way it ran."""
+def reproducer(profile: str, suite: str, test: str, inputs: dict | None = None) -> str:
+    """The command that runs ``test`` again on the same kernel and machine:
+    ``inputs`` as a run records them (``RunRecord.inputs``: kernel_src,
+    default_patches, patches, kconfig_add, fragments, config, cmdline)."""
+    i = inputs or {}
     quoted = f"'{test}'" if "'" not in test else shlex.quote(test)  # quoted: no shell expands a name
-    line = f"iommufd-harness run --profile {profile} --suite {suite} --tests {quoted}"
-    if kernel_src:
-        line += f" --kernel-src {kernel_src}"
-    return line
+    args = [f"--profile {shlex.quote(profile)}", f"--suite {shlex.quote(suite)}", f"--tests {quoted}"]
+    if i.get("kernel_src"):
+        args.append(f"--kernel-src {shlex.quote(i['kernel_src'])}")
+    if i.get("default_patches") is False:
+        args.append("--no-default-patches")
+    args += [f"--patches {shlex.quote(p)}" for p in i.get("patches", [])]
+    args += [f"--kconfig-add {shlex.quote(k)}" for k in i.get("kconfig_add", [])]
+    args += [f"--fragment {shlex.quote(f)}" for f in i.get("fragments", [])]
+    if i.get("config"):
+        args.append(f"--config {shlex.quote(i['config'])}")
+    if i.get("cmdline"):
+        args.append(f"--cmdline {shlex.quote(i['cmdline'])}")
+    return "iommufd-harness run " + " ".join(args)

@@ -54,6 +54,7 @@ class RunRecord:
     stages: dict[str, float] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
     harness: dict = field(default_factory=dict)
+    inputs: dict = field(default_factory=dict)  # what defines the kernel and the machine (for reproducers)
     started: str = ""
     results_dir: str = ""
 

@@ -1,0 +1,43 @@
+"""Reproducer lines carry every input that defines the kernel and the machine."""
+
+import shlex
+
+from harness.pipeline import Options, inputs, new_record
+from harness.reports.markdown import render
+from harness.reports.repro import reproducer
+from harness.reports.results import TestRecord
+
+
+def test_every_input_is_in_the_line(tmp_path):
+    opts = Options(work=tmp_path, kernel_src=tmp_path / "linux", default_patches=False,
+                   patches=[tmp_path / "a.patch", tmp_path / "b series"], kconfig_add=["CONFIG_KASAN=y"],
+                   fragments=[tmp_path / "debug.config"], base_config=tmp_path / "full.config",
+                   extra_cmdline="iommu.strict=1 nokaslr", profile="arm64-smmuv3", suite="full")
+    line = reproducer("arm64-smmuv3", "full", "iommufd_ioas.no_domain.access_rw", inputs(opts))
+    argv = shlex.split(line)
+    assert argv[:2] == ["iommufd-harness", "run"]
+    pairs = list(zip(argv[2::1], argv[3::1]))
+    for flag, value in [("--profile", "arm64-smmuv3"), ("--suite", "full"),
+                        ("--tests", "iommufd_ioas.no_domain.access_rw"), ("--kernel-src", str(tmp_path / "linux")),
+                        ("--patches", str(tmp_path / "a.patch")), ("--patches", str(tmp_path / "b series")),
+                        ("--kconfig-add", "CONFIG_KASAN=y"), ("--fragment", str(tmp_path / "debug.config")),
+                        ("--config", str(tmp_path / "full.config")), ("--cmdline", "iommu.strict=1 nokaslr")]:
+        assert (flag, value) in pairs, flag
+    assert "--no-default-patches" in argv
+    # the order of --patches is the order they apply in
+    assert argv.index(str(tmp_path / "a.patch")) < argv.index(str(tmp_path / "b series"))
+
+
+def test_a_plain_run_has_a_plain_line(tmp_path):
+    line = reproducer("x86_64-vtd", "access", "iommufd_ioas.mock_domain.access_pin", inputs(Options(work=tmp_path)))
+    assert line == ("iommufd-harness run --profile x86_64-vtd --suite access "
+                    "--tests 'iommufd_ioas.mock_domain.access_pin'")
+
+
+def test_summary_md_reproduces_with_the_runs_inputs(tmp_path):
+    run = new_record(Options(work=tmp_path, patches=[tmp_path / "fix.patch"], kconfig_add=["CONFIG_PROVE_LOCKING=y"]))
+    run.tests = [TestRecord("iommufd_ioas.no_domain.access_rw", "fail", 0.1, "", "Expected 0", "iommufd")]
+    run.decide()
+    md = render(run, None)
+    assert (f"--tests 'iommufd_ioas.no_domain.access_rw' --patches {tmp_path / 'fix.patch'} "
+            "--kconfig-add CONFIG_PROVE_LOCKING=y") in md
