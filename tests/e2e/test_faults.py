@@ -5,6 +5,7 @@ left behind."""
 from __future__ import annotations
 
 import json
+import re
 import os
 import signal
 import subprocess
@@ -33,10 +34,12 @@ def _run(results: Path, *extra: str, timeout: float = 3600) -> subprocess.Comple
 
 
 def _no_qemu_left(results: Path) -> None:
-    """QEMU's command line names the run's console.log: no such process may remain."""
+    """QEMU's command line names the run's console log (console.log, and
+    console.N.log after reboots): no such process may remain."""
+    pattern = re.escape(str(results)) + r"/console(\.[0-9]+)?\.log"
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
-        left = subprocess.run(["pgrep", "-f", str(results / "console.log")], capture_output=True, text=True)
+        left = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True)
         if not left.stdout.strip():
             return
         time.sleep(0.5)

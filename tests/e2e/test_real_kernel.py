@@ -175,7 +175,9 @@ def test_config_that_would_not_stick_is_explained_before_building(tmp_path):
 
 def test_two_vms_at_once_do_not_collide(first_run, tmp_path):
     """Two guests of the same kernel side by side (as two runs in two work
-    dirs would start them): separate ports, QMP sockets, consoles and keys."""
+    dirs would start them): separate ports, QMP sockets, consoles and keys,
+    both running at the same time.  QEMU is started from this thread: it
+    gets SIGKILL when the thread that started it ends (PR_SET_PDEATHSIG)."""
     import threading
 
     from harness import profiles
@@ -187,17 +189,11 @@ def test_two_vms_at_once_do_not_collide(first_run, tmp_path):
     kernel = WORK / "build" / "debian-6.12" / "x86_64" / "arch/x86/boot/bzImage"
     base = image.BaseImage(WORK / "images" / data["image"]["file"], {}, False)
     profile = profiles.load("x86_64-vtd")
-    vms, outputs, errors = [], {}, []
+    vms, outputs, errors = {}, {}, []
 
-    def one(i: int) -> None:
+    def answer(i: int) -> None:
+        vm, keys = vms[i]
         try:
-            run_dir = tmp_path / f"vm{i}"
-            keys = image.make_keys(run_dir)
-            req = qemu.BootRequest(profile, kernel, image.run_image(base, keys, run_dir), run_dir, "tcg",
-                                   qmp_dir=run_dir)
-            vm = qemu.QemuVM(req)
-            vms.append(vm)
-            vm.start()
             client = SshClient("127.0.0.1", vm.ssh_port, "root", keys.client_private, keys.host_public)
             vm.wait_for_sshd(client.connect)
             outputs[i] = (vm.ssh_port, client.run(["cat", "/etc/ssh/ssh_host_ed25519_key.pub"], 30).text.strip(),
@@ -205,20 +201,28 @@ def test_two_vms_at_once_do_not_collide(first_run, tmp_path):
         except Exception as e:  # noqa: BLE001 - reported below
             errors.append(repr(e))
 
-    threads = [threading.Thread(target=one, args=(i,)) for i in (1, 2)]
     try:
+        for i in (1, 2):
+            run_dir = tmp_path / f"vm{i}"
+            keys = image.make_keys(run_dir)
+            vm = qemu.QemuVM(qemu.BootRequest(profile, kernel, image.run_image(base, keys, run_dir), run_dir, "tcg",
+                                              qmp_dir=run_dir))
+            vms[i] = (vm, keys)
+            vm.start()
+        threads = [threading.Thread(target=answer, args=(i,)) for i in vms]
         for t in threads:
             t.start()
         for t in threads:
             t.join(300)
+        assert errors == []
+        assert all(vm.alive() for vm, _ in vms.values())  # both up at once
     finally:
-        for vm in vms:
+        for vm, _ in vms.values():
             vm.stop()
-    assert errors == []
     (p1, key1, want1), (p2, key2, want2) = outputs[1], outputs[2]
     assert p1 != p2
     assert key1 == want1 and key2 == want2 and key1 != key2  # each reached its own guest
-    assert all(not vm.alive() for vm in vms)
+    assert all(not vm.alive() for vm, _ in vms.values())
 
 
 def test_board_target_over_ssh(first_run, tmp_path):
