@@ -58,7 +58,8 @@ class KcidbError(HarnessError):
 
 def kcidb_path(binary: str, name: str) -> str:
     """A KCIDB path (dot-separated ``[A-Za-z0-9_-]+`` parts) for a selftest case."""
-    parts = [*PATH_PREFIX.split("."), binary or "selftest", *name.split(".")]
+    names = name.split(".")
+    parts = [*PATH_PREFIX.split("."), *([] if names[0] == binary else [binary or "selftest"]), *names]
     return ".".join(p for p in (_PATH_BAD.sub("_", part).strip("_") for part in parts) if p)
 
 

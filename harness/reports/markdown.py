@@ -147,7 +147,9 @@ def _splats(splats: list) -> list[str]:
     for s in items[:MAX_SPLATS]:
         kind = esc(s.get("kind") or "splat", 40)
         line = f"- **{kind}**: {code(s.get('title') or '?')}"
-        if s.get("test"):
+        if str(s.get("test") or "").startswith("kernel."):
+            line += f" {esc(s['test'].removeprefix('kernel.').replace('_', ' '))} ({code(s['test'])})"
+        elif s.get("test"):
             line += f" during {code(s['test'])}"
         if s.get("signature"):
             line += f", signature {code(s['signature'], 80)}"

@@ -6,12 +6,15 @@ import shlex
 
 
 def reproducer(profile: str, suite: str, test: str, inputs: dict | None = None) -> str:
-    """The command that runs ``test`` again on the same kernel and machine:
+    """The command that runs ``test`` again on the same kernel and machine
+    (for ``kernel.boot`` and the other reports outside any test, the suite):
     ``inputs`` as a run records them (``RunRecord.inputs``: kernel_src,
     default_patches, patches, kconfig_add, fragments, config, cmdline)."""
     i = inputs or {}
-    quoted = f"'{test}'" if "'" not in test else shlex.quote(test)  # quoted: no shell expands a name
-    args = [f"--profile {shlex.quote(profile)}", f"--suite {shlex.quote(suite)}", f"--tests {quoted}"]
+    args = [f"--profile {shlex.quote(profile)}", f"--suite {shlex.quote(suite)}"]
+    if not test.startswith("kernel."):  # a report at boot or between tests: the suite again reproduces it
+        quoted = f"'{test}'" if "'" not in test else shlex.quote(test)  # quoted: no shell expands a name
+        args.append(f"--tests {quoted}")
     if i.get("kernel_src"):
         args.append(f"--kernel-src {shlex.quote(i['kernel_src'])}")
     if i.get("default_patches") is False:

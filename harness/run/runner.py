@@ -23,6 +23,21 @@ from harness.targets.base import Target
 
 MARKER_WAIT = 3.0  # seconds to wait for a test's END marker to reach the kernel log
 
+# Kernel reports outside any test are failures of their own, one record per
+# phase of the run (binary "kernel"): they fail the verdict like a test.
+OUTSIDE = {"boot": "kernel.boot", "between tests": "kernel.between_tests", "after tests": "kernel.after_tests"}
+
+
+def phase(pos: int, first_test: int | None, last_test_end: int | None, after_boot: bool) -> str:
+    """Where in a pass a kernel report at log position ``pos`` happened, when
+    no test's RUN/END markers enclose it: before the first test (at boot, on
+    a pass right after booting), after the last one, or between two."""
+    if first_test is None or pos < first_test:
+        return "boot" if after_boot else "between tests"
+    if last_test_end is not None and pos >= last_test_end:
+        return "after tests"
+    return "between tests"
+
 
 def _marker(kind: str, name: str) -> re.Pattern:
     return re.compile(rf"iommufd-harness: {kind} {re.escape(name)}(?=[ \r\n])")
@@ -43,7 +58,7 @@ def list_tests(target: Target, binary: str) -> list[str]:
 class Runner:
     def __init__(self, target: Target, per_test_timeout: float, on_result: Callable[[TestRecord], None],
                  on_start: Callable[[str], None] | None = None, on_tap: Callable[[str, str, str], None] | None = None,
-                 defer_unrun: bool = False):
+                 defer_unrun: bool = False, after_boot: bool = True, since: int = 0):
         self.target = target
         self.per_test_timeout = per_test_timeout
         self.on_result = on_result
@@ -54,9 +69,14 @@ class Runner:
         # here (binary, name) for a rebooted target instead of becoming notrun
         self.defer_unrun = defer_unrun
         self.unrun: list[tuple[str, str]] = []
-        self.log_pos = 0  # kernel log searched up to here for test markers
+        # kernel log searched up to here for test markers; a later pass on the
+        # same target starts where the previous one stopped
+        self.log_pos = since
         self.tap_errors: list[str] = []  # TAP that contradicts itself (count, plan, Totals)
-        self.splats: list[tuple[str | None, Splat]] = []
+        self.splats: list[tuple[str, Splat]] = []  # (test or OUTSIDE phase, report)
+        self.after_boot = after_boot  # the first pass on a freshly booted target: its boot log is ours
+        self.first_test: int | None = None  # kernel log position of the first RUN marker
+        self.last_test_end: int | None = None  # ... and of the last test's END marker
 
     def run(self, selection: Selection) -> list[TestRecord]:
         records: list[TestRecord] = []
@@ -82,6 +102,8 @@ class Runner:
                 time.sleep(0.05)
             found = self.target.kernel_splats(start, end)
             self.log_pos = end if end is not None else start
+            self.first_test = start if self.first_test is None else self.first_test
+            self.last_test_end = end
             if found:
                 self.splats += [(rec.name, s) for s in found]
                 rec.log = clean(rec.log + "\n" + "\n".join(
@@ -92,10 +114,21 @@ class Runner:
         out.append(rec)
         self.on_result(rec)
 
-    def finish(self) -> list[tuple[str | None, Splat]]:
-        """Every kernel report of the run, with the test it is attributed to
-        (None: logged outside any test, e.g. at boot)."""
-        self.splats += [(None, s) for s in self.target.kernel_splats(0, None, final=True)]
+    def finish(self) -> list[tuple[str, Splat]]:
+        """Every kernel report of the pass with what it is attributed to: a
+        test, or (logged outside any test) the phase's own failed record,
+        ``kernel.boot``, ``kernel.between_tests`` or ``kernel.after_tests``."""
+        left: dict[str, list[Splat]] = {}
+        for s in self.target.kernel_splats(0, None, final=True):
+            where = phase(s.start, self.first_test, self.last_test_end, self.after_boot)
+            left.setdefault(where, []).append(s)
+        for where, found in left.items():
+            name = OUTSIDE[where]
+            self.splats += [(name, s) for s in found]
+            more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
+            self.on_result(TestRecord(
+                name, "fail", 0.0, clean("\n".join(f"--- kernel {s.kind}: {s.title} ---\n{s.text}" for s in found)),
+                f"kernel {found[0].kind} {where}: {found[0].title}{more}", "kernel"))
         return self.splats
 
     def run_binary(self, binary: str, names: list[str]) -> list[TestRecord]:

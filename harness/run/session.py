@@ -40,7 +40,9 @@ class TestSession:
         self.record = record
         self.sink = sink
         self.ui = ui
-        self.splats: list[tuple[str | None, Splat]] = []  # (test, report); None: outside any test
+        self.splats: list[tuple[str, Splat]] = []  # (test, or kernel.<phase> outside any test; report)
+        self._total = 0
+        self._log_pos = 0  # where the last pass stopped in the target's kernel log
 
     def run(self) -> None:
         target = self.lifecycle.target
@@ -53,10 +55,10 @@ class TestSession:
         self.ui.info(f"running {total} tests of suite {suite.name}")
         limit = self.opts.per_test_timeout or suite.per_test_timeout
 
+        self._total = total
+
         def on_result(rec: TestRecord) -> None:
-            self.record.tests.append(rec)
-            self.sink.add(rec)
-            self.ui.test_result(rec, len(self.record.tests), total)
+            self._add(rec)
 
         todo = selection
         reboots = 0
@@ -66,10 +68,7 @@ class TestSession:
             try:
                 r.run(todo)
             finally:
-                self.splats += r.splats
-                self.record.kernel["splats"] = [
-                    {"test": name, "kind": s.kind, "title": s.title, "signature": s.signature,
-                     "fatal": s.fatal} for name, s in self.splats]
+                self._note_splats(r.splats)
             for problem in r.tap_errors:
                 self.record.errors.append(f"inconsistent TAP from the guest: {problem}")
             if not r.unrun:
@@ -88,6 +87,7 @@ class TestSession:
                     on_result(TestRecord(n, "notrun", reason=f"not run: {r.dead}; the reboot failed", binary=b))
                 r.dead = r.dead or "reboot failed"
                 break
+        self._log_pos = r.log_pos
         if r.dead:
             if self.lifecycle.state is State.VERIFIED:
                 self.lifecycle.crashed(r.dead)
@@ -95,8 +95,19 @@ class TestSession:
         elif self.opts.rerun_failed:
             self.rerun_failed(selection, limit)
         for name, s in self.splats:
-            where = f"during {name}" if name else "outside any test"
-            self.ui.warn(f"kernel {s.kind} {where}: {s.title}")
+            where = next((k for k, v in runner.OUTSIDE.items() if v == name), None)
+            self.ui.warn(f"kernel {s.kind} {where or 'during ' + name}: {s.title}")
+
+    def _add(self, rec: TestRecord) -> None:
+        self.record.tests.append(rec)
+        self.sink.add(rec)
+        self.ui.test_result(rec, len(self.record.tests), max(self._total, len(self.record.tests)))
+
+    def _note_splats(self, found: list) -> None:
+        self.splats += found
+        self.record.kernel["splats"] = [
+            {"test": name, "kind": s.kind, "title": s.title, "signature": s.signature, "fatal": s.fatal}
+            for name, s in self.splats]
 
     def rerun_failed(self, selection: suites.Selection, limit: float) -> None:
         """Run failed and timed-out tests again, up to --rerun-failed times: one
@@ -104,16 +115,21 @@ class TestSession:
         green); a kernel crash is never rerun away."""
         reruns: dict[str, list[TestRecord]] = {}
         for attempt in range(1, self.opts.rerun_failed + 1):
-            todo = {t.name for t in self.record.tests if t.status in ("fail", "timeout")
+            todo = {t.name for t in self.record.tests if t.status in ("fail", "timeout") and t.binary != "kernel"
                     and not any(r.status == "pass" for r in reruns.get(t.name, []))}
             if not todo:
                 break
             self.ui.info(f"rerun {attempt} of {self.opts.rerun_failed}: {len(todo)} test(s)")
             again = suites.Selection({b: tuple(n for n in names if n in todo)
                                       for b, names in selection.tests.items() if todo & set(names)}, ())
-            rr = runner.Runner(self.lifecycle.target, limit,
-                               lambda rec: reruns.setdefault(rec.name, []).append(rec))
-            rr.run(again)
+            rr = runner.Runner(self.lifecycle.target, limit, lambda rec: (
+                self._add(rec) if rec.binary == "kernel" else reruns.setdefault(rec.name, []).append(rec)),
+                after_boot=False, since=self._log_pos)
+            try:
+                rr.run(again)
+            finally:
+                self._note_splats(rr.splats)
+                self._log_pos = rr.log_pos
             if rr.dead:
                 self.record.errors.append(f"the target died while rerunning failed tests: {rr.dead}")
                 break

@@ -374,3 +374,28 @@ def test_a_kcidb_problem_never_costs_the_verdict_or_the_other_reports(tmp_path, 
     assert "kcidb.json not written" in (d / "summary.md").read_text()
     assert (d / "comparison.json").is_file() and (d / "junit.xml").is_file()
     assert not (d / "kcidb.json").exists()
+
+
+def test_a_kernel_report_outside_any_test_shows_in_every_report(tmp_path):
+    """kernel.boot (and the other phases) is a failed record of its own: it
+    fails the verdict and the gate, and is a test case in JUnit and KCIDB."""
+    from harness.reports.junit import junit_xml
+
+    run = RunRecord(suite="access", profile="x86_64-vtd", tests=[
+        TestRecord("iommufd_ioas.no_domain.access_rw", "pass", 0.2, "", "", "iommufd"),
+        TestRecord("kernel.boot", "fail", 0.0, "--- kernel warning: WARNING: CPU: 0 PID: 1 at x.c:1 f+0x1/0x2 ---\n...",
+                   "kernel warning boot: WARNING: CPU: 0 PID: 1 at x.c:1 f+0x1/0x2", "kernel")],
+        kernel={"splats": [{"test": "kernel.boot", "kind": "warning", "title": "WARNING: CPU: 0 PID: 1 at x.c:1",
+                            "signature": "WARNING: CPU: N PID: N at x.c:1", "fatal": False}]})
+    assert run.decide() == "fail"
+    case = [c for c in ET.fromstring(junit_xml(run).split("\n", 1)[1]).iter("testcase") if c.get("name") == "boot"]
+    assert case[0].get("classname") == "kernel" and case[0].find("failure") is not None
+    data = kcidb.to_kcidb(run)
+    [boot] = [t for t in data["tests"] if t["path"].endswith(".boot")]
+    assert boot["path"] == "kselftest.iommu.kernel.boot" and boot["status"] == "FAIL"
+    md = render(run, None)
+    assert "**warning**: `WARNING: CPU: 0 PID: 1 at x.c:1` boot (`kernel.boot`)" in md
+    assert "iommufd-harness run --profile x86_64-vtd --suite access\n" in md  # the suite reproduces it
+    base = from_run(RunRecord(suite="access", profile="x86_64-vtd", tests=run.tests[:1], verdict="pass"), "before")
+    cmp = compare(run, base)
+    assert cmp.gate_verdict("fail") == "fail" and [c.name for c in cmp.regressions] == ["kernel.boot"]

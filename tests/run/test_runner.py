@@ -128,3 +128,45 @@ def test_rerun_failed_marks_flaky_and_keeps_real_failures(fake_selftests, tmp_pa
     runs = [c for c in target.commands if c[0] == RUN_TESTS]
     assert len(runs) == 3  # the first pass, then two reruns (fails fails on both)
     assert "iommufd.simple_close" in runs[0] and all("iommufd.simple_close" not in c for c in runs[1:])
+
+
+def _warn_outside_any_test(target, bindir):
+    """The fake kernel's WARN, logged with no test's markers around it."""
+    import os
+    import subprocess
+
+    subprocess.run([str(bindir / "iommufd"), "-r", "iommufd_ioas.no_domain.warns"], capture_output=True,
+                   env={**os.environ, "FAKE_CONSOLE": str(target.console)}, check=False)
+
+
+def test_kernel_report_outside_any_test_is_a_failure_of_its_own(fake_selftests):
+    from harness.run.runner import OUTSIDE
+
+    target = LocalTarget(fake_selftests)
+    _warn_outside_any_test(target, fake_selftests)  # "at boot": before the first test
+    names = ["iommufd_ioas.no_domain.access_pin", "iommufd.simple_close"]
+    r, records, seen, _ = _run(fake_selftests, names, target=target)
+    assert [(t.name, t.status) for t in records] == [(names[0], "pass"), (names[1], "pass")]
+    boot = seen[-1]
+    assert (boot.name, boot.status, boot.binary) == (OUTSIDE["boot"], "fail", "kernel")
+    assert boot.reason.startswith("kernel warning boot: WARNING: CPU: 1 PID:")
+    assert "iommufd_access_rw+0x4a/0x2d0" in boot.log
+    assert [(name, s.kind) for name, s in r.splats] == [("kernel.boot", "warning")]
+    # a later pass on the same target: a report before its first test is between tests
+    _warn_outside_any_test(target, fake_selftests)
+    seen2 = []
+    r2 = Runner(target, 5.0, seen2.append, after_boot=False, since=r.log_pos)
+    r2.run(Selection({"iommufd": ("iommufd.simple_close",)}, ()))
+    assert [(t.name, t.status) for t in seen2] == [("iommufd.simple_close", "pass"),
+                                                   ("kernel.between_tests", "fail")]
+
+
+def test_where_a_report_outside_the_tests_happened():
+    from harness.run.runner import phase
+
+    assert phase(10, None, None, after_boot=True) == "boot"  # no test ran
+    assert phase(10, 100, 500, after_boot=True) == "boot"
+    assert phase(10, 100, 500, after_boot=False) == "between tests"  # a rerun pass
+    assert phase(200, 100, 500, after_boot=True) == "between tests"
+    assert phase(500, 100, 500, after_boot=True) == "after tests"
+    assert phase(200, 100, None, after_boot=True) == "between tests"  # the last test crashed

@@ -59,3 +59,18 @@ def test_a_target_that_cannot_reboot_leaves_the_rest_notrun(fake_selftests, tmp_
     assert _statuses(record) == [("access_pin", "pass"), ("hangs", "crash"), ("access_pin", "notrun")]
     assert "the reboot failed" in record.tests[2].reason
     assert any(e.startswith("reboot after a crash failed: local cannot be rebooted") for e in record.errors)
+
+
+def test_a_rerun_finds_its_own_kernel_reports(fake_selftests, tmp_path):
+    """A test that makes the kernel WARN does so on its rerun too: the rerun's
+    report is its own (not the first run's), so the test is not flaky."""
+    lc = LocalLifecycle(fake_selftests)
+    record = new_record(Options(work=tmp_path / "w"))
+    session = TestSession(lc, SUITE, SessionOptions(tests="*.no_domain.warns", rerun_failed=1), record,
+                          ResultsDir(tmp_path / "r"), Ui(quiet=True))
+    with lc:
+        lc.up()
+        session.run()
+    assert [(t.name, t.status) for t in record.tests] == [("iommufd_ioas.no_domain.warns", "fail")]
+    assert "failed on 1 rerun(s) too" in record.tests[0].reason
+    assert [(s["test"], s["kind"]) for s in record.kernel["splats"]] == [("iommufd_ioas.no_domain.warns", "warning")] * 2
