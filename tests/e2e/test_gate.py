@@ -71,3 +71,22 @@ def test_kernel_warning_fails_a_test_that_passed_in_userspace(tmp_path):
     splats = data["kernel"]["splats"]
     assert [(s["test"], s["kind"]) for s in splats] == [("iommufd_ioas.no_domain.access_rw", "warning")]
     assert "WARNING" in (tmp_path / "warn" / "summary.md").read_text()
+
+
+def test_kernel_warning_at_boot_fails_the_verdict_attributed_to_boot(tmp_path):
+    """Every test passes, but the kernel WARNed while booting: the run and the
+    gate are red, and the report is kernel.boot's, in every report."""
+    code, data, out = _run(tmp_path / "boot", "--patches", str(FIXTURES / "warn-at-boot.patch"))
+    assert code == 1 and data["verdict"] == "fail"
+    selftests = [t for t in data["tests"] if t["binary"] != "kernel"]
+    assert len(selftests) == 24 and all(t["status"] == "pass" for t in selftests)
+    [boot] = [t for t in data["tests"] if t["binary"] == "kernel"]
+    assert boot["name"] == "kernel.boot" and boot["status"] == "fail"
+    assert boot["reason"].startswith("kernel warning boot: WARNING: CPU:")
+    assert "iommufd-harness fault fixture: warning in iommufd_init" in boot["log"]
+    assert [(s["test"], s["kind"]) for s in data["kernel"]["splats"]] == [("kernel.boot", "warning")]
+    cmp = json.loads((tmp_path / "boot" / "comparison.json").read_text())
+    assert [r["name"] for r in cmp["regressions"]] == ["kernel.boot"]
+    assert "kernel.boot" in (tmp_path / "boot" / "summary.md").read_text()
+    kcidb = json.loads((tmp_path / "boot" / "kcidb.json").read_text())
+    assert any(t["path"] == "kselftest.iommu.kernel.boot" and t["status"] == "FAIL" for t in kcidb["tests"])
