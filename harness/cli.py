@@ -13,7 +13,7 @@ import signal
 import sys
 from pathlib import Path
 
-from harness import __version__, arches, data, jobs, profiles, suites
+from harness import __version__, arches, data, debugkernels, jobs, profiles, suites
 from harness.errors import EXIT_ERROR, EXIT_INTERRUPTED, HarnessError, InputError
 from harness.kconfig import fragments as kconfig
 from harness.pipeline import Options
@@ -45,6 +45,9 @@ def _common(p: argparse.ArgumentParser, tests: bool = True) -> None:
                    help="extra Kconfig fragment, same precedence as --kconfig-add (repeatable)")
     g.add_argument("--config", type=Path, metavar="FILE", dest="base_config",
                    help="start from this full .config instead of tinyconfig (fragments still apply)")
+    g.add_argument("--debug", action="append", default=[], metavar="NAME[,NAME]",
+                   help="a debug kernel from configs/debug/ (lockdep, kasan; combinable, repeatable); each "
+                        "combination has a build directory of its own")
     g.add_argument("--jobs", "-j", type=int, default=0, help="parallel build jobs (default: one per CPU)")
     g = p.add_argument_group("machine")
     g.add_argument("--profile", default=profiles.DEFAULT_PROFILE,
@@ -155,6 +158,7 @@ def options(args) -> Options:
         extra_cmdline=args.cmdline,
         per_test_timeout=getattr(args, "per_test_timeout", None),
         kconfig_add=list(args.kconfig_add),
+        debug=debugkernels.parse(args.debug),
         fragments=list(args.fragment),
         base_config=args.base_config,
         baseline=getattr(args, "baseline", None),

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness import __version__, data, profiles, suites
+from harness import __version__, data, debugkernels, profiles, suites
 from harness.errors import HarnessError, InputError
 from harness.parse.splats import Splat
 from harness.reports.decode import decode
@@ -55,6 +55,7 @@ class Options:
     baseline: Path | None = None
     rerun_failed: int = 0
     continue_after_crash: bool = False
+    debug: tuple[str, ...] = ()  # debug kernels from configs/debug/ (--debug)
     board: str | None = None  # USER@HOST[:PORT] of a real board instead of a VM
     board_key: Path = Path("~/.ssh/id_ed25519")
     known_hosts: Path = Path("~/.ssh/known_hosts")
@@ -110,7 +111,7 @@ class Pipeline:
             tree.path, build_dir, tc, "tinyconfig", profile.fragments, tuple(self.opts.kconfig_add),
             tree_fragments=(frag_tree,) if frag_tree.is_file() else (),
             user_fragments=tuple(self.opts.fragments), base_config=self.opts.base_config,
-            kconfig_generation=kconfig_generation)
+            kconfig_generation=kconfig_generation, debug_fragments=debugkernels.fragments(self.opts.debug))
 
     def prepare(self, until: str = "build") -> Prepared:
         opts = self.opts
@@ -133,13 +134,13 @@ class Pipeline:
         generation = source.bump_generation(tree.path, changed)
         kconfig_generation = source.bump_generation(tree.path, [p for p in changed if source.is_kconfig(p)],
                                                     source.KCONFIG_GENERATION_FILE)
-        build_dir = self.work.build / tree.origin.key / profile.arch
+        build_dir = self.work.build / tree.origin.key / (profile.arch + debugkernels.build_suffix(opts.debug))
         with self.stage("config"):
             creq = self.config_request(tree, profile, tc, build_dir, kconfig_generation)
             cfg = config.configure(creq, self.logs / "config.log")
             for line in cfg.overrides:
                 self.ui.info(f"config: {line}")
-            self.record.kernel["config_sha256"] = cfg.sha256
+            self.record.kernel.update(config_sha256=cfg.sha256, debug=list(opts.debug))
         if until == "config":
             return Prepared(tree, tuple(series), cfg, None, tc, profile, creq)
         with self.stage("build"):
@@ -227,7 +228,7 @@ def inputs(opts: Options) -> dict:
     return {"kernel_src": absolute(opts.kernel_src), "default_patches": opts.default_patches,
             "patches": [absolute(p) for p in opts.patches], "kconfig_add": list(opts.kconfig_add),
             "fragments": [absolute(f) for f in opts.fragments], "config": absolute(opts.base_config),
-            "cmdline": opts.extra_cmdline}
+            "cmdline": opts.extra_cmdline, "debug": list(opts.debug)}
 
 
 def new_record(opts: Options) -> RunRecord:

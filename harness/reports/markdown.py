@@ -175,6 +175,8 @@ def _provenance(run: RunRecord) -> list[str]:
         kernel += ", rebuilt" if k["rebuilt"] else ", reused"
     if k.get("toolchain"):
         kernel += f", {esc(k['toolchain'])}"
+    if k.get("debug"):
+        kernel += f", debug kernel {esc(', '.join(k['debug']))}"
     out = ["", "#### Provenance", "", f"- kernel: {kernel}"]
     if run.patches:
         out.append(f"- patches ({len(run.patches)}, in order):")

@@ -9,7 +9,7 @@ def reproducer(profile: str, suite: str, test: str, inputs: dict | None = None) 
     """The command that runs ``test`` again on the same kernel and machine
     (for ``kernel.boot`` and the other reports outside any test, the suite):
     ``inputs`` as a run records them (``RunRecord.inputs``: kernel_src,
-    default_patches, patches, kconfig_add, fragments, config, cmdline)."""
+    default_patches, patches, kconfig_add, fragments, config, debug, cmdline)."""
     i = inputs or {}
     args = [f"--profile {shlex.quote(profile)}", f"--suite {shlex.quote(suite)}"]
     if not test.startswith("kernel."):  # a report at boot or between tests: the suite again reproduces it
@@ -24,6 +24,8 @@ def reproducer(profile: str, suite: str, test: str, inputs: dict | None = None) 
     args += [f"--fragment {shlex.quote(f)}" for f in i.get("fragments", [])]
     if i.get("config"):
         args.append(f"--config {shlex.quote(i['config'])}")
+    if i.get("debug"):
+        args.append(f"--debug {','.join(i['debug'])}")
     if i.get("cmdline"):
         args.append(f"--cmdline {shlex.quote(i['cmdline'])}")
     return "iommufd-harness run " + " ".join(args)

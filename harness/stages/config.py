@@ -26,8 +26,9 @@ INPUTS_FILE = ".harness-config-inputs.json"
 class ConfigRequest:
     """Inputs by precedence, lowest first: the base (a make target such as
     tinyconfig, or ``base_config``, a full .config of the user's), the
-    profile's fragments from configs/, the tree's own selftest config, then
-    the user's --fragment files and --kconfig-add settings."""
+    profile's fragments from configs/, the debug kernels' (configs/debug/),
+    the tree's own selftest config, then the user's --fragment files and
+    --kconfig-add settings."""
 
     tree: Path
     build_dir: Path
@@ -39,12 +40,14 @@ class ConfigRequest:
     user_fragments: tuple[Path, ...] = ()  # --fragment
     base_config: Path | None = None  # --config: a full .config instead of ``base``
     kconfig_generation: str = ""  # changes whenever a Kconfig file of the tree changes (a patch, an edit)
+    debug_fragments: tuple[Path, ...] = ()  # configs/debug/ for --debug
 
     def levels(self) -> list[tuple[str, list[kconfig.Setting]]]:
         user = [s for f in self.user_fragments for s in kconfig.parse_fragment(f)]
         user += [kconfig.parse_assignment(t) for t in self.extra]
         return [
             ("configs/", [s for f in self.fragments for s in kconfig.parse_fragment(f)]),
+            ("--debug", [s for f in self.debug_fragments for s in kconfig.parse_fragment(f)]),
             ("the tree's selftest config", [s for f in self.tree_fragments for s in kconfig.parse_fragment(f)]),
             ("command line", user),
         ]

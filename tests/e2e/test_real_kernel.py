@@ -173,6 +173,21 @@ def test_config_that_would_not_stick_is_explained_before_building(tmp_path):
     assert "no symbol IOMMUFD_TSET in this tree; did you mean CONFIG_IOMMUFD_TEST?" in res.stdout
 
 
+@pytest.mark.parametrize("arch", ["x86_64", "arm64"])
+def test_debug_kernels_configure_on_the_real_tree(arch):
+    """--debug lockdep,kasan: every symbol of configs/debug/ keeps its value
+    on the real tree (KASAN needs SLUB_TINY off), checked before building."""
+    argv = [sys.executable, "-m", "harness", "config", "--work", str(WORK), "--arch", arch,
+            "--debug", "lockdep,kasan", "--show", "PROVE_LOCKING", "--show", "KASAN", "--show", "SLUB_TINY",
+            "--show", "KFENCE", "--show", "UBSAN_BOUNDS", "--show", "DEBUG_ATOMIC_SLEEP"]
+    res = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    shown = set(res.stdout.splitlines()[1:])
+    assert shown == {"CONFIG_PROVE_LOCKING=y", "CONFIG_KASAN=y", "CONFIG_SLUB_TINY is not set", "CONFIG_KFENCE=y",
+                     "CONFIG_UBSAN_BOUNDS=y", "CONFIG_DEBUG_ATOMIC_SLEEP=y"}, res.stdout
+    assert f"{arch}+kasan+lockdep" in res.stdout.splitlines()[0]
+
+
 def test_two_vms_at_once_do_not_collide(first_run, tmp_path):
     """Two guests of the same kernel side by side (as two runs in two work
     dirs would start them): separate ports, QMP sockets, consoles and keys,

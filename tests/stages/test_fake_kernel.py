@@ -144,3 +144,32 @@ def test_full_user_config_as_base(fake_kernel, tmp_path):
     # a changed base config is a changed input
     base.write_text("CONFIG_64BIT=y\n")
     assert config.configure(req, tmp_path / "c.log").reconfigured
+
+
+def test_debug_kernels_are_a_config_level_and_a_build_dir_of_their_own(fake_kernel, tmp_path):
+    from harness import debugkernels
+    from harness.pipeline import Options, Pipeline, new_record
+    from harness.ui import Ui
+
+    assert {"lockdep", "kasan"} <= set(debugkernels.available())
+    assert debugkernels.parse(["lockdep,kasan", "lockdep"]) == ("kasan", "lockdep")
+    with pytest.raises(InputError, match="unknown debug kernel kasna"):
+        debugkernels.parse(["kasna"])
+
+    def prepare(*debug):
+        opts = Options(work=tmp_path / "w", kernel_src=fake_kernel, default_patches=False, debug=debug)
+        WorkDir(opts.work).prepare()
+        record = new_record(opts)
+        prep = Pipeline(opts, Ui(quiet=True), record, tmp_path / "logs").prepare(until="config")
+        return prep, record
+
+    plain, _ = prepare()
+    debug, record = prepare("kasan", "lockdep")
+    assert plain.config.config.parent.name == "x86_64"
+    assert debug.config.config.parent.name == "x86_64+kasan+lockdep"
+    assert record.kernel["debug"] == ["kasan", "lockdep"] and record.inputs["debug"] == ["kasan", "lockdep"]
+    levels = dict(debug.config_request.levels())
+    assert {s.symbol for s in levels["--debug"]} >= {"CONFIG_PROVE_LOCKING", "CONFIG_KASAN", "CONFIG_SLUB_TINY"}
+    # switching back finds the plain kernel's configuration where it was
+    again, _ = prepare()
+    assert not again.config.reconfigured
