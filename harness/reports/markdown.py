@@ -139,7 +139,7 @@ def _failures(run: RunRecord) -> list[str]:
     return out
 
 
-def _splats(splats: list) -> list[str]:
+def _splats(splats: list, lockdep_off: dict | None = None) -> list[str]:
     items = [s for s in splats if isinstance(s, dict)]
     if not items:
         return []
@@ -161,6 +161,12 @@ def _splats(splats: list) -> list[str]:
             out += ["", *("  " + ln for ln in block(shown).splitlines()), ""]
     if len(items) > MAX_SPLATS:
         out.append(f"- ... and {len(items) - MAX_SPLATS} more (see console.log)")
+    if lockdep_off and lockdep_off.get("unchecked"):
+        unchecked = lockdep_off["unchecked"]
+        out += ["", (f"lockdep turned itself off after its report in {code(lockdep_off.get('test') or '?')}: "
+                     f"{len(unchecked)} later test(s) ran without lock checking: "
+                     + ", ".join(code(n) for n in unchecked[:MAX_LIST])
+                     + (f" and {len(unchecked) - MAX_LIST} more" if len(unchecked) > MAX_LIST else ""))]
     return out
 
 
@@ -239,7 +245,7 @@ def render(run: RunRecord, comparison: Comparison | None, splats: list | None = 
     if comparison is not None:
         out += _comparison(comparison)
     out += _failures(run)
-    out += _splats(splats)
+    out += _splats(splats, run.kernel.get("lockdep_off"))
     out += _repro(run, comparison)
     out += _provenance(run)
     return re.sub(r"\n{3,}", "\n\n", "\n".join(out)).strip("\n") + "\n"

@@ -28,6 +28,13 @@ MARKER_WAIT = 3.0  # seconds to wait for a test's END marker to reach the kernel
 OUTSIDE = {"boot": "kernel.boot", "between tests": "kernel.between_tests", "after tests": "kernel.after_tests"}
 
 
+def unchecked_after(report_pos: int, ran: dict[str, int]) -> list[str]:
+    """The tests (of ``ran``: name -> RUN marker position, one boot's kernel
+    log) that started after a report at ``report_pos``: after lockdep's first
+    report it turns itself off, so they ran without lock checking."""
+    return [name for name, pos in sorted(ran.items(), key=lambda kv: kv[1]) if pos > report_pos]
+
+
 def phase(pos: int, first_test: int | None, last_test_end: int | None, after_boot: bool) -> str:
     """Where in a pass a kernel report at log position ``pos`` happened, when
     no test's RUN/END markers enclose it: before the first test (at boot, on
@@ -75,6 +82,7 @@ class Runner:
         self.tap_errors: list[str] = []  # TAP that contradicts itself (count, plan, Totals)
         self.splats: list[tuple[str, Splat]] = []  # (test or OUTSIDE phase, report)
         self.after_boot = after_boot  # the first pass on a freshly booted target: its boot log is ours
+        self.positions: dict[str, int] = {}  # test -> kernel log position of its RUN marker
         self.first_test: int | None = None  # kernel log position of the first RUN marker
         self.last_test_end: int | None = None  # ... and of the last test's END marker
 
@@ -102,6 +110,7 @@ class Runner:
                 time.sleep(0.05)
             found = self.target.kernel_splats(start, end)
             self.log_pos = end if end is not None else start
+            self.positions[rec.name] = start
             self.first_test = start if self.first_test is None else self.first_test
             self.last_test_end = end
             if found:

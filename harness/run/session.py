@@ -43,6 +43,8 @@ class TestSession:
         self.splats: list[tuple[str, Splat]] = []  # (test, or kernel.<phase> outside any test; report)
         self._total = 0
         self._log_pos = 0  # where the last pass stopped in the target's kernel log
+        self._ran: dict[int, dict[str, int]] = {}  # boot -> test -> RUN marker position in that boot's log
+        self._lockdep: tuple[int, str, Splat] | None = None  # (boot, test, report): lockdep's first report
 
     def run(self) -> None:
         target = self.lifecycle.target
@@ -68,7 +70,7 @@ class TestSession:
             try:
                 r.run(todo)
             finally:
-                self._note_splats(r.splats)
+                self._note_pass(r)
             for problem in r.tap_errors:
                 self.record.errors.append(f"inconsistent TAP from the guest: {problem}")
             if not r.unrun:
@@ -97,11 +99,30 @@ class TestSession:
         for name, s in self.splats:
             where = next((k for k, v in runner.OUTSIDE.items() if v == name), None)
             self.ui.warn(f"kernel {s.kind} {where or 'during ' + name}: {s.title}")
+        off = self.record.kernel.get("lockdep_off")
+        if off:
+            self.ui.warn(f"lockdep turned itself off after its report in {off['test']}: "
+                         f"{len(off['unchecked'])} later test(s) ran without lock checking")
 
     def _add(self, rec: TestRecord) -> None:
         self.record.tests.append(rec)
         self.sink.add(rec)
         self.ui.test_result(rec, len(self.record.tests), max(self._total, len(self.record.tests)))
+
+    def _note_pass(self, r: runner.Runner) -> None:
+        """What a pass leaves for the record: its kernel reports, and whether
+        lockdep reported (and so turned itself off for the rest of the boot)."""
+        boot = self.lifecycle.boots
+        self._ran.setdefault(boot, {}).update(r.positions)
+        if self._lockdep is None:  # the run's first lockdep report; a reboot turns lockdep on again
+            first = next(((name, s) for name, s in r.splats if s.kind == "lockdep"), None)
+            if first is not None:
+                self._lockdep = (boot, *first)
+        if self._lockdep is not None:
+            b, name, s = self._lockdep
+            unchecked = runner.unchecked_after(s.start, self._ran.get(b, {}))
+            self.record.kernel["lockdep_off"] = {"test": name, "title": s.title, "unchecked": unchecked}
+        self._note_splats(r.splats)
 
     def _note_splats(self, found: list) -> None:
         self.splats += found
@@ -128,7 +149,7 @@ class TestSession:
             try:
                 rr.run(again)
             finally:
-                self._note_splats(rr.splats)
+                self._note_pass(rr)
                 self._log_pos = rr.log_pos
             if rr.dead:
                 self.record.errors.append(f"the target died while rerunning failed tests: {rr.dead}")

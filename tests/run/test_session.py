@@ -74,3 +74,39 @@ def test_a_rerun_finds_its_own_kernel_reports(fake_selftests, tmp_path):
     assert [(t.name, t.status) for t in record.tests] == [("iommufd_ioas.no_domain.warns", "fail")]
     assert "failed on 1 rerun(s) too" in record.tests[0].reason
     assert [(s["test"], s["kind"]) for s in record.kernel["splats"]] == [("iommufd_ioas.no_domain.warns", "warning")] * 2
+
+
+def test_tests_after_lockdeps_first_report_ran_without_lock_checking(fake_selftests, tmp_path):
+    """lockdep turns itself off after its first report: the run says which
+    later tests ran unchecked.  (The fake kernel's WARN stands in for a
+    lockdep report here.)"""
+    import dataclasses
+
+    from fakes import LocalTarget
+
+    from harness.run.runner import unchecked_after
+
+    assert unchecked_after(150, {"a": 100, "b": 200, "c": 300}) == ["b", "c"]
+    assert unchecked_after(400, {"a": 100}) == []
+
+    class LockdepTarget(LocalTarget):
+        def kernel_splats(self, since, until=None, final=False):
+            return [dataclasses.replace(s, kind="lockdep") for s in super().kernel_splats(since, until, final)]
+
+    class Lc(LocalLifecycle):
+        def _boot(self):
+            return LockdepTarget(self.bindir)
+
+    lc = Lc(fake_selftests)
+    record = new_record(Options(work=tmp_path / "w"))
+    pick = "*.no_domain.access_pin,*.no_domain.warns,*.mock_domain.access_pin"
+    session = TestSession(lc, SUITE, SessionOptions(tests=pick), record, ResultsDir(tmp_path / "r"), Ui(quiet=True))
+    with lc:
+        lc.up()
+        session.run()
+    off = record.kernel["lockdep_off"]
+    assert off["test"] == "iommufd_ioas.no_domain.warns"
+    assert off["unchecked"] == ["iommufd_ioas.mock_domain.access_pin"]
+    from harness.reports.markdown import render
+
+    assert "1 later test(s) ran without lock checking: `iommufd_ioas.mock_domain.access_pin`" in render(record, None)
