@@ -56,16 +56,11 @@ class TestSession:
         total = selection.count
         self.ui.info(f"running {total} tests of suite {suite.name}")
         limit = self.opts.per_test_timeout or suite.per_test_timeout
-
         self._total = total
-
-        def on_result(rec: TestRecord) -> None:
-            self._add(rec)
-
         todo = selection
         reboots = 0
         while True:
-            r = runner.Runner(target, limit, on_result, on_tap=self.sink.save_tap,
+            r = runner.Runner(target, limit, self._add, on_tap=self.sink.save_tap,
                               defer_unrun=self.opts.continue_after_crash and reboots < MAX_REBOOTS)
             try:
                 r.run(todo)
@@ -86,7 +81,7 @@ class TestSession:
             except HarnessError as e:
                 self.record.errors.append(f"reboot after a crash failed: {e.message}")
                 for b, n in r.unrun:
-                    on_result(TestRecord(n, "notrun", reason=f"not run: {r.dead}; the reboot failed", binary=b))
+                    self._add(TestRecord(n, "notrun", reason=f"not run: {r.dead}; the reboot failed", binary=b))
                 r.dead = r.dead or "reboot failed"
                 break
         self._log_pos = r.log_pos
