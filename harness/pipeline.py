@@ -164,7 +164,8 @@ class Pipeline:
             return base
 
     def expect(self, prep: Prepared, any_kernel: bool = False) -> Expect:
-        return Expect(None if any_kernel else prep.kernel.build_id, prep.profile.iommu, prep.profile.hugepages)
+        return Expect(None if any_kernel else prep.kernel.build_id, prep.profile.iommu, prep.profile.hugepages,
+                      prep.profile.qemu.smp if prep.profile.qemu is not None else None)
 
     def vm(self, prep: Prepared, base: image.BaseImage, results_dir: Path) -> VmLifecycle:
         """The run's VM, off; booting it adds the run's own SSH keys (in

@@ -206,7 +206,7 @@ class BoardLifecycle(Lifecycle):
         booted = info.build_id == self.built_build_id
         self.guest.clear()
         self.guest.update(kind="board", host=self.spec.host, kernel_release=info.kernel_release,
-                          build_id=info.build_id, hugepages=info.hugepages, iommus=list(info.iommus),
+                          build_id=info.build_id, hugepages=info.hugepages, iommus=list(info.iommus), cpus=info.cpus,
                           built_kernel_booted=booted)
         self.say(f"board up: {info.kernel_release}, IOMMUs: {', '.join(info.iommus) or 'none'}, "
                  f"{info.hugepages} huge pages" + ("" if booted else

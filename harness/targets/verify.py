@@ -20,6 +20,7 @@ class Expect:
     build_id: str | None
     iommu: str  # regex an entry of /sys/class/iommu must match; "" for any
     hugepages: int
+    cpus: int | None = None  # CPUs the kernel must bring up (QEMU's -smp); None: any
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,7 @@ class GuestInfo:
     build_id: str | None
     hugepages: int
     iommus: tuple[str, ...]
+    cpus: int = 0  # online CPUs
 
 
 def _check(res, what: str) -> str:
@@ -53,9 +55,23 @@ def verify(target: Target, expect: Expect) -> GuestInfo:
     if huge < expect.hugepages:
         raise TargetError(f"the guest has {huge} huge pages, the selftests need {expect.hugepages}",
                           "give the VM more memory, or check CONFIG_HUGETLBFS")
+    cpus = count_cpus(_check(target.run(["cat", "/sys/devices/system/cpu/online"], 30), "reading online CPUs"))
+    if expect.cpus is not None and cpus != expect.cpus:
+        raise TargetError(f"the guest runs on {cpus} CPU(s), the machine has {expect.cpus}",
+                          f"build the kernel with CONFIG_SMP=y and CONFIG_NR_CPUS >= {expect.cpus} (configs/base.config)")
     iommus = tuple(_check(target.run(["ls", "/sys/class/iommu"], 30), "listing /sys/class/iommu").split())
     if expect.iommu and not any(re.search(expect.iommu, i) for i in iommus):
         raise TargetError(f"the guest has no IOMMU matching '{expect.iommu}' (found: {', '.join(iommus) or 'none'}):\n"
                           f"{target.console_excerpt(30)}",
                           "the vIOMMU did not come up; check the profile and the kernel config")
-    return GuestInfo(release, build_id, huge, iommus)
+    return GuestInfo(release, build_id, huge, iommus, cpus)
+
+
+def count_cpus(cpulist: str) -> int:
+    """CPUs in a kernel cpulist ("0-1", "0,2-3")."""
+    n = 0
+    for part in cpulist.strip().split(","):
+        if part:
+            lo, _, hi = part.partition("-")
+            n += int(hi or lo) - int(lo) + 1
+    return n

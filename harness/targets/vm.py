@@ -116,8 +116,8 @@ class VmLifecycle(Lifecycle):
 
     def _verified(self, info: GuestInfo) -> None:
         self.guest.update(kernel_release=info.kernel_release, build_id=info.build_id, hugepages=info.hugepages,
-                          iommus=list(info.iommus), boots=self.boots)
-        self.say(f"guest up: {info.kernel_release}, IOMMUs: {', '.join(info.iommus) or 'none'}, "
+                          iommus=list(info.iommus), cpus=info.cpus, boots=self.boots)
+        self.say(f"guest up: {info.kernel_release}, {info.cpus} CPUs, IOMMUs: {', '.join(info.iommus) or 'none'}, "
                  f"{info.hugepages} huge pages")
 
     def _teardown(self) -> None:

@@ -65,3 +65,19 @@ def test_profiles_promise_a_checked_iommu():
     assert profiles.load("x86_64-none").qemu.devices == ()
     board = profiles.load("board-arm64")
     assert board.qemu is None and board.arch == "arm64"
+
+
+def test_every_profile_fits_the_guest_kernels_cpus():
+    """The guest kernel brings up every CPU a profile gives QEMU (verify
+    checks it), so -smp never exceeds CONFIG_NR_CPUS."""
+    from harness import data
+    from harness.kconfig import fragments
+    from harness.targets.verify import count_cpus
+
+    base = {s.symbol: s.value for s in fragments.parse_fragment(data.folder("configs") / "base.config")}
+    assert base["CONFIG_SMP"] == "y" and base["CONFIG_SLUB_TINY"] == "n"
+    for name in profiles.available():
+        q = profiles.load(name).qemu
+        if q is not None:
+            assert 2 <= q.smp <= int(base["CONFIG_NR_CPUS"]), name
+    assert [count_cpus(s) for s in ("0", "0-1", "0,2-3\n", "0-7")] == [1, 2, 3, 8]
