@@ -19,7 +19,7 @@ from harness.errors import InputError, ToolMissing
 from harness.reports.baseline import Change, Comparison, NoExpectations, compare, is_flaky, load_baseline
 from harness.reports.junit import junit_xml
 from harness.reports.repro import reproducer
-from harness.reports.results import BAD, STATUSES, RunRecord, TestRecord
+from harness.reports.results import BAD, STATUSES, RunRecord, TestRecord, outside_phase
 from harness.reports.resultsdir import atomic_write
 
 MAX_FAILURES = 15  # failures shown with log lines; the rest are only counted
@@ -147,8 +147,8 @@ def _splats(splats: list, lockdep_off: dict | None = None) -> list[str]:
     for s in items[:MAX_SPLATS]:
         kind = esc(s.get("kind") or "splat", 40)
         line = f"- **{kind}**: {code(s.get('title') or '?')}"
-        if str(s.get("test") or "").startswith("kernel."):
-            line += f" {esc(s['test'].removeprefix('kernel.').replace('_', ' '))} ({code(s['test'])})"
+        if outside_phase(s.get("test")):
+            line += f" {esc(outside_phase(s['test']))} ({code(s['test'])})"
         elif s.get("test"):
             line += f" during {code(s['test'])}"
         if s.get("signature"):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import shlex
 
+from harness.reports.results import outside_phase
+
 
 def reproducer(profile: str, suite: str, test: str, inputs: dict | None = None) -> str:
     """The command that runs ``test`` again on the same kernel and machine
@@ -12,7 +14,7 @@ def reproducer(profile: str, suite: str, test: str, inputs: dict | None = None) 
     default_patches, patches, kconfig_add, fragments, config, debug, cmdline)."""
     i = inputs or {}
     args = [f"--profile {shlex.quote(profile)}", f"--suite {shlex.quote(suite)}"]
-    if not test.startswith("kernel."):  # a report at boot or between tests: the suite again reproduces it
+    if not outside_phase(test):  # a report at boot or between tests: the suite again reproduces it
         quoted = f"'{test}'" if "'" not in test else shlex.quote(test)  # quoted: no shell expands a name
         args.append(f"--tests {quoted}")
     if i.get("kernel_src"):

@@ -9,6 +9,15 @@ from dataclasses import asdict, dataclass, field
 from harness.errors import EXIT_ERROR, EXIT_FAIL, EXIT_PASS
 
 STATUSES = ("pass", "fail", "skip", "timeout", "crash", "notrun")
+# Kernel reports logged outside any test are failed records of their own,
+# one per phase of the run, with this binary.
+KERNEL = "kernel"
+PHASES = {"boot": "kernel.boot", "between tests": "kernel.between_tests", "after tests": "kernel.after_tests"}
+
+
+def outside_phase(name: str | None) -> str | None:
+    """"boot", "between tests" or "after tests" for such a record's name, else None."""
+    return next((phase for phase, record in PHASES.items() if record == name), None)
 BAD = {"fail", "timeout", "crash", "notrun"}
 MAX_LOG = 64 * 1024
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")

@@ -17,15 +17,12 @@ from harness.errors import TargetError
 from harness.parse.splats import Splat
 from harness.parse.tap import TapParser
 from harness.parse.testlist import parse_list
-from harness.reports.results import TestRecord, clean
+from harness.reports.results import KERNEL, PHASES, TestRecord, clean
 from harness.suites import Selection
 from harness.targets.base import Target
 
 MARKER_WAIT = 3.0  # seconds to wait for a test's END marker to reach the kernel log
 
-# Kernel reports outside any test are failures of their own, one record per
-# phase of the run (binary "kernel"): they fail the verdict like a test.
-OUTSIDE = {"boot": "kernel.boot", "between tests": "kernel.between_tests", "after tests": "kernel.after_tests"}
 
 
 def unchecked_after(report_pos: int, ran: dict[str, int]) -> list[str]:
@@ -80,7 +77,7 @@ class Runner:
         # same target starts where the previous one stopped
         self.log_pos = since
         self.tap_errors: list[str] = []  # TAP that contradicts itself (count, plan, Totals)
-        self.splats: list[tuple[str, Splat]] = []  # (test or OUTSIDE phase, report)
+        self.splats: list[tuple[str, Splat]] = []  # (test, or a PHASES record outside any test; report)
         self.after_boot = after_boot  # the first pass on a freshly booted target: its boot log is ours
         self.positions: dict[str, int] = {}  # test -> kernel log position of its RUN marker
         self.first_test: int | None = None  # kernel log position of the first RUN marker
@@ -132,12 +129,12 @@ class Runner:
             where = phase(s.start, self.first_test, self.last_test_end, self.after_boot)
             left.setdefault(where, []).append(s)
         for where, found in left.items():
-            name = OUTSIDE[where]
+            name = PHASES[where]
             self.splats += [(name, s) for s in found]
             more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
             self.on_result(TestRecord(
                 name, "fail", 0.0, clean("\n".join(f"--- kernel {s.kind}: {s.title} ---\n{s.text}" for s in found)),
-                f"kernel {found[0].kind} {where}: {found[0].title}{more}", "kernel"))
+                f"kernel {found[0].kind} {where}: {found[0].title}{more}", KERNEL))
         return self.splats
 
     def run_binary(self, binary: str, names: list[str]) -> list[TestRecord]:

@@ -12,7 +12,7 @@ from harness import suites
 from harness.errors import HarnessError
 from harness.parse.splats import Splat
 from harness.reports import baseline
-from harness.reports.results import RunRecord, TestRecord
+from harness.reports.results import KERNEL, RunRecord, TestRecord, outside_phase
 from harness.reports.resultsdir import ResultsDir
 from harness.run import runner
 from harness.targets.lifecycle import Lifecycle, State
@@ -92,8 +92,7 @@ class TestSession:
         elif self.opts.rerun_failed:
             self.rerun_failed(selection, limit)
         for name, s in self.splats:
-            where = next((k for k, v in runner.OUTSIDE.items() if v == name), None)
-            self.ui.warn(f"kernel {s.kind} {where or 'during ' + name}: {s.title}")
+            self.ui.warn(f"kernel {s.kind} {outside_phase(name) or 'during ' + name}: {s.title}")
         off = self.record.kernel.get("lockdep_off")
         if off:
             self.ui.warn(f"lockdep turned itself off after its report in {off['test']}: "
@@ -131,7 +130,7 @@ class TestSession:
         green); a kernel crash is never rerun away."""
         reruns: dict[str, list[TestRecord]] = {}
         for attempt in range(1, self.opts.rerun_failed + 1):
-            todo = {t.name for t in self.record.tests if t.status in ("fail", "timeout") and t.binary != "kernel"
+            todo = {t.name for t in self.record.tests if t.status in ("fail", "timeout") and t.binary != KERNEL
                     and not any(r.status == "pass" for r in reruns.get(t.name, []))}
             if not todo:
                 break
@@ -139,7 +138,7 @@ class TestSession:
             again = suites.Selection({b: tuple(n for n in names if n in todo)
                                       for b, names in selection.tests.items() if todo & set(names)}, ())
             rr = runner.Runner(self.lifecycle.target, limit, lambda rec: (
-                self._add(rec) if rec.binary == "kernel" else reruns.setdefault(rec.name, []).append(rec)),
+                self._add(rec) if rec.binary == KERNEL else reruns.setdefault(rec.name, []).append(rec)),
                 after_boot=False, since=self._log_pos)
             try:
                 rr.run(again)

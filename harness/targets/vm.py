@@ -135,6 +135,6 @@ class VmLifecycle(Lifecycle):
 
     def ssh_command(self) -> str:
         port = self.vms[-1].ssh_port if self.vms else 0
-        return (f"ssh -i {self.req.vm_dir / 'id_ed25519'} -p {port} -o UserKnownHostsFile={self.req.vm_dir / 'known_hosts'} "
+        return (f"ssh -i {self._keys.client_private if self._keys else '?'} -p {port} -o UserKnownHostsFile={self.req.vm_dir / 'known_hosts'} "
                 f"-o StrictHostKeyChecking=yes root@127.0.0.1")
 

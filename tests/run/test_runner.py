@@ -140,7 +140,7 @@ def _warn_outside_any_test(target, bindir):
 
 
 def test_kernel_report_outside_any_test_is_a_failure_of_its_own(fake_selftests):
-    from harness.run.runner import OUTSIDE
+    from harness.reports.results import PHASES
 
     target = LocalTarget(fake_selftests)
     _warn_outside_any_test(target, fake_selftests)  # "at boot": before the first test
@@ -148,7 +148,7 @@ def test_kernel_report_outside_any_test_is_a_failure_of_its_own(fake_selftests):
     r, records, seen, _ = _run(fake_selftests, names, target=target)
     assert [(t.name, t.status) for t in records] == [(names[0], "pass"), (names[1], "pass")]
     boot = seen[-1]
-    assert (boot.name, boot.status, boot.binary) == (OUTSIDE["boot"], "fail", "kernel")
+    assert (boot.name, boot.status, boot.binary) == (PHASES["boot"], "fail", "kernel")
     assert boot.reason.startswith("kernel warning boot: WARNING: CPU: 1 PID:")
     assert "iommufd_access_rw+0x4a/0x2d0" in boot.log
     assert [(name, s.kind) for name, s in r.splats] == [("kernel.boot", "warning")]
