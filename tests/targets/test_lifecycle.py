@@ -80,3 +80,29 @@ def test_a_target_that_cannot_reboot_says_so(fake_selftests):
     with pytest.raises(TargetError, match="cannot be rebooted"):
         lc.reboot()
     assert lc.state is State.CRASHED
+
+
+def test_vm_teardown_stops_every_vm_it_started_and_cleans_up(tmp_path):
+    """After reboots a VmLifecycle owns several VMs: teardown stops all of them
+    (a crashed guest's QEMU may still run) and removes the run's initrd and
+    QMP socket directory.  The e2e leak checks cannot see this: QEMU dies with
+    the harness process anyway (PR_SET_PDEATHSIG)."""
+    from harness import profiles
+    from harness.targets.vm import VmLifecycle, VmRequest
+
+    class FakeVM:
+        stopped = False
+
+        def stop(self):
+            self.stopped = True
+
+    lc = VmLifecycle(VmRequest(profiles.load("x86_64-vtd"), tmp_path / "bzImage", None, tmp_path, tmp_path / "vm",
+                               tmp_path), Expect(None, "", 0))
+    lc.vms = [FakeVM(), FakeVM(), FakeVM()]
+    lc._sock_dir = tmp_path / "sock"
+    lc._sock_dir.mkdir()
+    lc._initrd = tmp_path / "initrd.cpio"
+    lc._initrd.write_bytes(b"070701")
+    lc.teardown()
+    assert all(vm.stopped for vm in lc.vms)
+    assert not lc._sock_dir.exists() and not lc._initrd.exists() and lc.state is State.OFF
