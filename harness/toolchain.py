@@ -68,6 +68,14 @@ class Toolchain:
             env["CROSS_COMPILE"] = self.cross_compile
         return env
 
+    def ccache_env(self, tree: Path, build_dir: Path) -> dict[str, str]:
+        """ccache's base dir for a build of ``tree`` in ``build_dir``: paths
+        under it are hashed relative to the build dir, so another checkout
+        (another work dir with the same sources) hits the same cache."""
+        if not self.ccache:
+            return {}
+        return {"CCACHE_BASEDIR": os.path.commonpath([tree.resolve(), build_dir.resolve()])}
+
     def make_argv(self, tree: Path, build_dir: Path | None = None, jobs: bool = False) -> list[str]:
         argv = ["make", "-C", str(tree), f"ARCH={self.kernel_arch}"]
         if build_dir is not None:
@@ -76,6 +84,17 @@ class Toolchain:
             argv.append(f"CROSS_COMPILE={self.cross_compile}")
         if self.ccache:
             argv.append(f"CC=ccache {self.cc}")
+            if build_dir is not None:
+                # with ccache_env()'s base dir, ccache hands the compiler the
+                # source as a path relative to the build dir; this maps it
+                # back as Kbuild maps the absolute one, so __FILE__ (and the
+                # "WARNING: ... at drivers/...: " of kernel reports) stays
+                # drivers/...
+                argv.append(f"KCFLAGS=-fmacro-prefix-map={_relative(tree, build_dir)}/=")
         if jobs:
             argv.append(f"-j{self.jobs or os.cpu_count() or 1}")
         return argv
+
+
+def _relative(tree: Path, build_dir: Path) -> str:
+    return os.path.relpath(tree.resolve(), build_dir.resolve())

@@ -54,10 +54,8 @@ def _first_error(log: Path) -> str | None:
     return m.group(0).strip() if m else None
 
 
-def _make(argv, req: BuildRequest, log: Path, what: str) -> None:
-    # (no CCACHE_BASEDIR: it rewrites the paths __FILE__ expands to, and a
-    # "kernel BUG at ../../../src/..." helps nobody)
-    res = proc.run(argv, timeout=req.timeout, log=log, keep_output=False)
+def _make(argv, req: BuildRequest, log: Path, what: str, env: dict | None = None) -> None:
+    res = proc.run(argv, timeout=req.timeout, log=log, keep_output=False, env=env)
     if res.timed_out or res.returncode != 0:
         first = _first_error(log)
         why = f"timed out after {req.timeout:.0f} s" if res.timed_out else "failed"
@@ -87,8 +85,9 @@ def build(req: BuildRequest, log: Path) -> KernelBuild:
     if not (_stamp_matches(stamp, key) and all(p.exists() for p in outputs)):
         stamp.unlink(missing_ok=True)
         mk = tc.make_argv(req.tree, req.build_dir, jobs=True)
-        _make(mk + [tc.image_target], req, log, f"kernel build (make {tc.image_target})")
-        _make(mk + ["headers"], req, log, "make headers")
+        env = tc.ccache_env(req.tree, req.build_dir)
+        _make(mk + [tc.image_target], req, log, f"kernel build (make {tc.image_target})", env)
+        _make(mk + ["headers"], req, log, "make headers", env)
         st_argv = ["make", "-C", str(req.tree / "tools/testing/selftests/iommu"),
                    f"ARCH={tc.kernel_arch}", f"OUTPUT={st_out}",
                    f"KHDR_INCLUDES=-isystem {headers}", "USERLDFLAGS=-static",
