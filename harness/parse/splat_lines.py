@@ -42,6 +42,7 @@ _HEADLINES: tuple[tuple[str, re.Pattern[str]], ...] = tuple((kind, re.compile(rx
     ("warning", r"WARNING: CPU: \d+ PID: \d+ at "),
     ("lockdep", rf"WARNING: (?:{_LOCKDEP_WARNINGS})"),
     ("lockdep", r"INFO: (?:possible irq lock inversion dependency detected|trying to register non-static key)"),
+    ("lockdep", r"\[ BUG: Invalid wait context \]"),
     ("lockdep", (r"BUG: (?:MAX_LOCK\w* too low!|MAX_STACK_TRACE_ENTRIES too low!|key \S+ has not been registered!"
                  r"|looking up invalid subclass)")),
     ("refcount", r"refcount_t: (?:underflow|saturated|addition on 0|decrement hit 0)"),
