@@ -28,6 +28,10 @@ MAX_LIST = 25  # rows per list of changes
 MAX_SPLATS = 10
 MAX_REPRO = 5
 _INTERESTING = re.compile(r"Expected|Assertion|[Ee]rror|ERROR|failed|Bail out|BUG|WARNING|Oops|panic|Call Trace")
+MAX_REPORT_LINES = 10  # lines of a kernel report's head per failure
+_REPORT_START = re.compile(r"--- kernel \w+: .* ---$")
+_REPORT_END = re.compile(r"--- decoded \w+ ---$|\s*(?:Call [Tt]race:|stack backtrace:)")
+_REPORT_NOISE = re.compile(r"[=-]{10,}$|-+\[ cut here \]-+$|CPU: \d+ |Hardware name: |\S+ #\d+ (?:Not tainted|Tainted: )")
 _TAP_NOISE = re.compile(r"^(not ok \d+|ok \d+|#\s+FAIL\s|#\s+RUN\s|#\s+OK\s)")
 _MD_SPECIAL = re.compile(r"([\\`*_\[\]<>|~@&])")  # enough to stop emphasis, links, HTML, tables, mentions
 
@@ -65,10 +69,34 @@ def block(lines: list[str]) -> str:
 # -- content ----------------------------------------------------------------------
 
 
+def report_lines(log: str, limit: int = MAX_REPORT_LINES) -> list[str]:
+    """The head of the first kernel report in a test's log (the runner puts
+    each after a ``--- kernel KIND: TITLE ---`` line): what it says before its
+    call trace (the locks of a lockdep report, the access of a KASAN one, the
+    RIP of a WARN), without banners and the CPU/hardware lines."""
+    lines = log.splitlines()
+    start = next((i for i, ln in enumerate(lines) if _REPORT_START.match(ln)), None)
+    if start is None:
+        return []
+    out = []
+    for ln in lines[start + 1:]:
+        if _REPORT_START.match(ln) or _REPORT_END.match(ln):
+            break
+        if ln.strip() and not _REPORT_NOISE.match(ln.strip()):
+            out.append(ln.rstrip())
+        if len(out) >= limit:
+            break
+    return out
+
+
 def failure_lines(test: TestRecord, limit: int = MAX_LINES) -> list[str]:
     """The lines of a test's log that say why it failed: the harness's reason,
-    then assertion and error lines; the log's last lines when none match."""
+    then assertion and error lines; the log's last lines when none match.  A
+    failure that is a kernel report shows that report's head instead."""
     lines = [f"harness: {test.reason}"] if test.reason else []
+    report = report_lines(test.log)
+    if report:
+        return [ln[:300] for ln in lines + report]
     body = [ln.strip().removeprefix("#").strip() for ln in test.log.splitlines()]
     body = [ln for ln in body if ln and not _TAP_NOISE.match(ln)]
     hits = [ln for ln in body if _INTERESTING.search(ln)]
@@ -139,11 +167,11 @@ def _failures(run: RunRecord) -> list[str]:
     return out
 
 
-def _splats(splats: list, lockdep_off: dict | None = None) -> list[str]:
+def _splats(splats: list, lockdep_off: dict | None = None, omitted: int = 0) -> list[str]:
     items = [s for s in splats if isinstance(s, dict)]
     if not items:
         return []
-    out = ["", f"#### Kernel splats ({len(items)})", ""]
+    out = ["", f"#### Kernel splats ({len(items) + omitted})", ""]
     for s in items[:MAX_SPLATS]:
         kind = esc(s.get("kind") or "splat", 40)
         line = f"- **{kind}**: {code(s.get('title') or '?')}"
@@ -159,11 +187,11 @@ def _splats(splats: list, lockdep_off: dict | None = None) -> list[str]:
             shown = [ln[:200] for ln in text[:MAX_LINES]] + ([f"[... {len(text) - MAX_LINES} more lines]"]
                                                               if len(text) > MAX_LINES else [])
             out += ["", *("  " + ln for ln in block(shown).splitlines()), ""]
-    if len(items) > MAX_SPLATS:
-        out.append(f"- ... and {len(items) - MAX_SPLATS} more (see console.log)")
+    if len(items) + omitted > MAX_SPLATS:
+        out.append(f"- ... and {len(items) + omitted - MAX_SPLATS} more (see console.log)")
     if lockdep_off and lockdep_off.get("unchecked"):
         unchecked = lockdep_off["unchecked"]
-        out += ["", (f"lockdep turned itself off after its report in {code(lockdep_off.get('test') or '?')}: "
+        out += ["", (f"lockdep turned itself off after the report in {code(lockdep_off.get('test') or '?')}: "
                      f"{len(unchecked)} later test(s) ran without lock checking: "
                      + ", ".join(code(n) for n in unchecked[:MAX_LIST])
                      + (f" and {len(unchecked) - MAX_LIST} more" if len(unchecked) > MAX_LIST else ""))]
@@ -245,7 +273,7 @@ def render(run: RunRecord, comparison: Comparison | None, splats: list | None = 
     if comparison is not None:
         out += _comparison(comparison)
     out += _failures(run)
-    out += _splats(splats, run.kernel.get("lockdep_off"))
+    out += _splats(splats, run.kernel.get("lockdep_off"), int(run.kernel.get("splats_omitted") or 0))
     out += _repro(run, comparison)
     out += _provenance(run)
     return re.sub(r"\n{3,}", "\n\n", "\n".join(out)).strip("\n") + "\n"

@@ -6,6 +6,7 @@ goes to the record and the results directory the moment it is known."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from harness import suites
@@ -19,6 +20,9 @@ from harness.targets.lifecycle import Lifecycle, State
 from harness.ui import Ui
 
 MAX_REBOOTS = 3  # --continue-after-crash: at most this many reboots per run
+MAX_RECORDED_SPLATS = 100  # kernel reports listed in results.json
+LOCKDEP_ON = re.compile(r"Lock dependency validator: Copyright")  # lockdep's banner at boot
+TAINT_OFF = re.compile(r"Disabling lock debugging due to kernel taint")
 
 
 @dataclass(frozen=True)
@@ -27,6 +31,26 @@ class SessionOptions:
     per_test_timeout: float | None = None  # None: the suite's
     continue_after_crash: bool = False
     rerun_failed: int = 0
+
+
+def lockdep_stop(r: runner.Runner) -> tuple[str, str, int] | None:
+    """(test, why, log position) where lockdep stopped checking during the
+    pass ``r``: at its own first report, or at a report that tainted the
+    kernel (KASAN, BUG, Oops: "Disabling lock debugging due to kernel
+    taint"), whichever came first.  The taint only counts on a kernel that
+    has lockdep (its banner is in the log)."""
+    stops = [(s.start, name, s.title) for name, s in r.splats if s.kind == "lockdep"][:1]
+    target = r.target
+    taint = target.kernel_log_find(TAINT_OFF, 0)
+    if taint is not None and target.kernel_log_find(LOCKDEP_ON, 0) is not None:
+        before = [(s.start, name, s.title) for name, s in r.splats if s.start <= taint]
+        if before:
+            _, name, title = max(before)
+            stops.append((taint, name, f"{title} (it tainted the kernel)"))
+    if not stops:
+        return None
+    pos, name, why = min(stops)
+    return name, why, pos
 
 
 class TestSession:
@@ -44,7 +68,8 @@ class TestSession:
         self._total = 0
         self._log_pos = 0  # where the last pass stopped in the target's kernel log
         self._ran: dict[int, dict[str, int]] = {}  # boot -> test -> RUN marker position in that boot's log
-        self._lockdep: tuple[int, str, Splat] | None = None  # (boot, test, report): lockdep's first report
+        # (boot, test, why, log position): where lockdep stopped checking
+        self._lockdep: tuple[int, str, str, int] | None = None
 
     def run(self) -> None:
         target = self.lifecycle.target
@@ -95,7 +120,7 @@ class TestSession:
             self.ui.warn(f"kernel {s.kind} {outside_phase(name) or 'during ' + name}: {s.title}")
         off = self.record.kernel.get("lockdep_off")
         if off:
-            self.ui.warn(f"lockdep turned itself off after its report in {off['test']}: "
+            self.ui.warn(f"lockdep turned itself off after the report in {off['test']}: "
                          f"{len(off['unchecked'])} later test(s) ran without lock checking")
 
     def _add(self, rec: TestRecord) -> None:
@@ -105,24 +130,30 @@ class TestSession:
 
     def _note_pass(self, r: runner.Runner) -> None:
         """What a pass leaves for the record: its kernel reports, and whether
-        lockdep reported (and so turned itself off for the rest of the boot)."""
+        lockdep stopped checking (for the rest of the boot)."""
         boot = self.lifecycle.boots
         self._ran.setdefault(boot, {}).update(r.positions)
-        if self._lockdep is None:  # the run's first lockdep report; a reboot turns lockdep on again
-            first = next(((name, s) for name, s in r.splats if s.kind == "lockdep"), None)
-            if first is not None:
-                self._lockdep = (boot, *first)
+        if self._lockdep is None:  # the run's first; a reboot turns lockdep on again
+            stop = lockdep_stop(r)
+            if stop is not None:
+                self._lockdep = (boot, *stop)
         if self._lockdep is not None:
-            b, name, s = self._lockdep
-            unchecked = runner.unchecked_after(s.start, self._ran.get(b, {}))
-            self.record.kernel["lockdep_off"] = {"test": name, "title": s.title, "unchecked": unchecked}
+            b, name, why, pos = self._lockdep
+            unchecked = runner.unchecked_after(pos, self._ran.get(b, {}))
+            self.record.kernel["lockdep_off"] = {"test": name, "title": why, "unchecked": unchecked}
         self._note_splats(r.splats)
 
     def _note_splats(self, found: list) -> None:
+        """The run's kernel reports for results.json: the first
+        MAX_RECORDED_SPLATS (a kernel can print thousands; console.log has
+        them all) and how many more there were."""
         self.splats += found
         self.record.kernel["splats"] = [
             {"test": name, "kind": s.kind, "title": s.title, "signature": s.signature, "fatal": s.fatal}
-            for name, s in self.splats]
+            for name, s in self.splats[:MAX_RECORDED_SPLATS]]
+        omitted = len(self.splats) - MAX_RECORDED_SPLATS
+        if omitted > 0:
+            self.record.kernel["splats_omitted"] = omitted
 
     def rerun_failed(self, selection: suites.Selection, limit: float) -> None:
         """Run failed and timed-out tests again, up to --rerun-failed times: one

@@ -399,3 +399,21 @@ def test_a_kernel_report_outside_any_test_shows_in_every_report(tmp_path):
     base = from_run(RunRecord(suite="access", profile="x86_64-vtd", tests=run.tests[:1], verdict="pass"), "before")
     cmp = compare(run, base)
     assert cmp.gate_verdict("fail") == "fail" and [c.name for c in cmp.regressions] == ["kernel.boot"]
+
+
+def test_a_failure_by_a_kernel_report_shows_what_the_report_says():
+    """A lockdep report's head names both locks and where the other order was
+    taken: that is what a reviewer needs in summary.md (log from a real run)."""
+    from harness.parse.splats import scan
+
+    text = (Path(__file__).resolve().parents[1] / "golden/console/x86_64-lock-inversion.log").read_bytes().decode()
+    [s] = scan(text)
+    t = TestRecord("iommufd_ioas.no_domain.access_rw", "fail", 5.5,
+                   log=f"ok 1 iommufd_ioas.no_domain.access_rw\n--- kernel {s.kind}: {s.title} ---\n{s.text}",
+                   reason=f"kernel {s.kind} during the test: {s.title}")
+    lines = failure_lines(t)
+    assert lines[:2] == [f"harness: {t.reason}", "WARNING: possible circular locking dependency detected"]
+    assert re.match(r"iommufd/\d+ is trying to acquire lock:", lines[2])
+    assert "(&access->ioas_lock)" in lines[3] and lines[4] == "but task is already holding lock:"
+    assert "(&iopt->iova_rwsem)" in lines[5]
+    assert len(lines) == 1 + 10 and not any(set(ln) <= set("=-") or "Not tainted" in ln for ln in lines)

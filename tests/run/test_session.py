@@ -110,3 +110,79 @@ def test_tests_after_lockdeps_first_report_ran_without_lock_checking(fake_selfte
     from harness.reports.markdown import render
 
     assert "1 later test(s) ran without lock checking: `iommufd_ioas.mock_domain.access_pin`" in render(record, None)
+
+
+class _Log:
+    """A target that is only its kernel log: a captured console."""
+
+    def __init__(self, text):
+        self.text = text
+
+    def kernel_log_find(self, pattern, since=0):
+        m = pattern.search(self.text, since)
+        return m.start() if m else None
+
+
+def _pass_over(text):
+    """A finished pass over a captured console: its reports, each with the
+    test whose RUN/END markers enclose it (as the runner attributes them)."""
+    import re
+    import types
+
+    from harness.parse.splats import scan
+
+    found = []
+    for s in scan(text):
+        name = None
+        for m in re.finditer(r"iommufd-harness: (RUN|END) (\S+)", text[:s.start]):
+            name = m.group(2) if m.group(1) == "RUN" else None
+        found.append((name, s))
+    return types.SimpleNamespace(target=_Log(text), splats=found)
+
+
+def _golden(name):
+    from pathlib import Path
+
+    return (Path(__file__).resolve().parents[1] / "golden" / "console" / name).read_bytes().decode()
+
+
+def test_lockdep_stops_at_its_own_first_report():
+    from harness.run.session import lockdep_stop
+
+    text = _golden("x86_64-lock-inversion.log")
+    name, why, pos = lockdep_stop(_pass_over(text))
+    assert (name, why) == ("iommufd_ioas.no_domain.access_rw", "WARNING: possible circular locking dependency detected")
+    assert text[pos:].startswith("[") and "=====" in text[pos:pos + 80]
+
+
+def test_a_report_that_taints_the_kernel_turns_lockdep_off_too():
+    """KASAN taints the kernel and the kernel stops lock debugging: the tests
+    after it ran without lock checking, though lockdep itself said nothing."""
+    from harness.run.session import lockdep_stop
+
+    text = _golden("x86_64-kasan-oob.log")
+    r = _pass_over(text)
+    assert not any(s.kind == "lockdep" for _, s in r.splats)
+    name, why, pos = lockdep_stop(r)
+    assert name == "iommufd_ioas.no_domain.access_rw"
+    assert why.startswith("BUG: KASAN: slab-out-of-bounds in iommufd_access_rw") and why.endswith(
+        "(it tainted the kernel)")
+    assert text[pos:].startswith("Disabling lock debugging due to kernel taint")
+    # a kernel without lockdep prints the same taint line: nothing was turned off there
+    no_lockdep = text.replace("Lock dependency validator", "Lock validator")
+    assert lockdep_stop(_pass_over(no_lockdep)) is None
+
+
+def test_a_flood_of_kernel_reports_is_counted_not_listed(tmp_path):
+    """A WARN in a hot loop prints thousands of reports: results.json lists
+    the first 100 and counts the rest, and summary.md counts them all."""
+    from harness.parse.splats import scan
+    from harness.reports.markdown import render
+    from harness.run.session import MAX_RECORDED_SPLATS
+
+    [s] = scan(_golden("x86_64-warn-in-access-rw.log"))
+    session, record = _session(LocalLifecycle(None), tmp_path)
+    session._note_splats([("iommufd_ioas.no_domain.access_rw", s)] * 250)
+    assert len(record.kernel["splats"]) == MAX_RECORDED_SPLATS == 100
+    assert record.kernel["splats_omitted"] == 150
+    assert "#### Kernel splats (250)" in render(record, None)
