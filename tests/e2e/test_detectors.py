@@ -1,0 +1,99 @@
+"""What the debug kernels are for, shown on the real kernel: three bugs of
+the kind iommufd really has (a lock-order inversion, an out-of-bounds read,
+sleeping under a spinlock), each in the access paths and each invisible to
+userspace.  Under ``--debug lockdep,kasan`` each one turns the gate red in
+exactly the test that hits it, with the detector's report in that test's log;
+on the default kernel, which lacks the detectors, the same three bugs pass
+green.  No false positives either: every other test of the suite passes on
+the debug kernel, and its boot is clean.  One debug build serves all of
+them: a fixture changes one file, so switching between them is an
+incremental build of that build directory.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+WORK = Path(os.environ.get("IOMMUFD_HARNESS_WORK", REPO / "work"))
+FIXTURES = REPO / "tests" / "fixtures" / "kernel-patches"
+BASELINES = REPO / "selftests" / "baselines"
+DEBUG = "lockdep,kasan"
+
+pytestmark = pytest.mark.slow
+
+# fixture -> (the first test that hits the bug, the kind of its first report, how that report
+# starts, the tests that hit the bug, whether every one of them must fail)
+DETECTED = {
+    # lockdep reports an inversion once, in the test that closes the cycle
+    "lock-inversion-in-access-rw.patch": (
+        "iommufd_ioas.no_domain.access_rw", "lockdep", "WARNING: possible circular locking dependency detected",
+        "iommufd_ioas.no_domain.access_rw", True),
+    # every write through an access reads past the buffer; KASAN reports the first one of a
+    # boot, KFENCE (sampling) maybe later ones
+    "oob-read-in-access-rw.patch": (
+        "iommufd_ioas.no_domain.access_rw", "kasan", "BUG: KASAN: slab-out-of-bounds in iommufd_access_rw",
+        "iommufd_ioas.*.access_rw*", False),
+    # might_sleep() reports at most once a second: the first test that unmaps a pinned
+    # range, and maybe others that do the same
+    "sleep-in-atomic-in-notify-unmap.patch": (
+        "iommufd_ioas.no_domain.access_pin_unmap", "bug", "BUG: sleeping function called from invalid context",
+        "iommufd_ioas.*.access_pin_unmap", False),
+}
+
+
+def _run(results: Path, *extra: str) -> tuple[int, dict]:
+    argv = [sys.executable, "-m", "harness", "run", "--work", str(WORK), "--results", str(results),
+            "--baseline", str(BASELINES), *extra]
+    res = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=3600)
+    sys.stderr.write(res.stderr[-10000:])
+    return res.returncode, json.loads((results / "results.json").read_text())
+
+
+@pytest.mark.parametrize("fixture", sorted(DETECTED))
+def test_the_debug_kernel_catches_the_bug_in_the_test_that_hits_it(tmp_path, fixture):
+    first, kind, headline, hit, every = DETECTED[fixture]
+    results = tmp_path / fixture.removesuffix(".patch")
+    code, data = _run(results, "--debug", DEBUG, "--patches", str(FIXTURES / fixture))
+    assert code == 1 and data["verdict"] == "fail"
+    names = [t["name"] for t in data["tests"]]
+    hitting = set(fnmatch.filter(names, hit))
+    bad = [t for t in data["tests"] if t["status"] != "pass"]
+    failed = {t["name"] for t in bad}
+    assert bad and bad[0]["name"] == first and {t["status"] for t in bad} == {"fail"}, bad
+    assert failed <= hitting and (failed == hitting or not every), (failed, hitting)
+    rec = bad[0]
+    assert rec["reason"].startswith(f"kernel {kind} during the test: {headline}"), rec["reason"]
+    assert headline in rec["log"]
+    # userspace saw the test pass: only the kernel knew
+    assert f"#            OK  {first}" in rec["log"]
+    assert (data["kernel"]["splats"][0]["test"], data["kernel"]["splats"][0]["kind"]) == (first, kind)
+    assert {s["test"] for s in data["kernel"]["splats"]} == failed
+    cmp = json.loads((results / "comparison.json").read_text())
+    assert {r["name"] for r in cmp["regressions"]} == failed
+    assert first in (results / "summary.md").read_text()
+    # lockdep stops checking at the first report (its own, or one that tainted the kernel)
+    off = data["kernel"]["lockdep_off"]
+    assert off["test"] == first and off["unchecked"] == names[names.index(first) + 1:], off
+    # the detectors really ran, and saw nothing else: the other tests and the boot are clean
+    assert data["kernel"]["debug"] == ["kasan", "lockdep"] and len(data["tests"]) == 24
+    console = (results / "console.log").read_text()
+    assert "Lock dependency validator" in console and "KernelAddressSanitizer initialized" in console
+
+
+def test_without_the_detectors_the_same_bugs_pass_green(tmp_path):
+    """The value of each detector: the default kernel runs all three broken
+    access paths and the gate stays green."""
+    patches = [arg for f in sorted(DETECTED) for arg in ("--patches", str(FIXTURES / f))]
+    code, data = _run(tmp_path / "blind", *patches)
+    assert code == 0 and data["verdict"] == "pass", data["errors"]
+    assert data["kernel"]["debug"] == []
+    assert len(data["patches"]) == 2 + len(DETECTED)
+    assert len(data["tests"]) == 24 and data["kernel"]["splats"] == []
