@@ -23,8 +23,10 @@ CALL_TRACE = re.compile(r"Call [Tt]race:")
 STACK_TAG = re.compile(r"\s*<(/?)([A-Z#][A-Z0-9_#]*)>\s*$")
 FRAME = re.compile(r"\s+(?:\? )?(?:[\w.$]+\+0x[0-9a-f]+/0x[0-9a-f]+|0x[0-9a-f]+\b)")
 # Lines that may follow the end of a trace and still belong to the report.
+# (A lockdep kernel's WARN prints where irqs were last switched on and off
+# after its trace, then its end marker.)
 TRAILER = re.compile(r"(?:Modules linked in:|CR2: |Code: |Kernel Offset: |Rebooting in |CPU features: "
-                      r"|Memory Limit: |SMP: stopping)")
+                      r"|Memory Limit: |SMP: stopping|irq event stamp: |(?:hard|soft)irqs last +(?:en|dis)abled at )")
 # ... and those that start another part of it (more CPUs' backtraces).
 REOPEN = re.compile(r"(?:NMI backtrace for cpu \d+|Sending NMI from CPU \d+)")
 _RIP = re.compile(r"(?:RIP: [0-9a-f]{4}:|pc : )([\w.$]+)\+0x")
@@ -88,6 +90,11 @@ def headline_kind(message: str) -> str | None:
 
 # -- signatures ----------------------------------------------------------------
 
+# Where a source path starts inside a kernel tree: what comes before it is the
+# build's (UBSAN prints the path the compiler was given, absolute or relative).
+_TOP_DIR = (r"(?:arch|block|certs|crypto|drivers|fs|include|init|io_uring|ipc|kernel|lib|mm|net|rust|samples"
+            r"|scripts|security|sound|tools|usr|virt)/")
+_TREE_PATH = re.compile(rf"^(?!{_TOP_DIR})\S*?/(?={_TOP_DIR})")
 _SRC_LOC = re.compile(r"([\w./+-]+\.(?:c|h|S|rs):\d+(?::\d+)?)")
 _SIG_SUBS: tuple[tuple[re.Pattern[str], str], ...] = tuple((re.compile(rx), repl) for rx, repl in (
     (r"\+0x[0-9a-fA-F]+/0x[0-9a-fA-F]+", ""),  # symbol offsets
@@ -120,6 +127,8 @@ def signature(title: str, text: str = "") -> str:
     for i in range(0, len(parts), 2):  # even parts are outside source locations
         for rx, repl in _SIG_SUBS:
             parts[i] = rx.sub(repl, parts[i])
+    for i in range(1, len(parts), 2):  # ... odd parts are source locations: the tree's own path
+        parts[i] = _TREE_PATH.sub("", parts[i])
     sig = "".join(parts).strip()
     if text and not _SRC_LOC.search(title) and not re.search(r"\+0x[0-9a-f]+/", title):
         m = _RIP.search(text)
