@@ -1,59 +1,331 @@
-"""``make bench``: time the default job cold (empty work dir) and warm (again,
-nothing changed), and print the per-stage figures against the budgets.
+"""``make bench``: what the harness costs, next to the physical floor measured
+in the same run, as medians of ``--repeat`` runs (at least 3).
 
-    python -m harness.bench [--work DIR] [--warm-only] [harness run args...]
+For each profile and kernel (the default one and every ``--debug`` one):
+
+- one-file build: ``iommufd-harness build`` after a change to one file of
+  ``drivers/iommu/iommufd/`` (a patch that alternates between two versions
+  of it), against the same incremental ``make`` of the kernel image run
+  directly on the same tree and build directory.  ccache is off for both;
+- run (no change): ``iommufd-harness run --suite S`` with nothing to
+  rebuild, against a bare QEMU boot of the same kernel, machine and image
+  whose init runs the same tests and powers off; boot (to SSH, verified)
+  and the suite are shown against the bare boot's time to init and its
+  tests;
+- cold build (``--cold``): ``iommufd-harness build`` in an empty work dir,
+  against ``make`` of the kernel image with the same .config in an empty
+  build directory, ccache off.
+
+    python -m harness.bench [--work DIR] [--profile P]... [--debug D]... [--suite S]... [--repeat N] [--cold]
+
+Figures are printed as a table (harness, floor, ratio) and written to
+``<work>/bench/bench-<time>.json``.  Absolute times on a shared machine are
+noise; the ratios are what to compare.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
+import difflib
 import json
 import shutil
+import statistics
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness import proc
+from harness import debugkernels, proc
+from harness.errors import HarnessError
+from harness.stages.cpio import CpioWriter
+from harness.targets import qemu
+from harness.targets.base import IMAGE_LAYOUT
+from harness.workdir import WorkDir
 
-BUDGETS = {"cold": 20 * 60, "warm": 60}
+NO_CCACHE = {"CCACHE_DISABLE": "1"}
+CHANGED_FILE = "drivers/iommu/iommufd/device.c"
+FLOOR_START = "iommufd-harness floor: tests start"
+FLOOR_DONE = "iommufd-harness floor: tests done"
 
 
-def timed_run(work: Path, extra: list[str], cold: bool) -> tuple[float, dict, int]:
-    results = Path(tempfile.mkdtemp(prefix="iommufd-bench-")) / "results"
-    # a cold run must not be helped by objects ccache kept from earlier builds
-    env = {"CCACHE_DISABLE": "1"} if cold else None
+@dataclass
+class Figure:
+    what: str
+    harness: list[float] = field(default_factory=list)
+    floor: list[float] = field(default_factory=list)
+
+    def row(self) -> dict:
+        h = statistics.median(self.harness) if self.harness else None
+        f = statistics.median(self.floor) if self.floor else None
+        return {"what": self.what, "harness_s": h, "floor_s": f, "ratio": h / f if h and f else None,
+                "runs": len(self.harness), "harness_runs_s": self.harness, "floor_runs_s": self.floor}
+
+
+def harness_argv(*args: str | Path) -> list[str]:
+    return [sys.executable, "-m", "harness", *map(str, args)]
+
+
+LOG: Path | None = None  # every command's output (main sets it)
+
+
+def timed(argv: list[str], env: dict | None = None) -> tuple[float, int]:
     t0 = time.monotonic()
-    code = proc.run_foreground([sys.executable, "-m", "harness", "run", "--quiet", "--work", work,
-                                "--results", results, *extra], env=env)
-    elapsed = time.monotonic() - t0
+    res = proc.run(argv, env=env, timeout=4 * 3600, keep_output=False, log=LOG)
+    return time.monotonic() - t0, res.returncode
+
+
+def results_of(results: Path) -> dict:
     try:
-        data = json.loads((results / "results.json").read_text())
+        return json.loads((results / "results.json").read_text())
     except (OSError, ValueError):
-        data = {}
-    return elapsed, data, code
+        return {}
+
+
+# -- what the harness builds and boots, found the way the harness finds it ---------
+
+
+@dataclass(frozen=True)
+class Kernel:
+    tree: Path  # the working copy
+    origin: Path  # the pristine tree it is synced from
+    build_dir: Path
+    make: list[str]  # the kernel image's make, as the build stage runs it
+    image: Path
+    base_image: Path
+    profile: object
+
+
+def prepare(work: Path, profile: str, debug: tuple[str, ...], patches: list[Path]) -> Kernel:
+    from harness.pipeline import Options, Pipeline, new_record
+    from harness.ui import Ui
+    from harness.workdir import WorkLock
+
+    opts = Options(work=work, profile=profile, debug=debug, patches=patches)
+    wd = WorkDir(work).prepare()
+    with WorkLock(wd):
+        pipe = Pipeline(opts, Ui(quiet=True), new_record(opts), wd.root / "logs")
+        prep = pipe.prepare()
+        base = pipe.make_image(prep)
+    build_dir = prep.kernel.vmlinux.parent
+    return Kernel(prep.tree.path, prep.tree.origin.path, build_dir,
+                  prep.toolchain.make_argv(prep.tree.path, build_dir, jobs=True) + [prep.toolchain.image_target],
+                  prep.kernel.image, base.path, prep.profile)
+
+
+def variants(origin: Path, out: Path) -> tuple[Path, Path, str, str]:
+    """Two patches, each changing CHANGED_FILE in a different way that the
+    compiler cannot ignore, and the two changed texts."""
+    text = (origin / CHANGED_FILE).read_text()
+    lines = text.splitlines(keepends=True)
+    at = next(i for i, line in enumerate(lines) if line.startswith("#include")) + 1
+    paths, texts = [], []
+    for tag in ("a", "b"):
+        new = lines[:at] + [f'static const char iommufd_bench_{tag}[] __used = "{tag}";\n'] + lines[at:]
+        diff = "".join(difflib.unified_diff(lines, new, f"a/{CHANGED_FILE}", f"b/{CHANGED_FILE}"))
+        p = out / f"bench-{tag}.patch"
+        p.write_text(f"Subject: [PATCH] bench: one-file change {tag}\n\n---\n{diff}")
+        paths.append(p)
+        texts.append("".join(new))
+    return paths[0], paths[1], texts[0], texts[1]
+
+
+def one_file_build(work: Path, profile: str, debug: tuple[str, ...], repeat: int, tmp: Path) -> Figure:
+    fig = Figure("one-file build")
+    debug_args = ["--debug", ",".join(debug)] if debug else []
+    k = prepare(work, profile, debug, [])
+    pa, pb, ta, tb = variants(k.origin, tmp)
+    build = harness_argv("build", "--quiet", "--work", work, "--profile", profile, *debug_args)
+    for i in range(repeat + 1):
+        mine, other = (pa, tb) if i % 2 else (pb, ta)
+        elapsed, code = timed(build + ["--patches", str(mine)], env=NO_CCACHE)
+        if code != 0:
+            raise HarnessError(f"bench: 'iommufd-harness build' failed (exit {code})")
+        if i == 0:
+            continue  # the first one only brings the tree to a variant
+        fig.harness.append(elapsed)
+        target = k.tree / CHANGED_FILE
+        kept = target.read_text()
+        target.write_text(other)
+        try:
+            elapsed, code = timed(k.make, env=NO_CCACHE)
+        finally:
+            target.write_text(kept)
+        if code != 0:
+            raise HarnessError(f"bench: the direct make failed (exit {code}): {' '.join(k.make)}")
+        fig.floor.append(elapsed)
+    # back to the unchanged tree, so the runs after this one rebuild nothing
+    timed(build, env=NO_CCACHE)
+    return fig
+
+
+def cold_build(work: Path, profile: str, debug: tuple[str, ...], repeat: int, tmp: Path) -> Figure:
+    fig = Figure("cold build")
+    debug_args = ["--debug", ",".join(debug)] if debug else []
+    k = prepare(work, profile, debug, [])
+    for i in range(repeat):
+        fresh = tmp / f"cold-{i}"
+        elapsed, code = timed(harness_argv("build", "--quiet", "--work", fresh, "--profile", profile, *debug_args),
+                              env=NO_CCACHE)
+        if code != 0:
+            raise HarnessError(f"bench: cold 'iommufd-harness build' failed (exit {code})")
+        fig.harness.append(elapsed)
+        shutil.rmtree(fresh, ignore_errors=True)
+        out = tmp / f"cold-make-{i}"
+        out.mkdir()
+        shutil.copyfile(k.build_dir / ".config", out / ".config")
+        argv = [a if not a.startswith("O=") else f"O={out}" for a in k.make]
+        timed(argv[:-1] + ["olddefconfig"], env=NO_CCACHE)
+        elapsed, code = timed(argv, env=NO_CCACHE)
+        if code != 0:
+            raise HarnessError(f"bench: the direct cold make failed (exit {code})")
+        fig.floor.append(elapsed)
+        shutil.rmtree(out, ignore_errors=True)
+    return fig
+
+
+# -- the bare boot -------------------------------------------------------------------
+
+
+def floor_init(tests: dict[str, list[str]], hugepages: int) -> bytes:
+    runs = "\n".join(f'for t in {" ".join(names)}; do {IMAGE_LAYOUT.selftest_dir}/{binary} -r "$t" '
+                     f'>> /tmp/tests.out 2>&1; done' for binary, names in tests.items())
+    return f"""#!/bin/busybox sh
+/bin/busybox --install -s
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+mount -t tmpfs tmpfs /tmp
+mount -t debugfs debugfs /sys/kernel/debug
+mkdir -p /dev/hugepages && mount -t hugetlbfs hugetlbfs /dev/hugepages
+echo {hugepages} > /proc/sys/vm/nr_hugepages
+echo "{FLOOR_START}"
+cd /tmp
+{runs}
+echo "{FLOOR_DONE} $(grep -c '^ok ' /tmp/tests.out) ok $(grep -c '^not ok ' /tmp/tests.out) not ok"
+poweroff -f
+""".encode()
+
+
+def bare_boot(k: Kernel, tests: dict[str, list[str]], tmp: Path, accel: str) -> tuple[float, float]:
+    """(seconds to init, seconds of the tests) of one bare boot."""
+    initrd = tmp / "floor-initrd.cpio"
+    with open(initrd, "wb") as f:
+        f.write(k.base_image.read_bytes())
+        w = CpioWriter(f)
+        w.file("/floor-init", floor_init(tests, k.profile.hugepages), 0o755)
+        w.close()
+    req = qemu.BootRequest(k.profile, k.image, initrd, tmp, accel, extra_cmdline="rdinit=/floor-init",
+                           console_name="floor-console.log")
+    vm = qemu.QemuVM(req)
+    argv = vm.command_line(None, None)
+    console = tmp / "floor-console.log"
+    console.unlink(missing_ok=True)
+    t0 = time.monotonic()
+    p = proc.spawn(argv, tmp / "floor-qemu.log")
+    started = None
+    try:
+        while p.poll() is None:
+            if started is None and console.exists() and FLOOR_START in console.read_text(errors="replace"):
+                started = time.monotonic()
+            if time.monotonic() - t0 > 3600:
+                raise HarnessError("bench: the bare boot did not finish within an hour")
+            time.sleep(0.05)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    end = time.monotonic()
+    text = console.read_text(errors="replace")
+    done = text[text.find(FLOOR_DONE):].split("\n", 1)[0] if FLOOR_DONE in text else ""
+    want = sum(map(len, tests.values()))
+    if started is None or f"{FLOOR_DONE} {want} ok 0 not ok" not in done:
+        raise HarnessError(f"bench: the bare boot did not run the {want} tests cleanly ({done or 'no result'})",
+                           log=str(console))
+    return started - t0, end - started
+
+
+def no_change_runs(work: Path, profile: str, debug: tuple[str, ...], suite: str, repeat: int,
+                   tmp: Path) -> list[Figure]:
+    run_fig, boot_fig, suite_fig = Figure(f"run {suite} (no change)"), Figure("boot to SSH"), Figure(f"{suite} suite")
+    debug_args = ["--debug", ",".join(debug)] if debug else []
+    k = prepare(work, profile, debug, [])
+    for i in range(repeat):
+        results = tmp / f"run-{suite}-{i}"
+        elapsed, code = timed(harness_argv("run", "--quiet", "--work", work, "--results", results, "--profile",
+                                           profile, "--suite", suite, *debug_args))
+        data = results_of(results)
+        if data.get("verdict") != "pass":
+            raise HarnessError(f"bench: the run did not pass (exit {code}): {data.get('errors')}",
+                               log=str(results))
+        if data["kernel"].get("rebuilt"):
+            raise HarnessError("bench: a no-change run rebuilt the kernel")
+        run_fig.harness.append(elapsed)
+        boot_fig.harness.append(data["stages"]["boot"])
+        suite_fig.harness.append(data["stages"]["run"])
+        tests: dict[str, list[str]] = {}
+        for t in data["tests"]:
+            tests.setdefault(t["binary"], []).append(t["name"])
+        to_init, testing = bare_boot(k, tests, tmp, data["qemu"]["accel"])
+        run_fig.floor.append(to_init + testing)
+        boot_fig.floor.append(to_init)
+        suite_fig.floor.append(testing)
+    return [run_fig, boot_fig, suite_fig]
+
+
+def fmt(v: float | None, unit: str = " s") -> str:
+    return "-" if v is None else f"{v:.1f}{unit}"
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--work", type=Path, help="work dir (default: a new temporary one, i.e. a cold run)")
-    ap.add_argument("--warm-only", action="store_true", help="skip the cold run (needs --work with a build)")
-    args, extra = ap.parse_known_args(argv)
-    work = args.work or Path(tempfile.mkdtemp(prefix="iommufd-bench-work-"))
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--work", type=Path, default=Path("work"), help="work dir (default ./work; builds are reused)")
+    ap.add_argument("--profile", action="append", help="default x86_64-vtd (repeatable)")
+    ap.add_argument("--debug", action="append", default=None,
+                    help="a debug kernel to measure next to the default one, e.g. lockdep,kasan (repeatable)")
+    ap.add_argument("--suite", action="append", help="default access (repeatable)")
+    ap.add_argument("--repeat", type=int, default=3, help="runs per figure (default 3)")
+    ap.add_argument("--cold", action="store_true", help="also time cold builds (long)")
+    ap.add_argument("--no-build", action="store_true", help="skip the one-file build")
+    args = ap.parse_args(argv)
+    if args.repeat < 1:
+        ap.error("--repeat must be at least 1")
+    work = args.work.expanduser().resolve()
+    global LOG
+    stamp = f"{dt.datetime.now():%Y%m%d-%H%M%S}"
+    LOG = WorkDir(work).root / "bench" / f"bench-{stamp}.log"
+    LOG.parent.mkdir(parents=True, exist_ok=True)
+    kernels = [()] + [debugkernels.parse([d]) for d in (args.debug or [])]
     rows = []
+    tmp = Path(tempfile.mkdtemp(prefix="iommufd-bench-"))
     try:
-        for kind in (["warm"] if args.warm_only else ["cold", "warm"]):
-            elapsed, data, code = timed_run(work, extra, cold=kind == "cold")
-            stages = data.get("stages", {})
-            rows.append((kind, elapsed, code, data.get("verdict", "?"), stages))
-            ok = "ok" if elapsed <= BUDGETS[kind] else "OVER BUDGET"
-            print(f"{kind:5} {elapsed:7.1f} s (budget {BUDGETS[kind]} s: {ok})  exit {code}  verdict "
-                  f"{data.get('verdict', '?')}  stages: " + ", ".join(f"{k} {v:.1f}" for k, v in stages.items()),
-                  flush=True)
+        for profile in args.profile or ["x86_64-vtd"]:
+            for debug in kernels:
+                label = f"{profile} {'+'.join(debug) or 'default'}"
+                figs: list[Figure] = []
+                if args.cold:
+                    figs.append(cold_build(work, profile, debug, args.repeat, tmp))
+                if not args.no_build:
+                    figs.append(one_file_build(work, profile, debug, args.repeat, tmp))
+                for suite in args.suite or ["access"]:
+                    figs += no_change_runs(work, profile, debug, suite, args.repeat, tmp)
+                for fig in figs:
+                    row = {"kernel": label, **fig.row()}
+                    rows.append(row)
+                    print(f"{label:32} {row['what']:24} harness {fmt(row['harness_s']):>8}  floor "
+                          f"{fmt(row['floor_s']):>8}  ratio {fmt(row['ratio'], 'x'):>6}  ({row['runs']} runs)",
+                          flush=True)
+    except HarnessError as e:
+        print(e.render() + f"\n(every command's output: {LOG})", file=sys.stderr)
+        return 2
     finally:
-        if args.work is None:
-            shutil.rmtree(work, ignore_errors=True)
-    return 0 if all(e <= BUDGETS[k] for k, e, *_ in rows) else 1
+        shutil.rmtree(tmp, ignore_errors=True)
+    out = LOG.with_suffix(".json")
+    out.write_text(json.dumps(rows, indent=2) + "\n")
+    print(f"figures: {out}")
+    return 0
 
 
 if __name__ == "__main__":

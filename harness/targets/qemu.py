@@ -113,20 +113,24 @@ class QemuVM:
 
     # -- command line --------------------------------------------------------
 
-    def command_line(self, ssh_port: int, qmp_path: Path) -> list[str]:
+    def command_line(self, ssh_port: int | None, qmp_path: Path | None) -> list[str]:
+        """QEMU's argv.  Without ``qmp_path`` the VM starts running and has no
+        monitor, without ``ssh_port`` nothing is forwarded: the bare boot
+        that ``make bench`` measures the harness against."""
         q = self.req.profile.qemu
         cmdline = " ".join(filter(None, [q.cmdline, f"harness.hugepages={self.req.profile.hugepages}",
                                          self.req.extra_cmdline]))
-        argv = [q.binary, "-S", "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
-                "-machine", q.machine, "-accel", self.req.accel, "-cpu", "host" if self.req.accel == "kvm" else q.cpu,
-                "-smp", str(q.smp), "-m", q.memory]
+        argv = [q.binary, *(["-S"] if qmp_path else []), "-nodefaults", "-no-user-config", "-display", "none",
+                "-no-reboot", "-machine", q.machine, "-accel", self.req.accel,
+                "-cpu", "host" if self.req.accel == "kvm" else q.cpu, "-smp", str(q.smp), "-m", q.memory]
         for dev in q.devices:
             argv += ["-device", dev]
+        fwd = f",hostfwd=tcp:127.0.0.1:{ssh_port}-:{GUEST_SSH_PORT}" if ssh_port else ""
         argv += ["-kernel", str(self.req.kernel), "-initrd", str(self.req.initrd), "-append", cmdline,
                  "-chardev", f"file,id=con0,path={self.console.path}", "-serial", "chardev:con0",
-                 "-netdev", f"user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:{ssh_port}-:{GUEST_SSH_PORT}",
-                 "-device", f"{q.nic},netdev=net0",
-                 "-chardev", f"socket,id=qmp0,path={qmp_path}", "-mon", "chardev=qmp0,mode=control"]
+                 "-netdev", f"user,id=net0,restrict=on{fwd}", "-device", f"{q.nic},netdev=net0"]
+        if qmp_path:
+            argv += ["-chardev", f"socket,id=qmp0,path={qmp_path}", "-mon", "chardev=qmp0,mode=control"]
         return argv
 
     # -- lifecycle -------------------------------------------------------------

@@ -81,3 +81,13 @@ def test_every_profile_fits_the_guest_kernels_cpus():
         if q is not None:
             assert 2 <= q.smp <= int(base["CONFIG_NR_CPUS"]), name
     assert [count_cpus(s) for s in ("0", "0-1", "0,2-3\n", "0-7")] == [1, 2, 3, 8]
+
+
+def test_the_bare_boot_of_make_bench_is_the_same_machine_without_monitor_or_forward():
+    prof = profiles.load("x86_64-vtd")
+    req = qemu.BootRequest(prof, Path("/k/bzImage"), Path("/r/initrd.cpio"), Path("/r"), "tcg")
+    bare = qemu.QemuVM(req).command_line(None, None)
+    full = _argv("x86_64-vtd")
+    assert "-S" not in bare and "-mon" not in bare and not any("qmp" in a for a in bare)
+    assert bare[bare.index("-netdev") + 1] == "user,id=net0,restrict=on"
+    assert [a for a in full if a != "-S"][:bare.index("-netdev")] == bare[:bare.index("-netdev")]

@@ -1,0 +1,31 @@
+"""make bench's own pieces: the one-file change it builds and the init of
+the bare boot it measures the harness against."""
+
+import subprocess
+
+from harness import bench
+
+
+def test_the_one_file_change_is_two_real_patches_that_apply(tmp_path):
+    origin = tmp_path / "linux"
+    f = origin / bench.CHANGED_FILE
+    f.parent.mkdir(parents=True)
+    f.write_text("// SPDX\n#include <linux/a.h>\n#include <linux/b.h>\n\nint x;\n")
+    a, b, ta, tb = bench.variants(origin, tmp_path)
+    assert ta != tb and "__used" in ta and f.read_text() not in (ta, tb)
+    for patch, text in ((a, ta), (b, tb)):
+        tree = tmp_path / f"tree-{patch.stem}"
+        subprocess.run(["cp", "-r", str(origin), str(tree)], check=True)
+        subprocess.run(["patch", "-p1", "-s", "-d", str(tree), "-i", str(patch)], check=True)
+        assert (tree / bench.CHANGED_FILE).read_text() == text
+
+
+def test_the_bare_boot_runs_exactly_the_selected_tests_and_powers_off():
+    init = bench.floor_init({"iommufd": ["iommufd_ioas.no_domain.access_rw", "iommufd_ioas.mock_domain.access_pin"]},
+                            64).decode()
+    assert init.startswith("#!/bin/busybox sh\n")
+    assert ("for t in iommufd_ioas.no_domain.access_rw iommufd_ioas.mock_domain.access_pin; do "
+            "/usr/lib/iommufd-harness/selftests/iommufd -r \"$t\"") in init
+    assert "echo 64 > /proc/sys/vm/nr_hugepages" in init
+    assert init.index(bench.FLOOR_START) < init.index("-r \"$t\"") < init.index(bench.FLOOR_DONE)
+    assert init.rstrip().endswith("poweroff -f")
