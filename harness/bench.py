@@ -253,11 +253,11 @@ def no_change_runs(work: Path, profile: str, debug: tuple[str, ...], suite: str,
     debug_args = ["--debug", ",".join(debug)] if debug else []
     k = prepare(work, profile, debug, [])
     for i in range(repeat):
-        results = tmp / f"run-{suite}-{i}"
+        results = tmp / f"run-{profile}-{'+'.join(debug) or 'default'}-{suite}-{i}"
         elapsed, code = timed(harness_argv("run", "--quiet", "--work", work, "--results", results, "--profile",
                                            profile, "--suite", suite, *debug_args))
         data = results_of(results)
-        if data.get("verdict") != "pass":
+        if code != 0 or data.get("verdict") != "pass":
             raise HarnessError(f"bench: the run did not pass (exit {code}): {data.get('errors')}",
                                log=str(results))
         if data["kernel"].get("rebuilt"):
@@ -289,6 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=3, help="runs per figure (default 3)")
     ap.add_argument("--cold", action="store_true", help="also time cold builds (long)")
     ap.add_argument("--no-build", action="store_true", help="skip the one-file build")
+    ap.add_argument("--no-default-kernel", action="store_true", help="measure only the --debug kernels")
     args = ap.parse_args(argv)
     if args.repeat < 1:
         ap.error("--repeat must be at least 1")
@@ -297,7 +298,9 @@ def main(argv: list[str] | None = None) -> int:
     stamp = f"{dt.datetime.now():%Y%m%d-%H%M%S}"
     LOG = WorkDir(work).root / "bench" / f"bench-{stamp}.log"
     LOG.parent.mkdir(parents=True, exist_ok=True)
-    kernels = [()] + [debugkernels.parse([d]) for d in (args.debug or [])]
+    kernels = [()] * (not args.no_default_kernel) + [debugkernels.parse([d]) for d in (args.debug or [])]
+    if not kernels:
+        ap.error("--no-default-kernel needs a --debug kernel")
     rows = []
     tmp = Path(tempfile.mkdtemp(prefix="iommufd-bench-"))
     try:

@@ -29,3 +29,25 @@ def test_the_bare_boot_runs_exactly_the_selected_tests_and_powers_off():
     assert "echo 64 > /proc/sys/vm/nr_hugepages" in init
     assert init.index(bench.FLOOR_START) < init.index("-r \"$t\"") < init.index(bench.FLOOR_DONE)
     assert init.rstrip().endswith("poweroff -f")
+
+
+def test_every_kernel_of_a_bench_run_gets_results_of_its_own(tmp_path, monkeypatch):
+    """Two kernels measured in one run must not read each other's results."""
+    seen = []
+
+    def fake_timed(argv, env=None):
+        results = __import__("pathlib").Path(argv[argv.index("--results") + 1])
+        assert not results.exists(), "a results dir was used twice"
+        seen.append(results.name)
+        results.mkdir(parents=True)
+        (results / "results.json").write_text(__import__("json").dumps({
+            "verdict": "pass", "kernel": {"rebuilt": False}, "stages": {"boot": 1.0, "run": 1.0},
+            "tests": [{"binary": "iommufd", "name": "a.b.c"}], "qemu": {"accel": "tcg"}}))
+        return 1.0, 0
+
+    monkeypatch.setattr(bench, "timed", fake_timed)
+    monkeypatch.setattr(bench, "prepare", lambda *a: None)
+    monkeypatch.setattr(bench, "bare_boot", lambda *a: (1.0, 1.0))
+    for debug in ((), ("kasan", "lockdep")):
+        bench.no_change_runs(tmp_path, "x86_64-vtd", debug, "access", 2, tmp_path)
+    assert len(seen) == len(set(seen)) == 4
