@@ -25,7 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import paramiko
@@ -54,7 +54,6 @@ class Capture:
     commands: tuple[str, ...] = ()  # with commands: boot, run them over SSH, wait for expect
     tests: str | None = None  # --tests for a suite run
     arches: tuple[str, ...] = ("x86_64", "arm64")
-    extra: dict = field(default_factory=dict)
 
 
 QUOTES = "; ".join(f"echo '{line}' > /dev/console" for line in (
