@@ -127,9 +127,12 @@ class Pipeline:
         with self.stage("patches"):
             applied = patches.apply_series(tree.origin.path, tree.path, series, set(tree.protected),
                                            self.logs / "patches.log")
-            self.record.patches = [p.record() for p in applied.applied]
+            already = {p.sha256 for p in applied.already}
+            self.record.patches = [{**p.record(), "status": "already in tree" if p.sha256 in already else "applied"}
+                                   for p in applied.applied]
             for p in applied.applied:
-                self.ui.info(f"patch {p.name}: {p.subject}")
+                note = " (already in the tree: skipped)" if p.sha256 in already else ""
+                self.ui.info(f"patch {p.name}: {p.subject}{note}")
         changed = tree.changed + applied.changed
         generation = source.bump_generation(tree.path, changed)
         kconfig_generation = source.bump_generation(tree.path, [p for p in changed if source.is_kconfig(p)],

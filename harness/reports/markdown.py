@@ -217,7 +217,8 @@ def _provenance(run: RunRecord) -> list[str]:
         for i, p in enumerate(run.patches, 1):
             subject = p.get("subject") or ""
             out.append(f"  {i}. {code(p.get('name', '?'))}" + (f" {esc(subject)}" if subject else "")
-                       + (f" (sha256 {code(p['sha256'][:12])})" if p.get("sha256") else ""))
+                       + (f" (sha256 {code(p['sha256'][:12])})" if p.get("sha256") else "")
+                       + (" - already in the tree, skipped" if p.get("status") == "already in tree" else ""))
     else:
         out.append("- patches: none")
     qemu = f"QEMU {esc(q.get('version', '?'))}, {esc(q.get('accel', '?'))}"

@@ -49,8 +49,9 @@ class Patch:
 
 @dataclass(frozen=True)
 class PatchResult:
-    applied: tuple[Patch, ...]
+    applied: tuple[Patch, ...]  # the whole series, in order (those already in the tree included)
     changed: tuple[str, ...]  # files rewritten in the working copy
+    already: tuple[Patch, ...] = ()  # skipped: the tree already has them (they apply in reverse)
 
 
 def _sha(text: str) -> str:
@@ -269,12 +270,14 @@ def apply_series(origin: Path, tree: Path, patches: list[Patch], protected: set[
     state = _load_state(tree)
     want = [p.sha256 for p in patches]
     if state.get("series") == want and set(state.get("touched", {})) <= protected:
-        return PatchResult(tuple(patches), ())
+        known = set(state.get("already", []))
+        return PatchResult(tuple(patches), (), tuple(p for p in patches if p.sha256 in known))
 
     changed = _restore(origin, tree, state.get("touched", {}))
     restored = {rel: sha for rel, sha in state.get("restored", {}).items() if _file_sha(origin / rel) == sha}
     restored.update({rel: _file_sha(origin / rel) for rel in changed})
     touched: dict[str, str | None] = {}
+    already: list[Patch] = []
     _save_state(tree, {"series": [], "touched": {}})
     for patch in patches:
         files = patch.files
@@ -291,6 +294,9 @@ def apply_series(origin: Path, tree: Path, patches: list[Patch], protected: set[
             done = proc.run(base, timeout=300, log=log)
             ok = done.returncode == 0
             check = done
+        if not ok and _applies_in_reverse(patch, tree, pfile, log):
+            already.append(patch)  # the tree has it already: nothing to do
+            continue
         if not ok:
             verbose = proc.run(["patch", f"-p{patch.strip}", "-N", "-f", "-F0", "--dry-run", "-d", str(tree), "-i", str(pfile)],
                                timeout=300)
@@ -299,11 +305,19 @@ def apply_series(origin: Path, tree: Path, patches: list[Patch], protected: set[
             raise PatchError(
                 f"patch {patch.name} ({patch.subject}) does not apply to {origin}:\n"
                 + _failure_details(verbose.output),
-                "rebase the patch onto this tree, or drop it from the series; the working copy was left unpatched",
+                "rebase the patch onto this tree, or drop it from the series (for the project's own "
+                "kernel-patches/default: --no-default-patches); the working copy was left unpatched",
                 log=str(log),
             )
         changed.extend(r for r in files if r not in changed)
     restored = {rel: sha for rel, sha in restored.items() if rel not in touched}
     _save_state(tree, {"series": want, "names": [p.name for p in patches], "touched": touched,
-                       "restored": restored})
-    return PatchResult(tuple(patches), tuple(changed))
+                       "restored": restored, "already": [p.sha256 for p in already]})
+    return PatchResult(tuple(patches), tuple(changed), tuple(already))
+
+
+def _applies_in_reverse(patch: Patch, tree: Path, pfile: Path, log: Path) -> bool:
+    """Is ``patch`` already in ``tree``: does it apply cleanly in reverse?"""
+    res = proc.run(["patch", f"-p{patch.strip}", "-R", "-f", "-F0", "-s", "--dry-run", "-d", str(tree), "-i",
+                    str(pfile)], timeout=300, log=log)
+    return res.returncode == 0 and not res.timed_out

@@ -417,3 +417,13 @@ def test_a_failure_by_a_kernel_report_shows_what_the_report_says():
     assert "(&access->ioas_lock)" in lines[3] and lines[4] == "but task is already holding lock:"
     assert "(&iopt->iova_rwsem)" in lines[5]
     assert len(lines) == 1 + 10 and not any(set(ln) <= set("=-") or "Not tainted" in ln for ln in lines)
+
+
+def test_a_patch_the_tree_already_had_says_so_in_the_summary():
+    run = RunRecord(verdict="pass", suite="access", profile="x86_64-vtd", tests=[_pass("a.b.c")],
+                    patches=[{"name": "0002-fix.patch", "subject": "iommufd: fix", "sha256": "ab" * 32,
+                              "status": "already in tree"},
+                             {"name": "0003-new.patch", "subject": "new", "sha256": "cd" * 32, "status": "applied"}])
+    text = render(run, None)
+    assert "`0002-fix.patch` iommufd: fix (sha256 `abababababab`) - already in the tree, skipped" in text
+    assert "`0003-new.patch` new (sha256 `cdcdcdcdcdcd`)\n" in text

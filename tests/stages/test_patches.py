@@ -92,6 +92,38 @@ def test_patch_that_does_not_apply_names_patch_file_and_hunk_and_leaves_tree_cle
     assert (work / MAIN_C).read_text() == (origin.path / MAIN_C).read_text()
 
 
+def test_a_patch_the_tree_already_has_is_skipped_and_reported(trees, tmp_path):
+    """A tree that carries a fix already (a newer kernel, a branch with it
+    committed): the patch applies in reverse, so it is skipped, not an error,
+    and the run says so, also when nothing had to be done the second time."""
+    origin, work = trees
+    fix = _make_patch(origin.path, MAIN_C, "return 0;", "return 1;", "iommufd: the fix", tmp_path, "fix.patch")
+    subprocess.run(["patch", "-p1", "-s", "-d", str(origin.path), "-i", str(fix)], check=True)  # the tree has it
+    (tmp_path / "x").mkdir()
+    other = _make_patch(origin.path, MAIN_C, "int main", "int  main", "other", tmp_path / "x", "other.patch")
+    source.sync(origin, work)
+    series = patches.load(fix) + patches.load(other)
+    res = patches.apply_series(origin.path, work, series, set(), tmp_path / "p.log")
+    assert [p.name for p in res.applied] == ["fix.patch", "other.patch"]
+    assert [p.name for p in res.already] == ["fix.patch"]
+    assert res.changed == (MAIN_C,)  # by the other patch only
+    text = (work / MAIN_C).read_text()
+    assert "return 1;" in text and "int  main" in text and "return 0;" not in text
+    again = patches.apply_series(origin.path, work, series, patches.protected_files(origin.path, work),
+                                 tmp_path / "p.log")
+    assert again.changed == () and [p.name for p in again.already] == ["fix.patch"]
+
+
+def test_a_patch_that_applies_neither_way_names_the_switch_for_the_default_series(trees, tmp_path):
+    origin, work = trees
+    bad = _make_patch(origin.path, MAIN_C, "return 0;", "return 2;", "bad", tmp_path, "bad.patch")
+    (origin.path / MAIN_C).write_text((origin.path / MAIN_C).read_text().replace("return 0;", "return 3;"))
+    source.sync(origin, work)
+    with pytest.raises(PatchError) as e:
+        patches.apply_series(origin.path, work, patches.load(bad), set(), tmp_path / "p.log")
+    assert "--no-default-patches" in e.value.hint
+
+
 def test_mbox_with_cover_letter(trees, tmp_path):
     origin, _ = trees
     p1 = _make_patch(origin.path, MAIN_C, "return 0;", "return 1;", "iommufd: first", tmp_path, "1.patch")
