@@ -127,11 +127,10 @@ class Pipeline:
         with self.stage("patches"):
             applied = patches.apply_series(tree.origin.path, tree.path, series, set(tree.protected),
                                            self.logs / "patches.log")
-            already = {p.sha256 for p in applied.already}
-            self.record.patches = [{**p.record(), "status": "already in tree" if p.sha256 in already else "applied"}
-                                   for p in applied.applied]
-            for p in applied.applied:
-                note = " (already in the tree: skipped)" if p.sha256 in already else ""
+            self.record.patches = [{**p.record(), "status": "already in tree" if i in applied.already else "applied"}
+                                   for i, p in enumerate(applied.applied)]
+            for i, p in enumerate(applied.applied):
+                note = " (already in the tree: skipped)" if i in applied.already else ""
                 self.ui.info(f"patch {p.name}: {p.subject}{note}")
         changed = tree.changed + applied.changed
         generation = source.bump_generation(tree.path, changed)

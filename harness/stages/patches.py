@@ -51,7 +51,7 @@ class Patch:
 class PatchResult:
     applied: tuple[Patch, ...]  # the whole series, in order (those already in the tree included)
     changed: tuple[str, ...]  # files rewritten in the working copy
-    already: tuple[Patch, ...] = ()  # skipped: the tree already has them (they apply in reverse)
+    already: tuple[int, ...] = ()  # positions in ``applied`` skipped: the tree has them (they apply in reverse)
 
 
 def _sha(text: str) -> str:
@@ -270,16 +270,15 @@ def apply_series(origin: Path, tree: Path, patches: list[Patch], protected: set[
     state = _load_state(tree)
     want = [p.sha256 for p in patches]
     if state.get("series") == want and set(state.get("touched", {})) <= protected:
-        known = set(state.get("already", []))
-        return PatchResult(tuple(patches), (), tuple(p for p in patches if p.sha256 in known))
+        return PatchResult(tuple(patches), (), tuple(i for i in state.get("already", []) if isinstance(i, int)))
 
     changed = _restore(origin, tree, state.get("touched", {}))
     restored = {rel: sha for rel, sha in state.get("restored", {}).items() if _file_sha(origin / rel) == sha}
     restored.update({rel: _file_sha(origin / rel) for rel in changed})
     touched: dict[str, str | None] = {}
-    already: list[Patch] = []
+    already: list[int] = []
     _save_state(tree, {"series": [], "touched": {}})
-    for patch in patches:
+    for at, patch in enumerate(patches):
         files = patch.files
         for rel in files:
             touched.setdefault(rel, _file_sha(origin / rel))
@@ -295,7 +294,7 @@ def apply_series(origin: Path, tree: Path, patches: list[Patch], protected: set[
             ok = done.returncode == 0
             check = done
         if not ok and _applies_in_reverse(patch, tree, pfile, log):
-            already.append(patch)  # the tree has it already: nothing to do
+            already.append(at)  # the tree has it already: nothing to do
             continue
         if not ok:
             verbose = proc.run(["patch", f"-p{patch.strip}", "-N", "-f", "-F0", "--dry-run", "-d", str(tree), "-i", str(pfile)],
@@ -312,7 +311,7 @@ def apply_series(origin: Path, tree: Path, patches: list[Patch], protected: set[
         changed.extend(r for r in files if r not in changed)
     restored = {rel: sha for rel, sha in restored.items() if rel not in touched}
     _save_state(tree, {"series": want, "names": [p.name for p in patches], "touched": touched,
-                       "restored": restored, "already": [p.sha256 for p in already]})
+                       "restored": restored, "already": already})
     return PatchResult(tuple(patches), tuple(changed), tuple(already))
 
 
