@@ -231,6 +231,11 @@ def test_ubsan_array_bounds():
                      r"(drivers/misc/lkdtm/bugs\.c:\d+:\d+)", u.title)
     assert m, u.title
     assert u.signature == f"UBSAN: array-index-out-of-bounds in {m.group(1)}"
+    # the same report from a build without ccache (an absolute path) or one that printed the
+    # tree's path groups with it; a path that already starts in the tree is left alone
+    for where in ("/home/me/linux/", ""):
+        title = u.title.replace("../../../src/debian-6.12/", where)
+        assert signature(title) == u.signature, title
     assert u.text.splitlines()[-1].startswith("---[ end trace")
 
 
@@ -426,9 +431,6 @@ def test_printk_caller_ids_and_levels():
     ("Watchdog detected hard LOCKUP on cpu 1", "Watchdog detected hard LOCKUP on cpu N"),
     ("WARNING: iommufd/245 still has locks held!", "WARNING: iommufd/N still has locks held!"),
     ("BUG kmalloc-64 (Tainted: G    B           ): Poison overwritten", "BUG kmalloc-64 (): Poison overwritten"),
-    ("UBSAN: shift-out-of-bounds in /home/me/linux/drivers/net/x.c:12:3",
-     "UBSAN: shift-out-of-bounds in drivers/net/x.c:12:3"),
-    ("UBSAN: shift-out-of-bounds in drivers/net/x.c:12:3", "UBSAN: shift-out-of-bounds in drivers/net/x.c:12:3"),
 ])
 def test_signature_normalisation(title, sig):
     assert signature(title) == sig
