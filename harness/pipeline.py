@@ -126,17 +126,21 @@ class Pipeline:
                          + (f" ({len(tree.changed)} files updated)" if tree.changed else ""))
         with self.stage("patches"):
             applied = patches.apply_series(tree.origin.path, tree.path, series, set(tree.protected),
-                                           self.logs / "patches.log")
-            self.record.patches = [{**p.record(), "status": "already in tree" if i in applied.already else "applied"}
-                                   for i, p in enumerate(applied.applied)]
+                                           self.logs / "patches.log", version=tree.version)
+            self.record.patches = []
             for i, p in enumerate(applied.applied):
-                note = " (already in the tree: skipped)" if i in applied.already else ""
+                rec = {**p.record(), "status": applied.status(i)}
+                if i in applied.not_for:
+                    rec["reason"] = applied.not_for[i]
+                self.record.patches.append(rec)
+                note = {"already in tree": " (already in the tree: skipped)",
+                        "not for this tree": f" (not applied: {applied.not_for.get(i)})"}.get(rec["status"], "")
                 self.ui.info(f"patch {p.name}: {p.subject}{note}")
         changed = tree.changed + applied.changed
         generation = source.bump_generation(tree.path, changed)
         kconfig_generation = source.bump_generation(tree.path, [p for p in changed if source.is_kconfig(p)],
                                                     source.KCONFIG_GENERATION_FILE)
-        build_dir = self.work.build / tree.origin.key / (profile.arch + debugkernels.build_suffix(opts.debug))
+        build_dir = self.work.tree_build(tree.origin.key, profile.arch + debugkernels.build_suffix(opts.debug))
         with self.stage("config"):
             creq = self.config_request(tree, profile, tc, build_dir, kconfig_generation)
             cfg = config.configure(creq, self.logs / "config.log")

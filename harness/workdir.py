@@ -1,8 +1,9 @@
 """The work directory: every output of the harness lives below it.
 
     <work>/cache/      downloads and extracted sources, reusable across runs
-    <work>/src/        patched working copies of kernel trees
-    <work>/build/      kernel and selftest build directories
+    <work>/trees/<key>/src/             the patched working copy of one kernel tree
+    <work>/trees/<key>/build/<flavour>/ its kernel and selftest build directories
+                                        (x86_64, x86_64+kasan+lockdep, ...)
     <work>/images/     guest initramfs images
     <work>/results/    one directory per run
     <work>/lock        held by the run using this work dir
@@ -29,12 +30,19 @@ class WorkDir:
         return self.root / "cache"
 
     @property
-    def src(self) -> Path:
-        return self.root / "src"
+    def trees(self) -> Path:
+        return self.root / "trees"
 
-    @property
-    def build(self) -> Path:
-        return self.root / "build"
+    def tree_src(self, key: str) -> Path:
+        """The working copy of the tree called ``key``."""
+        return self.trees / key / "src"
+
+    def tree_build(self, key: str, flavour: str) -> Path:
+        """A build directory of that tree.  Every tree has the same layout,
+        so the build sees its sources at the same relative path
+        (``../../src``) whatever the tree is called: compiler command lines
+        are the same, and ccache hits across trees with the same sources."""
+        return self.trees / key / "build" / flavour
 
     @property
     def images(self) -> Path:
@@ -46,7 +54,7 @@ class WorkDir:
 
     def prepare(self) -> "WorkDir":
         try:
-            for d in (self.root, self.cache, self.src, self.build, self.images, self.results):
+            for d in (self.root, self.cache, self.trees, self.images, self.results):
                 d.mkdir(parents=True, exist_ok=True)
             probe = self.root / ".write-test"
             probe.write_text("ok")

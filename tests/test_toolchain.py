@@ -9,16 +9,18 @@ from pathlib import Path
 import pytest
 
 from harness.toolchain import Toolchain
+from harness.workdir import WorkDir
 
 pytestmark = pytest.mark.skipif(shutil.which("ccache") is None or shutil.which("gcc") is None,
                                 reason="needs ccache and gcc")
 
 
-def _compile(root: Path, cache: Path) -> str:
+def _compile(root: Path, cache: Path, key: str = "linux") -> str:
     """Compile and run a file that prints __FILE__ the way Kbuild compiles
     (absolute source path, -fmacro-prefix-map of the absolute tree, from the
     build dir), with the harness's make variables and environment."""
-    tree, build_dir = root / "work/src/linux", root / "work/build/linux/x86_64"
+    work = WorkDir(root / "work")
+    tree, build_dir = work.tree_src(key), work.tree_build(key, "x86_64")
     (tree / "drivers/iommu").mkdir(parents=True)
     build_dir.mkdir(parents=True)
     src = tree / "drivers/iommu/where.c"
@@ -36,6 +38,18 @@ def test_a_second_checkout_hits_the_cache_and_file_names_stay_right(tmp_path):
     cache = tmp_path / "cache"
     assert _compile(tmp_path / "one", cache) == "drivers/iommu/where.c"
     assert _compile(tmp_path / "two", cache) == "drivers/iommu/where.c"
+    stats = subprocess.run(["ccache", "--print-stats"], env={"CCACHE_DIR": str(cache), "PATH": "/usr/bin:/bin"},
+                           capture_output=True, text=True, check=True).stdout
+    counters = dict(line.split("\t") for line in stats.splitlines() if "\t" in line)
+    assert int(counters["direct_cache_hit"]) == 1 and int(counters["cache_miss"]) == 1
+
+
+def test_another_tree_with_the_same_sources_hits_the_cache(tmp_path):
+    """A git checkout of the same sources (another tree key in the same work
+    dir) compiles nothing again."""
+    cache = tmp_path / "cache"
+    assert _compile(tmp_path, cache, "debian-6.12") == "drivers/iommu/where.c"
+    assert _compile(tmp_path, cache, "linux-0123abcd") == "drivers/iommu/where.c"
     stats = subprocess.run(["ccache", "--print-stats"], env={"CCACHE_DIR": str(cache), "PATH": "/usr/bin:/bin"},
                            capture_output=True, text=True, check=True).stdout
     counters = dict(line.split("\t") for line in stats.splitlines() if "\t" in line)

@@ -2,7 +2,7 @@
 request/result dataclasses and no knowledge of the others:
 
     source   a pristine tree (Debian's linux-source or --kernel-src) and a
-             working copy under <work>/src kept in sync with rsync
+             working copy under <work>/trees/<key>/src kept in sync with rsync
     patches  the project's series and the user's, dry-run then applied
     config   base config + fragments -> .config, every requested value checked
     build    the kernel image, uapi headers and the static iommufd selftests

@@ -1,7 +1,7 @@
 """Stage 1 (source): find the kernel tree and keep a working copy of it.
 
 The user's tree is never modified: the harness works on a copy under
-``<work>/src`` that is synced with rsync, which keeps modification times, so a
+``<work>/trees/<key>/src`` that is synced with rsync, which keeps modification times, so a
 re-run only rebuilds what really changed.
 """
 
@@ -178,7 +178,7 @@ def prepare(req: SourceRequest, work: WorkDir, protect_fn=None) -> SourceTree:
     """Find the origin and sync the working copy.  ``protect_fn(origin, dest)``
     returns the paths the sync must leave alone (see :func:`sync`)."""
     origin = find_origin(req, work)
-    dest = work.src / origin.key
+    dest = work.tree_src(origin.key)
     protect = frozenset(protect_fn(origin, dest)) if protect_fn else frozenset()
     changed = sync(origin, dest, protect)
     return SourceTree(dest, origin, kernel_version(dest), changed, protect)

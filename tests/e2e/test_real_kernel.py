@@ -166,7 +166,7 @@ def test_config_that_would_not_stick_is_explained_before_building(tmp_path):
     assert ("IOMMUFD_TEST depends on DEBUG_KERNEL [=y] && FAULT_INJECTION [=n] && RUNTIME_TESTING_MENU [=y]"
             in res.stderr)
     assert "fix: add CONFIG_FAULT_INJECTION=y" in res.stderr
-    assert not list((tmp_path / "w" / "build").rglob("vmlinux")), "nothing may be built"
+    assert not list((tmp_path / "w" / "trees").rglob("vmlinux")), "nothing may be built"
     res = subprocess.run(argv[:-4] + ["--explain", "CONFIG_IOMMUFD_TSET"], cwd=REPO, capture_output=True,
                          text=True, timeout=600)
     assert res.returncode == 0
@@ -201,7 +201,7 @@ def test_two_vms_at_once_do_not_collide(first_run, tmp_path):
     from harness.targets.ssh import SshClient
 
     data = json.loads((first_run[1] / "results.json").read_text())
-    kernel = WORK / "build" / "debian-6.12" / "x86_64" / "arch/x86/boot/bzImage"
+    kernel = WORK / "trees" / "debian-6.12" / "build" / "x86_64" / "arch/x86/boot/bzImage"
     base = image.BaseImage(WORK / "images" / data["image"]["file"], {}, False)
     profile = profiles.load("x86_64-vtd")
     vms, outputs, errors = {}, {}, []
@@ -250,7 +250,7 @@ def test_board_target_over_ssh(first_run, tmp_path):
     from harness.targets.ssh import SshClient
 
     data = json.loads((first_run[1] / "results.json").read_text())
-    kernel = WORK / "build" / "debian-6.12" / "x86_64" / "arch/x86/boot/bzImage"
+    kernel = WORK / "trees" / "debian-6.12" / "build" / "x86_64" / "arch/x86/boot/bzImage"
     booted_id = elfinfo.build_id(kernel.parents[3] / "vmlinux")  # whatever the last test built
     base = image.BaseImage(WORK / "images" / data["image"]["file"], {}, False)
     run_dir = tmp_path / "board"

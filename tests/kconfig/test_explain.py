@@ -29,8 +29,8 @@ from harness.toolchain import Toolchain
 REPO = Path(__file__).resolve().parents[2]
 TREE = Path(__file__).resolve().parents[1] / "fixtures" / "kconfig-tree"
 WORK = Path(os.environ.get("IOMMUFD_HARNESS_WORK", REPO / "work"))
-REAL_TREE = WORK / "src" / "debian-6.12"
-REAL_CONFIG = WORK / "build" / "debian-6.12" / "x86_64" / ".config"
+REAL_TREE = WORK / "trees" / "debian-6.12" / "src"
+REAL_CONFIG = WORK / "trees" / "debian-6.12" / "build" / "x86_64" / ".config"
 PREFIX = "CONFIG_"
 IOMMUFD_SYMBOLS = ["IOMMUFD", "IOMMUFD_TEST", "FAULT_INJECTION", "FAILSLAB", "INTEL_IOMMU", "IRQ_REMAP",
                    "IOMMU_IOPF", "DEBUG_FS", "HUGETLBFS", "TRANSPARENT_HUGEPAGE", "VFIO"]
