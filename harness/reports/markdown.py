@@ -198,6 +198,14 @@ def _splats(splats: list, lockdep_off: dict | None = None, omitted: int = 0) -> 
     return out
 
 
+
+def _patch_note(p: dict) -> str:
+    if p.get("status") == "already in tree":
+        return " - already in the tree, skipped"
+    if p.get("status") == "not for this tree":
+        return f" - not applied: {esc(p.get('reason') or 'not for this tree')}"
+    return ""
+
 def _provenance(run: RunRecord) -> list[str]:
     k, q = run.kernel, run.qemu
     kernel = f"{esc(k.get('version', '?'))} from {esc(k.get('source') or 'unknown source')}"
@@ -218,7 +226,7 @@ def _provenance(run: RunRecord) -> list[str]:
             subject = p.get("subject") or ""
             out.append(f"  {i}. {code(p.get('name', '?'))}" + (f" {esc(subject)}" if subject else "")
                        + (f" (sha256 {code(p['sha256'][:12])})" if p.get("sha256") else "")
-                       + (" - already in the tree, skipped" if p.get("status") == "already in tree" else ""))
+                       + _patch_note(p))
     else:
         out.append("- patches: none")
     qemu = f"QEMU {esc(q.get('version', '?'))}, {esc(q.get('accel', '?'))}"

@@ -21,11 +21,12 @@ import json
 import mailbox
 import re
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from harness import proc
 from harness.errors import PatchError
+from harness.stages import applies
 
 STATE_FILE = ".harness-patches.json"
 
@@ -37,7 +38,8 @@ class Patch:
     sha256: str
     text: str = field(repr=False)
     strip: int = 1
-    origin: str = ""  # where it came from (series dir, file, mbox)
+    origin: str = ""  # where it came from (series dir, file, mbox, commit)
+    rules: tuple[applies.Applicability, ...] = ()  # which trees it is for (series.toml)
 
     @property
     def files(self) -> tuple[str, ...]:
@@ -46,12 +48,26 @@ class Patch:
     def record(self) -> dict:
         return {"name": self.name, "subject": self.subject, "sha256": self.sha256}
 
+    def not_for(self, tree: Path, version: str) -> str | None:
+        """Why this patch is not for ``tree`` (version ``version``), or None."""
+        for rule in self.rules:
+            reason = rule.reason_not(tree, version)
+            if reason:
+                return reason + (f" ({rule.why})" if rule.why else "")
+        return None
+
 
 @dataclass(frozen=True)
 class PatchResult:
     applied: tuple[Patch, ...]  # the whole series, in order (those already in the tree included)
     changed: tuple[str, ...]  # files rewritten in the working copy
     already: tuple[int, ...] = ()  # positions in ``applied`` skipped: the tree has them (they apply in reverse)
+    not_for: dict[int, str] = field(default_factory=dict)  # positions skipped by series.toml -> why
+
+    def status(self, at: int) -> str:
+        if at in self.not_for:
+            return "not for this tree"
+        return "already in tree" if at in self.already else "applied"
 
 
 def _sha(text: str) -> str:
@@ -156,6 +172,7 @@ def load_series_dir(directory: Path) -> list[Patch]:
     if not series.is_file():
         raise PatchError(f"{directory} has no 'series' file", "a quilt directory lists its patches, in order, in 'series'")
     patches: list[Patch] = []
+    names: list[str] = []
     for lineno, line in enumerate(series.read_text().splitlines(), start=1):
         line = line.split("#", 1)[0].strip()
         if not line:
@@ -171,7 +188,9 @@ def load_series_dir(directory: Path) -> list[Patch]:
         if not pfile.is_file():
             raise PatchError(f"{series}:{lineno}: patch {fields[0]} does not exist in {directory}")
         patches.extend(load_patch_file(pfile, strip, name=fields[0]))
-    return patches
+        names.append(fields[0])
+    rules = applies.load(directory, names)
+    return [replace(p, rules=rules.for_patch(p.name)) for p in patches]
 
 
 def load(spec: Path) -> list[Patch]:
@@ -263,14 +282,23 @@ def _failure_details(output: str) -> str:
     return "\n".join(f"  {d}" for d in details) or output.strip()[-2000:]
 
 
-def apply_series(origin: Path, tree: Path, patches: list[Patch], protected: set[str], log: Path) -> PatchResult:
+def apply_series(origin: Path, tree: Path, patches: list[Patch], protected: set[str], log: Path,
+                 version: str | None = None) -> PatchResult:
     """Bring ``tree`` to ``origin`` + ``patches``.  ``protected`` is what the
-    source sync left alone (see :func:`protected_files`)."""
+    source sync left alone (see :func:`protected_files`).  A patch whose
+    series.toml rules say it is not for this tree (``origin``, kernel
+    ``version``) is left out."""
     proc.require_tool("patch")
     state = _load_state(tree)
-    want = [p.sha256 for p in patches]
+    not_for = {}
+    for at, patch in enumerate(patches):
+        why = patch.not_for(origin, version) if version and patch.rules else None
+        if why:
+            not_for[at] = why
+    want = [("not-for:" if i in not_for else "") + p.sha256 for i, p in enumerate(patches)]
     if state.get("series") == want and set(state.get("touched", {})) <= protected:
-        return PatchResult(tuple(patches), (), tuple(i for i in state.get("already", []) if isinstance(i, int)))
+        already = tuple(i for i in state.get("already", []) if isinstance(i, int))
+        return PatchResult(tuple(patches), (), already, {i: r for i, r in not_for.items() if i not in already})
 
     changed = _restore(origin, tree, state.get("touched", {}))
     restored = {rel: sha for rel, sha in state.get("restored", {}).items() if _file_sha(origin / rel) == sha}
@@ -279,13 +307,19 @@ def apply_series(origin: Path, tree: Path, patches: list[Patch], protected: set[
     already: list[int] = []
     _save_state(tree, {"series": [], "touched": {}})
     for at, patch in enumerate(patches):
+        pfile = log.parent / "patches" / patch.name
+        pfile.parent.mkdir(parents=True, exist_ok=True)
+        pfile.write_text(patch.text)
+        if at in not_for:
+            # a tree that already has the patch says so rather than "not for this tree"
+            if _applies_in_reverse(patch, tree, pfile, log):
+                already.append(at)
+                del not_for[at]
+            continue
         files = patch.files
         for rel in files:
             touched.setdefault(rel, _file_sha(origin / rel))
         _save_state(tree, {"series": [], "touched": touched})  # a crash below leaves a restorable tree
-        pfile = log.parent / "patches" / patch.name
-        pfile.parent.mkdir(parents=True, exist_ok=True)
-        pfile.write_text(patch.text)
         base = ["patch", f"-p{patch.strip}", "-N", "-f", "-F0", "-s", "-d", str(tree), "-i", str(pfile)]
         check = proc.run(base[:-2] + ["--dry-run", "-i", str(pfile)], timeout=300, log=log)
         ok = check.returncode == 0 and not check.timed_out
@@ -312,7 +346,7 @@ def apply_series(origin: Path, tree: Path, patches: list[Patch], protected: set[
     restored = {rel: sha for rel, sha in restored.items() if rel not in touched}
     _save_state(tree, {"series": want, "names": [p.name for p in patches], "touched": touched,
                        "restored": restored, "already": already})
-    return PatchResult(tuple(patches), tuple(changed), tuple(already))
+    return PatchResult(tuple(patches), tuple(changed), tuple(already), not_for)
 
 
 def _applies_in_reverse(patch: Patch, tree: Path, pfile: Path, log: Path) -> bool:

@@ -8,6 +8,7 @@ from harness.stages import patches
 from harness.stages import source
 
 MAIN_C = "drivers/iommu/iommufd/main.c"
+HDR = "drivers/iommu/iommufd/iommufd.h"
 
 
 def _make_patch(tree: Path, rel: str, old: str, new: str, subject: str, tmp: Path, name: str) -> Path:
@@ -161,3 +162,86 @@ def test_default_series_is_well_formed():
     for p in series:
         assert p.subject and p.files
         assert "Signed-off-by:" in p.text
+
+
+def _rules_series(origin: Path, tmp: Path, toml: str) -> list:
+    qdir = tmp / "rules"
+    qdir.mkdir()
+    _make_patch(origin, MAIN_C, "return 0;", "return 1;", "one", qdir, "0001-one.patch")
+    (tmp / "b").mkdir()
+    _make_patch(origin, HDR, "UAPI 1", "UAPI 2", "two", tmp / "b", "0002-two.patch")
+    (tmp / "b" / "0002-two.patch").rename(qdir / "0002-two.patch")
+    (qdir / "series").write_text("0001-one.patch\n0002-two.patch\n")
+    (qdir / "series.toml").write_text(toml)
+    return patches.load(qdir)
+
+
+def test_series_toml_leaves_out_a_patch_outside_its_kernel_range(trees, tmp_path):
+    """The fake tree is 6.12.99-fake: a patch for <6.12 is not applied, the run
+    says why, and a second run with the same decision does nothing."""
+    origin, work = trees
+    series = _rules_series(origin.path, tmp_path, '[[patch]]\nname = "0001-one.patch"\nkernels = ">=6.2, <6.12"\n'
+                                                  'why = "fixed in 6.12"\n')
+    res = patches.apply_series(origin.path, work, series, set(), tmp_path / "p.log", version="6.12.99-fake")
+    assert res.not_for == {0: "for kernels >=6.2, <6.12, this is 6.12.99-fake (fixed in 6.12)"}
+    assert [res.status(i) for i in range(2)] == ["not for this tree", "applied"]
+    assert "return 0;" in (work / MAIN_C).read_text() and "UAPI 2" in (work / HDR).read_text()
+    again = patches.apply_series(origin.path, work, series, patches.protected_files(origin.path, work),
+                                 tmp_path / "p.log", version="6.12.99-fake")
+    assert again.changed == () and again.not_for == res.not_for
+    # on a tree in range both apply: the decision is part of what the working copy remembers
+    res = patches.apply_series(origin.path, work, series, patches.protected_files(origin.path, work),
+                               tmp_path / "p.log", version="6.11.3")
+    assert res.not_for == {} and "return 1;" in (work / MAIN_C).read_text()
+
+
+def test_series_toml_conditions_on_the_tree_and_a_series_range(trees, tmp_path):
+    origin, work = trees
+    toml = ('kernels = ">=6.2"\n[[patch]]\nname = "0002-two.patch"\n'
+            f'when = [{{ file = "{MAIN_C}", contains = "return 0;" }}, {{ file = "Kconfig", lacks = "NO_SUCH" }}]\n'
+            '[[patch]]\nname = "0001-one.patch"\nwhen = [{ file = "no/such/file.h", contains = "x" }]\n')
+    series = _rules_series(origin.path, tmp_path, toml)
+    res = patches.apply_series(origin.path, work, series, set(), tmp_path / "p.log", version="6.12.99")
+    assert res.not_for == {0: "only when no/such/file.h contains 'x'"}
+    assert "UAPI 2" in (work / HDR).read_text()
+    # the whole series is for >=6.2: on 6.1 nothing applies
+    res = patches.apply_series(origin.path, work, series, patches.protected_files(origin.path, work),
+                               tmp_path / "p.log", version="6.1.192")
+    assert set(res.not_for) == {0, 1} and (work / HDR).read_text() == (origin.path / HDR).read_text()
+
+
+def test_a_patch_the_tree_has_is_already_in_tree_even_when_its_condition_fails(trees, tmp_path):
+    """A tree with the fix committed no longer has what the condition looks
+    for; it is reported as having the patch, not as out of range."""
+    origin, work = trees
+    series = _rules_series(origin.path, tmp_path, f'[[patch]]\nname = "0001-one.patch"\n'
+                                                  f'when = [{{ file = "{MAIN_C}", contains = "return 0;" }}]\n')
+    subprocess.run(["patch", "-p1", "-s", "-d", str(origin.path), "-i", str(tmp_path / "rules" / "0001-one.patch")],
+                   check=True)
+    source.sync(origin, work)
+    res = patches.apply_series(origin.path, work, series, set(), tmp_path / "p.log", version="6.12.99")
+    assert res.already == (0,) and res.not_for == {}
+
+
+@pytest.mark.parametrize("toml, message", [
+    ('kernels = "6.12"\n', "'6.12' is not a version clause"),
+    ('[[patch]]\nname = "0009-nope.patch"\n', "0009-nope.patch is not in"),
+    ('[[patch]]\nname = "0001-one.patch"\nwhen = [{ file = "x" }]\n', "condition 1 must be"),
+    ('[[patch]]\nname = "0001-one.patch"\nkernel = ">=6.2"\n', "unknown key(s) kernel"),
+    ('kernels = [">=6.2"\n', "fix the TOML syntax"),
+])
+def test_series_toml_mistakes_are_named(fake_kernel, tmp_path, toml, message):
+    with pytest.raises(PatchError) as e:
+        _rules_series(fake_kernel, tmp_path, toml)
+    assert message in e.value.render()
+
+
+def test_the_default_series_is_for_the_debian_612_tree_only_where_it_is_needed():
+    """The project's own series.toml parses and its rules say what they mean."""
+    from harness.pipeline import default_series
+
+    series = patches.load(default_series())
+    assert [bool(p.rules[1].kernels) for p in series] == [True, True]
+    sel = series[0].rules[1]
+    assert sel.kernels.contains("6.12.117") and not sel.kernels.contains("6.13-rc2")
+    assert not series[1].rules[1].kernels.contains("6.6.60")
