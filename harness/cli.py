@@ -32,13 +32,20 @@ def default_work() -> Path:
 def _common(p: argparse.ArgumentParser, tests: bool = True) -> None:
     g = p.add_argument_group("kernel")
     g.add_argument("--kernel-src", type=Path, metavar="PATH",
-                   help="Linux tree to test (directory or git checkout; never modified). "
-                        "Default: Debian's linux-source-6.12 package")
+                   help="Linux tree to test: a directory or a git checkout as it is, uncommitted changes "
+                        "included (never modified), or a Debian package name such as linux-source-6.12 "
+                        "(the default)")
     g.add_argument("--patches", type=Path, action="append", default=[], metavar="P",
                    help="extra patches on top of kernel-patches/default: a quilt dir, a .patch or an mbox "
                         "(repeatable, applied in order)")
     g.add_argument("--no-default-patches", action="store_true",
                    help="do not apply the kernel-patches/default series")
+    g.add_argument("--rev", metavar="REV",
+                   help="test this commit of the --kernel-src git repository instead of its working tree "
+                        "(exported to the work dir; the repository is only read)")
+    g.add_argument("--commits", metavar="BASE..TIP",
+                   help="the series is this range of --kernel-src's commits, applied to BASE "
+                        "(before any --patches)")
     g.add_argument("--kconfig-add", action="append", default=[], metavar="CONFIG_X=y",
                    help="extra Kconfig setting, after the profile's fragments (repeatable)")
     g.add_argument("--fragment", action="append", default=[], type=Path, metavar="FILE",
@@ -93,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="gate on change: compare with a previous results dir / results.json, or an expectations "
                         "file (selftests/baselines/<profile>-<suite>.toml, or that directory); exit 1 only on "
                         "regressions")
+    p.add_argument("--compare-base", action="store_true",
+                   help="run the tree without the series (--patches/--commits) first, cached by the tree's state, "
+                        "then with it; the verdict is what the series changed")
     p.add_argument("--profiles", metavar="A,B,...",
                    help="run on several profiles, one after the other, and print a profile x suite matrix")
     g = p.add_argument_group("real board (instead of a VM)")
@@ -145,6 +155,9 @@ def options(args) -> Options:
     return Options(
         work=args.work.expanduser().resolve(),
         kernel_src=args.kernel_src,
+        rev=args.rev,
+        commits=args.commits,
+        compare_base=getattr(args, "compare_base", False),
         patches=list(args.patches),
         default_patches=not args.no_default_patches,
         profile=args.profile,

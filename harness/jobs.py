@@ -19,6 +19,7 @@ from harness.reports.results import RunRecord
 from harness.reports.resultsdir import ResultsDir
 from harness.reports.terminal import matrix_table, summary_table
 from harness.run.session import SessionOptions, TestSession
+from harness.stages import source
 from harness.ui import Ui
 from harness.workdir import WorkDir, WorkLock
 
@@ -34,6 +35,14 @@ def validate(opts: Options, tests: bool = True) -> None:
         kconfig.parse_fragment(frag)
     if opts.base_config is not None and not opts.base_config.is_file():
         raise InputError(f"--config {opts.base_config} does not exist", "pass a full kernel .config")
+    if opts.rev and opts.commits:
+        raise InputError("--rev and --commits both say which commit to test",
+                         "pass one: --commits BASE..TIP tests BASE with the range on top")
+    if (opts.rev or opts.commits) and opts.kernel_src is None:
+        raise InputError(f"{'--rev' if opts.rev else '--commits'} needs the git repository",
+                         "pass it with --kernel-src")
+    if opts.commits and source.debian_package_name(opts.kernel_src):
+        raise InputError("--commits needs a git repository", "pass a git checkout with --kernel-src")
     for p in opts.patches:
         if not p.exists():
             raise InputError(f"patch input {p} does not exist", "pass a quilt directory, a .patch file or an mbox")

@@ -37,6 +37,9 @@ from harness.workdir import WorkDir
 class Options:
     work: Path
     kernel_src: Path | None = None
+    rev: str | None = None  # test this commit of the --kernel-src repository (--rev)
+    commits: str | None = None  # the series is this git range of --kernel-src, on its base (--commits A..B)
+    compare_base: bool = False  # run the tree without the series first, gate on what the series changed
     patches: list[Path] = field(default_factory=list)
     default_patches: bool = True
     profile: str = profiles.DEFAULT_PROFILE
@@ -83,6 +86,7 @@ class Pipeline:
         self.record = record
         self.logs = logs
         self.work = WorkDir(opts.work)
+        self.rev: str | None = opts.rev  # the commit the tree is (--rev, or the base of --commits)
 
     @contextlib.contextmanager
     def stage(self, name: str):
@@ -97,9 +101,18 @@ class Pipeline:
     # -- build side --------------------------------------------------------------
 
     def load_series(self) -> list[patches.Patch]:
+        """The default series, then --commits, then --patches; with --commits
+        the tree is the range's base (``self.rev``)."""
         series: list[patches.Patch] = []
         if self.opts.default_patches:
             series += patches.load(default_series())
+        self.rev = self.opts.rev
+        if self.opts.commits:
+            repo = self.opts.kernel_src.expanduser().resolve()
+            self.rev, commits = patches.load_commits(repo, self.opts.commits)
+            tip = commits[-1].origin.split()[1]
+            self.record.inputs["commits"] = f"{self.rev}..{tip}"  # a reproducer takes exactly these
+            series += commits
         for spec in self.opts.patches:
             series += patches.load(spec)
         return series
@@ -119,9 +132,15 @@ class Pipeline:
         tc = Toolchain(profile.arch, jobs=opts.jobs)
         series = self.load_series()  # before any work: a bad patch input fails fast
         with self.stage("source"):
-            tree = source.prepare(source.SourceRequest(opts.kernel_src), self.work,
+            tree = source.prepare(source.SourceRequest(opts.kernel_src, rev=self.rev), self.work,
                                   protect_fn=lambda origin, dest: patches.protected_files(origin.path, dest))
             self.record.kernel.update(version=tree.version, source=tree.origin.description)
+            if tree.origin.git:
+                self.record.kernel["git"] = dict(tree.origin.git)
+                if opts.commits:
+                    self.record.kernel["git"]["commits"] = self.record.inputs["commits"]
+                elif opts.rev:
+                    self.record.inputs["rev"] = tree.origin.git["head"]
             self.ui.info(f"kernel {tree.version} from {tree.origin.description} -> {tree.path}"
                          + (f" ({len(tree.changed)} files updated)" if tree.changed else ""))
         with self.stage("patches"):
@@ -232,7 +251,8 @@ def inputs(opts: Options) -> dict:
     def absolute(p: Path | None) -> str | None:
         return str(p.expanduser().resolve()) if p is not None else None
 
-    return {"kernel_src": absolute(opts.kernel_src), "default_patches": opts.default_patches,
+    src = source.debian_package_name(opts.kernel_src) or absolute(opts.kernel_src)
+    return {"kernel_src": src, "rev": opts.rev, "commits": opts.commits, "default_patches": opts.default_patches,
             "patches": [absolute(p) for p in opts.patches], "kconfig_add": list(opts.kconfig_add),
             "fragments": [absolute(f) for f in opts.fragments], "config": absolute(opts.base_config),
             "cmdline": opts.extra_cmdline, "debug": list(opts.debug)}

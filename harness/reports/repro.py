@@ -10,8 +10,8 @@ from harness.reports.results import outside_phase
 def reproducer(profile: str, suite: str, test: str, inputs: dict | None = None) -> str:
     """The command that runs ``test`` again on the same kernel and machine
     (for ``kernel.boot`` and the other reports outside any test, the suite):
-    ``inputs`` as a run records them (``RunRecord.inputs``: kernel_src,
-    default_patches, patches, kconfig_add, fragments, config, debug, cmdline)."""
+    ``inputs`` as a run records them (``RunRecord.inputs``: kernel_src, rev,
+    commits, default_patches, patches, kconfig_add, fragments, config, debug, cmdline)."""
     i = inputs or {}
     args = [f"--profile {shlex.quote(profile)}", f"--suite {shlex.quote(suite)}"]
     if not outside_phase(test):  # a report at boot or between tests: the suite again reproduces it
@@ -19,6 +19,10 @@ def reproducer(profile: str, suite: str, test: str, inputs: dict | None = None) 
         args.append(f"--tests {quoted}")
     if i.get("kernel_src"):
         args.append(f"--kernel-src {shlex.quote(i['kernel_src'])}")
+    if i.get("rev"):
+        args.append(f"--rev {shlex.quote(i['rev'])}")
+    if i.get("commits"):
+        args.append(f"--commits {shlex.quote(i['commits'])}")
     if i.get("default_patches") is False:
         args.append("--no-default-patches")
     args += [f"--patches {shlex.quote(p)}" for p in i.get("patches", [])]

@@ -46,7 +46,10 @@ class Patch:
         return touched_files(self.text, self.strip)
 
     def record(self) -> dict:
-        return {"name": self.name, "subject": self.subject, "sha256": self.sha256}
+        rec = {"name": self.name, "subject": self.subject, "sha256": self.sha256}
+        if self.origin.startswith("commit "):
+            rec["commit"] = self.origin.split()[1]
+        return rec
 
     def not_for(self, tree: Path, version: str) -> str | None:
         """Why this patch is not for ``tree`` (version ``version``), or None."""
@@ -191,6 +194,43 @@ def load_series_dir(directory: Path) -> list[Patch]:
         names.append(fields[0])
     rules = applies.load(directory, names)
     return [replace(p, rules=rules.for_patch(p.name)) for p in patches]
+
+
+def load_commits(repo: Path, spec: str) -> tuple[str, list[Patch]]:
+    """``--commits A..B`` of the git repository ``repo``: the commits B has
+    and A has not, oldest first, as patches (``git format-patch``), and the
+    commit they apply to (A).  The repository is only read."""
+    from harness.stages import source
+
+    if spec.count("..") != 1 or "..." in spec:
+        raise PatchError(f"--commits {spec!r} is not a range", "write BASE..TIP, e.g. v6.12..my-branch or HEAD~3..HEAD")
+    a, b = spec.split("..")
+    if not (repo / ".git").exists():
+        raise PatchError(f"--commits {spec}: {repo} is not a git repository", "pass the git checkout with --kernel-src")
+    base, tip = source.resolve(repo, a or "HEAD"), source.resolve(repo, b or "HEAD")
+    try:
+        source.git(repo, "merge-base", "--is-ancestor", base, tip)
+    except Exception:
+        raise PatchError(f"--commits {spec}: {a} is not an ancestor of {b}",
+                         "pass BASE..TIP where TIP is BASE plus the series (see git merge-base)") from None
+    merges = source.git(repo, "rev-list", "--merges", f"{base}..{tip}").split()
+    if merges:
+        raise PatchError(f"--commits {spec} holds merge commits ({', '.join(m[:12] for m in merges[:3])})",
+                         "pass a range of ordinary commits, e.g. the series on top of its base")
+    shas = source.git(repo, "rev-list", "--reverse", f"{base}..{tip}").split()
+    if not shas:
+        raise PatchError(f"--commits {spec} holds no commits", "pass BASE..TIP with TIP ahead of BASE")
+    out = []
+    for i, sha in enumerate(shas, start=1):
+        text = source.git(repo, "format-patch", "-1", "--stdout", "--no-signature", "--full-index", sha,
+                          what=f"exporting commit {sha[:12]}")
+        if not _is_diff(text):
+            raise PatchError(f"--commits {spec}: commit {sha[:12]} changes no file the patch tool can apply "
+                             "(empty, or only binary/mode changes)", "drop it from the range")
+        subject = _subject_of(text, sha[:12])
+        slug = re.sub(r"[^A-Za-z0-9]+", "-", subject).strip("-")[:52] or "commit"
+        out.append(Patch(f"{i:04d}-{slug}.patch", subject, _sha(text), text, 1, f"commit {sha}"))
+    return base, out
 
 
 def load(spec: Path) -> list[Patch]:

@@ -30,10 +30,17 @@ BUILD_OUTPUTS = [
 ]
 
 
+# The first release with iommufd, and with it the selftest support
+# (CONFIG_IOMMUFD_TEST, the mock driver the selftests drive).
+FIRST_IOMMUFD = (6, 2)
+_DEBIAN_NAME = re.compile(r"linux-source-(\d+)\.(\d+)")
+
+
 @dataclass(frozen=True)
 class SourceRequest:
     kernel_src: Path | None = None  # None: Debian's linux-source package
     debian_package: str = DEBIAN_PACKAGE
+    rev: str | None = None  # a commit of the --kernel-src git repository instead of its working tree
 
 
 @dataclass(frozen=True)
@@ -41,9 +48,11 @@ class SourceOrigin:
     """A pristine tree the working copy is synced from."""
 
     path: Path
-    kind: str  # "debian-package" | "directory" | "git"
+    kind: str  # "debian-package" | "directory" | "git" (a working tree) | "git-rev" (one commit of it)
     description: str  # e.g. "linux-source-6.12 6.12.117-1~deb12u1"
     key: str  # short, stable, filesystem-safe name for the working copy
+    git: dict | None = None  # repo, head, describe (--dirty), diff_sha256, untracked, rev: see git_state()
+    state: str = ""  # what the tree's content is, as far as the origin can say (a commit, a diff hash)
 
 
 @dataclass(frozen=True)
@@ -53,6 +62,7 @@ class SourceTree:
     version: str  # "6.12.117"
     changed: tuple[str, ...]  # paths rsync updated in this sync
     protected: frozenset[str] = frozenset()  # paths the sync left alone
+    state: str = ""  # a token for the origin's content: equal tokens, equal trees (see prepare())
 
 
 def kernel_version(tree: Path) -> str:
@@ -85,13 +95,44 @@ def check_kernel_tree(path: Path) -> None:
             f"{path} is not a Linux kernel tree (missing {', '.join(missing)})",
             "pass the top directory of a Linux source tree with --kernel-src",
         )
+    try:
+        version = kernel_version(path)
+    except SourceError:
+        version = ""
     if not (path / "drivers/iommu/iommufd").is_dir():
-        raise SourceError(f"{path} has no drivers/iommu/iommufd (kernel older than 6.2?)",
-                          "iommufd first appeared in Linux 6.2; use a newer tree")
+        raise SourceError(f"{path} is Linux {version or '(unknown version)'}, which has no iommufd "
+                          "(no drivers/iommu/iommufd)", _TOO_OLD_HINT)
+    kconfig = path / "drivers/iommu/iommufd/Kconfig"
+    if kconfig.is_file() and not re.search(r"^config IOMMUFD_TEST\b", kconfig.read_text(errors="replace"), re.M):
+        raise SourceError(f"{path} (Linux {version}) has iommufd but no CONFIG_IOMMUFD_TEST in {kconfig}",
+                          _TOO_OLD_HINT)
+
+
+_TOO_OLD_HINT = (f"iommufd and its selftest support (CONFIG_IOMMUFD_TEST) appeared in Linux "
+                 f"{FIRST_IOMMUFD[0]}.{FIRST_IOMMUFD[1]}; use a tree of {FIRST_IOMMUFD[0]}.{FIRST_IOMMUFD[1]} "
+                 f"or later, e.g. Debian's {DEBIAN_PACKAGE} (the default)")
+
+
+def debian_package_name(spec: Path | str | None) -> str | None:
+    """``--kernel-src linux-source-X.Y`` names a Debian package, unless a
+    directory of that name exists."""
+    if spec is None or Path(spec).exists():
+        return None
+    return str(spec) if _DEBIAN_NAME.fullmatch(str(spec)) else None
+
+
+def check_debian_package(package: str) -> None:
+    """Refuse a Debian kernel source too old for iommufd before extracting it."""
+    m = _DEBIAN_NAME.fullmatch(package)
+    if m and (int(m.group(1)), int(m.group(2))) < FIRST_IOMMUFD:
+        version = _dpkg_version(package)
+        raise SourceError(f"{package} ({'version ' + version if version else 'Linux ' + m.group(1) + '.' + m.group(2)}) "
+                          "has no iommufd", _TOO_OLD_HINT)
 
 
 def debian_origin(work: WorkDir, package: str = DEBIAN_PACKAGE) -> SourceOrigin:
     """Extract Debian's ``linux-source-X.Y`` tarball once into the cache."""
+    check_debian_package(package)
     series = package.removeprefix("linux-source-")
     tarballs = [Path(f"/usr/src/{package}.tar.{ext}") for ext in ("xz", "bz2", "gz")]
     tarball = next((t for t in tarballs if t.exists()), None)
@@ -122,29 +163,124 @@ def debian_origin(work: WorkDir, package: str = DEBIAN_PACKAGE) -> SourceOrigin:
         shutil.rmtree(dest, ignore_errors=True)
         tmp.rename(dest)
         stamp.write_text(f"{tarball} {pkg_version}\n")
-    return SourceOrigin(tree, "debian-package", f"{package} {pkg_version}", f"debian-{series}")
+    return SourceOrigin(tree, "debian-package", f"{package} {pkg_version}", f"debian-{series}",
+                        state=f"{package} {pkg_version} {ident}")
 
 
-def user_origin(path: Path) -> SourceOrigin:
-    path = path.expanduser().resolve()
-    check_kernel_tree(path)
-    kind = "git" if (path / ".git").exists() else "directory"
-    desc = str(path)
-    if kind == "git":
-        head = _git_describe(path)
-        if head:
-            desc += f" @ {head}"
+def _repo_key(path: Path) -> str:
     name = re.sub(r"[^A-Za-z0-9_.-]", "_", path.name)[:40]
-    key = f"{name}-{hashlib.sha256(str(path).encode()).hexdigest()[:8]}"
-    return SourceOrigin(path, kind, desc, key)
+    return f"{name}-{hashlib.sha256(str(path).encode()).hexdigest()[:8]}"
+
+
+def user_origin(path: Path, work: WorkDir | None = None, rev: str | None = None) -> SourceOrigin:
+    """A user's tree: a directory, a git working tree as it is (uncommitted
+    changes included), or with ``rev`` one commit of that repository,
+    exported to the work dir (the repository is only read)."""
+    path = path.expanduser().resolve()
+    if rev is not None:
+        if not (path / ".git").exists():
+            raise SourceError(f"--rev {rev}: {path} is not a git repository", "pass a git checkout with --kernel-src")
+        if work is None:
+            raise SourceError("--rev needs a work dir")
+        return rev_origin(path, rev, work)
+    check_kernel_tree(path)
+    key = _repo_key(path)
+    if not (path / ".git").exists():
+        return SourceOrigin(path, "directory", str(path), key)
+    git = git_state(path)
+    return SourceOrigin(path, "git", f"{path} @ {git['describe']}", key, git=git,
+                        state=f"git {git['head']} {git['diff_sha256']}")
 
 
 def find_origin(req: SourceRequest, work: WorkDir) -> SourceOrigin:
-    if req.kernel_src is None:
-        origin = debian_origin(work, req.debian_package)
+    package = req.debian_package if req.kernel_src is None else debian_package_name(req.kernel_src)
+    if package is not None:
+        if req.rev is not None:
+            raise SourceError(f"--rev {req.rev} needs a git repository", "pass a git checkout with --kernel-src")
+        origin = debian_origin(work, package)
         check_kernel_tree(origin.path)
         return origin
-    return user_origin(req.kernel_src)
+    return user_origin(req.kernel_src, work, req.rev)
+
+
+# --- git ----------------------------------------------------------------------------
+
+
+def git(repo: Path, *args: str, env: dict | None = None, text: bool = True, what: str = "") -> str | bytes:
+    """Run a read-only git command in ``repo`` (GIT_OPTIONAL_LOCKS=0: not even
+    the index's stat cache is written); SourceError naming ``what`` if it fails."""
+    proc.require_tool("git")
+    import os
+    import subprocess
+
+    full = {**os.environ, "GIT_OPTIONAL_LOCKS": "0", "LC_ALL": "C", **(env or {})}
+    try:
+        res = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, env=full, timeout=600)
+    except subprocess.TimeoutExpired:
+        raise SourceError(f"git {' '.join(args[:2])} in {repo} took more than 600 s") from None
+    if res.returncode != 0:
+        err = res.stderr.decode(errors="replace").strip().splitlines()
+        raise SourceError(f"{what or 'git ' + ' '.join(args)} in {repo} failed: {err[-1] if err else res.returncode}",
+                          "check the revision or range and that the repository is healthy")
+    return res.stdout.decode(errors="replace") if text else res.stdout
+
+
+def resolve(repo: Path, rev: str) -> str:
+    """The full commit id ``rev`` names."""
+    return git(repo, "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}",
+               what=f"finding commit {rev!r}").strip()
+
+
+def describe(repo: Path, rev: str = "HEAD") -> str:
+    return git(repo, "describe", "--tags", "--always", "--abbrev=12", rev).strip()
+
+
+def git_state(repo: Path) -> dict:
+    """What a git working tree holds: its commit, ``git describe --dirty``,
+    and a hash of everything that is not committed (the diff against HEAD
+    and the untracked, not ignored files), which the working copy carries."""
+    head = resolve(repo, "HEAD")
+    status = git(repo, "status", "--porcelain=v1", "-z", "--untracked-files=all", "--no-renames")
+    entries = [e for e in status.split("\0") if e]
+    untracked = sorted(e[3:] for e in entries if e.startswith("?? "))
+    dirty = any(not e.startswith("?? ") for e in entries)
+    h = hashlib.sha256(git(repo, "diff", "--binary", "HEAD", text=False))
+    for rel in untracked:
+        h.update(b"\0" + rel.encode() + b"\0")
+        try:
+            h.update((repo / rel).read_bytes())
+        except OSError:
+            pass
+    return {"repo": str(repo), "head": head, "describe": describe(repo) + ("-dirty" if dirty else ""),
+            "dirty": dirty, "untracked": len(untracked), "diff_sha256": h.hexdigest()}
+
+
+def rev_origin(repo: Path, rev: str, work: WorkDir) -> SourceOrigin:
+    """Commit ``rev`` of ``repo``, exported into ``<work>/cache/git/<key>/tree``
+    with a private index: a switch to another commit rewrites only the files
+    that differ (as ``git checkout`` would), so builds stay incremental."""
+    sha = resolve(repo, rev)
+    gitdir = git(repo, "rev-parse", "--absolute-git-dir").strip()
+    key = _repo_key(repo)
+    base = work.cache / "git" / key
+    tree, index, stamp = base / "tree", base / "index", base / "exported"
+    tree.mkdir(parents=True, exist_ok=True)
+    try:
+        previous = stamp.read_text().strip()
+    except OSError:
+        previous = ""
+    if previous != sha:
+        stamp.unlink(missing_ok=True)  # an interrupted switch starts over
+        env = {"GIT_INDEX_FILE": str(index)}
+        args = ["read-tree", "-m", "-u", previous, sha] if previous else ["read-tree", "--reset", "-u", sha]
+        git(Path(tree), f"--git-dir={gitdir}", f"--work-tree={tree}", *args, env=env,
+            what=f"exporting {rev} ({sha[:12]})")
+        stamp.write_text(sha + "\n")
+    check_kernel_tree(tree)
+    desc = describe(repo, sha)
+    info = {"repo": str(repo), "head": sha, "describe": desc, "dirty": False, "untracked": 0, "rev": rev}
+    return SourceOrigin(tree, "git-rev", f"{repo} @ {desc}" + (f" ({rev})" if rev not in (desc, sha) else ""),
+                        key + "-rev", git=info, state=f"git {sha}")
 
 
 def sync(origin: SourceOrigin, dest: Path, protect: frozenset[str] = frozenset()) -> tuple[str, ...]:
@@ -155,7 +291,8 @@ def sync(origin: SourceOrigin, dest: Path, protect: frozenset[str] = frozenset()
     """
     proc.require_tool("rsync")
     dest.mkdir(parents=True, exist_ok=True)
-    argv = ["rsync", "-a", "--delete", "--itemize-changes", "--out-format=%i %n"]
+    # nanosecond times (-@-1): a file rewritten within the second of the last sync, same size, is seen
+    argv = ["rsync", "-a", "--modify-window=-1", "--delete", "--itemize-changes", "--out-format=%i %n"]
     for pattern in BUILD_OUTPUTS:
         argv.append(f"--exclude={pattern}")
     for rel in sorted(protect):
@@ -181,10 +318,14 @@ def prepare(req: SourceRequest, work: WorkDir, protect_fn=None) -> SourceTree:
     dest = work.tree_src(origin.key)
     protect = frozenset(protect_fn(origin, dest)) if protect_fn else frozenset()
     changed = sync(origin, dest, protect)
-    return SourceTree(dest, origin, kernel_version(dest), changed, protect)
+    # a plain directory says nothing about its content: the working copy
+    # counts the syncs that changed something
+    state = origin.state or f"{origin.path} sync {bump_generation(dest, changed, SOURCE_GENERATION_FILE)}"
+    return SourceTree(dest, origin, kernel_version(dest), changed, protect, state)
 
 
 GENERATION_FILE = ".harness-generation"
+SOURCE_GENERATION_FILE = ".harness-source-generation"
 KCONFIG_GENERATION_FILE = ".harness-kconfig-generation"
 
 
@@ -215,10 +356,6 @@ def _rsync_escape(rel: str) -> str:
 
 def _dpkg_version(package: str) -> str | None:
     return _first_output(["dpkg-query", "-W", "-f", "${Version}", package])
-
-
-def _git_describe(path: Path) -> str | None:
-    return _first_output(["git", "-C", str(path), "describe", "--always", "--dirty", "--abbrev=12"])
 
 
 def _first_output(argv: list[str]) -> str | None:
