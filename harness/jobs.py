@@ -5,21 +5,24 @@ drive the target's lifecycle and the test session, and write the reports."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
+import shutil
 import time
 from pathlib import Path
 
-from harness import proc, profiles, suites
+from harness import __version__, proc, profiles, suites
 from harness.errors import EXIT_INTERRUPTED, HarnessError, InputError
 from harness.kconfig import fragments as kconfig
 from harness.parse.testlist import parse_list
-from harness.pipeline import Options, Pipeline, Prepared, new_record, results_dir_for
+from harness.pipeline import Options, Pipeline, Prepared, default_series, new_record, results_dir_for
 from harness.reports import markdown
 from harness.reports.repro import reproducer
 from harness.reports.results import RunRecord
 from harness.reports.resultsdir import ResultsDir
 from harness.reports.terminal import matrix_table, summary_table
 from harness.run.session import SessionOptions, TestSession
-from harness.stages import source
+from harness.stages import patches, source
 from harness.ui import Ui
 from harness.workdir import WorkDir, WorkLock
 
@@ -46,6 +49,12 @@ def validate(opts: Options, tests: bool = True) -> None:
     for p in opts.patches:
         if not p.exists():
             raise InputError(f"patch input {p} does not exist", "pass a quilt directory, a .patch file or an mbox")
+    if opts.compare_base and opts.baseline is not None:
+        raise InputError("--compare-base and --baseline both say what to compare with",
+                         "pass one: --compare-base compares with the tree without the series")
+    if opts.compare_base and not (opts.patches or opts.commits):
+        raise InputError("--compare-base needs a series to compare: nothing but the tree is given",
+                         "pass the series with --patches or --commits")
     if opts.baseline is not None and not opts.baseline.exists():
         raise InputError(f"baseline {opts.baseline} does not exist",
                          "pass a results dir, a results.json or selftests/baselines/")
@@ -81,12 +90,86 @@ def run(opts: Options, ui: Ui, matrix: list[str] | None = None) -> int:
     return max(r.exit_code() for r in records)
 
 
-def run_one(opts: Options, ui: Ui, results_path: Path) -> tuple[RunRecord, bool]:
+BASE_VERDICTS = ("pass", "fail")  # a base that gave a verdict can be compared with
+
+
+def base_key(opts: Options, work: WorkDir) -> str:
+    """What decides the base run's result: the tree's content (as its origin
+    states it, or the working copy's sync count for a plain directory), the
+    default series, the kernel's configuration inputs, the machine and the
+    tests.  Many series against one tree share one base."""
+    req = source.SourceRequest(opts.kernel_src, rev=opts.rev)
+    origin = source.find_origin(req, work)
+    state = origin.state
+    if not state:
+        state = source.prepare(req, work, protect_fn=lambda o, dest: patches.protected_files(o.path, dest)).state
+
+    def digest(path: Path | None) -> str | None:
+        return hashlib.sha256(path.read_bytes()).hexdigest() if path is not None else None
+
+    default = [p.sha256 for p in patches.load(default_series())] if opts.default_patches else []
+    key = {"state": state, "default_patches": default, "profile": opts.profile, "suite": opts.suite,
+           "tests": opts.tests, "kconfig_add": list(opts.kconfig_add),
+           "fragments": [digest(f) for f in opts.fragments], "config": digest(opts.base_config),
+           "debug": list(opts.debug), "cmdline": opts.extra_cmdline, "per_test_timeout": opts.per_test_timeout,
+           "continue_after_crash": opts.continue_after_crash, "rerun_failed": opts.rerun_failed,
+           "harness": __version__}
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def base_run(opts: Options, ui: Ui, work: WorkDir) -> dict:
+    """--compare-base: the results of the tree without the series (no
+    --patches, no --commits: the range's base), from the cache under
+    <work>/bases/ when that state of the tree ran before, else run now."""
+    bopts = dataclasses.replace(opts, patches=[], commits=None, compare_base=False, baseline=None, keep_vm=False)
+    if opts.commits:
+        bopts.rev, _ = patches.load_commits(opts.kernel_src.expanduser().resolve(), opts.commits)
+    key = base_key(bopts, work)
+    where = work.root / "bases" / key
+    if (where / "results.json").is_file():
+        try:
+            cached = markdown.load_run(where)
+        except HarnessError:
+            cached = None
+        if cached is not None and cached.verdict in BASE_VERDICTS:
+            ui.info(f"base: cached ({cached.verdict}, {cached.counts()['pass']} of {len(cached.tests)} passed) "
+                    f"{where}")
+            return {"results": str(where), "cached": True, "key": key, "verdict": cached.verdict}
+    shutil.rmtree(where, ignore_errors=True)
+    ui.info(f"base: running the tree without the series -> {where}")
+    record, interrupted = run_one(dataclasses.replace(bopts, results=where), ui, where, brief=True)
+    if interrupted:
+        raise KeyboardInterrupt
+    if record.verdict not in BASE_VERDICTS:
+        raise HarnessError(f"the base run (the tree without the series) gave no verdict: "
+                           f"{record.errors[0].splitlines()[0] if record.errors else record.verdict}",
+                           f"see {where}; the series was not run", log=str(where / "summary.md"))
+    return {"results": str(where), "cached": False, "key": key, "verdict": record.verdict}
+
+
+def run_one(opts: Options, ui: Ui, results_path: Path, brief: bool = False) -> tuple[RunRecord, bool]:
     """One profile: pipeline, target, tests, reports.  Returns (record,
-    interrupted); what was collected is written whatever happens."""
+    interrupted); what was collected is written whatever happens.  With
+    --compare-base the base comes first and is the baseline; ``brief``: one
+    line of summary (a base run)."""
     record = new_record(opts)
     sink = ResultsDir(results_path)
     interrupted = False
+    if opts.compare_base:
+        try:
+            record.base = base_run(opts, ui, WorkDir(opts.work))
+        except HarnessError as e:
+            record.errors.append(e.render())
+            ui.error(e.render())
+            record.decide()
+            sink.write(record)
+            return record, False
+        except KeyboardInterrupt:
+            record.errors.append("the run was interrupted (in the base run)")
+            record.decide()
+            sink.write(record)
+            return record, True
+        opts = dataclasses.replace(opts, baseline=Path(record.base["results"]))
     pipe = Pipeline(opts, ui, record, results_path / "logs")
     try:
         suite = suites.load(opts.suite)
@@ -115,6 +198,12 @@ def run_one(opts: Options, ui: Ui, results_path: Path) -> tuple[RunRecord, bool]
     finally:
         record.decide()
         sink.write(record)
+    if brief:
+        sink.write(record)
+        render_reports(ui, results_path, None)
+        c = record.counts()
+        ui.info(f"base: {record.verdict}, {c['pass']} of {len(record.tests)} passed")
+        return record, interrupted
     gate = render_reports(ui, results_path, opts.baseline)
     summary_table(record, ui.out)
     failing = [t for t in record.tests if t.status in ("fail", "timeout", "crash")]
@@ -141,6 +230,8 @@ def render_reports(ui: Ui, results_path: Path, baseline: Path | None) -> str | N
     gate = comparison.gate_verdict(run_.verdict)
     for reason in comparison.reasons():
         ui.out.print(f"baseline: {reason}", highlight=False, markup=False)
+    for note in comparison.notes():
+        ui.out.print(f"baseline: note: {note}", highlight=False, markup=False)
     ui.out.print(f"gate verdict against {baseline}: {gate.upper()}", highlight=False, markup=False)
     return gate
 

@@ -87,6 +87,7 @@ class Baseline:
     count: int | None = None
     tests: tuple[Expectation, ...] = ()
     known: tuple[Expectation, ...] = ()
+    kernel: str = ""  # the kernel it was recorded on: "6.12.117", maybe with more ("... @ v6.12-3-gabc")
 
     def expectation(self, name: str) -> Expectation | None:
         for k in self.known:
@@ -127,6 +128,26 @@ class Comparison:
     unchanged: int = 0
     count: int = 0
     expected_count: int | None = None
+    kernel_before: str = ""  # the baseline's kernel, as it names it
+    kernel_after: str = ""  # this run's
+
+    @property
+    def kernel_differs(self) -> bool:
+        """The baseline was recorded on another kernel: its expectations may
+        not hold for this one (tests added or removed upstream, known
+        failures fixed), which a reader of the verdict must know."""
+        if not self.kernel_before or not self.kernel_after:
+            return False
+        return _version_of(self.kernel_before) != _version_of(self.kernel_after)
+
+    def notes(self) -> list[str]:
+        """What a reader should know that is not a regression."""
+        if self.kernel_differs:
+            return [f"the baseline was recorded on kernel {self.kernel_before}; this run's kernel is "
+                    f"{self.kernel_after}"]
+        if self.kernel_before and not self.kernel_after:
+            return [f"the baseline was recorded on kernel {self.kernel_before}; this run has no kernel version"]
+        return []
 
     @property
     def count_dropped(self) -> bool:
@@ -163,7 +184,23 @@ class Comparison:
                 "regressions": changes(self.regressions), "improvements": changes(self.improvements),
                 "known_failures": changes(self.known_failures), "flaky": changes(self.flaky),
                 "disappeared": list(self.disappeared), "new_tests": list(self.new_tests),
-                "unchanged": self.unchanged, "count": self.count, "expected_count": self.expected_count}
+                "unchanged": self.unchanged, "count": self.count, "expected_count": self.expected_count,
+                "kernel": {"baseline": self.kernel_before, "run": self.kernel_after, "differs": self.kernel_differs},
+                "notes": self.notes()}
+
+
+def _version_of(kernel: str) -> str:
+    """The release in a kernel description: "6.12.117 + kernel-patches/default" -> "6.12.117"."""
+    return kernel.split()[0] if kernel.split() else ""
+
+
+def run_kernel(run: RunRecord) -> str:
+    """How a run names its kernel: the release, and the git commit when it has one."""
+    version = str(run.kernel.get("version") or "")
+    git = run.kernel.get("git") or {}
+    if version and git.get("describe"):
+        return f"{version} ({git['describe']})"
+    return version
 
 
 # -- comparing --------------------------------------------------------------------
@@ -221,7 +258,7 @@ def compare(run: RunRecord, base: Baseline) -> Comparison:
             regressions.append(Change(t.name, before, t.status, kind, t.reason))
     disappeared = tuple(e.pattern for e in (*base.known, *base.tests) if e not in used)
     return Comparison(base.source, tuple(regressions), tuple(improvements), tuple(known), tuple(flaky),
-                      disappeared, tuple(new), unchanged, len(run.tests), base.count)
+                      disappeared, tuple(new), unchanged, len(run.tests), base.count, base.kernel, run_kernel(run))
 
 
 def mark_flaky(first: TestRecord, reruns: list[TestRecord]) -> TestRecord:
@@ -304,7 +341,7 @@ def from_run(run: RunRecord, source: str) -> Baseline:
         status = "pass" if is_flaky(t) else t.status
         reason = f"{status} in the baseline run" if status in BAD else ""
         tests.append(Expectation(t.name, frozenset({status}), reason))
-    return Baseline(source, run.profile, run.suite, len(run.tests), tuple(tests))
+    return Baseline(source, run.profile, run.suite, len(run.tests), tuple(tests), kernel=run_kernel(run))
 
 
 def _load_results(path: Path) -> Baseline:
@@ -379,5 +416,8 @@ def _parse_toml(data: dict, source: str) -> Baseline:
         known.append(Expectation(test, statuses, reason.strip(), link))
     if not tests and not known:
         raise ValueError("no expectations: add a [tests] table or [[known]] entries")
-    return Baseline(source, data.get("profile", ""), data.get("suite", ""), count, tests, tuple(known))
+    kernel = data.get("kernel", "")
+    if not isinstance(kernel, str):
+        raise TypeError("kernel must be a string: the release the expectations were recorded on")
+    return Baseline(source, data.get("profile", ""), data.get("suite", ""), count, tests, tuple(known), kernel)
 

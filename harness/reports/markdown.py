@@ -229,6 +229,9 @@ def _provenance(run: RunRecord) -> list[str]:
                        + _patch_note(p))
     else:
         out.append("- patches: none")
+    if run.base:
+        out.append(f"- base (the tree without the series): {code(run.base.get('results', '?'), 160)}"
+                   + (", cached" if run.base.get("cached") else ", run now"))
     qemu = f"QEMU {esc(q.get('version', '?'))}, {esc(q.get('accel', '?'))}"
     if q.get("accel_reason"):
         qemu += f" ({esc(q['accel_reason'])})"
@@ -272,7 +275,7 @@ def render(run: RunRecord, comparison: Comparison | None, splats: list | None = 
     else:
         out.append(f"### iommufd-harness: {run.verdict.upper()}")
         out += ["", f"**Verdict: {run.verdict.upper()}** ({run_line}); no baseline given."]
-    for note in notes or []:
+    for note in [*(notes or []), *(comparison.notes() if comparison is not None else [])]:
         out += ["", f"Note: {esc(note, 500)}"]
     out += ["", (f"Suite {code(run.suite or '?')} on {code(run.profile or '?')}, "
                  f"Linux {esc(run.kernel.get('version', '?'))}."), ""]

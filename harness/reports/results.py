@@ -64,6 +64,7 @@ class RunRecord:
     errors: list[str] = field(default_factory=list)
     harness: dict = field(default_factory=dict)
     inputs: dict = field(default_factory=dict)  # what defines the kernel and the machine (for reproducers)
+    base: dict = field(default_factory=dict)  # --compare-base: results (dir), cached (bool), key
     started: str = ""
     results_dir: str = ""
 

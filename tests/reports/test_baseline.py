@@ -322,3 +322,30 @@ def test_what_is_not_flaky():
     # a flaky test in a previous run is a passing expectation
     base = from_run(RunRecord(tests=[mark_flaky(_t("fail"), [_t("pass")])]), "prev")
     assert base.tests[0].statuses == frozenset({"pass"})
+
+
+def test_a_baseline_recorded_on_another_kernel_is_said_not_hidden(tmp_path):
+    """The checked-in expectations name their kernel; a run on another one
+    compares as usual and says so (JSON, summary.md), without failing on it."""
+    from harness.reports.markdown import render
+
+    base = load_baseline(BASELINES, "x86_64-vtd", "access")
+    assert base.kernel.startswith("6.12.117")
+    names = [e.pattern for e in base.tests]
+    run = _run({n: "pass" for n in names})
+    run.kernel = {"version": "6.15.0-rc3", "git": {"describe": "v6.15-rc3-42-g0123456789ab"}}
+    cmp_ = compare(run, base)
+    assert cmp_.kernel_differs and not cmp_.regressed
+    assert cmp_.notes() == ["the baseline was recorded on kernel 6.12.117 + kernel-patches/default; this run's "
+                            "kernel is 6.15.0-rc3 (v6.15-rc3-42-g0123456789ab)"]
+    assert cmp_.to_json()["kernel"]["differs"] is True
+    assert "Note: the baseline was recorded on kernel 6.12.117" in render(run, cmp_)
+    # the same release: nothing to say
+    run.kernel = {"version": "6.12.117"}
+    assert compare(run, base).notes() == [] and not compare(run, base).kernel_differs
+    # a previous run as the baseline names its kernel the same way
+    prev = _run({n: "pass" for n in names})
+    prev.kernel = {"version": "6.12.117", "git": {"describe": "v6.12.117"}}
+    assert from_run(prev, "prev").kernel == "6.12.117 (v6.12.117)"
+    run.kernel = {"version": "6.13.2"}
+    assert compare(run, from_run(prev, "prev")).kernel_differs

@@ -173,3 +173,41 @@ def test_debug_kernels_are_a_config_level_and_a_build_dir_of_their_own(fake_kern
     # switching back finds the plain kernel's configuration where it was
     again, _ = prepare()
     assert not again.config.reconfigured
+
+
+def test_a_tree_without_iommufd_test_support_is_refused_naming_the_release_that_has_it(fake_kernel):
+    """Linux 6.1 (Debian's other kernel source) has no iommufd at all; a tree
+    whose iommufd has no CONFIG_IOMMUFD_TEST cannot run the selftests."""
+    import shutil
+
+    (fake_kernel / "drivers/iommu/iommufd/Kconfig").write_text("config IOMMUFD\n\ttristate \"IOMMU fd\"\n")
+    with pytest.raises(SourceError) as e:
+        source.user_origin(fake_kernel)
+    assert "no CONFIG_IOMMUFD_TEST" in e.value.message and "appeared in Linux 6.2" in e.value.hint
+    (fake_kernel / "drivers/iommu/iommufd/Kconfig").write_text("config IOMMUFD_TEST\n\tbool\n")
+    source.user_origin(fake_kernel)  # fine again
+    shutil.rmtree(fake_kernel / "drivers/iommu/iommufd")
+    text = (fake_kernel / "Makefile").read_text().replace("PATCHLEVEL = 12", "PATCHLEVEL = 1")
+    (fake_kernel / "Makefile").write_text(text)
+    with pytest.raises(SourceError) as e:
+        source.user_origin(fake_kernel)
+    assert "is Linux 6.1.99-fake, which has no iommufd" in e.value.message and "6.2" in e.value.hint
+
+
+def test_an_old_debian_kernel_source_is_refused_before_it_is_extracted(tmp_path):
+    import json
+    import subprocess
+    import sys
+    import time
+
+    from fakes import REPO
+
+    t0 = time.monotonic()
+    res = subprocess.run([sys.executable, "-m", "harness", "run", "--kernel-src", "linux-source-6.1",
+                          "--work", str(tmp_path / "w"), "--results", str(tmp_path / "r")], cwd=REPO,
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and "linux-source-6.1" in res.stderr and "appeared in Linux 6.2" in res.stderr
+    assert time.monotonic() - t0 < 30
+    assert not (tmp_path / "w" / "cache" / "debian").exists()
+    data = json.loads((tmp_path / "r" / "results.json").read_text())
+    assert data["verdict"] == "error" and data["inputs"]["kernel_src"] == "linux-source-6.1"
