@@ -12,6 +12,8 @@ For each profile and kernel (the default one and every ``--debug`` one):
   whose init runs the same tests and powers off; boot (to SSH, verified)
   and the suite are shown against the bare boot's time to init and its
   tests;
+- compare-base (``--compare-base``): ``run --compare-base --patches P``
+  with the base cached, against the same ``run --patches P`` without it;
 - cold build (``--cold``): ``iommufd-harness build`` in an empty work dir,
   against ``make`` of the kernel image with the same .config in an empty
   build directory, ccache off.
@@ -275,6 +277,35 @@ def no_change_runs(work: Path, profile: str, debug: tuple[str, ...], suite: str,
     return [run_fig, boot_fig, suite_fig]
 
 
+def compare_base_runs(work: Path, profile: str, debug: tuple[str, ...], suite: str, repeat: int,
+                      tmp: Path) -> Figure:
+    """``run --compare-base --patches P`` with the base cached, against the
+    same ``run --patches P`` without a base: the comparison's own cost."""
+    fig = Figure(f"compare-base {suite} (cached base)")
+    debug_args = ["--debug", ",".join(debug)] if debug else []
+    k = prepare(work, profile, debug, [])
+    series, _, _, _ = variants(k.origin, tmp)
+    base = harness_argv("run", "--quiet", "--work", work, "--profile", profile, "--suite", suite, *debug_args,
+                        "--patches", series)
+    for i in range(repeat + 1):
+        tag = f"{profile}-{'+'.join(debug) or 'default'}-{suite}-{i}"
+        elapsed, code = timed(base + ["--compare-base", "--results", tmp / f"cmp-{tag}"])
+        data = results_of(tmp / f"cmp-{tag}")
+        if code != 0 or not data.get("base"):
+            raise HarnessError(f"bench: the --compare-base run did not pass (exit {code}): {data.get('errors')}",
+                               log=str(tmp / f"cmp-{tag}"))
+        if i == 0:
+            continue  # the first one runs (or finds) the base and builds the series
+        if not data["base"].get("cached"):
+            raise HarnessError("bench: the base was not cached on a second --compare-base run")
+        fig.harness.append(elapsed)
+        elapsed, code = timed(base + ["--results", tmp / f"plain-{tag}"])
+        if code != 0:
+            raise HarnessError(f"bench: the run with the series did not pass (exit {code})")
+        fig.floor.append(elapsed)
+    return fig
+
+
 def fmt(v: float | None, unit: str = " s") -> str:
     return "-" if v is None else f"{v:.1f}{unit}"
 
@@ -290,6 +321,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cold", action="store_true", help="also time cold builds (long)")
     ap.add_argument("--no-build", action="store_true", help="skip the one-file build")
     ap.add_argument("--no-default-kernel", action="store_true", help="measure only the --debug kernels")
+    ap.add_argument("--compare-base", action="store_true",
+                    help="also time run --compare-base with a cached base against the same run without it "
+                         "(default kernel, first suite)")
     args = ap.parse_args(argv)
     if args.repeat < 1:
         ap.error("--repeat must be at least 1")
@@ -314,6 +348,9 @@ def main(argv: list[str] | None = None) -> int:
                     figs.append(one_file_build(work, profile, debug, args.repeat, tmp))
                 for suite in args.suite or ["access"]:
                     figs += no_change_runs(work, profile, debug, suite, args.repeat, tmp)
+                if args.compare_base and not debug:
+                    figs.append(compare_base_runs(work, profile, debug, (args.suite or ["access"])[0], args.repeat,
+                                                  tmp))
                 for fig in figs:
                     row = {"kernel": label, **fig.row()}
                     rows.append(row)

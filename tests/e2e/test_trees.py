@@ -44,9 +44,10 @@ RECIPE = 2  # bump when make_repo() changes
 pytestmark = pytest.mark.slow
 
 
-def git(repo: Path, *args: str) -> str:
+def git(repo: Path, *args: str, read_only: bool = False) -> str:
+    env = {**GIT_ENV, "GIT_OPTIONAL_LOCKS": "0"} if read_only else GIT_ENV
     return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, text=True,
-                          env=GIT_ENV).stdout.strip()
+                          env=env).stdout.strip()
 
 
 def _recipe_hash() -> str:
@@ -106,8 +107,8 @@ def _listed(repo: Path, *extra: str) -> list[str]:
 def _snapshot(repo: Path) -> tuple:
     """HEAD, refs, what git status says, and the index file's bytes and time."""
     index = repo / ".git" / "index"
-    return (git(repo, "rev-parse", "HEAD"), git(repo, "for-each-ref"), git(repo, "status", "--porcelain"),
-            index.read_bytes(), index.stat().st_mtime_ns)
+    return (git(repo, "rev-parse", "HEAD"), git(repo, "for-each-ref"),
+            git(repo, "status", "--porcelain", read_only=True), index.read_bytes(), index.stat().st_mtime_ns)
 
 
 def test_a_tree_with_the_fixes_committed_needs_no_patches_and_passes(repo, tmp_path):
