@@ -68,6 +68,8 @@ def _common(p: argparse.ArgumentParser, tests: bool = True) -> None:
     p.add_argument("--work", type=Path, default=default_work(),
                    help="work dir for sources, builds, images and results (default ./work or $IOMMUFD_HARNESS_WORK)")
     p.add_argument("--quiet", "-q", action="store_true", help="only the summary and errors")
+    p.add_argument("--verbose", "-v", action="store_true",
+                   help="the summary lists every test, passing ones too (default: what did not pass)")
     if tests:
         g = p.add_argument_group("tests")
         g.add_argument("--suite", default=suites.DEFAULT_SUITE,
@@ -142,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
                                       "optionally against a baseline")
     p.add_argument("results_dir", type=Path, metavar="DIR")
     p.add_argument("--baseline", type=Path, metavar="FILE|DIR", help="as for 'run --baseline'")
+    p.add_argument("--verbose", "-v", action="store_true", help="list every test, passing ones too")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("profiles", help="list the vIOMMU/QEMU profiles")
@@ -180,6 +183,7 @@ def options(args) -> Options:
         board=getattr(args, "board", None),
         board_key=getattr(args, "board_key", Path("~/.ssh/id_ed25519")),
         known_hosts=getattr(args, "known_hosts", Path("~/.ssh/known_hosts")),
+        verbose=getattr(args, "verbose", False),
     )
 
 
@@ -195,7 +199,7 @@ def cmd_run(args, ui: Ui) -> int:
 
 
 def cmd_report(args, ui: Ui) -> int:
-    return jobs.report(ui, args.results_dir, args.baseline)
+    return jobs.report(ui, args.results_dir, args.baseline, args.verbose)
 
 
 def cmd_build(args, ui: Ui) -> int:

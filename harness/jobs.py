@@ -205,7 +205,7 @@ def run_one(opts: Options, ui: Ui, results_path: Path, brief: bool = False) -> t
         ui.info(f"base: {record.verdict}, {c['pass']} of {len(record.tests)} passed")
         return record, interrupted
     gate = render_reports(ui, results_path, opts.baseline)
-    summary_table(record, ui.out)
+    summary_table(record, ui.out, verbose=opts.verbose)
     failing = [t for t in record.tests if t.status in ("fail", "timeout", "crash")]
     for t in failing[:10]:
         ui.out.print("reproduce: " + reproducer(opts.profile, opts.suite, t.name, record.inputs),
@@ -236,13 +236,13 @@ def render_reports(ui: Ui, results_path: Path, baseline: Path | None) -> str | N
     return gate
 
 
-def report(ui: Ui, results_dir: Path, baseline: Path | None) -> int:
+def report(ui: Ui, results_dir: Path, baseline: Path | None, verbose: bool = False) -> int:
     """``report``: every report of a finished run again, optionally gated."""
     if not (results_dir / "results.json").is_file():
         raise InputError(f"{results_dir} holds no results.json", "pass a results dir written by 'run'")
     gate = render_reports(ui, results_dir, baseline)
     run_ = markdown.load_run(results_dir)
-    summary_table(run_, ui.out)
+    summary_table(run_, ui.out, verbose=verbose)
     ui.out.print(f"summary: {results_dir / 'summary.md'}", highlight=False, markup=False)
     if gate is not None:
         run_.verdict = gate

@@ -62,6 +62,7 @@ class Options:
     board: str | None = None  # USER@HOST[:PORT] of a real board instead of a VM
     board_key: Path = Path("~/.ssh/id_ed25519")
     known_hosts: Path = Path("~/.ssh/known_hosts")
+    verbose: bool = False  # the summary lists passing tests too
 
 
 @dataclass(frozen=True)

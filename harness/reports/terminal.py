@@ -15,25 +15,43 @@ def verdict_color(verdict: str) -> str:
     return {"pass": "green", "fail": "red"}.get(verdict, "bold red")
 
 
-def summary_table(run: RunRecord, console=None, show_passed: bool = True) -> None:
-    """The terminal summary: one row per test, then counts and the verdict."""
+MAX_REPORTS = 5  # kernel reports listed in the summary (summary.md and results.json have them all)
+
+
+def summary_table(run: RunRecord, console=None, verbose: bool = False) -> None:
+    """The terminal summary, results first: the tests that did not pass (every
+    test with ``verbose``; the progress lines already named them all), the
+    kernel reports, then counts and the verdict.  The caller prints the
+    reproducer lines after it."""
     from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
 
     console = console or Console(stderr=False)
-    table = Table(title=f"iommufd-harness: suite {run.suite} on {run.profile} "
-                        f"(kernel {run.kernel.get('version', '?')})", show_lines=False)
-    table.add_column("test")
-    table.add_column("status")
-    table.add_column("time", justify="right")
-    table.add_column("note", overflow="fold")
-    for t in run.tests:
-        if not show_passed and t.status == "pass":
-            continue
-        note = t.reason or (first_failure_line(t.log) if t.status in BAD else "")
-        table.add_row(escape(t.name), f"[{COLORS[t.status]}]{t.status}[/]", f"{t.duration_s:.1f}s", escape(note))
-    console.print(table)
+    title = f"iommufd-harness: suite {run.suite} on {run.profile} (kernel {run.kernel.get('version', '?')})"
+    shown = [t for t in run.tests if verbose or t.status != "pass"]
+    if shown:
+        table = Table(title=title, show_lines=False)
+        table.add_column("test")
+        table.add_column("status")
+        table.add_column("time", justify="right")
+        table.add_column("note", overflow="fold")
+        for t in shown:
+            note = t.reason or (first_failure_line(t.log) if t.status in BAD else "")
+            table.add_row(escape(t.name), f"[{COLORS[t.status]}]{t.status}[/]", f"{t.duration_s:.1f}s",
+                          escape(note))
+        console.print(table)
+    else:
+        console.print(escape(title))
+    splats = run.kernel.get("splats") or []
+    if splats:
+        omitted = int(run.kernel.get("splats_omitted") or 0)
+        console.print(f"[bold red]kernel reports:[/] {len(splats) + omitted}")
+        for s in splats[:MAX_REPORTS]:
+            console.print(f"  [red]{escape(str(s.get('kind', '?')))}[/] in {escape(str(s.get('test') or '?'))}: "
+                          f"{escape(str(s.get('title', ''))[:160])}", highlight=False)
+        if len(splats) + omitted > MAX_REPORTS:
+            console.print(f"  ... and {len(splats) + omitted - MAX_REPORTS} more (summary.md, console.log)")
     c = run.counts()
     counts = ", ".join(f"{c[s]} {s}" for s in STATUSES if c[s])
     color = verdict_color(run.verdict)
