@@ -1,4 +1,4 @@
-"""Command line: ``iommufd-harness run|build|boot|config|list-tests|report|profiles|suites``.
+"""Command line: ``iommufd-harness run|walk|build|boot|config|list-tests|report|profiles|suites``.
 
 This module only parses arguments into :class:`~harness.pipeline.Options` and
 calls :mod:`harness.jobs`; errors the user can act on end as one message and
@@ -118,6 +118,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="after the tests, keep the VM running and print how to SSH in (Ctrl-C ends it)")
     p.set_defaults(func=cmd_run)
 
+    p = sub.add_parser("walk", help="apply a series one patch at a time, run the suite after each: which patch "
+                                    "broke something")
+    _common(p)
+    p.add_argument("--results", type=Path, metavar="DIR",
+                   help="where to write the walk (default: a new dir under <work>/results)")
+    p.add_argument("--bisect", action="store_true",
+                   help="the base, the whole series, then halves: log2(n) steps instead of n")
+    p.set_defaults(func=cmd_walk)
+
     p = sub.add_parser("build", help="patch, configure and build the kernel and the selftests")
     _common(p, tests=False)
     p.set_defaults(func=cmd_build)
@@ -196,6 +205,12 @@ def cmd_run(args, ui: Ui) -> int:
             raise InputError(f"--profiles {args.profiles!r} names no profile",
                              f"pass profile names separated by commas; available: {', '.join(profiles.available())}")
     return jobs.run(opts, ui, matrix)
+
+
+def cmd_walk(args, ui: Ui) -> int:
+    from harness import walk
+
+    return walk.walk(options(args), ui, bisect=args.bisect)
 
 
 def cmd_report(args, ui: Ui) -> int:

@@ -137,7 +137,7 @@ def base_run(opts: Options, ui: Ui, work: WorkDir) -> dict:
             return {"results": str(where), "cached": True, "key": key, "verdict": cached.verdict}
     shutil.rmtree(where, ignore_errors=True)
     ui.info(f"base: running the tree without the series -> {where}")
-    record, interrupted = run_one(dataclasses.replace(bopts, results=where), ui, where, brief=True)
+    record, interrupted = run_one(dataclasses.replace(bopts, results=where), ui, where, brief="base")
     if interrupted:
         raise KeyboardInterrupt
     if record.verdict not in BASE_VERDICTS:
@@ -147,11 +147,11 @@ def base_run(opts: Options, ui: Ui, work: WorkDir) -> dict:
     return {"results": str(where), "cached": False, "key": key, "verdict": record.verdict}
 
 
-def run_one(opts: Options, ui: Ui, results_path: Path, brief: bool = False) -> tuple[RunRecord, bool]:
+def run_one(opts: Options, ui: Ui, results_path: Path, brief: str = "") -> tuple[RunRecord, bool]:
     """One profile: pipeline, target, tests, reports.  Returns (record,
     interrupted); what was collected is written whatever happens.  With
     --compare-base the base comes first and is the baseline; ``brief``: one
-    line of summary (a base run)."""
+    line of summary starting with it (a base run, a step of a walk)."""
     record = new_record(opts)
     sink = ResultsDir(results_path)
     interrupted = False
@@ -202,7 +202,7 @@ def run_one(opts: Options, ui: Ui, results_path: Path, brief: bool = False) -> t
         sink.write(record)
         render_reports(ui, results_path, None)
         c = record.counts()
-        ui.info(f"base: {record.verdict}, {c['pass']} of {len(record.tests)} passed")
+        ui.info(f"{brief}: {record.verdict}, {c['pass']} of {len(record.tests)} passed")
         return record, interrupted
     gate = render_reports(ui, results_path, opts.baseline)
     summary_table(record, ui.out, verbose=opts.verbose)

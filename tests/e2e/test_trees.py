@@ -185,3 +185,32 @@ def test_linux_6_1_is_refused_in_seconds(tmp_path):
     assert version.startswith("6.1.") and f"is Linux {version}, which has no iommufd" in out
     assert "appeared in Linux 6.2" in out
     assert not (WORK / "trees" / source._repo_key(tree.resolve())).exists(), "nothing may be copied or built"
+
+
+def _walk(results: Path, *extra: str) -> tuple[int, dict, str]:
+    argv = [sys.executable, "-m", "harness", "walk", "--work", str(WORK), "--results", str(results), *extra]
+    res = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=3600)
+    sys.stdout.write(res.stdout[-20000:])
+    sys.stderr.write(res.stderr[-20000:])
+    return res.returncode, json.loads((results / "walk.json").read_text()), res.stdout
+
+
+def test_walk_finds_the_commit_that_broke_the_tests_linear_and_bisect(repo, tmp_path):
+    shas = git(repo, "rev-list", "--reverse", "main..series").split()
+    code, data, out = _walk(tmp_path / "walk", "--kernel-src", str(repo), "--commits", "main..series")
+    assert code == 1
+    assert [s["outcome"] for s in data["steps"]] == ["base", "same", "broke"]
+    assert data["first_broken"]["step"] == 2 and data["first_broken"]["subject"].endswith(
+        "iommufd: refuse access pins of more than 8 pages")
+    assert {b.split(":")[0] for b in data["steps"][2]["broke"]} == BROKEN
+    for s in data["steps"]:  # every step is a run of its own, kept
+        step = json.loads((Path(s["results"]) / "results.json").read_text())
+        assert [p.get("commit") for p in step["patches"]][2:] == shas[:s["index"]]
+    assert "first broken by step 2" in out and "first broken by step 2" in (tmp_path / "walk" / "summary.md").read_text()
+    # bisect: the base, the whole range, then the middle; the same answer
+    code, data, out = _walk(tmp_path / "bisect", "--kernel-src", str(repo), "--commits", "main..series",
+                            "--bisect", "--tests", "iommufd_ioas.no_domain.*")
+    assert code == 1 and [s["index"] for s in data["steps"]] == [0, 1, 2]
+    assert data["first_broken"]["step"] == 2
+    assert {b.split(":")[0] for b in data["steps"][2]["broke"]} == {
+        "iommufd_ioas.no_domain.access_pin", "iommufd_ioas.no_domain.access_pin_unmap"}
