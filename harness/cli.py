@@ -1,4 +1,4 @@
-"""Command line: ``iommufd-harness run|walk|build|boot|config|list-tests|report|profiles|suites``.
+"""Command line: ``iommufd-harness run|walk|repro|build|boot|config|list-tests|report|profiles|suites``.
 
 This module only parses arguments into :class:`~harness.pipeline.Options` and
 calls :mod:`harness.jobs`; errors the user can act on end as one message and
@@ -59,17 +59,7 @@ def _common(p: argparse.ArgumentParser, tests: bool = True) -> None:
     g = p.add_argument_group("machine")
     g.add_argument("--profile", default=profiles.DEFAULT_PROFILE,
                    help=f"vIOMMU/QEMU profile (default {profiles.DEFAULT_PROFILE}; see 'iommufd-harness profiles')")
-    g.add_argument("--accel", choices=["auto", "tcg", "kvm"], default="auto",
-                   help="QEMU accelerator; auto probes whether KVM really boots (default auto)")
-    g.add_argument("--boot-timeout", type=float, default=300.0, metavar="S",
-                   help="seconds for the guest to come up on SSH (default 300, sized for TCG)")
-    g.add_argument("--cmdline", default="", metavar="ARGS",
-                   help="extra kernel command line, after the profile's (e.g. 'iommu.strict=1')")
-    p.add_argument("--work", type=Path, default=default_work(),
-                   help="work dir for sources, builds, images and results (default ./work or $IOMMUFD_HARNESS_WORK)")
-    p.add_argument("--quiet", "-q", action="store_true", help="only the summary and errors")
-    p.add_argument("--verbose", "-v", action="store_true",
-                   help="the summary lists every test, passing ones too (default: what did not pass)")
+    _machine(p, g)
     if tests:
         g = p.add_argument_group("tests")
         g.add_argument("--suite", default=suites.DEFAULT_SUITE,
@@ -82,6 +72,22 @@ def _common(p: argparse.ArgumentParser, tests: bool = True) -> None:
                        help="run failed tests again up to N times; one that then passes is reported flaky")
         g.add_argument("--per-test-timeout", type=float, metavar="S",
                        help="wall-clock limit per test, enforced by the harness (default: the suite's)")
+
+
+def _machine(p: argparse.ArgumentParser, g=None) -> None:
+    """How the target is run, and where the work goes (every subcommand that boots)."""
+    g = g or p.add_argument_group("machine")
+    g.add_argument("--accel", choices=["auto", "tcg", "kvm"], default="auto",
+                   help="QEMU accelerator; auto probes whether KVM really boots (default auto)")
+    g.add_argument("--boot-timeout", type=float, default=300.0, metavar="S",
+                   help="seconds for the guest to come up on SSH (default 300, sized for TCG)")
+    g.add_argument("--cmdline", default="", metavar="ARGS",
+                   help="extra kernel command line, after the profile's (e.g. 'iommu.strict=1')")
+    p.add_argument("--work", type=Path, default=default_work(),
+                   help="work dir for sources, builds, images and results (default ./work or $IOMMUFD_HARNESS_WORK)")
+    p.add_argument("--quiet", "-q", action="store_true", help="only the summary and errors")
+    p.add_argument("--verbose", "-v", action="store_true",
+                   help="the summary lists every test, passing ones too (default: what did not pass)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -126,6 +132,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bisect", action="store_true",
                    help="the base, the whole series, then halves: log2(n) steps instead of n")
     p.set_defaults(func=cmd_walk)
+
+    p = sub.add_parser("repro", help="rebuild exactly the kernel of a results dir and run a test of it again")
+    p.add_argument("results_dir", type=Path, metavar="DIR", help="a results dir written by 'run'")
+    p.add_argument("test", nargs="?", metavar="TEST",
+                   help="test name or glob (several separated by ','; default: the tests that failed there)")
+    p.add_argument("--repeat", type=int, default=1, metavar="N", help="run it N times in the same boot")
+    p.add_argument("--until-fail", action="store_true",
+                   help="repeat (up to --repeat, default 100) until an attempt does not pass")
+    p.add_argument("--keep-vm", action="store_true", help="afterwards keep the VM and print how to SSH in")
+    p.add_argument("--shell", action="store_true", help="afterwards open a shell in the guest")
+    p.add_argument("--results", type=Path, metavar="DIR", help="where to write results (default: under <work>)")
+    _machine(p)
+    p.set_defaults(func=cmd_repro)
 
     p = sub.add_parser("build", help="patch, configure and build the kernel and the selftests")
     _common(p, tests=False)
@@ -211,6 +230,19 @@ def cmd_walk(args, ui: Ui) -> int:
     from harness import walk
 
     return walk.walk(options(args), ui, bisect=args.bisect)
+
+
+def cmd_repro(args, ui: Ui) -> int:
+    if args.repeat < 1:
+        raise InputError("--repeat must be at least 1")
+    machine = Options(work=args.work.expanduser().resolve(), accel=args.accel, boot_timeout=args.boot_timeout,
+                      keep_vm=args.keep_vm, shell=args.shell, results=args.results,
+                      repeat=args.repeat if args.repeat > 1 or not args.until_fail else 100,
+                      until_fail=args.until_fail)
+    opts = jobs.repro_options(args.results_dir, args.test, machine)
+    if args.cmdline:
+        opts.extra_cmdline = " ".join(x for x in (opts.extra_cmdline, args.cmdline) if x)
+    return jobs.run(opts, ui)
 
 
 def cmd_report(args, ui: Ui) -> int:

@@ -17,7 +17,7 @@ from harness.kconfig import fragments as kconfig
 from harness.parse.testlist import parse_list
 from harness.pipeline import Options, Pipeline, Prepared, default_series, new_record, results_dir_for
 from harness.reports import markdown
-from harness.reports.repro import reproducer
+from harness.reports.repro import repro_line, reproducer
 from harness.reports.results import RunRecord
 from harness.reports.resultsdir import ResultsDir
 from harness.reports.terminal import matrix_table, summary_table
@@ -178,14 +178,17 @@ def run_one(opts: Options, ui: Ui, results_path: Path, brief: str = "") -> tuple
         session = None
         with pipe.up(pipe.target(prep, results_path, spec)) as lifecycle:
             session = TestSession(lifecycle, suite, SessionOptions(opts.tests, opts.per_test_timeout,
-                                                                   opts.continue_after_crash, opts.rerun_failed),
+                                                                   opts.continue_after_crash, opts.rerun_failed,
+                                                                   opts.repeat, opts.until_fail),
                                   record, sink, ui)
             try:
                 with pipe.stage("run"):
                     session.run()
             finally:
                 sink.write(record)
-            if opts.keep_vm:
+            if opts.shell:
+                shell(ui, lifecycle.ssh_command())
+            elif opts.keep_vm:
                 hold(ui, lifecycle.target, lifecycle.ssh_command())
         pipe.decode_splats(prep, session.splats)
     except HarnessError as e:
@@ -210,6 +213,9 @@ def run_one(opts: Options, ui: Ui, results_path: Path, brief: str = "") -> tuple
     for t in failing[:10]:
         ui.out.print("reproduce: " + reproducer(opts.profile, opts.suite, t.name, record.inputs),
                      highlight=False, markup=False)
+    if failing:
+        ui.out.print(f"repro: {repro_line(results_path)}  (the failing tests again; --repeat N, --until-fail, "
+                     "--shell)", highlight=False, markup=False)
     ui.out.print(f"results: {results_path}", highlight=False, markup=False)
     if gate is not None:
         record.verdict = gate  # the exit code of a gated run is about change
@@ -257,6 +263,45 @@ def hold(ui: Ui, target, ssh_cmd: str) -> None:
     while target.failure() is None:
         time.sleep(1.0)
     ui.warn(f"the VM went away: {target.failure()}")
+
+
+def shell(ui: Ui, ssh_cmd: str) -> None:
+    """An interactive shell in the target; the run goes on when it exits."""
+    import shlex
+    import subprocess
+
+    ui.out.print(f"shell in the target ({ssh_cmd}); exit it to end the run", highlight=False, markup=False)
+    subprocess.call(shlex.split(ssh_cmd))
+
+
+def repro_options(results_dir: Path, test: str | None, machine: Options) -> Options:
+    """The run recorded in ``results_dir`` again: its kernel tree, series,
+    configuration, debug kernel, command line, profile and suite (from
+    results.json's ``inputs``), for ``test`` (a name or glob; default: the
+    tests that failed there).  ``machine`` brings the work dir, accelerator,
+    boot timeout and what to do after the tests."""
+    run = markdown.load_run(results_dir)
+    i = run.inputs or {}
+    if not i:
+        raise InputError(f"{results_dir} records no inputs (written by an older harness)",
+                         "rerun it with 'iommufd-harness run'")
+    if test is None:
+        failed = [t.name for t in run.tests if t.status in ("fail", "timeout", "crash")]
+        if not failed:
+            raise InputError(f"nothing failed in {results_dir}", "name the test to reproduce: repro DIR TEST")
+        tests = None if any(t.binary == "kernel" for t in run.tests if t.name in failed) else ",".join(failed)
+    else:
+        tests = test
+
+    def path(p: str | None) -> Path | None:
+        return Path(p) if p else None
+
+    return dataclasses.replace(
+        machine, kernel_src=path(i.get("kernel_src")), rev=i.get("rev"), commits=i.get("commits"),
+        default_patches=i.get("default_patches", True), patches=[Path(p) for p in i.get("patches", [])],
+        kconfig_add=list(i.get("kconfig_add", [])), fragments=[Path(f) for f in i.get("fragments", [])],
+        base_config=path(i.get("config")), debug=tuple(i.get("debug", [])), extra_cmdline=i.get("cmdline", ""),
+        profile=run.profile or machine.profile, suite=run.suite or machine.suite, tests=tests)
 
 
 def prepare(opts: Options, ui: Ui, until: str = "build") -> Prepared:

@@ -63,6 +63,9 @@ class Options:
     board_key: Path = Path("~/.ssh/id_ed25519")
     known_hosts: Path = Path("~/.ssh/known_hosts")
     verbose: bool = False  # the summary lists passing tests too
+    repeat: int = 1  # run the selected tests this many times in one boot (repro --repeat)
+    until_fail: bool = False  # ... stopping after the first attempt that does not pass
+    shell: bool = False  # after the tests, an interactive SSH shell in the guest (repro --shell)
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from typing import Callable
 from harness.errors import InputError, ToolMissing
 from harness.reports.baseline import Change, Comparison, NoExpectations, compare, is_flaky, load_baseline
 from harness.reports.junit import junit_xml
-from harness.reports.repro import reproducer
+from harness.reports.repro import repro_line, reproducer
 from harness.reports.results import BAD, STATUSES, RunRecord, TestRecord, outside_phase
 from harness.reports.resultsdir import atomic_write
 
@@ -250,7 +250,12 @@ def _repro(run: RunRecord, cmp: Comparison | None) -> list[str]:
     if not names:
         return []
     cmds = [reproducer(run.profile, run.suite, n, run.inputs) for n in names[:MAX_REPRO]]
-    return ["", "Reproduce:", "", block(cmds)] if cmds else []
+    if not cmds:
+        return []
+    short = [repro_line(run.results_dir)] if run.results_dir and run.inputs else []
+    return ["", "Reproduce" + (" (the failing tests, same kernel; --repeat N, --until-fail, --shell):" if short
+                               else ":"), ""] + ([block(short), "", "or from the inputs alone:", ""] if short else []) \
+        + [block(cmds)]
 
 
 def render(run: RunRecord, comparison: Comparison | None, splats: list | None = None,

@@ -35,3 +35,12 @@ def reproducer(profile: str, suite: str, test: str, inputs: dict | None = None) 
     if i.get("cmdline"):
         args.append(f"--cmdline {shlex.quote(i['cmdline'])}")
     return "iommufd-harness run " + " ".join(args)
+
+
+def repro_line(results_dir: str, test: str | None = None) -> str:
+    """The short reproducer: the same kernel and machine, read back from the
+    results dir (``iommufd-harness repro``)."""
+    line = f"iommufd-harness repro {shlex.quote(str(results_dir))}"
+    if test:
+        line += f" '{test}'" if "'" not in test else f" {shlex.quote(test)}"
+    return line

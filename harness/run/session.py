@@ -7,13 +7,13 @@ goes to the record and the results directory the moment it is known."""
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from harness import suites
 from harness.errors import HarnessError
 from harness.parse.splats import Splat
 from harness.reports import baseline
-from harness.reports.results import KERNEL, RunRecord, TestRecord, outside_phase
+from harness.reports.results import KERNEL, RunRecord, TestRecord, clean, outside_phase
 from harness.reports.resultsdir import ResultsDir
 from harness.run import runner
 from harness.targets.lifecycle import Lifecycle, State
@@ -31,6 +31,8 @@ class SessionOptions:
     per_test_timeout: float | None = None  # None: the suite's
     continue_after_crash: bool = False
     rerun_failed: int = 0
+    repeat: int = 1  # run the selection this many times in the same boot (repro --repeat)
+    until_fail: bool = False  # ... stopping after the first attempt in which a test did not pass
 
 
 def lockdep_stop(r: runner.Runner) -> tuple[str, str, int] | None:
@@ -114,6 +116,8 @@ class TestSession:
             if self.lifecycle.state is State.VERIFIED:
                 self.lifecycle.crashed(r.dead)
             self.record.errors.append(f"the target died during the run: {r.dead}")
+        elif self.opts.repeat > 1:
+            self.repeat(selection, limit)
         elif self.opts.rerun_failed:
             self.rerun_failed(selection, limit)
         for name, s in self.splats:
@@ -155,6 +159,31 @@ class TestSession:
         if omitted > 0:
             self.record.kernel["splats_omitted"] = omitted
 
+    def repeat(self, selection: suites.Selection, limit: float) -> None:
+        """Attempts 2..N of the selection in the same boot (``--repeat``); with
+        ``until_fail`` they stop after the first attempt in which a test did
+        not pass.  Each test keeps one record: its worst attempt, with how
+        many attempts failed and every attempt's log."""
+        attempts: dict[str, list[TestRecord]] = {t.name: [t] for t in self.record.tests if t.binary != KERNEL}
+        for attempt in range(2, self.opts.repeat + 1):
+            if self.opts.until_fail and any(a[-1].status != "pass" for a in attempts.values()):
+                break
+            self.ui.info(f"attempt {attempt} of {self.opts.repeat}")
+            rr = runner.Runner(self.lifecycle.target, limit, lambda rec: (
+                self._add(rec) if rec.binary == KERNEL else attempts.setdefault(rec.name, []).append(rec)),
+                after_boot=False, since=self._log_pos)
+            try:
+                rr.run(selection)
+            finally:
+                self._note_pass(rr)
+                self._log_pos = rr.log_pos
+            if rr.dead:
+                self.record.errors.append(f"the target died in attempt {attempt}: {rr.dead}")
+                break
+        for i, t in enumerate(self.record.tests):
+            if t.name in attempts and len(attempts[t.name]) > 1:
+                self.record.tests[i] = fold_attempts(attempts[t.name])
+
     def rerun_failed(self, selection: suites.Selection, limit: float) -> None:
         """Run failed and timed-out tests again, up to --rerun-failed times: one
         that passes on a rerun is recorded as flaky (listed, never silently
@@ -184,3 +213,17 @@ class TestSession:
                 self.record.tests[i] = baseline.mark_flaky(t, reruns[t.name])
                 if baseline.is_flaky(self.record.tests[i]):
                     self.ui.warn(f"flaky: {t.name} ({self.record.tests[i].reason})")
+
+
+def fold_attempts(attempts: list[TestRecord]) -> TestRecord:
+    """One record for a test run several times: the first attempt that did
+    not pass (the one to look at), else the first; its reason counts the
+    attempts that did not pass, its log holds them all."""
+    bad = [i for i, a in enumerate(attempts) if a.status != "pass"]
+    pick = attempts[bad[0]] if bad else attempts[0]
+    statuses = [a.status for a in attempts]
+    note = (f"{len(bad)} of {len(attempts)} attempts did not pass, first at attempt {bad[0] + 1} "
+            f"({', '.join(statuses)})" if bad else f"passed {len(attempts)} of {len(attempts)} attempts")
+    log = "\n".join(f"# --- attempt {i}: {a.status} ---\n{a.log}" for i, a in enumerate(attempts, 1))
+    return replace(pick, reason=f"{note}; {pick.reason}" if pick.reason else note, log=clean(log),
+                   duration_s=sum(a.duration_s for a in attempts))

@@ -186,3 +186,38 @@ def test_a_flood_of_kernel_reports_is_counted_not_listed(tmp_path):
     assert len(record.kernel["splats"]) == MAX_RECORDED_SPLATS == 100
     assert record.kernel["splats_omitted"] == 150
     assert "#### Kernel splats (250)" in render(record, None)
+
+
+def _repeat(fake_selftests, tmp_path, tests, **kw):
+    lc = LocalLifecycle(fake_selftests)
+    record = new_record(Options(work=tmp_path / "w"))
+    session = TestSession(lc, SUITE, SessionOptions(tests=tests, **kw), record, ResultsDir(tmp_path / "r"),
+                          Ui(quiet=True))
+    with lc:
+        lc.up()
+        session.run()
+    return record
+
+
+def test_repeat_keeps_one_record_per_test_with_its_first_bad_attempt(fake_selftests, tmp_path):
+    record = _repeat(fake_selftests, tmp_path, "*.no_domain.flaky,*.no_domain.access_pin", repeat=3)
+    by = {t.name.rsplit(".", 1)[1]: t for t in record.tests}
+    assert sorted(by) == ["access_pin", "flaky"]
+    assert by["flaky"].status == "fail"
+    assert by["flaky"].reason.startswith("1 of 3 attempts did not pass, first at attempt 1 (fail, pass, pass)")
+    assert by["flaky"].log.count("# --- attempt ") == 3
+    assert (by["access_pin"].status, by["access_pin"].reason) == ("pass", "passed 3 of 3 attempts")
+
+
+def test_until_fail_stops_at_the_first_attempt_that_fails(fake_selftests, tmp_path):
+    record = _repeat(fake_selftests, tmp_path, "*.no_domain.flaky", repeat=5, until_fail=True)
+    assert [(t.status, t.log.count("--- attempt")) for t in record.tests] == [("fail", 0)]
+    record = _repeat(fake_selftests, tmp_path / "2", "*.no_domain.access_pin", repeat=4, until_fail=True)
+    assert [(t.status, t.reason) for t in record.tests] == [("pass", "passed 4 of 4 attempts")]
+
+
+def test_every_attempt_finds_its_own_kernel_reports(fake_selftests, tmp_path):
+    record = _repeat(fake_selftests, tmp_path, "*.no_domain.warns", repeat=3)
+    assert [(s["test"], s["kind"]) for s in record.kernel["splats"]] == [("iommufd_ioas.no_domain.warns",
+                                                                          "warning")] * 3
+    assert record.tests[0].status == "fail" and record.tests[0].reason.startswith("3 of 3 attempts did not pass")
