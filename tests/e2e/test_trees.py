@@ -214,3 +214,15 @@ def test_walk_finds_the_commit_that_broke_the_tests_linear_and_bisect(repo, tmp_
     assert data["first_broken"]["step"] == 2
     assert {b.split(":")[0] for b in data["steps"][2]["broke"]} == {
         "iommufd_ioas.no_domain.access_pin", "iommufd_ioas.no_domain.access_pin_unmap"}
+    # one line to the failing case again: the step's kernel, its test, three times in one boot
+    step = Path(data["steps"][2]["results"])
+    res = subprocess.run([sys.executable, "-m", "harness", "repro", str(step), "iommufd_ioas.no_domain.access_pin",
+                          "--repeat", "3", "--work", str(WORK), "--results", str(tmp_path / "repro")], cwd=REPO,
+                         capture_output=True, text=True, timeout=3600)
+    sys.stderr.write(res.stderr[-5000:])
+    again = json.loads((tmp_path / "repro" / "results.json").read_text())
+    assert res.returncode == 1
+    assert again["inputs"]["commits"] == json.loads((step / "results.json").read_text())["inputs"]["commits"]
+    assert [(t["name"], t["status"]) for t in again["tests"]] == [("iommufd_ioas.no_domain.access_pin", "fail")]
+    assert again["tests"][0]["reason"].startswith("3 of 3 attempts did not pass, first at attempt 1")
+    assert f"iommufd-harness repro {tmp_path / 'repro'}" in res.stdout

@@ -1,0 +1,60 @@
+"""repro: a results dir's run again, from what it recorded."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from harness.errors import InputError
+from harness.jobs import repro_options
+from harness.pipeline import Options
+from harness.reports.markdown import render
+from harness.reports.results import RunRecord
+
+INPUTS = {"kernel_src": "/src/linux", "rev": None, "commits": "a" * 40 + ".." + "b" * 40, "default_patches": False,
+          "patches": ["/p/fix.patch"], "kconfig_add": ["CONFIG_DEBUG_VM=y"], "fragments": ["/f/x.config"],
+          "config": "/c/.config", "cmdline": "iommu.strict=1", "debug": ["lockdep"]}
+
+
+def _results(tmp_path: Path, golden: Path, inputs=INPUTS) -> Path:
+    data = json.loads((golden / "results-x86_64-vtd-full-fail.json").read_text())
+    data["inputs"] = inputs
+    out = tmp_path / "res"
+    out.mkdir()
+    (out / "results.json").write_text(json.dumps(data))
+    return out
+
+
+def test_repro_takes_everything_that_defines_the_kernel_and_the_failing_tests(tmp_path, golden):
+    res = _results(tmp_path, golden)
+    machine = Options(work=tmp_path / "w", accel="tcg", repeat=5, until_fail=True)
+    opts = repro_options(res, None, machine)
+    assert (opts.kernel_src, opts.commits, opts.default_patches) == (Path("/src/linux"), INPUTS["commits"], False)
+    assert (opts.patches, opts.fragments, opts.base_config) == ([Path("/p/fix.patch")], [Path("/f/x.config")],
+                                                                Path("/c/.config"))
+    assert (opts.kconfig_add, opts.debug, opts.extra_cmdline) == (["CONFIG_DEBUG_VM=y"], ("lockdep",),
+                                                                  "iommu.strict=1")
+    assert (opts.profile, opts.suite) == ("x86_64-vtd", "full")
+    assert opts.tests.split(",") == [f"iommufd_ioas.{v}.area_auto_iova"
+                                     for v in ("no_domain", "mock_domain", "two_mock_domain", "mock_domain_limit")]
+    assert (opts.accel, opts.repeat, opts.until_fail) == ("tcg", 5, True)
+    assert repro_options(res, "iommufd_ioas.*.access_pin", machine).tests == "iommufd_ioas.*.access_pin"
+
+
+def test_repro_of_a_green_run_needs_a_test_name(tmp_path, golden):
+    data = json.loads((golden / "results-x86_64-vtd-full-pass.json").read_text())
+    data["inputs"] = INPUTS
+    (tmp_path / "ok").mkdir()
+    (tmp_path / "ok" / "results.json").write_text(json.dumps(data))
+    with pytest.raises(InputError, match="nothing failed"):
+        repro_options(tmp_path / "ok", None, Options(work=tmp_path))
+
+
+def test_summary_names_the_repro_command(tmp_path, golden):
+    res = _results(tmp_path, golden)
+    run = RunRecord.from_json(json.loads((res / "results.json").read_text()))
+    run.results_dir = str(res)
+    md = render(run, None)
+    assert f"iommufd-harness repro {res}" in md and "--commits " + INPUTS["commits"] in md
