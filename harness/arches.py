@@ -38,6 +38,7 @@ class Arch:
     probe_machine: str  # machine and CPU the KVM probe boots the kernel on
     probe_cpu: str  # "" for QEMU's default
     path: Path
+    cold_build_steps: int = 0  # kbuild output lines of a cold kernel build (the progress estimate), 0: unknown
 
     @property
     def native(self) -> bool:
@@ -68,7 +69,8 @@ def load(name: str) -> Arch:
             elf_machine=d["elf"]["machine"], debian_arch=d["debian"]["arch"], triplet=d["debian"]["triplet"],
             machines=tuple(d["host"]["machines"]),
             qemu_binary=q["binary"], qemu_package=q["package"], console=q["console"],
-            probe_machine=q["probe_machine"], probe_cpu=q.get("probe_cpu", ""), path=path)
+            probe_machine=q["probe_machine"], probe_cpu=q.get("probe_cpu", ""), path=path,
+            cold_build_steps=int(k.get("cold_build_steps", 0)))
     except (tomllib.TOMLDecodeError, KeyError, TypeError) as e:
         raise InputError(f"architecture file {path} is invalid: {type(e).__name__}: {e}") from None
 

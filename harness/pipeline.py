@@ -137,7 +137,8 @@ class Pipeline:
         series = self.load_series()  # before any work: a bad patch input fails fast
         with self.stage("source"):
             tree = source.prepare(source.SourceRequest(opts.kernel_src, rev=self.rev), self.work,
-                                  protect_fn=lambda origin, dest: patches.protected_files(origin.path, dest))
+                                  protect_fn=lambda origin, dest: patches.protected_files(origin.path, dest),
+                                  show=self.ui.progress)
             self.record.kernel.update(version=tree.version, source=tree.origin.description)
             if tree.origin.git:
                 self.record.kernel["git"] = dict(tree.origin.git)
@@ -174,7 +175,7 @@ class Pipeline:
             return Prepared(tree, tuple(series), cfg, None, tc, profile, creq)
         with self.stage("build"):
             kb = build.build(build.BuildRequest(tree.path, build_dir, tc, cfg.sha256, generation),
-                             self.logs / "build.log")
+                             self.logs / "build.log", show=self.ui.progress)
             self.record.kernel.update(build_id=kb.build_id, rebuilt=kb.rebuilt, arch=tc.arch,
                                       toolchain=tc.cc + (" (ccache)" if tc.ccache else ""))
             self.ui.info(("built" if kb.rebuilt else "up to date:") + f" {kb.image} (build-id {kb.build_id[:16]})")

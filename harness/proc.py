@@ -65,6 +65,7 @@ def run(
     keep_output: bool = True,
     stdin_text: str | None = None,
     split_stderr: bool = False,
+    on_output=None,
 ) -> Completed:
     """Run ``argv`` in a process group of its own, with a wall-clock
     ``timeout`` that kills the whole group.
@@ -73,7 +74,8 @@ def run(
     ``log`` (appended) when given and are also returned as ``output``; with
     ``split_stderr`` ``output`` is stdout alone and stderr is ``stderr``.
     With ``error`` set, a non-zero exit or a timeout raises that error class
-    naming ``what`` and the log path.
+    naming ``what`` and the log path.  ``on_output(data)`` sees every chunk
+    of output as it arrives (a progress display).
     """
     argv = [str(a) for a in argv]
     full_env = dict(os.environ)
@@ -106,7 +108,7 @@ def run(
     if stdin_text is not None:
         _feed(proc, stdin_text)
     try:
-        _communicate(proc, timeout, logf, chunks if keep_output else None, err_chunks)
+        _communicate(proc, timeout, logf, chunks if keep_output else None, err_chunks, on_output)
     except subprocess.TimeoutExpired:
         timed_out = True
         _kill_group(proc)
@@ -132,7 +134,7 @@ def run(
     return result
 
 
-def _communicate(proc, timeout, logf, chunks, err_chunks) -> None:
+def _communicate(proc, timeout, logf, chunks, err_chunks, on_output=None) -> None:
     """Copy the output to the log (and ``chunks``; stderr, when it has a pipe
     of its own, to ``err_chunks``) until EOF, then wait for the exit; raises
     TimeoutExpired when ``timeout`` runs out."""
@@ -157,6 +159,8 @@ def _communicate(proc, timeout, logf, chunks, err_chunks) -> None:
                 logf.write(data)
             if key.data is not None:
                 key.data.append(data)
+            if on_output is not None:
+                on_output(data)
     sel.close()
     left = None if deadline is None else max(0.1, deadline - time.monotonic())
     proc.wait(timeout=left)

@@ -18,6 +18,7 @@ class Ui:
         self.err = Console(stderr=True, highlight=False, soft_wrap=True, width=width)
         self.out = Console(highlight=False, soft_wrap=True, width=width)
         self.quiet = quiet
+        self._status = None  # the live progress line, on a terminal
 
     def stage(self, name: str) -> None:
         if not self.quiet:
@@ -30,6 +31,25 @@ class Ui:
     def info(self, text: str) -> None:
         if not self.quiet:
             self.err.print(f"    {escape(text)}")
+
+    def progress(self, line: str, final: bool = False) -> None:
+        """A long step's progress: a live status line on a terminal (replaced
+        by the final line), plain lines otherwise."""
+        if self.quiet:
+            return
+        if self.err.is_terminal:
+            if self._status is None and not final:
+                self._status = self.err.status(escape(line))
+                self._status.start()
+            elif self._status is not None:
+                self._status.update(escape(line))
+            if final:
+                if self._status is not None:
+                    self._status.stop()
+                    self._status = None
+                self.err.print(f"    {escape(line)}")
+            return
+        self.err.print(f"    {escape(line)}")
 
     def warn(self, text: str) -> None:
         self.err.print(f"[yellow]warning:[/] {escape(text)}")

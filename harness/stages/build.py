@@ -15,6 +15,7 @@ from pathlib import Path
 
 from harness import elfinfo, proc
 from harness.errors import BuildError
+from harness.stages.progress import BuildProgress
 from harness.toolchain import Toolchain
 
 STAMP = ".harness-build.json"
@@ -54,8 +55,12 @@ def _first_error(log: Path) -> str | None:
     return m.group(0).strip() if m else None
 
 
-def _make(argv, req: BuildRequest, log: Path, what: str, env: dict | None = None) -> None:
-    res = proc.run(argv, timeout=req.timeout, log=log, keep_output=False, env=env)
+def _make(argv, req: BuildRequest, log: Path, what: str, env: dict | None = None,
+          progress: BuildProgress | None = None) -> None:
+    res = proc.run(argv, timeout=req.timeout, log=log, keep_output=False, env=env,
+                   on_output=progress.feed if progress is not None else None)
+    if progress is not None:
+        progress.done()
     if res.timed_out or res.returncode != 0:
         first = _first_error(log)
         why = f"timed out after {req.timeout:.0f} s" if res.timed_out else "failed"
@@ -69,7 +74,23 @@ def _stamp_key(req: BuildRequest) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def build(req: BuildRequest, log: Path) -> KernelBuild:
+def _cold_steps(stamp: Path) -> int:
+    """Kbuild steps of the last cold build of this build dir (0: none known)."""
+    try:
+        return int(json.loads(stamp.read_text()).get("cold_steps") or 0)
+    except (OSError, ValueError, AttributeError, TypeError):
+        return 0
+
+
+def _estimate(previous_cold: int, cold: bool, tc: Toolchain) -> int:
+    """Kbuild steps to expect: for a cold build, the last cold build of this
+    build dir, else the architecture's recorded figure; an incremental build
+    has no estimate (it is short)."""
+    return (previous_cold or tc.spec.cold_build_steps) if cold else 0
+
+
+def build(req: BuildRequest, log: Path, show=None) -> KernelBuild:
+    """``show(line, final)``: where the kernel step's live progress goes."""
     tc = req.toolchain
     tc.check()
     proc.require_tool("make")
@@ -82,11 +103,19 @@ def build(req: BuildRequest, log: Path) -> KernelBuild:
     stamp = req.build_dir / STAMP
     key = _stamp_key(req)
     rebuilt = False
+    progress = None
+    previous_cold = 0
     if not (_stamp_matches(stamp, key) and all(p.exists() for p in outputs)):
+        cold = not vmlinux.exists()
+        previous_cold = _cold_steps(stamp)
+        estimate = _estimate(previous_cold, cold, tc)
         stamp.unlink(missing_ok=True)
         mk = tc.make_argv(req.tree, req.build_dir, jobs=True)
         env = tc.ccache_env(req.tree, req.build_dir)
-        _make(mk + [tc.image_target], req, log, f"kernel build (make {tc.image_target})", env)
+        if show is not None:
+            progress = BuildProgress(f"building {tc.image_target} ({'cold' if cold else 'incremental'})", estimate,
+                                     show)
+        _make(mk + [tc.image_target], req, log, f"kernel build (make {tc.image_target})", env, progress)
         _make(mk + ["headers"], req, log, "make headers", env)
         st_argv = ["make", "-C", str(req.tree / "tools/testing/selftests/iommu"),
                    f"ARCH={tc.kernel_arch}", f"OUTPUT={st_out}",
@@ -104,7 +133,11 @@ def build(req: BuildRequest, log: Path) -> KernelBuild:
         elfinfo.check_binary(path, tc.elf_machine, static=True, what=f"selftest {name}")
     build_id = elfinfo.build_id(vmlinux)
     if rebuilt:
-        stamp.write_text(json.dumps({"key": key, "build_id": build_id}))
+        done = {"key": key, "build_id": build_id}
+        if progress is not None:
+            done["steps"] = progress.steps
+            done["cold_steps"] = progress.steps if progress.what.endswith("(cold)") else previous_cold
+        stamp.write_text(json.dumps(done))
     return KernelBuild(image, vmlinux, build_id, headers, selftests, rebuilt)
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from harness import proc
 from harness.errors import HarnessError, SourceError
+from harness.stages.progress import ANY_LINE, BuildProgress
 from harness.workdir import WorkDir
 
 DEBIAN_PACKAGE = "linux-source-6.12"
@@ -130,7 +131,7 @@ def check_debian_package(package: str) -> None:
                           "has no iommufd", _TOO_OLD_HINT)
 
 
-def debian_origin(work: WorkDir, package: str = DEBIAN_PACKAGE) -> SourceOrigin:
+def debian_origin(work: WorkDir, package: str = DEBIAN_PACKAGE, show=None) -> SourceOrigin:
     """Extract Debian's ``linux-source-X.Y`` tarball once into the cache."""
     check_debian_package(package)
     series = package.removeprefix("linux-source-")
@@ -152,8 +153,13 @@ def debian_origin(work: WorkDir, package: str = DEBIAN_PACKAGE) -> SourceOrigin:
         tmp = dest.with_name(dest.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        proc.run(["tar", "-xf", tarball, "-C", tmp], timeout=900, error=SourceError,
-                 what=f"extracting {tarball}", keep_output=False)
+        progress = BuildProgress(f"extracting {tarball.name}", 0, show, pattern=ANY_LINE, unit="files") \
+            if show else None
+        proc.run(["tar", "-xvf", tarball, "-C", tmp], timeout=900, error=SourceError,
+                 what=f"extracting {tarball}", keep_output=False,
+                 on_output=progress.feed if progress else None)
+        if progress:
+            progress.done()
         inner = tmp / package
         if not inner.is_dir():
             subdirs = [p for p in tmp.iterdir() if p.is_dir()]
@@ -192,12 +198,12 @@ def user_origin(path: Path, work: WorkDir | None = None, rev: str | None = None)
                         state=f"git {git['head']} {git['diff_sha256']}")
 
 
-def find_origin(req: SourceRequest, work: WorkDir) -> SourceOrigin:
+def find_origin(req: SourceRequest, work: WorkDir, show=None) -> SourceOrigin:
     package = req.debian_package if req.kernel_src is None else debian_package_name(req.kernel_src)
     if package is not None:
         if req.rev is not None:
             raise SourceError(f"--rev {req.rev} needs a git repository", "pass a git checkout with --kernel-src")
-        origin = debian_origin(work, package)
+        origin = debian_origin(work, package, show)
         check_kernel_tree(origin.path)
         return origin
     return user_origin(req.kernel_src, work, req.rev)
@@ -283,7 +289,7 @@ def rev_origin(repo: Path, rev: str, work: WorkDir) -> SourceOrigin:
                         key + "-rev", git=info, state=f"git {sha}")
 
 
-def sync(origin: SourceOrigin, dest: Path, protect: frozenset[str] = frozenset()) -> tuple[str, ...]:
+def sync(origin: SourceOrigin, dest: Path, protect: frozenset[str] = frozenset(), show=None) -> tuple[str, ...]:
     """Make ``dest`` a copy of the origin tree; returns the paths that changed.
 
     Paths in ``protect`` (relative, patched in ``dest`` and unchanged in the
@@ -300,7 +306,12 @@ def sync(origin: SourceOrigin, dest: Path, protect: frozenset[str] = frozenset()
     # State files the harness keeps in the working copy.
     argv += ["--exclude=/.harness-*"]
     argv += [f"{origin.path}/", f"{dest}/"]
-    res = proc.run(argv, timeout=1800, error=SourceError, what=f"copying {origin.path}")
+    progress = BuildProgress(f"copying {origin.path.name}", 0, show, pattern=ANY_LINE, unit="files") \
+        if show else None
+    res = proc.run(argv, timeout=1800, error=SourceError, what=f"copying {origin.path}",
+                   on_output=progress.feed if progress else None)
+    if progress and progress.steps > 1000:  # say it when it was a real copy
+        progress.done()
     changed = []
     for line in res.output.splitlines():
         # "%i %n": an 11-character change summary, then the path.
@@ -311,13 +322,13 @@ def sync(origin: SourceOrigin, dest: Path, protect: frozenset[str] = frozenset()
     return tuple(changed)
 
 
-def prepare(req: SourceRequest, work: WorkDir, protect_fn=None) -> SourceTree:
+def prepare(req: SourceRequest, work: WorkDir, protect_fn=None, show=None) -> SourceTree:
     """Find the origin and sync the working copy.  ``protect_fn(origin, dest)``
     returns the paths the sync must leave alone (see :func:`sync`)."""
-    origin = find_origin(req, work)
+    origin = find_origin(req, work, show)
     dest = work.tree_src(origin.key)
     protect = frozenset(protect_fn(origin, dest)) if protect_fn else frozenset()
-    changed = sync(origin, dest, protect)
+    changed = sync(origin, dest, protect, show)
     # a plain directory says nothing about its content: the working copy
     # counts the syncs that changed something
     state = origin.state or f"{origin.path} sync {bump_generation(dest, changed, SOURCE_GENERATION_FILE)}"
