@@ -107,8 +107,15 @@ def base_key(opts: Options, work: WorkDir) -> str:
     def digest(path: Path | None) -> str | None:
         return hashlib.sha256(path.read_bytes()).hexdigest() if path is not None else None
 
-    default = [p.sha256 for p in patches.load(default_series())] if opts.default_patches else []
+    default = ([[p.sha256, p.strip, repr(p.rules)] for p in patches.load(default_series())]
+               if opts.default_patches else [])
+    profile = profiles.load(opts.profile)
+    recipe = sorted(str(p.relative_to(profile.recipe)) + ":" + (digest(p) or "")
+                    for p in profile.recipe.rglob("*") if p.is_file())
+    suite_file = next((f for f in (Path(opts.suite), suites.SUITE_DIR / f"{opts.suite}.toml") if f.is_file()), None)
     key = {"state": state, "default_patches": default, "profile": opts.profile, "suite": opts.suite,
+           "profile_file": digest(profile.path), "profile_fragments": [digest(f) for f in profile.fragments],
+           "recipe": recipe, "suite_file": digest(suite_file), "board": opts.board, "accel": opts.accel,
            "tests": opts.tests, "kconfig_add": list(opts.kconfig_add),
            "fragments": [digest(f) for f in opts.fragments], "config": digest(opts.base_config),
            "debug": list(opts.debug), "cmdline": opts.extra_cmdline, "per_test_timeout": opts.per_test_timeout,
@@ -131,7 +138,7 @@ def base_run(opts: Options, ui: Ui, work: WorkDir) -> dict:
             cached = markdown.load_run(where)
         except HarnessError:
             cached = None
-        if cached is not None and cached.verdict in BASE_VERDICTS:
+        if cached is not None and cached.verdict in BASE_VERDICTS and not cached.errors:
             ui.info(f"base: cached ({cached.verdict}, {cached.counts()['pass']} of {len(cached.tests)} passed) "
                     f"{where}")
             return {"results": str(where), "cached": True, "key": key, "verdict": cached.verdict}
@@ -140,8 +147,10 @@ def base_run(opts: Options, ui: Ui, work: WorkDir) -> dict:
     record, interrupted = run_one(dataclasses.replace(bopts, results=where), ui, where, brief="base")
     if interrupted:
         raise KeyboardInterrupt
-    if record.verdict not in BASE_VERDICTS:
-        raise HarnessError(f"the base run (the tree without the series) gave no verdict: "
+    if record.verdict not in BASE_VERDICTS or record.errors:
+        # a base with errors (a dead target, tests left unrun) is never a
+        # baseline: the series would be blamed for what the base did not run
+        raise HarnessError(f"the base run (the tree without the series) gave no clean verdict: "
                            f"{record.errors[0].splitlines()[0] if record.errors else record.verdict}",
                            f"see {where}; the series was not run", log=str(where / "summary.md"))
     return {"results": str(where), "cached": False, "key": key, "verdict": record.verdict}
@@ -296,8 +305,21 @@ def repro_options(results_dir: Path, test: str | None, machine: Options) -> Opti
     def path(p: str | None) -> Path | None:
         return Path(p) if p else None
 
+    rev = i.get("rev")
+    recorded = run.kernel.get("git") or {}
+    if recorded and not rev and not i.get("commits") and i.get("kernel_src"):
+        # a working tree moves on: take the commit that ran, or refuse if
+        # what ran was uncommitted and is not there any more
+        if not recorded.get("dirty") and not recorded.get("untracked"):
+            rev = recorded.get("head")
+        else:
+            now = source.git_state(Path(i["kernel_src"]))
+            if (now["head"], now["diff_sha256"]) != (recorded.get("head"), recorded.get("diff_sha256")):
+                raise InputError(f"{i['kernel_src']} is not the tree that ran in {results_dir}: it was "
+                                 f"{recorded.get('describe')} with uncommitted changes, it is {now['describe']} now",
+                                 "put the tree back (or commit what ran and use --rev), then repro again")
     return dataclasses.replace(
-        machine, kernel_src=path(i.get("kernel_src")), rev=i.get("rev"), commits=i.get("commits"),
+        machine, kernel_src=path(i.get("kernel_src")), rev=rev, commits=i.get("commits"),
         default_patches=i.get("default_patches", True), patches=[Path(p) for p in i.get("patches", [])],
         kconfig_add=list(i.get("kconfig_add", [])), fragments=[Path(f) for f in i.get("fragments", [])],
         base_config=path(i.get("config")), debug=tuple(i.get("debug", [])), extra_cmdline=i.get("cmdline", ""),

@@ -32,9 +32,15 @@ class Ui:
         if not self.quiet:
             self.err.print(f"    {escape(text)}")
 
-    def progress(self, line: str, final: bool = False) -> None:
+    def progress(self, line: str | None, final: bool = False) -> None:
         """A long step's progress: a live status line on a terminal (replaced
-        by the final line), plain lines otherwise."""
+        by the final line), plain lines otherwise; ``None`` with ``final``
+        only takes the status line down."""
+        if line is None:
+            if self._status is not None:
+                self._status.stop()
+                self._status = None
+            return
         if self.quiet:
             return
         if self.err.is_terminal:

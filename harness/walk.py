@@ -35,6 +35,7 @@ from harness.reports.baseline import Comparison, compare, from_run
 from harness.reports.markdown import code, esc
 from harness.reports.results import RunRecord
 from harness.reports.resultsdir import atomic_write
+from harness.stages import applies
 from harness.stages import patches as patch_stage
 from harness.ui import Ui
 from harness.workdir import WorkDir, WorkLock
@@ -102,12 +103,15 @@ def step_options(opts: Options, series: Series, k: int, root: Path) -> Options:
         return base
     qdir = root / "series" / f"step-{k:02d}"
     qdir.mkdir(parents=True, exist_ok=True)
-    names = []
+    names, rules = [], []
     for i, p in enumerate(series.items[:k], start=1):
         name = f"{i:04d}-{re.sub(r'[^A-Za-z0-9.-]+', '-', p.name)}"
         (qdir / name).write_text(p.text)
         names.append(f"{name} -p{p.strip}")
+        rules.append(applies.to_toml(name, p.rules))  # series.toml's say carries over
     (qdir / "series").write_text("\n".join(names) + "\n")
+    if any(rules):
+        (qdir / applies.FILE).write_text("\n".join(r for r in rules if r))
     return dataclasses.replace(base, patches=[qdir])
 
 
@@ -144,6 +148,9 @@ def walk(opts: Options, ui: Ui, bisect: bool = False) -> int:
 
     if not (opts.patches or opts.commits):
         raise InputError("walk needs a series", "pass it with --patches or --commits")
+    if opts.patches and opts.commits:
+        raise InputError("walk walks one series: --patches and --commits are both given",
+                         "pass one of them (make the other part of it: commit the patches, or format-patch the range)")
     if opts.compare_base or opts.baseline:
         raise InputError("walk compares every step with the one before it", "drop --compare-base/--baseline")
     jobs.validate(opts)
@@ -166,6 +173,11 @@ def walk(opts: Options, ui: Ui, bisect: bool = False) -> int:
         ui.out.print(f"walk: step {k}/{n}" + (f": {p.name}" if p else ": the base"), highlight=False, markup=False)
         record, interrupted = jobs.run_one(step_options(opts, series, k, root), ui, step.results,
                                            brief=f"step {k}")
+        if interrupted:  # a step cut short says nothing about its patch
+            step.verdict, step.stage, step.error = "error", "interrupted", "the walk was interrupted"
+            steps[k] = step
+            _write(root, opts, series, steps, bisect)
+            return step
         records[k] = record
         judge(step, record, records.get(against) if against is not None else None, against)
         steps[k] = step
@@ -202,7 +214,11 @@ def walk(opts: Options, ui: Ui, bisect: bool = False) -> int:
     first = _finish(ui, root, opts, series, steps, bisect)
     if interrupted:
         return EXIT_INTERRUPTED
-    return EXIT_FAIL if first is not None else EXIT_PASS
+    if first is not None:
+        return EXIT_FAIL
+    # a step without a verdict (does not apply, build or boot) leaves the
+    # walk without one too: the patches after it may be broken unseen
+    return EXIT_ERROR if any(s.outcome == "error" for s in steps.values()) else EXIT_PASS
 
 
 def first_broken(steps: dict[int, Step], bisect: bool) -> Step | None:
@@ -282,6 +298,10 @@ def _finish(ui: Ui, root: Path, opts: Options, series: Series, steps: dict[int, 
     elif any(s.outcome == "broke" for s in steps.values()):
         ui.out.print("broken, but the steps run cannot say by which patch (a step in between gave no verdict)",
                      highlight=False, markup=False)
+    elif any(s.outcome == "error" for s in steps.values()):
+        bad = next(s for s in (steps[k] for k in sorted(steps)) if s.outcome == "error")
+        ui.out.print(f"no verdict from step {bad.index} ({bad.name}: {bad.stage}: {bad.error}): the walk cannot say "
+                     "whether the series broke something", highlight=False, markup=False)
     else:
         ui.out.print("no step broke anything", highlight=False, markup=False)
     ui.out.print(f"results: {root}", highlight=False, markup=False)

@@ -92,3 +92,23 @@ def test_step_options_for_commits_are_prefixes_of_the_range(tmp_path):
     assert step_options(opts, series, 0, tmp_path).rev == "b" * 40
     assert step_options(opts, series, 0, tmp_path).commits is None
     assert step_options(opts, series, 2, tmp_path).commits == f"{'b' * 40}..{'2' * 40}"
+
+
+def test_a_steps_series_keeps_what_series_toml_says(tmp_path):
+    series_dir = tmp_path / "s"
+    series_dir.mkdir()
+    for i in (1, 2):
+        (series_dir / f"000{i}-p.patch").write_text(
+            f"Subject: [PATCH] p{i}\n\n---\n--- a/f{i}\n+++ b/f{i}\n@@ -1 +1 @@\n-a\n+b\n")
+    (series_dir / "series").write_text("0001-p.patch\n0002-p.patch\n")
+    (series_dir / "series.toml").write_text(
+        'kernels = ">=6.2"\n[[patch]]\nname = "0002-p.patch"\nkernels = "<6.12"\nwhy = "fixed in \\"6.12\\""\n'
+        'when = [{ file = "a/b.h", lacks = "X" }]\n')
+    opts = Options(work=tmp_path / "w", patches=[series_dir])
+    series = load_series(opts)
+    again = patches.load(step_options(opts, series, 2, tmp_path / "root").patches[0])
+    for version in ("6.1.0", "6.6.3", "6.12.117"):
+        for before, after in zip(series.items, again):
+            assert bool(before.not_for(tmp_path, version)) == bool(after.not_for(tmp_path, version)), version
+    assert again[1].not_for(tmp_path, "6.12.117") == 'for kernels >=6.2, <6.12, this is 6.12.117 (fixed in "6.12")'
+    assert again[0].not_for(tmp_path, "6.12.117") is None

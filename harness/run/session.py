@@ -13,7 +13,7 @@ from harness import suites
 from harness.errors import HarnessError
 from harness.parse.splats import Splat
 from harness.reports import baseline
-from harness.reports.results import KERNEL, RunRecord, TestRecord, clean, outside_phase
+from harness.reports.results import BAD, KERNEL, RunRecord, TestRecord, clean, outside_phase
 from harness.reports.resultsdir import ResultsDir
 from harness.run import runner
 from harness.targets.lifecycle import Lifecycle, State
@@ -165,24 +165,26 @@ class TestSession:
         not pass.  Each test keeps one record: its worst attempt, with how
         many attempts failed and every attempt's log."""
         attempts: dict[str, list[TestRecord]] = {t.name: [t] for t in self.record.tests if t.binary != KERNEL}
-        for attempt in range(2, self.opts.repeat + 1):
-            if self.opts.until_fail and any(a[-1].status != "pass" for a in attempts.values()):
-                break
-            self.ui.info(f"attempt {attempt} of {self.opts.repeat}")
-            rr = runner.Runner(self.lifecycle.target, limit, lambda rec: (
-                self._add(rec) if rec.binary == KERNEL else attempts.setdefault(rec.name, []).append(rec)),
-                after_boot=False, since=self._log_pos)
-            try:
-                rr.run(selection)
-            finally:
-                self._note_pass(rr)
-                self._log_pos = rr.log_pos
-            if rr.dead:
-                self.record.errors.append(f"the target died in attempt {attempt}: {rr.dead}")
-                break
-        for i, t in enumerate(self.record.tests):
-            if t.name in attempts and len(attempts[t.name]) > 1:
-                self.record.tests[i] = fold_attempts(attempts[t.name])
+        try:
+            for attempt in range(2, self.opts.repeat + 1):
+                if self.opts.until_fail and any(a[-1].status in BAD for a in attempts.values()):
+                    break
+                self.ui.info(f"attempt {attempt} of {self.opts.repeat}")
+                rr = runner.Runner(self.lifecycle.target, limit, lambda rec: (
+                    self._add(rec) if rec.binary == KERNEL else attempts.setdefault(rec.name, []).append(rec)),
+                    after_boot=False, since=self._log_pos)
+                try:
+                    rr.run(selection)
+                finally:
+                    self._note_pass(rr)
+                    self._log_pos = rr.log_pos
+                if rr.dead:
+                    self.record.errors.append(f"the target died in attempt {attempt}: {rr.dead}")
+                    break
+        finally:  # also on Ctrl-C: the attempts made so far count
+            for i, t in enumerate(self.record.tests):
+                if t.name in attempts and len(attempts[t.name]) > 1:
+                    self.record.tests[i] = fold_attempts(attempts[t.name])
 
     def rerun_failed(self, selection: suites.Selection, limit: float) -> None:
         """Run failed and timed-out tests again, up to --rerun-failed times: one
@@ -216,14 +218,19 @@ class TestSession:
 
 
 def fold_attempts(attempts: list[TestRecord]) -> TestRecord:
-    """One record for a test run several times: the first attempt that did
-    not pass (the one to look at), else the first; its reason counts the
-    attempts that did not pass, its log holds them all."""
-    bad = [i for i, a in enumerate(attempts) if a.status != "pass"]
-    pick = attempts[bad[0]] if bad else attempts[0]
+    """One record for a test run several times: the first of its worst
+    attempts that failed, timed out or crashed (the one to look at), else the
+    first attempt (a pass, or a skip); its reason counts the bad attempts,
+    its log holds them all."""
+    bad = [i for i, a in enumerate(attempts) if a.status in BAD]
+    worst = max((baseline.SEVERITY[attempts[i].status] for i in bad), default=None)
+    first_worst = next((i for i in bad if baseline.SEVERITY[attempts[i].status] == worst), None)
+    pick = attempts[first_worst] if first_worst is not None else attempts[0]
     statuses = [a.status for a in attempts]
     note = (f"{len(bad)} of {len(attempts)} attempts did not pass, first at attempt {bad[0] + 1} "
-            f"({', '.join(statuses)})" if bad else f"passed {len(attempts)} of {len(attempts)} attempts")
+            f"({', '.join(statuses)})" if bad else
+            f"{sum(a.status == 'pass' for a in attempts)} of {len(attempts)} attempts passed"
+            + (f" ({', '.join(statuses)})" if any(a.status != "pass" for a in attempts) else ""))
     log = "\n".join(f"# --- attempt {i}: {a.status} ---\n{a.log}" for i, a in enumerate(attempts, 1))
     return replace(pick, reason=f"{note}; {pick.reason}" if pick.reason else note, log=clean(log),
                    duration_s=sum(a.duration_s for a in attempts))

@@ -168,3 +168,27 @@ def load(directory: Path, names: list[str]) -> SeriesRules:
         patches[entry["name"]] = _applicability({k: v for k, v in entry.items() if k != "name"}, where,
                                                 {"kernels", "when", "why"})
     return SeriesRules(series, patches)
+
+
+def to_toml(name: str, rules: tuple[Applicability, ...]) -> str:
+    """A ``[[patch]]`` entry of series.toml saying what ``rules`` say together
+    (all must hold), for a series written out again (a step of a walk)."""
+    kernels = ", ".join(r.kernels.text for r in rules if r.kernels is not None)
+    when = [c for r in rules for c in r.when]
+    why = "; ".join(r.why for r in rules if r.why)
+    if not kernels and not when:
+        return ""
+
+    def q(text: str) -> str:
+        return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+    out = ["[[patch]]", f"name = {q(name)}"]
+    if kernels:
+        out.append(f"kernels = {q(kernels)}")
+    if why:
+        out.append(f"why = {q(why)}")
+    if when:
+        conds = ", ".join(f"{{ file = {q(c.file)}, {'contains' if c.present else 'lacks'} = {q(c.text)} }}"
+                          for c in when)
+        out.append(f"when = [{conds}]")
+    return "\n".join(out) + "\n"

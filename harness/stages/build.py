@@ -57,8 +57,13 @@ def _first_error(log: Path) -> str | None:
 
 def _make(argv, req: BuildRequest, log: Path, what: str, env: dict | None = None,
           progress: BuildProgress | None = None) -> None:
-    res = proc.run(argv, timeout=req.timeout, log=log, keep_output=False, env=env,
-                   on_output=progress.feed if progress is not None else None)
+    try:
+        res = proc.run(argv, timeout=req.timeout, log=log, keep_output=False, env=env,
+                       on_output=progress.feed if progress is not None else None)
+    except BaseException:
+        if progress is not None:
+            progress.done(quiet=True)  # Ctrl-C: no live line left behind
+        raise
     if progress is not None:
         progress.done()
     if res.timed_out or res.returncode != 0:

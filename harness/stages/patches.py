@@ -222,7 +222,8 @@ def load_commits(repo: Path, spec: str) -> tuple[str, list[Patch]]:
         raise PatchError(f"--commits {spec} holds no commits", "pass BASE..TIP with TIP ahead of BASE")
     out = []
     for i, sha in enumerate(shas, start=1):
-        text = source.git(repo, "format-patch", "-1", "--stdout", "--no-signature", "--full-index", sha,
+        text = source.git(repo, "-c", "diff.noprefix=false", "-c", "diff.mnemonicPrefix=false", "format-patch",
+                          "-1", "--stdout", "--no-signature", "--full-index", sha,
                           what=f"exporting commit {sha[:12]}")
         if not _is_diff(text):
             raise PatchError(f"--commits {spec}: commit {sha[:12]} changes no file the patch tool can apply "

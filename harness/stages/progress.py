@@ -71,7 +71,11 @@ class BuildProgress:
             parts.append(f"{self.warnings} warning{'s' if self.warnings != 1 else ''}")
         return ", ".join(parts)
 
-    def done(self) -> None:
+    def done(self, quiet: bool = False) -> None:
+        """The final line (``quiet``: none, but a live status line is still taken down)."""
         elapsed = self.clock() - self.started
+        if quiet:
+            self.show(None, True)
+            return
         self.show(f"{self.what}: {self.steps} {self.unit} in {fmt_seconds(elapsed)}"
                   + (f", {self.warnings} warning{'s' if self.warnings != 1 else ''}" if self.warnings else ""), True)

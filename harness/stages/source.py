@@ -219,7 +219,8 @@ def git(repo: Path, *args: str, env: dict | None = None, text: bool = True, what
     import os
     import subprocess
 
-    full = {**os.environ, "GIT_OPTIONAL_LOCKS": "0", "LC_ALL": "C", **(env or {})}
+    # GIT_NO_LAZY_FETCH: a partial clone must not fetch objects into the user's .git
+    full = {**os.environ, "GIT_OPTIONAL_LOCKS": "0", "GIT_NO_LAZY_FETCH": "1", "LC_ALL": "C", **(env or {})}
     try:
         res = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, env=full, timeout=600)
     except subprocess.TimeoutExpired:
@@ -250,7 +251,7 @@ def git_state(repo: Path) -> dict:
     entries = [e for e in status.split("\0") if e]
     untracked = sorted(e[3:] for e in entries if e.startswith("?? "))
     dirty = any(not e.startswith("?? ") for e in entries)
-    h = hashlib.sha256(git(repo, "diff", "--binary", "HEAD", text=False))
+    h = hashlib.sha256(git(repo, "diff", "--binary", "--no-ext-diff", "--no-textconv", "HEAD", text=False))
     for rel in untracked:
         h.update(b"\0" + rel.encode() + b"\0")
         try:
@@ -278,9 +279,20 @@ def rev_origin(repo: Path, rev: str, work: WorkDir) -> SourceOrigin:
     if previous != sha:
         stamp.unlink(missing_ok=True)  # an interrupted switch starts over
         env = {"GIT_INDEX_FILE": str(index)}
-        args = ["read-tree", "-m", "-u", previous, sha] if previous else ["read-tree", "--reset", "-u", sha]
-        git(Path(tree), f"--git-dir={gitdir}", f"--work-tree={tree}", *args, env=env,
-            what=f"exporting {rev} ({sha[:12]})")
+        base_args = [f"--git-dir={gitdir}", f"--work-tree={tree}"]
+        try:
+            if not previous:
+                raise SourceError("no previous export")
+            git(Path(tree), *base_args, "read-tree", "-m", "-u", previous, sha, env=env,
+                what=f"exporting {rev} ({sha[:12]})")
+        except SourceError:
+            # first export, or the previous one cannot be merged from (its commit
+            # is gone after a rebase and gc, a killed git left index.lock):
+            # write the tree afresh
+            for stale in (index, index.with_name(index.name + ".lock")):
+                stale.unlink(missing_ok=True)
+            git(Path(tree), *base_args, "read-tree", "--reset", "-u", sha, env=env,
+                what=f"exporting {rev} ({sha[:12]})")
         stamp.write_text(sha + "\n")
     check_kernel_tree(tree)
     desc = describe(repo, sha)
@@ -310,8 +322,8 @@ def sync(origin: SourceOrigin, dest: Path, protect: frozenset[str] = frozenset()
         if show else None
     res = proc.run(argv, timeout=1800, error=SourceError, what=f"copying {origin.path}",
                    on_output=progress.feed if progress else None)
-    if progress and progress.steps > 1000:  # say it when it was a real copy
-        progress.done()
+    if progress:
+        progress.done(quiet=progress.steps <= 1000)  # say it when it was a real copy
     changed = []
     for line in res.output.splitlines():
         # "%i %n": an 11-character change summary, then the path.

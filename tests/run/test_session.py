@@ -206,14 +206,14 @@ def test_repeat_keeps_one_record_per_test_with_its_first_bad_attempt(fake_selfte
     assert by["flaky"].status == "fail"
     assert by["flaky"].reason.startswith("1 of 3 attempts did not pass, first at attempt 1 (fail, pass, pass)")
     assert by["flaky"].log.count("# --- attempt ") == 3
-    assert (by["access_pin"].status, by["access_pin"].reason) == ("pass", "passed 3 of 3 attempts")
+    assert (by["access_pin"].status, by["access_pin"].reason) == ("pass", "3 of 3 attempts passed")
 
 
 def test_until_fail_stops_at_the_first_attempt_that_fails(fake_selftests, tmp_path):
     record = _repeat(fake_selftests, tmp_path, "*.no_domain.flaky", repeat=5, until_fail=True)
     assert [(t.status, t.log.count("--- attempt")) for t in record.tests] == [("fail", 0)]
     record = _repeat(fake_selftests, tmp_path / "2", "*.no_domain.access_pin", repeat=4, until_fail=True)
-    assert [(t.status, t.reason) for t in record.tests] == [("pass", "passed 4 of 4 attempts")]
+    assert [(t.status, t.reason) for t in record.tests] == [("pass", "4 of 4 attempts passed")]
 
 
 def test_every_attempt_finds_its_own_kernel_reports(fake_selftests, tmp_path):
@@ -221,3 +221,19 @@ def test_every_attempt_finds_its_own_kernel_reports(fake_selftests, tmp_path):
     assert [(s["test"], s["kind"]) for s in record.kernel["splats"]] == [("iommufd_ioas.no_domain.warns",
                                                                           "warning")] * 3
     assert record.tests[0].status == "fail" and record.tests[0].reason.startswith("3 of 3 attempts did not pass")
+
+
+def test_folded_attempts_keep_the_worst_and_a_skip_is_not_a_failure():
+    from harness.reports.results import TestRecord
+    from harness.run.session import fold_attempts
+
+    def t(status, n):
+        return TestRecord("f.v.t", status, 1.0, log=f"attempt {n}", binary="iommufd")
+
+    got = fold_attempts([t("skip", 1), t("pass", 2), t("fail", 3)])
+    assert (got.status, got.log.split("\n")[-1]) == ("fail", "attempt 3")
+    assert got.reason.startswith("1 of 3 attempts did not pass, first at attempt 3 (skip, pass, fail)")
+    assert fold_attempts([t("fail", 1), t("crash", 2), t("fail", 3)]).status == "crash"
+    skipped = fold_attempts([t("skip", 1), t("pass", 2)])
+    assert (skipped.status, skipped.reason) == ("skip", "1 of 2 attempts passed (skip, pass)")
+    assert fold_attempts([t("pass", 1), t("pass", 2)]).duration_s == 2.0

@@ -164,3 +164,41 @@ def test_cli_refuses_contradictory_git_options(tmp_path, args, message):
     res = subprocess.run([sys.executable, "-m", "harness", "run", *args, "--work", str(tmp_path / "w")], cwd=REPO,
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 2 and message in res.stderr and "Traceback" not in res.stderr
+
+
+def test_an_export_whose_previous_commit_is_gone_starts_afresh(repo, tmp_path):
+    work = WorkDir(tmp_path / "w").prepare()
+    source.prepare(source.SourceRequest(repo, rev="HEAD"), work)
+    stamp = next((work.cache / "git").glob("*/exported"))
+    stamp.write_text("0" * 40 + "\n")  # rebased away and collected
+    (stamp.parent / "index.lock").write_text("")  # and a git that was killed
+    second = commit(repo, MAIN_C, "return 0;", "return 5;", "five")
+    tree = source.prepare(source.SourceRequest(repo, rev="HEAD"), work)
+    assert tree.origin.git["head"] == second and "return 5;" in (tree.path / MAIN_C).read_text()
+
+
+def test_repro_takes_the_commit_that_ran_or_refuses_a_changed_dirty_tree(repo, tmp_path):
+    from harness.errors import InputError
+    from harness.jobs import repro_options
+    from harness.pipeline import Options
+
+    head = git(repo, "rev-parse", "HEAD")
+    clean = source.git_state(repo)
+    res = tmp_path / "res"
+    res.mkdir()
+
+    def recorded(state):
+        (res / "results.json").write_text(json.dumps({
+            "verdict": "fail", "profile": "x86_64-vtd", "suite": "access", "kernel": {"git": state},
+            "inputs": {"kernel_src": str(repo)},
+            "tests": [{"name": "f.v.t", "status": "fail", "duration_s": 1.0, "binary": "iommufd"}]}))
+
+    recorded(clean)
+    commit(repo, MAIN_C, "return 0;", "return 9;", "moved on")
+    assert repro_options(res, None, Options(work=tmp_path / "w")).rev == head
+    (repo / MAIN_C).write_text("dirty\n")
+    recorded(source.git_state(repo))
+    assert repro_options(res, None, Options(work=tmp_path / "w")).rev is None  # the same dirty tree: as it is
+    (repo / MAIN_C).write_text("dirtier\n")
+    with pytest.raises(InputError, match="is not the tree that ran"):
+        repro_options(res, None, Options(work=tmp_path / "w"))
