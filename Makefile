@@ -23,7 +23,7 @@ HARNESS_ARGS ?=
 PYTEST_ARGS ?=
 # make bench: the default and the lockdep+KASAN kernels, x86_64 and arm64,
 # access and full suites, --compare-base with a cached base; add --cold for cold builds (long)
-BENCH_ARGS ?= --profile x86_64-vtd --profile arm64-smmuv3 --debug lockdep,kasan --suite access --suite full --compare-base
+BENCH_ARGS ?= --profile x86_64-vtd --profile arm64-smmuv3 --debug lockdep,kasan --suite access --suite full --compare-base --edit
 
 .PHONY: all setup setup-apt setup-venv run test test-fast bench clean distclean help
 

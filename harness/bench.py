@@ -12,6 +12,9 @@ For each profile and kernel (the default one and every ``--debug`` one):
   whose init runs the same tests and powers off; boot (to SSH, verified)
   and the suite are shown against the bare boot's time to init and its
   tests;
+- edit -> verdict (``--edit``): one file of ``drivers/iommu/iommufd/``
+  edited in a ``--kernel-src`` tree, then ``run`` to the verdict, against
+  the same incremental ``make`` run directly plus the bare boot and tests;
 - compare-base (``--compare-base``): ``run --compare-base --patches P``
   with the base cached, against the same ``run --patches P`` without it;
 - cold build (``--cold``): ``iommufd-harness build`` in an empty work dir,
@@ -99,12 +102,13 @@ class Kernel:
     profile: object
 
 
-def prepare(work: Path, profile: str, debug: tuple[str, ...], patches: list[Path]) -> Kernel:
+def prepare(work: Path, profile: str, debug: tuple[str, ...], patches: list[Path],
+            kernel_src: Path | None = None) -> Kernel:
     from harness.pipeline import Options, Pipeline, new_record
     from harness.ui import Ui
     from harness.workdir import WorkLock
 
-    opts = Options(work=work, profile=profile, debug=debug, patches=patches)
+    opts = Options(work=work, profile=profile, debug=debug, patches=patches, kernel_src=kernel_src)
     wd = WorkDir(work).prepare()
     with WorkLock(wd):
         pipe = Pipeline(opts, Ui(quiet=True), new_record(opts), wd.root / "logs")
@@ -277,6 +281,54 @@ def no_change_runs(work: Path, profile: str, debug: tuple[str, ...], suite: str,
     return [run_fig, boot_fig, suite_fig]
 
 
+def edit_to_verdict(work: Path, profile: str, suite: str, repeat: int, tmp: Path) -> Figure:
+    """The developer's loop: edit one file of drivers/iommu/iommufd/ in a
+    --kernel-src tree, ``run`` to the verdict; against the floor: the same
+    incremental ``make`` run directly plus a bare boot of that kernel whose
+    init runs the same tests.  The tree is a copy of Debian's source made
+    here (its first build comes from ccache when that is warm)."""
+    fig = Figure(f"edit -> verdict ({suite})")
+    k0 = prepare(work, profile, (), [])
+    tree = tmp / "linux"
+    if not tree.exists():
+        proc.run(["cp", "-a", f"{k0.origin}/.", str(tree)], timeout=1800, log=LOG)
+    _, _, ta, tb = variants(k0.origin, tmp)
+    argv = harness_argv("run", "--quiet", "--work", work, "--profile", profile, "--suite", suite,
+                        "--kernel-src", tree)
+    (tree / CHANGED_FILE).write_text(ta)
+    elapsed, code = timed(argv + ["--results", tmp / "edit-first"])  # the first build of this tree
+    if code != 0:
+        raise HarnessError(f"bench: the first run on the copied tree failed (exit {code})", log=str(tmp / "edit-first"))
+    k = prepare(work, profile, (), [], kernel_src=tree)
+    for i in range(repeat):
+        mine, other = (tb, ta) if i % 2 == 0 else (ta, tb)
+        (tree / CHANGED_FILE).write_text(mine)
+        results = tmp / f"edit-{i}"
+        elapsed, code = timed(argv + ["--results", results], env=NO_CCACHE)
+        data = results_of(results)
+        if code != 0 or not data.get("kernel", {}).get("rebuilt"):
+            raise HarnessError(f"bench: the run after an edit failed or rebuilt nothing (exit {code})",
+                               log=str(results))
+        fig.harness.append(elapsed)
+        # the floor: the same edit built by make directly, then the bare boot
+        target = k.tree / CHANGED_FILE
+        kept = target.read_text()
+        target.write_text(other)
+        try:
+            built, code = timed(k.make, env=NO_CCACHE)
+        finally:
+            target.write_text(kept)
+            timed(k.make, env=NO_CCACHE)  # back to what the harness built, so its next run starts from there
+        if code != 0:
+            raise HarnessError(f"bench: the direct make failed (exit {code})")
+        tests: dict[str, list[str]] = {}
+        for t in data["tests"]:
+            tests.setdefault(t["binary"], []).append(t["name"])
+        to_init, testing = bare_boot(k, tests, tmp, data["qemu"]["accel"])
+        fig.floor.append(built + to_init + testing)
+    return fig
+
+
 def compare_base_runs(work: Path, profile: str, debug: tuple[str, ...], suite: str, repeat: int,
                       tmp: Path) -> Figure:
     """``run --compare-base --patches P`` with the base cached, against the
@@ -321,6 +373,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cold", action="store_true", help="also time cold builds (long)")
     ap.add_argument("--no-build", action="store_true", help="skip the one-file build")
     ap.add_argument("--no-default-kernel", action="store_true", help="measure only the --debug kernels")
+    ap.add_argument("--edit", action="store_true",
+                    help="also time the edit -> verdict loop on a --kernel-src tree against make + a bare boot "
+                         "(default kernel, first suite)")
     ap.add_argument("--compare-base", action="store_true",
                     help="also time run --compare-base with a cached base against the same run without it "
                          "(default kernel, first suite)")
@@ -348,6 +403,8 @@ def main(argv: list[str] | None = None) -> int:
                     figs.append(one_file_build(work, profile, debug, args.repeat, tmp))
                 for suite in args.suite or ["access"]:
                     figs += no_change_runs(work, profile, debug, suite, args.repeat, tmp)
+                if args.edit and not debug:
+                    figs.append(edit_to_verdict(work, profile, (args.suite or ["access"])[0], args.repeat, tmp))
                 if args.compare_base and not debug:
                     figs.append(compare_base_runs(work, profile, debug, (args.suite or ["access"])[0], args.repeat,
                                                   tmp))
