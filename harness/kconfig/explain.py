@@ -260,7 +260,7 @@ def _unknown(model: KconfigModel, symbol: str, requested: str) -> Explanation:
         note = (f"{name} is defined in {', '.join(elsewhere[:3])}, which ARCH={model.arch} does not "
                 "use: it does not exist for this architecture")
     else:
-        note = f"no Kconfig file in {model.tree.name} defines {name}"
+        note = f"no Kconfig file in {model.tree} defines {name}"
     return Explanation(symbol, requested, None, False, close_matches=close, note=note)
 
 

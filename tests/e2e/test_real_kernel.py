@@ -168,7 +168,7 @@ def test_config_that_would_not_stick_is_explained_before_building(tmp_path):
     assert ("IOMMUFD_TEST depends on DEBUG_KERNEL [=y] && FAULT_INJECTION [=n] && RUNTIME_TESTING_MENU [=y]"
             in res.stderr)
     assert "fix: add CONFIG_FAULT_INJECTION=y" in res.stderr
-    assert not list((tmp_path / "w" / "trees").rglob("vmlinux")), "nothing may be built"
+    assert not list((tmp_path / "w" / "trees").glob("*/build/*/vmlinux")), "nothing may be built"
     res = subprocess.run(argv[:-4] + ["--explain", "CONFIG_IOMMUFD_TSET"], cwd=REPO, capture_output=True,
                          text=True, timeout=600)
     assert res.returncode == 0
