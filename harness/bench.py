@@ -137,6 +137,22 @@ def variants(origin: Path, out: Path) -> tuple[Path, Path, str, str]:
     return paths[0], paths[1], texts[0], texts[1]
 
 
+def make_with(k: Kernel, text: str, build_back: bool = False) -> tuple[float, int]:
+    """The kernel image's make run directly on the working copy, with
+    CHANGED_FILE holding ``text``: (seconds, exit code).  The file is put back
+    afterwards and, with ``build_back``, built back, so the harness's next
+    run starts from what it built itself."""
+    target = k.tree / CHANGED_FILE
+    kept = target.read_text()
+    target.write_text(text)
+    try:
+        return timed(k.make, env=NO_CCACHE)
+    finally:
+        target.write_text(kept)
+        if build_back:
+            timed(k.make, env=NO_CCACHE)
+
+
 def one_file_build(work: Path, profile: str, debug: tuple[str, ...], repeat: int, tmp: Path) -> Figure:
     fig = Figure("one-file build")
     debug_args = ["--debug", ",".join(debug)] if debug else []
@@ -151,13 +167,7 @@ def one_file_build(work: Path, profile: str, debug: tuple[str, ...], repeat: int
         if i == 0:
             continue  # the first one only brings the tree to a variant
         fig.harness.append(elapsed)
-        target = k.tree / CHANGED_FILE
-        kept = target.read_text()
-        target.write_text(other)
-        try:
-            elapsed, code = timed(k.make, env=NO_CCACHE)
-        finally:
-            target.write_text(kept)
+        elapsed, code = make_with(k, other)
         if code != 0:
             raise HarnessError(f"bench: the direct make failed (exit {code}): {' '.join(k.make)}")
         fig.floor.append(elapsed)
@@ -311,14 +321,7 @@ def edit_to_verdict(work: Path, profile: str, suite: str, repeat: int, tmp: Path
                                log=str(results))
         fig.harness.append(elapsed)
         # the floor: the same edit built by make directly, then the bare boot
-        target = k.tree / CHANGED_FILE
-        kept = target.read_text()
-        target.write_text(other)
-        try:
-            built, code = timed(k.make, env=NO_CCACHE)
-        finally:
-            target.write_text(kept)
-            timed(k.make, env=NO_CCACHE)  # back to what the harness built, so its next run starts from there
+        built, code = make_with(k, other, build_back=True)
         if code != 0:
             raise HarnessError(f"bench: the direct make failed (exit {code})")
         tests: dict[str, list[str]] = {}
