@@ -174,7 +174,7 @@ def load_series_dir(directory: Path) -> list[Patch]:
     series = directory / "series"
     if not series.is_file():
         raise PatchError(f"{directory} has no 'series' file", "a quilt directory lists its patches, in order, in 'series'")
-    patches: list[Patch] = []
+    patches: list[tuple[str, Patch]] = []  # (series entry, patch)
     names: list[str] = []
     for lineno, line in enumerate(series.read_text().splitlines(), start=1):
         line = line.split("#", 1)[0].strip()
@@ -190,10 +190,11 @@ def load_series_dir(directory: Path) -> list[Patch]:
         pfile = directory / fields[0]
         if not pfile.is_file():
             raise PatchError(f"{series}:{lineno}: patch {fields[0]} does not exist in {directory}")
-        patches.extend(load_patch_file(pfile, strip, name=fields[0]))
+        # an mbox entry holds several patches: the entry's rules are theirs
+        patches.extend((fields[0], p) for p in load_patch_file(pfile, strip, name=fields[0]))
         names.append(fields[0])
     rules = applies.load(directory, names)
-    return [replace(p, rules=rules.for_patch(p.name)) for p in patches]
+    return [replace(p, rules=rules.for_patch(entry)) for entry, p in patches]
 
 
 def load_commits(repo: Path, spec: str) -> tuple[str, list[Patch]]:

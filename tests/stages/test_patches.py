@@ -245,3 +245,17 @@ def test_the_default_series_is_for_the_debian_612_tree_only_where_it_is_needed()
     sel = series[0].rules[1]
     assert sel.kernels.contains("6.12.117") and not sel.kernels.contains("6.13-rc2")
     assert not series[1].rules[1].kernels.contains("6.6.60")
+
+
+def test_series_toml_rules_of_an_mbox_entry_hold_for_each_of_its_patches(tmp_path):
+    qdir = tmp_path / "q"
+    qdir.mkdir()
+    one = "Subject: [PATCH 1/2] one\n\n---\n--- a/f1\n+++ b/f1\n@@ -1 +1 @@\n-a\n+b\n"
+    two = "Subject: [PATCH 2/2] two\n\n---\n--- a/f2\n+++ b/f2\n@@ -1 +1 @@\n-a\n+b\n"
+    (qdir / "v2.mbox").write_text(f"From 1111 Mon Sep 17 00:00:00 2001\n{one}\n"
+                                  f"From 2222 Mon Sep 17 00:00:00 2001\n{two}\n")
+    (qdir / "series").write_text("v2.mbox\n")
+    (qdir / "series.toml").write_text('[[patch]]\nname = "v2.mbox"\nkernels = "<6.12"\n')
+    series = patches.load(qdir)
+    assert [p.subject for p in series] == ["one", "two"]
+    assert all(p.not_for(tmp_path, "6.12.117") == "for kernels <6.12, this is 6.12.117" for p in series)
