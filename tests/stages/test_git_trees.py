@@ -202,3 +202,25 @@ def test_repro_takes_the_commit_that_ran_or_refuses_a_changed_dirty_tree(repo, t
     (repo / MAIN_C).write_text("dirtier\n")
     with pytest.raises(InputError, match="is not the tree that ran"):
         repro_options(res, None, Options(work=tmp_path / "w"))
+
+
+def test_an_exported_commit_is_not_compared_again_when_nothing_changed(repo, tmp_path, monkeypatch):
+    """A no-change run on an immutable origin (an exported commit, like an
+    extracted Debian package) skips the copy; another commit syncs again."""
+    from harness import proc
+
+    work = WorkDir(tmp_path / "w").prepare()
+    source.prepare(source.SourceRequest(repo, rev="HEAD"), work)
+    calls = []
+    real = proc.run
+    monkeypatch.setattr(proc, "run", lambda argv, **kw: (calls.append(str(argv[0])), real(argv, **kw))[1])
+    again = source.prepare(source.SourceRequest(repo, rev="HEAD"), work)
+    assert again.changed == () and "rsync" not in calls
+    commit(repo, MAIN_C, "return 0;", "return 4;", "four")
+    moved = source.prepare(source.SourceRequest(repo, rev="HEAD"), work)
+    assert moved.changed == (MAIN_C,) and "rsync" in calls
+    # a working tree is always compared: its files change under the same HEAD
+    calls.clear()
+    source.prepare(source.SourceRequest(repo), work)
+    source.prepare(source.SourceRequest(repo), work)
+    assert calls.count("rsync") == 2
