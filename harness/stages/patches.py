@@ -338,7 +338,10 @@ def apply_series(origin: Path, tree: Path, patches: list[Patch], protected: set[
         if why:
             not_for[at] = why
     want = [("not-for:" if i in not_for else "") + p.sha256 for i, p in enumerate(patches)]
-    if state.get("series") == want and set(state.get("touched", {})) <= protected:
+    # a patch found already in the tree was decided on its files as they were
+    already_files = state.get("already_files", {})
+    unchanged = all(_file_sha(origin / rel) == sha for rel, sha in already_files.items())
+    if state.get("series") == want and set(state.get("touched", {})) <= protected and unchanged:
         already = tuple(i for i in state.get("already", []) if isinstance(i, int))
         return PatchResult(tuple(patches), (), already, {i: r for i, r in not_for.items() if i not in already})
 
@@ -347,6 +350,7 @@ def apply_series(origin: Path, tree: Path, patches: list[Patch], protected: set[
     restored.update({rel: _file_sha(origin / rel) for rel in changed})
     touched: dict[str, str | None] = {}
     already: list[int] = []
+    already_files: dict[str, str | None] = {}
     _save_state(tree, {"series": [], "touched": {}})
     for at, patch in enumerate(patches):
         pfile = log.parent / "patches" / patch.name
@@ -356,6 +360,7 @@ def apply_series(origin: Path, tree: Path, patches: list[Patch], protected: set[
             # a tree that already has the patch says so rather than "not for this tree"
             if _applies_in_reverse(patch, tree, pfile, log):
                 already.append(at)
+                already_files.update({rel: _file_sha(origin / rel) for rel in patch.files})
                 del not_for[at]
             continue
         files = patch.files
@@ -371,6 +376,7 @@ def apply_series(origin: Path, tree: Path, patches: list[Patch], protected: set[
             check = done
         if not ok and _applies_in_reverse(patch, tree, pfile, log):
             already.append(at)  # the tree has it already: nothing to do
+            already_files.update({rel: _file_sha(origin / rel) for rel in files})
             continue
         if not ok:
             verbose = proc.run(["patch", f"-p{patch.strip}", "-N", "-f", "-F0", "--dry-run", "-d", str(tree), "-i", str(pfile)],
@@ -387,7 +393,7 @@ def apply_series(origin: Path, tree: Path, patches: list[Patch], protected: set[
         changed.extend(r for r in files if r not in changed)
     restored = {rel: sha for rel, sha in restored.items() if rel not in touched}
     _save_state(tree, {"series": want, "names": [p.name for p in patches], "touched": touched,
-                       "restored": restored, "already": already})
+                       "restored": restored, "already": already, "already_files": already_files})
     return PatchResult(tuple(patches), tuple(changed), tuple(already), not_for)
 
 

@@ -259,3 +259,18 @@ def test_series_toml_rules_of_an_mbox_entry_hold_for_each_of_its_patches(tmp_pat
     series = patches.load(qdir)
     assert [p.subject for p in series] == ["one", "two"]
     assert all(p.not_for(tmp_path, "6.12.117") == "for kernels <6.12, this is 6.12.117" for p in series)
+
+
+def test_an_already_in_tree_status_follows_the_tree_it_was_decided_on(trees, tmp_path):
+    origin, work = trees
+    series = _rules_series(origin.path, tmp_path, '[[patch]]\nname = "0001-one.patch"\nkernels = "<6.12"\n')
+    pristine = (origin.path / MAIN_C).read_text()
+    (origin.path / MAIN_C).write_text(pristine.replace("return 0;", "return 1;"))  # the tree has the fix
+    source.sync(origin, work)
+    first = patches.apply_series(origin.path, work, series, set(), tmp_path / "p.log", version="6.12.99")
+    assert first.status(0) == "already in tree"
+    (origin.path / MAIN_C).write_text(pristine)  # another commit, without it
+    source.sync(origin, work)
+    again = patches.apply_series(origin.path, work, series, patches.protected_files(origin.path, work),
+                                 tmp_path / "p.log", version="6.12.99")
+    assert again.status(0) == "not for this tree"
