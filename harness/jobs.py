@@ -164,23 +164,11 @@ def run_one(opts: Options, ui: Ui, results_path: Path, brief: str = "") -> tuple
     record = new_record(opts)
     sink = ResultsDir(results_path)
     interrupted = False
-    if opts.compare_base:
-        try:
-            record.base = base_run(opts, ui, WorkDir(opts.work))
-        except HarnessError as e:
-            record.errors.append(e.render())
-            ui.error(e.render())
-            record.decide()
-            sink.write(record)
-            return record, False
-        except KeyboardInterrupt:
-            record.errors.append("the run was interrupted (in the base run)")
-            record.decide()
-            sink.write(record)
-            return record, True
-        opts = dataclasses.replace(opts, baseline=Path(record.base["results"]))
-    pipe = Pipeline(opts, ui, record, results_path / "logs")
     try:
+        if opts.compare_base:
+            record.base = base_run(opts, ui, WorkDir(opts.work))
+            opts = dataclasses.replace(opts, baseline=Path(record.base["results"]))
+        pipe = Pipeline(opts, ui, record, results_path / "logs")
         suite = suites.load(opts.suite)
         spec = pipe.board_spec()
         prep = pipe.prepare()
@@ -211,7 +199,6 @@ def run_one(opts: Options, ui: Ui, results_path: Path, brief: str = "") -> tuple
         record.decide()
         sink.write(record)
     if brief:
-        sink.write(record)
         render_reports(ui, results_path, None)
         c = record.counts()
         ui.info(f"{brief}: {record.verdict}, {c['pass']} of {len(record.tests)} passed")
