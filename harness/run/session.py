@@ -159,6 +159,21 @@ class TestSession:
         if omitted > 0:
             self.record.kernel["splats_omitted"] = omitted
 
+    def _again(self, selection: suites.Selection, limit: float, into: dict[str, list[TestRecord]]) -> str | None:
+        """One more pass over ``selection`` in the same boot, after the last
+        one's kernel log: its test records go to ``into`` (by name), a kernel
+        report outside any test is recorded as usual.  Returns why the target
+        died, or None."""
+        rr = runner.Runner(self.lifecycle.target, limit, lambda rec: (
+            self._add(rec) if rec.binary == KERNEL else into.setdefault(rec.name, []).append(rec)),
+            after_boot=False, since=self._log_pos)
+        try:
+            rr.run(selection)
+        finally:
+            self._note_pass(rr)
+            self._log_pos = rr.log_pos
+        return rr.dead
+
     def repeat(self, selection: suites.Selection, limit: float) -> None:
         """Attempts 2..N of the selection in the same boot (``--repeat``); with
         ``until_fail`` they stop after the first attempt in which a test did
@@ -170,16 +185,9 @@ class TestSession:
                 if self.opts.until_fail and any(a[-1].status in BAD for a in attempts.values()):
                     break
                 self.ui.info(f"attempt {attempt} of {self.opts.repeat}")
-                rr = runner.Runner(self.lifecycle.target, limit, lambda rec: (
-                    self._add(rec) if rec.binary == KERNEL else attempts.setdefault(rec.name, []).append(rec)),
-                    after_boot=False, since=self._log_pos)
-                try:
-                    rr.run(selection)
-                finally:
-                    self._note_pass(rr)
-                    self._log_pos = rr.log_pos
-                if rr.dead:
-                    self.record.errors.append(f"the target died in attempt {attempt}: {rr.dead}")
+                dead = self._again(selection, limit, attempts)
+                if dead:
+                    self.record.errors.append(f"the target died in attempt {attempt}: {dead}")
                     break
         finally:  # also on Ctrl-C: the attempts made so far count
             for i, t in enumerate(self.record.tests):
@@ -199,16 +207,9 @@ class TestSession:
             self.ui.info(f"rerun {attempt} of {self.opts.rerun_failed}: {len(todo)} test(s)")
             again = suites.Selection({b: tuple(n for n in names if n in todo)
                                       for b, names in selection.tests.items() if todo & set(names)}, ())
-            rr = runner.Runner(self.lifecycle.target, limit, lambda rec: (
-                self._add(rec) if rec.binary == KERNEL else reruns.setdefault(rec.name, []).append(rec)),
-                after_boot=False, since=self._log_pos)
-            try:
-                rr.run(again)
-            finally:
-                self._note_pass(rr)
-                self._log_pos = rr.log_pos
-            if rr.dead:
-                self.record.errors.append(f"the target died while rerunning failed tests: {rr.dead}")
+            dead = self._again(again, limit, reruns)
+            if dead:
+                self.record.errors.append(f"the target died while rerunning failed tests: {dead}")
                 break
         for i, t in enumerate(self.record.tests):
             if t.name in reruns:
