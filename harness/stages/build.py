@@ -109,7 +109,7 @@ def build(req: BuildRequest, log: Path, show=None) -> KernelBuild:
     key = _stamp_key(req)
     rebuilt = False
     progress = None
-    previous_cold = 0
+    previous_cold, cold = 0, False
     if not (_stamp_matches(stamp, key) and all(p.exists() for p in outputs)):
         cold = not vmlinux.exists()
         previous_cold = _cold_steps(stamp)
@@ -141,7 +141,7 @@ def build(req: BuildRequest, log: Path, show=None) -> KernelBuild:
         done = {"key": key, "build_id": build_id}
         if progress is not None:
             done["steps"] = progress.steps
-            done["cold_steps"] = progress.steps if progress.what.endswith("(cold)") else previous_cold
+            done["cold_steps"] = progress.steps if cold else previous_cold
         stamp.write_text(json.dumps(done))
     return KernelBuild(image, vmlinux, build_id, headers, selftests, rebuilt)
 
