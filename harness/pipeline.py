@@ -272,13 +272,15 @@ def new_record(opts: Options) -> RunRecord:
     )
 
 
-def results_dir_for(opts: Options, work: WorkDir) -> Path:
+def results_dir_for(opts: Options, work: WorkDir, kind: str = "") -> Path:
+    """--results, or a new dir under <work>/results named by the time,
+    ``kind`` (e.g. "walk"), profile and suite."""
     if opts.results is not None:
         path = opts.results.expanduser().resolve()
-        if (path / "results.json").exists() or (path / "progress.jsonl").exists():
+        if any((path / f).exists() for f in ("results.json", "progress.jsonl", "walk.json")):
             raise HarnessError(f"results dir {path} already holds another run",
                                "pass an empty or new directory with --results")
         return path
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     profile, suite = (data.named_file(n, Path())[0] for n in (opts.profile, opts.suite))
-    return work.results / f"{stamp}-{profile}-{suite}-{secrets.token_hex(2)}"
+    return work.results / "-".join(x for x in (stamp, kind, profile, suite, secrets.token_hex(2)) if x)

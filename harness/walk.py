@@ -22,15 +22,13 @@ Everything goes to one directory (``--results``, else a new one under
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import json
 import re
-import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.errors import EXIT_ERROR, EXIT_FAIL, EXIT_INTERRUPTED, EXIT_PASS, InputError
-from harness.pipeline import Options
+from harness.pipeline import Options, results_dir_for
 from harness.reports.baseline import Comparison, compare, from_run
 from harness.reports.markdown import code, esc
 from harness.reports.results import RunRecord
@@ -158,7 +156,7 @@ def walk(opts: Options, ui: Ui, bisect: bool = False) -> int:
     if not series.items:
         raise InputError("the series holds no patches")
     work = WorkDir(opts.work).prepare()
-    root = _root(opts, work)
+    root = results_dir_for(opts, work, kind="walk")
     root.mkdir(parents=True, exist_ok=True)
     steps: dict[int, Step] = {}
     records: dict[int, RunRecord] = {}
@@ -233,16 +231,6 @@ def first_broken(steps: dict[int, Step], bisect: bool) -> Step | None:
     low = broken[0]
     below = [s for s in ordered if s.index < low.index and s.outcome in ("base", "same", "fixed")]
     return low if below and below[-1].index == low.index - 1 else None
-
-
-def _root(opts: Options, work: WorkDir) -> Path:
-    if opts.results is not None:
-        path = opts.results.expanduser().resolve()
-        if (path / "walk.json").exists():
-            raise InputError(f"results dir {path} already holds a walk", "pass a new directory with --results")
-        return path
-    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    return work.results / f"{stamp}-walk-{Path(opts.profile).stem}-{Path(opts.suite).stem}-{secrets.token_hex(2)}"
 
 
 def _write(root: Path, opts: Options, series: Series, steps: dict[int, Step], bisect: bool) -> None:
