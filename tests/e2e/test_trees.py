@@ -27,6 +27,8 @@ import pytest
 from harness.stages import source
 from harness.workdir import WorkDir
 
+from expected import listed_tests  # tests/e2e/expected.py
+
 REPO = Path(__file__).resolve().parents[2]
 WORK = Path(os.environ.get("IOMMUFD_HARNESS_WORK", REPO / "work"))
 DEFAULT = REPO / "kernel-patches" / "default"
@@ -96,14 +98,6 @@ def _run(results: Path, *extra: str) -> tuple[int, dict, str]:
     return res.returncode, data, res.stdout + res.stderr
 
 
-def _listed(repo: Path, *extra: str) -> list[str]:
-    """The access suite's tests as the tree's own binaries list them."""
-    res = subprocess.run([sys.executable, "-m", "harness", "list-tests", "--work", str(WORK), "--kernel-src",
-                          str(repo), "--quiet", *extra], cwd=REPO, capture_output=True, text=True, timeout=3600)
-    assert res.returncode == 0, res.stderr[-3000:]
-    return [line.split()[1] for line in res.stdout.splitlines() if line.strip()]
-
-
 def _snapshot(repo: Path) -> tuple:
     """HEAD, refs, what git status says, and the index file's bytes and time."""
     index = repo / ".git" / "index"
@@ -123,7 +117,7 @@ def test_a_tree_with_the_fixes_committed_needs_no_patches_and_passes(repo, tmp_p
     assert data["kernel"]["git"]["describe"] == describe and describe.endswith(git(repo, "rev-parse", "HEAD")[:12])
     assert data["kernel"]["git"]["dirty"] is False and data["kernel"]["source"].endswith(describe)
     # the tests are those the tree's binaries list
-    assert sorted(t["name"] for t in data["tests"]) == sorted(_listed(repo))
+    assert sorted(t["name"] for t in data["tests"]) == sorted(listed_tests("access", "--kernel-src", str(repo)))
     assert {t["status"] for t in data["tests"]} == {"pass"}
     assert _snapshot(repo) == before, "the user's repository must not change"
 
