@@ -13,7 +13,7 @@ import signal
 import sys
 from pathlib import Path
 
-from harness import __version__, arches, data, debugkernels, jobs, profiles, suites
+from harness import __version__, arches, data, debugkernels, jobs, lab, profiles, suites
 from harness.errors import EXIT_ERROR, EXIT_INTERRUPTED, HarnessError, InputError
 from harness.kconfig import fragments as kconfig
 from harness.pipeline import Options
@@ -57,8 +57,9 @@ def _common(p: argparse.ArgumentParser, tests: bool = True) -> None:
                         "combination has a build directory of its own")
     g.add_argument("--jobs", "-j", type=int, default=0, help="parallel build jobs (default: one per CPU)")
     g = p.add_argument_group("machine")
-    g.add_argument("--profile", default=profiles.DEFAULT_PROFILE,
-                   help=f"vIOMMU/QEMU profile (default {profiles.DEFAULT_PROFILE}; see 'iommufd-harness profiles')")
+    g.add_argument("--profile", default=None,
+                   help=f"vIOMMU/QEMU profile (default {profiles.DEFAULT_PROFILE}, or the lab board's; see "
+                        "'iommufd-harness profiles')")
     _machine(p, g)
     if tests:
         g = p.add_argument_group("tests")
@@ -114,8 +115,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profiles", metavar="A,B,...",
                    help="run on several profiles, one after the other, and print a profile x suite matrix")
     g = p.add_argument_group("real board (instead of a VM)")
-    g.add_argument("--board", metavar="USER@HOST[:PORT]",
-                   help="run the tests on this board over SSH (it keeps its own kernel); use a board profile")
+    g.add_argument("--lab", type=Path, metavar="LAB.toml",
+                   help="the lab file describing --board NAME: the kernel built here is deployed to the board, "
+                        "booted once (kexec), verified by its build-id, tested; the board goes back to its "
+                        "installed kernel afterwards")
+    g.add_argument("--lock-wait", type=float, default=0.0, metavar="S",
+                   help="wait up to S seconds for a lab board another run holds (default: refuse at once)")
+    g.add_argument("--board", metavar="NAME|USER@HOST[:PORT]",
+                   help="with --lab, a board of the lab; without, run the tests on this board over SSH (it keeps "
+                        "its own kernel); use a board profile")
     g.add_argument("--board-key", type=Path, default=Path("~/.ssh/id_ed25519"), metavar="KEY",
                    help="SSH private key for the board (default ~/.ssh/id_ed25519)")
     g.add_argument("--known-hosts", type=Path, default=Path("~/.ssh/known_hosts"), metavar="FILE",
@@ -175,11 +183,48 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--verbose", "-v", action="store_true", help="list every test, passing ones too")
     p.set_defaults(func=cmd_report)
 
+    p = sub.add_parser("lab", help="a lab file's boards: reachable, what they run, locked or quarantined")
+    lsub = p.add_subparsers(dest="lab_command", metavar="ACTION")
+    q = lsub.add_parser("check", help="for each board: reachable with its pinned key, its kernel, lock, "
+                                      "quarantine, boot methods")
+    q.add_argument("lab_file", type=Path, metavar="LAB.toml")
+    q.add_argument("name", nargs="?", help="only this board")
+    q.set_defaults(func=cmd_lab_check)
+    q = lsub.add_parser("release", help="end a board's quarantine and drop its lock (after checking it by hand)")
+    q.add_argument("lab_file", type=Path, metavar="LAB.toml")
+    q.add_argument("name")
+    q.set_defaults(func=cmd_lab_release)
+
+    p = sub.add_parser("qemu-board", help="a QEMU arm64 machine that behaves like a lab board (U-Boot, an "
+                                         "installed Debian kernel, sshd, kexec)")
+    bsub = p.add_subparsers(dest="board_command", metavar="ACTION")
+    q = bsub.add_parser("create", help="make its disk, keys and a lab.toml naming it in DIR")
+    q.add_argument("dir", type=Path)
+    q.add_argument("--port", type=int, default=0, help="the SSH port on 127.0.0.1 (default: a free one)")
+    q.add_argument("--work", type=Path, default=default_work(), help="work dir (its package cache is used)")
+    q.set_defaults(func=cmd_qemu_board)
+    for action, text in (("start", "run it until stopped (Ctrl-C, SIGTERM)"),
+                         ("reset", "its power cycle (QMP system_reset)"), ("console", "print its serial console")):
+        q = bsub.add_parser(action, help=text)
+        q.add_argument("dir", type=Path)
+        q.set_defaults(func=cmd_qemu_board)
+
     p = sub.add_parser("profiles", help="list the vIOMMU/QEMU profiles")
     p.set_defaults(func=cmd_profiles)
     p = sub.add_parser("suites", help="list the test suites")
     p.set_defaults(func=cmd_suites)
     return parser
+
+
+def _profile(args) -> str:
+    """--profile, or the lab board's profile, or the default."""
+    if args.profile is not None:
+        return args.profile
+    if getattr(args, "lab", None) is not None:
+        if not args.board:
+            raise InputError("--lab needs --board NAME", "name one of the lab file's boards")
+        return lab.load(args.lab).board(args.board).profile
+    return profiles.DEFAULT_PROFILE
 
 
 def options(args) -> Options:
@@ -191,7 +236,7 @@ def options(args) -> Options:
         compare_base=getattr(args, "compare_base", False),
         patches=list(args.patches),
         default_patches=not args.no_default_patches,
-        profile=args.profile,
+        profile=_profile(args),
         suite=getattr(args, "suite", suites.DEFAULT_SUITE),
         tests=getattr(args, "tests", None),
         results=getattr(args, "results", None),
@@ -209,6 +254,8 @@ def options(args) -> Options:
         rerun_failed=getattr(args, "rerun_failed", 0),
         continue_after_crash=getattr(args, "continue_after_crash", False),
         board=getattr(args, "board", None),
+        lab=getattr(args, "lab", None),
+        lock_wait=getattr(args, "lock_wait", 0.0),
         board_key=getattr(args, "board_key", Path("~/.ssh/id_ed25519")),
         known_hosts=getattr(args, "known_hosts", Path("~/.ssh/known_hosts")),
         verbose=getattr(args, "verbose", False),
@@ -298,6 +345,73 @@ def cmd_list_tests(args, ui: Ui) -> int:
     jobs.validate(opts)
     for binary, name in jobs.list_tests(opts, ui):
         ui.out.print(f"{binary} {name}", highlight=False, markup=False)
+    return 0
+
+
+def cmd_lab_check(args, ui: Ui) -> int:
+    from harness.targets import deploy
+
+    the_lab = lab.load(args.lab_file)
+    names = [args.name] if args.name else sorted(the_lab.boards)
+    state = lab.LabState(the_lab.state)
+    bad = 0
+    for name in names:
+        entry = the_lab.board(name)
+        ui.out.print(f"{name}: {entry.user}@{entry.host}:{entry.port} ({entry.arch}, boot {entry.boot})",
+                     highlight=False, markup=False)
+        q = state.quarantined(name)
+        held = state.lock_info(name)
+        ui.out.print("  quarantined: " + (f"since {q.get('since')}: {q.get('reason')}" if q else "no"),
+                     highlight=False, markup=False)
+        ui.out.print("  locked: " + (lab.describe_lock(held) if held else "no"), highlight=False, markup=False)
+        try:
+            f = deploy.probe(entry)
+        except HarnessError as e:
+            bad += 1
+            ui.out.print(f"  reachable: no: {e.message}", highlight=False, markup=False)
+            continue
+        ui.out.print(f"  reachable: yes (host key matches {entry.known_hosts})", highlight=False, markup=False)
+        ui.out.print(f"  kernel: {f['release']} ({f['machine']}), build-id {f['build_id'] or 'unknown'}",
+                     highlight=False, markup=False)
+        methods = ["installed"] + (["kexec"] if f["kexec"] else []) + (["oneshot"] if f["uboot_script"] else [])
+        ui.out.print(f"  boot methods: {', '.join(methods)}", highlight=False, markup=False)
+        if f["kexec"] and f["gic_its"] and not f["efi"]:
+            ui.out.print("  note: a GICv3 ITS without EFI: its LPI tables are not reserved across kexec, and a "
+                         "trial kernel may be overwritten where they are; prefer oneshot", highlight=False,
+                         markup=False)
+        if q:
+            bad += 1
+    return EXIT_ERROR if bad else 0
+
+
+def cmd_lab_release(args, ui: Ui) -> int:
+    the_lab = lab.load(args.lab_file)
+    the_lab.board(args.name)
+    done = lab.LabState(the_lab.state).release(args.name)
+    ui.out.print(f"{args.name}: {', '.join(done) if done else 'was neither quarantined nor locked'}",
+                 highlight=False, markup=False)
+    return 0
+
+
+def cmd_qemu_board(args, ui: Ui) -> int:
+    from harness import qemuboard
+    from harness.workdir import WorkDir
+
+    dest = args.dir.expanduser().resolve()
+    if args.board_command == "create":
+        info = qemuboard.create(dest, WorkDir(args.work.expanduser().resolve()), port=args.port)
+        ui.out.print(f"board in {dest}: installed kernel {info['installed']['release']}, SSH on "
+                     f"127.0.0.1:{info['port']}", highlight=False, markup=False)
+        ui.out.print(f"lab file: {dest / 'lab.toml'}; start it: iommufd-harness qemu-board start {dest}",
+                     highlight=False, markup=False)
+        return 0
+    if args.board_command == "start":
+        return qemuboard.start(dest)
+    if args.board_command == "reset":
+        qemuboard.reset(dest)
+        return 0
+    qemuboard.load(dest)
+    sys.stdout.write(qemuboard.console(dest))
     return 0
 
 

@@ -171,22 +171,23 @@ def run_one(opts: Options, ui: Ui, results_path: Path, brief: str = "") -> tuple
         pipe = Pipeline(opts, ui, record, results_path / "logs")
         suite = suites.load(opts.suite)
         spec = pipe.board_spec()
-        prep = pipe.prepare()
-        session = None
-        with pipe.up(pipe.target(prep, results_path, spec)) as lifecycle:
-            session = TestSession(lifecycle, suite, SessionOptions(opts.tests, opts.per_test_timeout,
-                                                                   opts.continue_after_crash, opts.rerun_failed,
-                                                                   opts.repeat, opts.until_fail),
-                                  record, sink, ui)
-            try:
-                with pipe.stage("run"):
-                    session.run()
-            finally:
-                sink.write(record)
-            if opts.shell:
-                shell(ui, lifecycle.ssh_command())
-            elif opts.keep_vm:
-                hold(ui, lifecycle.target, lifecycle.ssh_command())
+        with pipe.lab_board(f"run {results_path}"):
+            prep = pipe.prepare()
+            session = None
+            with pipe.up(pipe.target(prep, results_path, spec)) as lifecycle:
+                session = TestSession(lifecycle, suite, SessionOptions(opts.tests, opts.per_test_timeout,
+                                                                       opts.continue_after_crash, opts.rerun_failed,
+                                                                       opts.repeat, opts.until_fail),
+                                      record, sink, ui)
+                try:
+                    with pipe.stage("run"):
+                        session.run()
+                finally:
+                    sink.write(record)
+                if opts.shell:
+                    shell(ui, lifecycle.ssh_command())
+                elif opts.keep_vm:
+                    hold(ui, lifecycle.target, lifecycle.ssh_command())
         pipe.decode_splats(prep, session.splats)
     except HarnessError as e:
         record.errors.append(e.render())

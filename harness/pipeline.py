@@ -18,12 +18,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness import __version__, data, debugkernels, profiles, suites
+from harness import __version__, arches, data, debugkernels, lab, profiles, suites
 from harness.errors import HarnessError, InputError
 from harness.parse.splats import Splat
 from harness.reports.decode import decode
 from harness.reports.results import RunRecord, clean
 from harness.stages import build, config, image, patches, source
+from harness.targets import deploy
 from harness.targets.board import BoardLifecycle, BoardSpec
 from harness.targets.lifecycle import Lifecycle
 from harness.targets.verify import Expect
@@ -59,7 +60,9 @@ class Options:
     rerun_failed: int = 0
     continue_after_crash: bool = False
     debug: tuple[str, ...] = ()  # debug kernels from configs/debug/ (--debug)
-    board: str | None = None  # USER@HOST[:PORT] of a real board instead of a VM
+    board: str | None = None  # USER@HOST[:PORT] of a real board instead of a VM; with --lab a board's name
+    lab: Path | None = None  # --lab: the lab file that describes --board
+    lock_wait: float = 0.0  # seconds to wait for a board another run holds
     board_key: Path = Path("~/.ssh/id_ed25519")
     known_hosts: Path = Path("~/.ssh/known_hosts")
     verbose: bool = False  # the summary lists passing tests too
@@ -91,6 +94,12 @@ class Pipeline:
         self.logs = logs
         self.work = WorkDir(opts.work)
         self.rev: str | None = opts.rev  # the commit the tree is (--rev, or the base of --commits)
+        self.lab: lab.Lab | None = None
+        self.entry: lab.BoardEntry | None = None  # --lab --board: the lab's board
+        self.board_facts: dict | None = None  # what the lab board told before the build
+        if opts.lab is not None:
+            self.lab = lab.load(opts.lab)
+            self.entry = self.lab.board(opts.board or "")
 
     @contextlib.contextmanager
     def stage(self, name: str):
@@ -124,11 +133,47 @@ class Pipeline:
     def config_request(self, tree: source.SourceTree, profile: profiles.Profile, tc: Toolchain,
                        build_dir: Path, kconfig_generation: str = "") -> config.ConfigRequest:
         frag_tree = tree.path / "tools/testing/selftests/iommu/config"
+        base, fragments, base_config, lsmod = "tinyconfig", profile.fragments, self.opts.base_config, None
+        if self.board_kernel() in ("running", "defconfig"):
+            # the board's own kernel (or the arch's defconfig) with what the
+            # board has loaded built in, plus the board fragments
+            fragments = profile.board_fragments
+            lsmod = self.board_facts["lsmod_file"]
+            if self.board_kernel() == "running" and base_config is None:
+                base_config = self.board_facts["config_file"]
+            base = "defconfig"
         return config.ConfigRequest(
-            tree.path, build_dir, tc, "tinyconfig", profile.fragments, tuple(self.opts.kconfig_add),
+            tree.path, build_dir, tc, base, fragments, tuple(self.opts.kconfig_add),
             tree_fragments=(frag_tree,) if frag_tree.is_file() else (),
-            user_fragments=tuple(self.opts.fragments), base_config=self.opts.base_config,
-            kconfig_generation=kconfig_generation, debug_fragments=debugkernels.fragments(self.opts.debug))
+            user_fragments=tuple(self.opts.fragments), base_config=base_config,
+            kconfig_generation=kconfig_generation, debug_fragments=debugkernels.fragments(self.opts.debug),
+            lsmod=lsmod)
+
+    def board_kernel(self) -> str | None:
+        """How the lab board's trial kernel is configured (None: no trial kernel)."""
+        if self.entry is None or self.entry.boot == "installed":
+            return None
+        return self.entry.kernel_config
+
+    def build_flavour(self, profile: profiles.Profile) -> str:
+        flavour = profile.arch + debugkernels.build_suffix(self.opts.debug)
+        if self.board_kernel() in ("running", "defconfig"):
+            flavour += f"+board-{self.entry.name}"  # a config of its own: a build dir of its own
+        return flavour
+
+    def dtb_target(self, tree: source.SourceTree, profile: profiles.Profile) -> tuple[str, ...]:
+        """The board's dtb as a make target, checked against the tree."""
+        dtb = self.entry.dtb if self.board_kernel() else None
+        if not dtb or dtb == "firmware":
+            return ()
+        srcarch = arches.load(profile.arch).srcarch
+        dts = tree.path / "arch" / srcarch / "boot/dts" / (dtb.removesuffix(".dtb") + ".dts")
+        if not dtb.endswith(".dtb") or not dts.is_file():
+            raise InputError(f"board {self.entry.name}: dtb {dtb!r} is not in this tree (no "
+                             f"arch/{srcarch}/boot/dts/{dts.name} under {dts.parent.relative_to(tree.path)})",
+                             f"fix 'dtb' in {self.lab.path}: a path under arch/{srcarch}/boot/dts ending in .dtb, "
+                             "or \"firmware\" for the board's own")
+        return (dtb,)
 
     def prepare(self, until: str = "build") -> Prepared:
         opts = self.opts
@@ -164,7 +209,8 @@ class Pipeline:
         generation = source.bump_generation(tree.path, changed)
         kconfig_generation = source.bump_generation(tree.path, [p for p in changed if source.is_kconfig(p)],
                                                     source.KCONFIG_GENERATION_FILE)
-        build_dir = self.work.tree_build(tree.origin.key, profile.arch + debugkernels.build_suffix(opts.debug))
+        build_dir = self.work.tree_build(tree.origin.key, self.build_flavour(profile))
+        dtbs = self.dtb_target(tree, profile)
         with self.stage("config"):
             creq = self.config_request(tree, profile, tc, build_dir, kconfig_generation)
             cfg = config.configure(creq, self.logs / "config.log")
@@ -174,11 +220,14 @@ class Pipeline:
         if until == "config":
             return Prepared(tree, tuple(series), cfg, None, tc, profile, creq)
         with self.stage("build"):
-            kb = build.build(build.BuildRequest(tree.path, build_dir, tc, cfg.sha256, generation),
+            kb = build.build(build.BuildRequest(tree.path, build_dir, tc, cfg.sha256, generation,
+                                                extra_targets=dtbs),
                              self.logs / "build.log", show=self.ui.progress)
             self.record.kernel.update(build_id=kb.build_id, rebuilt=kb.rebuilt, arch=tc.arch,
                                       toolchain=tc.cc + (" (ccache)" if tc.ccache else ""))
             self.ui.info(("built" if kb.rebuilt else "up to date:") + f" {kb.image} (build-id {kb.build_id[:16]})")
+        if dtbs:
+            self.record.kernel["dtb"] = dtbs[0]
         return Prepared(tree, tuple(series), cfg, kb, tc, profile, creq)
 
     # -- target side ----------------------------------------------------------------
@@ -208,11 +257,7 @@ class Pipeline:
     def board(self, prep: Prepared, spec: BoardSpec, results_dir: Path) -> BoardLifecycle:
         """A board that keeps its own kernel, off; the selftests and helper
         scripts built here are copied there at boot."""
-        recipe = prep.profile.recipe
-        files = {f"selftests/{n}": (p, 0o755) for n, p in prep.kernel.selftests.items()}
-        files["run-tests"] = (recipe / "run-tests", 0o755)
-        files["killtree"] = (recipe / "killtree", 0o755)
-        return BoardLifecycle(spec, files, prep.profile.arch, results_dir, self.expect(prep, any_kernel=True),
+        return BoardLifecycle(spec, self.files_for_board(prep), prep.profile.arch, results_dir, self.expect(prep, any_kernel=True),
                               prep.kernel.build_id, name=prep.profile.name, guest=self.record.guest,
                               say=self.ui.info)
 
@@ -220,10 +265,55 @@ class Pipeline:
         """--board, checked (before anything is built)."""
         if not self.opts.board:
             return None
+        if self.entry is not None:
+            return deploy.spec_of(self.entry)
         return BoardSpec.parse(self.opts.board, self.opts.board_key, self.opts.known_hosts)
+
+    @contextlib.contextmanager
+    def lab_board(self, what: str):
+        """With --lab: the board locked for the whole run (and checked: not
+        quarantined, reachable with its pinned key, what it runs); a no-op
+        otherwise."""
+        if self.entry is None:
+            yield
+            return
+        state = lab.LabState(self.lab.state)
+        with lab.BoardLock(state, self.entry.name, what, wait=self.opts.lock_wait, say=self.ui.info):
+            self.ui.info(f"board {self.entry.name}: locked ({lab.holder_name()})")
+            facts = deploy.probe(self.entry, fetch_config=self.board_kernel() in ("running", "defconfig"),
+                                 into=self.logs)
+            self.board_facts = facts
+            self.record.guest["installed"] = {"release": facts["release"], "build_id": facts["build_id"]}
+            self.ui.info(f"board {self.entry.name}: runs {facts['release']} ({facts['machine']}), "
+                         f"kexec {'yes' if facts['kexec'] else 'no'}")
+            yield
+
+    def files_for_board(self, prep: Prepared) -> dict[str, tuple[Path, int]]:
+        recipe = prep.profile.recipe
+        files = {f"selftests/{n}": (p, 0o755) for n, p in prep.kernel.selftests.items()}
+        files["run-tests"] = (recipe / "run-tests", 0o755)
+        files["killtree"] = (recipe / "killtree", 0o755)
+        return files
+
+    def trial_board(self, prep: Prepared, results_dir: Path) -> Lifecycle:
+        """The lab board, off: booting it deploys the kernel built here."""
+        entry = self.entry
+        if entry.boot != "kexec":
+            raise InputError(f"board {entry.name}: boot = {entry.boot!r} is not supported by this harness yet",
+                             "use boot = \"kexec\" (or \"installed\" to test the board's own kernel)")
+        dtb = self.record.kernel.get("dtb")
+        trial = deploy.TrialKernel(prep.kernel.image, prep.kernel.vmlinux, prep.kernel.build_id,
+                                   prep.kernel.image.parents[0] / "dts" / dtb if dtb else None)
+        return deploy.KexecLifecycle(entry, self.files_for_board(prep), prep.profile.arch, results_dir,
+                                     self.expect(prep), trial, lab.LabState(self.lab.state), results_dir.name,
+                                     extra_cmdline=self.opts.extra_cmdline, lab_path=self.lab.path,
+                                     name=prep.profile.name, guest=self.record.guest, machine=self.record.qemu,
+                                     say=self.ui.info)
 
     def target(self, prep: Prepared, results_dir: Path, spec: BoardSpec | None) -> Lifecycle:
         """The lifecycle the options ask for: a board with --board, else a VM."""
+        if self.board_kernel():
+            return self.trial_board(prep, results_dir)
         if spec is not None:
             return self.board(prep, spec, results_dir)
         if prep.profile.qemu is None:

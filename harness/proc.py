@@ -27,6 +27,10 @@ PACKAGE_FOR_TOOL = {
     "apt-get": "apt",
     "dpkg-deb": "dpkg",
     "ccache": "ccache",
+    "sfdisk": "fdisk",
+    "mkfs.vfat": "dosfstools",
+    "mcopy": "mtools",
+    "kexec": "kexec-tools",
 }  # per-architecture tools (QEMU, cross compilers): see arches/
 
 

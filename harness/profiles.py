@@ -41,6 +41,8 @@ class Profile:
     iommu: str  # regex an entry of /sys/class/iommu must match; "" for none
     hugepages: int
     path: Path
+    # on top of a board's own config (lab kernel_config "running"/"defconfig")
+    board_fragments: tuple[Path, ...] = ()
 
 
 def available(directory: Path = PROFILE_DIR) -> list[str]:
@@ -75,6 +77,7 @@ def load(name: str, directory: Path = PROFILE_DIR) -> Profile:
             iommu=g.get("iommu", ""),
             hugepages=int(g.get("hugepages", 64)),
             path=path,
+            board_fragments=tuple(_near(path, f, CONFIG_DIR) for f in doc.get("board", {}).get("fragments", [])),
         )
     except (tomllib.TOMLDecodeError, KeyError, TypeError, ValueError) as e:
         raise InputError(f"profile {path} is invalid: {type(e).__name__}: {e}") from None
@@ -82,7 +85,7 @@ def load(name: str, directory: Path = PROFILE_DIR) -> Profile:
         re.compile(profile.iommu)
     except re.error as e:
         raise InputError(f"profile {path}: guest.iommu is not a valid regex: {e}") from None
-    for frag in profile.fragments:
+    for frag in profile.fragments + profile.board_fragments:
         if not frag.is_file():
             raise InputError(f"profile {path} names config fragment {frag}, which does not exist")
     if not (profile.recipe / "recipe.toml").is_file():

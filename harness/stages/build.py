@@ -30,6 +30,7 @@ class BuildRequest:
     config_sha256: str
     tree_generation: str  # changes whenever the working copy changes
     timeout: float = 3600.0
+    extra_targets: tuple[str, ...] = ()  # more make targets, e.g. a board's dtb ("rockchip/rk3568-odroid-m1.dtb")
 
 
 @dataclass(frozen=True)
@@ -104,7 +105,8 @@ def build(req: BuildRequest, log: Path, show=None) -> KernelBuild:
     headers = req.build_dir / "usr/include"
     st_out = req.build_dir / "kselftest/iommu"
     selftests = {name: st_out / name for name in SELFTESTS}
-    outputs = [image, vmlinux, headers, *selftests.values()]
+    extra = [req.build_dir / "arch" / tc.spec.srcarch / "boot/dts" / t for t in req.extra_targets]
+    outputs = [image, vmlinux, headers, *selftests.values(), *extra]
     stamp = req.build_dir / STAMP
     key = _stamp_key(req)
     rebuilt = False
@@ -121,6 +123,8 @@ def build(req: BuildRequest, log: Path, show=None) -> KernelBuild:
             progress = BuildProgress(f"building {tc.image_target} ({'cold' if cold else 'incremental'})", estimate,
                                      show)
         _make(mk + [tc.image_target], req, log, f"kernel build (make {tc.image_target})", env, progress)
+        if req.extra_targets:
+            _make(mk + list(req.extra_targets), req, log, f"make {' '.join(req.extra_targets)}", env)
         _make(mk + ["headers"], req, log, "make headers", env)
         st_argv = ["make", "-C", str(req.tree / "tools/testing/selftests/iommu"),
                    f"ARCH={tc.kernel_arch}", f"OUTPUT={st_out}",

@@ -41,6 +41,7 @@ class ConfigRequest:
     base_config: Path | None = None  # --config: a full .config instead of ``base``
     kconfig_generation: str = ""  # changes whenever a Kconfig file of the tree changes (a patch, an edit)
     debug_fragments: tuple[Path, ...] = ()  # configs/debug/ for --debug
+    lsmod: Path | None = None  # a board's lsmod: its loaded modules become built in (make localyesconfig)
 
     def levels(self) -> list[tuple[str, list[kconfig.Setting]]]:
         user = [s for f in self.user_fragments for s in kconfig.parse_fragment(f)]
@@ -100,6 +101,7 @@ def _inputs_key(req: ConfigRequest, settings: dict[str, kconfig.Setting]) -> str
         "cross": req.toolchain.cross_compile,
         "settings": [[s.symbol, s.value] for s in settings.values()],
         "kconfig": req.kconfig_generation,
+        **({"lsmod": hashlib.sha256(req.lsmod.read_bytes()).hexdigest()} if req.lsmod else {}),
     }, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
@@ -141,6 +143,11 @@ def configure(req: ConfigRequest, log: Path) -> ConfigResult:
             shutil.copyfile(req.base_config, cfg)
         else:
             proc.run(mk + [req.base], timeout=600, log=log, error=ConfigError, what=f"make {req.base}")
+        if req.lsmod is not None:
+            # what the board runs stays, built in, so the trial kernel needs
+            # neither the board's initrd nor modules; the rest goes
+            proc.run(mk + [f"LSMOD={req.lsmod}", "localyesconfig"], timeout=600, log=log, error=ConfigError,
+                     what="make localyesconfig (the board's loaded modules built in)")
         merged = req.build_dir / "harness-fragment.config"
         merged.write_text(kconfig.render(settings))
         proc.run(["bash", req.tree / "scripts/kconfig/merge_config.sh", "-m", "-O", req.build_dir, cfg, merged],

@@ -10,6 +10,7 @@ the client reconnects once and tries again.
 
 from __future__ import annotations
 
+import logging
 import select
 import shlex
 import socket
@@ -21,6 +22,11 @@ from typing import Callable, Sequence
 import paramiko
 
 from harness.errors import TargetError
+
+# paramiko's transport thread logs a traceback for every refused or cut
+# connection; waiting for a machine to come up makes many, and the harness
+# reports what matters itself
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 MAX_OUTPUT = 64 * 1024 * 1024  # per stream; guest output is untrusted
 
@@ -130,14 +136,16 @@ class SshClient:
 
     # -- commands ------------------------------------------------------------
 
-    def put(self, path: str, data: bytes, mode: int = 0o644, timeout: float = 120.0) -> None:
+    def put(self, path: str, data: bytes, mode: int = 0o644, timeout: float = 120.0, gzipped: bool = False) -> None:
         """Write ``data`` to ``path`` on the remote side (plain exec + stdin:
-        needs no SFTP server, only a POSIX shell and cat)."""
+        needs no SFTP server, only a POSIX shell and cat).  ``gzipped``:
+        ``data`` is gzip-compressed and the remote side unpacks it (gunzip)."""
         chan = self._open_channel()
         self.commands += 1
         try:
             chan.settimeout(timeout)
-            chan.exec_command(quote(["sh", "-c", 'cat > "$1" && chmod "$2" "$1"', "sh", path, f"{mode:o}"]))
+            write = 'gunzip -c > "$1"' if gzipped else 'cat > "$1"'
+            chan.exec_command(quote(["sh", "-c", write + ' && chmod "$2" "$1"', "sh", path, f"{mode:o}"]))
             chan.sendall(data)
             chan.shutdown_write()
             status = chan.recv_exit_status()

@@ -1,0 +1,316 @@
+"""The lab: a TOML file describing boards, and the lab's shared state
+(which run holds which board, which boards are quarantined).
+
+    state = "/srv/lab/state"        # optional; default: <lab file>.state/ next to it
+
+    [boards.odroid-m1]
+    host = "odroid-m1.lab"          # port 22, user root by default
+    key = "~/.ssh/lab_ed25519"
+    known_hosts = "~/lab/known_hosts"
+    arch = "arm64"
+    boot = "kexec"                  # kexec | oneshot | installed
+    dtb = "rockchip/rk3568-odroid-m1.dtb"   # built here; "firmware": the board's own (/sys/firmware/fdt)
+    kernel_config = "running"       # running (/proc/config.gz + lsmod) | defconfig | profile
+    power_cycle = "pdu-cycle 4"     # optional: run on this machine when the board does not answer
+    console = "conserver-log m1"    # optional: prints the serial console
+
+The state directory is where locks and quarantine marks live: put it on a
+filesystem every controller machine of the lab shares (NFS), so a lock is
+seen by all of them.  A lock is a lease, renewed while its holder runs:
+a holder that died leaves a lock that expires.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import fcntl
+import getpass
+import json
+import os
+import platform
+import re
+import secrets
+import threading
+import time
+import tomllib
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from harness import arches
+from harness.errors import HarnessError, InputError
+
+BOOT_METHODS = ("kexec", "oneshot", "installed")
+KERNEL_CONFIGS = ("running", "defconfig", "profile")
+LEASE_S = 120.0  # a lock not renewed for this long belongs to a holder that died
+
+
+class LabError(HarnessError):
+    """The lab refused the run (board locked, quarantined, unknown): no verdict."""
+
+    stage = "lab"
+
+
+@dataclass(frozen=True)
+class BoardEntry:
+    name: str
+    host: str
+    port: int
+    user: str
+    key: Path
+    known_hosts: Path
+    arch: str
+    boot: str
+    dtb: str | None  # a .dtb path under arch/<arch>/boot/dts, "firmware", or None (no dtb)
+    kernel_config: str
+    initrd: str | None = None  # a file on the board passed to the trial kernel (kexec)
+    cmdline: str | None = None  # the trial kernel's; None: the running kernel's /proc/cmdline
+    reboot: str = "reboot"  # how the board is asked to go back to its installed kernel
+    power_cycle: str | None = None
+    console: str | None = None
+    boot_timeout: float = 300.0  # trial boot (and return) until SSH answers
+    profile: str = ""  # the harness profile for the board's architecture
+
+    def describe(self) -> dict:
+        return {"name": self.name, "host": self.host, "port": self.port, "user": self.user, "arch": self.arch,
+                "boot": self.boot, "dtb": self.dtb, "kernel_config": self.kernel_config}
+
+
+@dataclass(frozen=True)
+class Lab:
+    path: Path
+    boards: dict[str, BoardEntry]
+    state: Path
+
+    def board(self, name: str) -> BoardEntry:
+        try:
+            return self.boards[name]
+        except KeyError:
+            raise InputError(f"lab {self.path} has no board {name!r}",
+                             f"its boards: {', '.join(sorted(self.boards)) or 'none'}") from None
+
+
+def _path(raw, base: Path) -> Path:
+    p = Path(str(raw)).expanduser()
+    return p if p.is_absolute() else (base / p)
+
+
+def load(path: Path) -> Lab:
+    path = path.expanduser().resolve()
+    try:
+        doc = tomllib.loads(path.read_text())
+    except OSError as e:
+        raise InputError(f"cannot read lab file {path}: {e.strerror}", "pass the lab's TOML file with --lab") from None
+    except tomllib.TOMLDecodeError as e:
+        raise InputError(f"lab file {path} is not valid TOML: {e}") from None
+    base = path.parent
+    boards = {}
+    for name, b in (doc.get("boards") or {}).items():
+        where = f"lab file {path}, board {name}"
+        if not re.fullmatch(r"[A-Za-z0-9._-]+", name):
+            raise InputError(f"{where}: a board name is letters, digits, '.', '_' and '-'")
+        if not isinstance(b, dict):
+            raise InputError(f"{where}: expected a table [boards.{name}]")
+        unknown = set(b) - {f for f in BoardEntry.__dataclass_fields__ if f != "name"}
+        if unknown:
+            raise InputError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}",
+                             f"known: {', '.join(f for f in BoardEntry.__dataclass_fields__ if f != 'name')}")
+        for key in ("host", "key", "known_hosts", "arch"):
+            if key not in b:
+                raise InputError(f"{where}: '{key}' is missing")
+        arch = str(b["arch"])
+        if arch not in arches.available():
+            raise InputError(f"{where}: arch {arch!r} is not one of {', '.join(arches.available())}")
+        boot = str(b.get("boot", "kexec"))
+        if boot not in BOOT_METHODS:
+            raise InputError(f"{where}: boot = {boot!r}; it is one of {', '.join(BOOT_METHODS)}")
+        kcfg = str(b.get("kernel_config", "running"))
+        if kcfg not in KERNEL_CONFIGS:
+            raise InputError(f"{where}: kernel_config = {kcfg!r}; it is one of {', '.join(KERNEL_CONFIGS)}")
+        try:
+            port = int(b.get("port", 22))
+            timeout = float(b.get("boot_timeout", 300))
+        except (TypeError, ValueError) as e:
+            raise InputError(f"{where}: {e}") from None
+        boards[name] = BoardEntry(
+            name, str(b["host"]), port, str(b.get("user", "root")), _path(b["key"], base),
+            _path(b["known_hosts"], base), arch, boot, b.get("dtb"), kcfg, b.get("initrd"), b.get("cmdline"),
+            str(b.get("reboot", "reboot")), b.get("power_cycle"), b.get("console"), timeout,
+            str(b.get("profile", f"board-{arch}")))
+    state = _path(doc["state"], base) if "state" in doc else base / f"{path.stem}.state"
+    return Lab(path, boards, state)
+
+
+# --- shared state: locks and quarantine ---------------------------------------------
+
+
+def holder_name() -> str:
+    return f"{getpass.getuser()}@{platform.node()} pid {os.getpid()}"
+
+
+def _now() -> float:
+    return time.time()
+
+
+def _iso(t: float) -> str:
+    return dt.datetime.fromtimestamp(t, dt.timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass
+class LabState:
+    """One lab's state directory."""
+
+    root: Path
+
+    def _file(self, board: str, kind: str) -> Path:
+        return self.root / f"{board}.{kind}"
+
+    @contextmanager
+    def _guard(self, board: str):
+        """Mutual exclusion for reading and writing one board's state
+        (flock: local, and NFSv4 through its byte-range locks)."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self._file(board, "guard"), os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as e:
+            raise LabError(f"cannot use the lab state directory {self.root}: {e.strerror}",
+                           "set 'state' in the lab file to a directory this user can write") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def _read(self, path: Path) -> dict | None:
+        try:
+            return json.loads(path.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            return {"holder": "unknown (unreadable lock file)", "expires": 0}
+
+    def _write(self, path: Path, doc: dict) -> None:
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
+        tmp.write_text(json.dumps(doc, indent=2) + "\n")
+        tmp.replace(path)
+
+    # -- locks ---------------------------------------------------------------------
+
+    def lock_info(self, board: str) -> dict | None:
+        """The live lock on ``board`` (None if free or expired)."""
+        doc = self._read(self._file(board, "lock"))
+        if doc is None or float(doc.get("expires", 0)) < _now():
+            return None
+        return doc
+
+    def try_lock(self, board: str, token: str, what: str, lease: float = LEASE_S) -> dict | None:
+        """Take the lock; returns None on success, else the holder's lock."""
+        with self._guard(board):
+            held = self.lock_info(board)
+            if held is not None and held.get("token") != token:
+                return held
+            now = _now()
+            self._write(self._file(board, "lock"), {
+                "token": token, "holder": holder_name(), "what": what, "since": _iso(now),
+                "expires": now + lease, "expires_at": _iso(now + lease)})
+            return None
+
+    def renew(self, board: str, token: str, lease: float = LEASE_S) -> bool:
+        with self._guard(board):
+            path = self._file(board, "lock")
+            doc = self._read(path)
+            if doc is None or doc.get("token") != token:
+                return False
+            doc["expires"] = _now() + lease
+            doc["expires_at"] = _iso(doc["expires"])
+            self._write(path, doc)
+            return True
+
+    def unlock(self, board: str, token: str | None = None) -> bool:
+        """Drop the lock (only ours, unless ``token`` is None: lab release)."""
+        with self._guard(board):
+            path = self._file(board, "lock")
+            doc = self._read(path)
+            if doc is None or (token is not None and doc.get("token") != token):
+                return False
+            path.unlink(missing_ok=True)
+            return True
+
+    # -- quarantine ------------------------------------------------------------------
+
+    def quarantine(self, board: str, reason: str) -> None:
+        with self._guard(board):
+            self._write(self._file(board, "quarantine"), {"reason": reason, "by": holder_name(),
+                                                          "since": _iso(_now())})
+
+    def quarantined(self, board: str) -> dict | None:
+        return self._read(self._file(board, "quarantine"))
+
+    def release(self, board: str) -> list[str]:
+        """``lab release``: end the quarantine and any lock.  Says what it did."""
+        done = []
+        with self._guard(board):
+            q = self._file(board, "quarantine")
+            if q.exists():
+                q.unlink()
+                done.append("quarantine ended")
+        if self.unlock(board):
+            done.append("lock dropped")
+        return done
+
+
+def describe_lock(doc: dict) -> str:
+    return f"{doc.get('holder', 'unknown')} since {doc.get('since', '?')} ({doc.get('what', '')}), " \
+           f"lease until {doc.get('expires_at', '?')}"
+
+
+@dataclass
+class BoardLock:
+    """The lock on one board for a whole run: taken (waiting up to ``wait``
+    seconds for its holder), renewed in the background, released on exit."""
+
+    state: LabState
+    board: str
+    what: str
+    wait: float = 0.0
+    lease: float = LEASE_S
+    say: object = None
+    token: str = field(default_factory=lambda: secrets.token_hex(8))
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def __enter__(self) -> "BoardLock":
+        q = self.state.quarantined(self.board)
+        if q is not None:
+            raise LabError(f"board {self.board} is quarantined since {q.get('since')}: {q.get('reason')}",
+                           f"check the board, then: iommufd-harness lab release LAB {self.board}")
+        deadline = time.monotonic() + self.wait
+        told = False
+        while True:
+            held = self.state.try_lock(self.board, self.token, self.what, self.lease)
+            if held is None:
+                break
+            if time.monotonic() >= deadline:
+                raise LabError(f"board {self.board} is locked by {describe_lock(held)}",
+                               "wait for that run to end (--lock-wait SECONDS waits), or if its holder is gone "
+                               f"for sure: iommufd-harness lab release LAB {self.board}")
+            if not told and self.say:
+                self.say(f"board {self.board} is locked by {describe_lock(held)}: waiting")
+                told = True
+            time.sleep(min(5.0, max(0.1, deadline - time.monotonic())))
+        self._thread = threading.Thread(target=self._renew, name=f"lock-{self.board}", daemon=True)
+        self._thread.start()
+        return self
+
+    def _renew(self) -> None:
+        while not self._stop.wait(self.lease / 4):
+            try:
+                self.state.renew(self.board, self.token, self.lease)
+            except (OSError, LabError):
+                pass  # the next renewal tries again; the lease covers a few misses
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+        self.state.unlock(self.board, self.token)

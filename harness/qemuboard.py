@@ -1,0 +1,299 @@
+"""A QEMU arm64 machine that behaves like a lab board (``iommufd-harness
+qemu-board``): to try a lab file, and for the harness's own board tests
+without hardware.
+
+``create DIR`` makes its boot disk (MBR, one FAT partition: Debian's arm64
+kernel as the installed kernel, an initrd that is the board's whole
+userland, ``extlinux/extlinux.conf``), its SSH keys and a ``lab.toml``
+naming it.  ``start DIR`` runs it until stopped: Debian's U-Boot is the
+firmware, the disk keeps what is written to ``/boot`` across reboots, the
+serial console is appended to ``DIR/console.log``, SSH is forwarded from
+127.0.0.1.  ``reset DIR`` is its power cycle (QMP ``system_reset``),
+``console DIR`` prints its serial console.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from elftools.elf.elffile import ELFFile
+
+from harness import arches, data, proc
+from harness.errors import ImageError, InputError, TargetError
+from harness.stages import image
+from harness.stages.cpio import CpioWriter
+from harness.targets.qemu import free_port
+from harness.workdir import WorkDir
+
+DEFAULT_RECIPE = "qemu-board-arm64"
+BOARD_FILE = "board.json"
+
+
+@dataclass(frozen=True)
+class BoardRecipe:
+    userland: image.Recipe
+    arch: str
+    package: str  # the installed kernel's Debian package (a meta-package is resolved)
+    modules: tuple[str, ...]
+    cmdline: str
+    machine: dict
+
+    @classmethod
+    def load(cls, name: str = DEFAULT_RECIPE) -> "BoardRecipe":
+        directory = data.folder("qemu-images") / name
+        path = directory / "recipe.toml"
+        try:
+            raw = tomllib.loads(path.read_text())
+            inst, machine = raw["installed"], raw["machine"]
+            return cls(image.Recipe.load(directory), raw["arch"], inst["package"], tuple(inst["modules"]),
+                       inst["cmdline"], dict(machine))
+        except OSError as e:
+            raise InputError(f"cannot read board recipe {path}: {e.strerror}") from None
+        except (KeyError, TypeError, tomllib.TOMLDecodeError) as e:
+            raise ImageError(f"board recipe {path} is incomplete: {e}",
+                             "it needs arch, packages, binaries, [files], [installed] and [machine]") from None
+
+
+# --- the installed kernel ----------------------------------------------------------
+
+
+def resolve_kernel_package(package: str, deb_arch: str, log: Path) -> str:
+    """A versioned linux-image package for ``package`` (the meta-package's
+    dependency; a versioned name is returned as it is)."""
+    if re.match(r"linux-image-\d", package):
+        return package
+    res = proc.run(["apt-cache", "depends", f"{package}:{deb_arch}"], timeout=120, log=log)
+    for line in res.output.splitlines():
+        m = re.match(r"\s*Depends:\s*(linux-image-[^:\s]+)", line)
+        if m:
+            return m.group(1)
+    raise ImageError(f"cannot resolve {package}:{deb_arch} to a kernel package",
+                     f"run 'apt-get update' (and 'dpkg --add-architecture {deb_arch}')", log=str(log))
+
+
+def modinfo_depends(path: Path) -> list[str]:
+    with open(path, "rb") as f:
+        sec = ELFFile(f).get_section_by_name(".modinfo")
+        raw = sec.data() if sec is not None else b""
+    for field in raw.split(b"\0"):
+        if field.startswith(b"depends="):
+            return [d for d in field[8:].decode().split(",") if d]
+    return []
+
+
+def module_closure(moddir: Path, wanted) -> list[Path]:
+    """The module files for ``wanted`` and everything they depend on, each
+    after its dependencies.  Names match with '-' and '_' alike."""
+    index = {p.name[:-3].replace("-", "_"): p for p in moddir.rglob("*.ko")}
+    order: list[Path] = []
+
+    def add(name: str, chain: tuple[str, ...]) -> None:
+        key = name.replace("-", "_")
+        if key not in index:
+            builtin = (moddir / "modules.builtin").read_text() if (moddir / "modules.builtin").is_file() else ""
+            if re.search(rf"/{re.escape(key).replace('_', '[-_]')}\.ko$", builtin, re.M):
+                return  # built into the kernel
+            raise ImageError(f"module {name} (for {' <- '.join(chain) or 'the board'}) is not in {moddir}")
+        path = index[key]
+        if path in order or key in chain:
+            return
+        for dep in modinfo_depends(path):
+            add(dep, chain + (key,))
+        order.append(path)
+
+    for name in wanted:
+        add(name, ())
+    return order
+
+
+# --- create ------------------------------------------------------------------------
+
+
+def _fat_disk(disk: Path, mib: int, files: dict[str, bytes], log: Path) -> None:
+    """An MBR disk with one FAT partition (from 1 MiB) holding ``files``."""
+    for tool in ("sfdisk", "mkfs.vfat", "mcopy"):
+        proc.require_tool(tool)
+    disk.unlink(missing_ok=True)
+    with open(disk, "wb") as f:
+        f.truncate(mib << 20)
+    proc.run(["sfdisk", "--quiet", str(disk)], stdin_text="label: dos\nstart=2048, type=c, bootable\n", timeout=60,
+             log=log, error=ImageError, what="partitioning the board disk")
+    sectors = (mib << 20) // 512 - 2048
+    proc.run(["mkfs.vfat", "-F", "32", "-n", "BOOT", "--offset", "2048", str(disk), str(sectors // 2)],
+             timeout=60, log=log, error=ImageError, what="formatting the board disk")
+    img = f"{disk}@@1M"
+    staging = disk.parent / ".staging"
+    shutil.rmtree(staging, ignore_errors=True)
+    for rel, content in files.items():
+        host = staging / rel
+        host.parent.mkdir(parents=True, exist_ok=True)
+        host.write_bytes(content)
+    for top in sorted(staging.iterdir()):
+        proc.run(["mcopy", "-s", "-i", img, str(top), "::/"], timeout=300, log=log, error=ImageError,
+                 what=f"copying {top.name} to the board disk", env={"MTOOLS_SKIP_CHECK": "1"})
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+def create(dest: Path, work: WorkDir, recipe: BoardRecipe | None = None, port: int = 0) -> dict:
+    """A new board in ``dest``: disk, keys, lab.toml.  Returns board.json."""
+    recipe = recipe or BoardRecipe.load()
+    arch = arches.load(recipe.arch)
+    dest.mkdir(parents=True, exist_ok=True)
+    log = dest / "create.log"
+    log.write_text("")
+    debs = work.cache / "debs" / arch.debian_arch
+    kpkg = resolve_kernel_package(recipe.package, arch.debian_arch, log)
+    kdeb = image.fetch_packages([kpkg], arch.debian_arch, debs, log)
+    kroot = work.cache / "rootfs" / kpkg
+    image.unpack(kdeb, kroot, log)
+    vmlinuz = sorted((kroot / "boot").glob("vmlinuz-*"))
+    if not vmlinuz:
+        raise ImageError(f"{kpkg} has no /boot/vmlinuz-*", log=str(log))
+    release = vmlinuz[-1].name[len("vmlinuz-"):]
+    moddir = kroot / "lib/modules" / release
+    modules = module_closure(moddir, recipe.modules)
+
+    base = image.build_base(image.ImageRequest(recipe.userland, recipe.arch, {}), work.images, work.cache, log)
+    client_priv, client_pub = image._ed25519_pair()
+    host_priv, host_pub = image._ed25519_pair()
+    key = dest / "lab_ed25519"
+    fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(client_priv)
+    port = port or free_port()
+    (dest / "known_hosts").write_text(f"[127.0.0.1]:{port} {host_pub}\n")
+
+    initrd = dest / "initrd.tmp"
+    with open(initrd, "wb") as f:
+        f.write(base.path.read_bytes())
+        w = CpioWriter(f)
+        rel = [str(m.relative_to(moddir)) for m in modules]
+        for m, r in zip(modules, rel):
+            w.file(f"/lib/modules/{release}/{r}", m.read_bytes(), 0o644)
+        w.file(f"/lib/modules/{release}/load", ("\n".join(rel) + "\n").encode())
+        w.file("/etc/ssh/ssh_host_ed25519_key", host_priv, 0o600)
+        w.file("/etc/ssh/ssh_host_ed25519_key.pub", (host_pub + "\n").encode())
+        w.file("/etc/ssh/authorized_keys", (client_pub + "\n").encode(), 0o600)
+        w.close()
+    extlinux = (f"default installed\ntimeout 1\n\nlabel installed\n    kernel /vmlinuz-{release}\n"
+                f"    initrd /initrd.img-{release}\n    append {recipe.cmdline}\n")
+    _fat_disk(dest / "disk.img", int(recipe.machine.get("disk_mib", 256)),
+              {f"vmlinuz-{release}": vmlinuz[-1].read_bytes(), f"initrd.img-{release}": initrd.read_bytes(),
+               "extlinux/extlinux.conf": extlinux.encode()}, log)
+    initrd.unlink()
+    info = {"recipe": recipe.userland.name, "arch": recipe.arch, "port": port, "installed": {
+        "package": kpkg, "deb": kdeb[kpkg].name, "release": release, "cmdline": recipe.cmdline,
+        "initrd": f"/boot/initrd.img-{release}", "modules": [m.name for m in modules]},
+        "machine": recipe.machine}
+    (dest / BOARD_FILE).write_text(json.dumps(info, indent=2) + "\n")
+    (dest / "lab.toml").write_text(lab_toml(dest, info))
+    return info
+
+
+def lab_toml(dest: Path, info: dict) -> str:
+    py = sys.executable
+    return f"""# The QEMU lab board in {dest} (made by 'iommufd-harness qemu-board create').
+[boards.qemu-board]
+host = "127.0.0.1"
+port = {info["port"]}
+user = "root"
+key = "{dest / 'lab_ed25519'}"
+known_hosts = "{dest / 'known_hosts'}"
+arch = "{info["arch"]}"
+boot = "kexec"
+dtb = "firmware"
+initrd = "{info["installed"]["initrd"]}"
+kernel_config = "profile"
+# its init is a shell script, not an init system: reboot at once
+reboot = "reboot -f"
+boot_timeout = 120
+power_cycle = "{py} -m harness qemu-board reset {dest}"
+console = "{py} -m harness qemu-board console {dest}"
+"""
+
+
+# --- run ---------------------------------------------------------------------------
+
+
+def load(dest: Path) -> dict:
+    try:
+        return json.loads((dest / BOARD_FILE).read_text())
+    except (OSError, ValueError):
+        raise InputError(f"{dest} holds no QEMU board", f"make one: iommufd-harness qemu-board create {dest}") from None
+
+
+def command_line(dest: Path, info: dict) -> list[str]:
+    m = info["machine"]
+    if not Path(m["firmware"]).is_file():
+        raise InputError(f"the board firmware {m['firmware']} is missing", f"apt-get install {m['firmware_package']}")
+    return [m["binary"], "-nodefaults", "-no-user-config", "-display", "none", "-machine", m["machine"],
+            "-accel", "tcg", "-cpu", m["cpu"], "-smp", str(m["smp"]), "-m", m["memory"], "-bios", m["firmware"],
+            "-drive", f"if=none,id=disk0,format=raw,file={dest / 'disk.img'}",
+            "-device", "virtio-blk-pci,drive=disk0",
+            "-netdev", f"user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:{info['port']}-:22",
+            "-device", "virtio-net-pci,netdev=net0",
+            "-chardev", f"file,id=con0,path={dest / 'console.log'},append=on", "-serial", "chardev:con0",
+            "-chardev", f"socket,id=qmp0,path={dest / 'qmp.sock'},server=on,wait=off",
+            "-mon", "chardev=qmp0,mode=control"]
+
+
+def start(dest: Path) -> int:
+    """Run the board in the foreground until it is stopped (SIGTERM/SIGINT)."""
+    info = load(dest)
+    argv = command_line(dest, info)
+    (dest / "qmp.sock").unlink(missing_ok=True)
+    with open(dest / "qemu.log", "ab") as log:
+        p = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    (dest / "qemu.pid").write_text(f"{p.pid}\n")
+
+    def stop(signum, frame):
+        p.terminate()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        return p.wait()
+    finally:
+        if p.poll() is None:
+            p.kill()
+        (dest / "qemu.pid").unlink(missing_ok=True)
+
+
+def reset(dest: Path, timeout: float = 10.0) -> None:
+    """The power cycle: QMP system_reset."""
+    from qemu.qmp.legacy import QEMUMonitorProtocol
+
+    sock = dest / "qmp.sock"
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            qmp = QEMUMonitorProtocol(str(sock))
+            qmp.connect()
+            break
+        except OSError as e:
+            if time.monotonic() > deadline:
+                raise TargetError(f"cannot reach the board's QMP socket {sock}: {e}",
+                                  f"is it running? iommufd-harness qemu-board start {dest}") from None
+            time.sleep(0.2)
+    try:
+        qmp.cmd("system_reset")
+    finally:
+        qmp.close()
+
+
+def console(dest: Path) -> str:
+    """Its serial console since it was created (every boot, appended)."""
+    try:
+        return (dest / "console.log").read_text(errors="replace")
+    except OSError:
+        return ""

@@ -1,0 +1,416 @@
+"""A board that boots the kernel built here once, and always comes back.
+
+    record the installed kernel (release, build-id, boot_id)
+    -> copy the trial kernel to /boot/iommufd-harness/<id>/
+    -> kexec it (the board's boot configuration is never touched, so any
+       power cycle returns to the installed kernel)
+    -> wait for SSH with a new boot_id and the built kernel's build-id
+    -> tests, exactly as on any target
+    -> reboot (power cycle if it does not answer by the deadline)
+    -> the installed kernel's build-id again; remove the directory.
+
+A trial kernel that does not come up, or comes up as another kernel, is
+"deploy failed": no verdict (exit 2), never a test failure.  A board that
+does not come back to its installed kernel is quarantined in the lab state.
+"""
+
+from __future__ import annotations
+
+import gzip
+import shlex
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness import elfinfo
+from harness.errors import HarnessError, TargetError
+from harness.lab import BoardEntry, LabState
+from harness.targets.board import BoardLifecycle, BoardSpec, BoardTarget, pinned_host_key
+from harness.targets.ssh import SshClient, SshLost
+from harness.targets.verify import Expect, GuestInfo
+
+REMOTE_ROOT = "/boot/iommufd-harness"
+POLL_S = 2.0
+PANIC_MARK = "Kernel panic - not syncing"
+PANIC_GRACE_S = 20.0
+
+
+class DeployError(HarnessError):
+    """The trial kernel could not be put on the board or did not boot: an
+    infrastructure failure, no verdict."""
+
+    stage = "deploy"
+
+
+@dataclass(frozen=True)
+class TrialKernel:
+    image: Path
+    vmlinux: Path
+    build_id: str
+    dtb: Path | None  # built here; None: the board's firmware dtb (or none)
+
+
+@dataclass
+class Booted:
+    release: str
+    build_id: str | None
+    boot_id: str
+
+
+def spec_of(entry: BoardEntry) -> BoardSpec:
+    return BoardSpec(entry.host, entry.port, entry.user, entry.key.expanduser(), entry.known_hosts.expanduser())
+
+
+def probe(entry: BoardEntry, fetch_config: bool = False, into: Path | None = None) -> dict:
+    """What the board runs and can do, over SSH with its pinned key (an
+    unknown or changed host key is refused here, before anything is built).
+    With ``fetch_config`` its kernel config and loaded modules are saved in
+    ``into`` (board-config, board-lsmod) for the trial kernel's config."""
+    spec = spec_of(entry)
+    c = SshClient(spec.host, spec.port, spec.user, spec.key,
+                  pinned_host_key(spec.known_hosts, spec.host, spec.port), connect_timeout=15.0)
+    try:
+        c.connect()
+    except SshLost as e:
+        raise TargetError(f"board {entry.name} is not reachable: {e.message}",
+                          f"check that it is up (iommufd-harness lab check LAB {entry.name})") from None
+    try:
+        def sh(script: str, timeout: float = 30) -> str:
+            res = c.run(["sh", "-c", script], timeout)
+            return res.text.strip() if res.exit_status == 0 else ""
+
+        notes = c.run(["cat", "/sys/kernel/notes"], 30)
+        facts = {
+            "release": sh("uname -r"), "machine": sh("uname -m"),
+            "build_id": elfinfo.build_id_from_notes(notes.stdout) if notes.exit_status == 0 else None,
+            "boot_id": sh("cat /proc/sys/kernel/random/boot_id"), "cmdline": sh("cat /proc/cmdline"),
+            "kexec": bool(sh("command -v kexec")),
+            "efi": bool(sh("[ -d /sys/firmware/efi ] && echo yes")),
+            "gic_its": bool(sh("grep -qw ITS /proc/interrupts && echo yes")),
+            "firmware_dtb": bool(sh("[ -e /sys/firmware/fdt ] && echo yes")),
+            "uboot_script": bool(sh("ls /boot/boot.scr /boot/boot.ini /boot/extlinux/extlinux.conf "
+                                    "2>/dev/null | head -1")),
+        }
+        if fetch_config:
+            config = c.run(["sh", "-c", "zcat /proc/config.gz 2>/dev/null || cat /boot/config-$(uname -r)"], 60)
+            if config.exit_status != 0 or b"CONFIG_" not in config.stdout:
+                raise DeployError(f"board {entry.name} shows no kernel config (no /proc/config.gz, no "
+                                  f"/boot/config-{facts['release']})",
+                                  "set kernel_config = \"defconfig\" in the lab file, or enable CONFIG_IKCONFIG_PROC")
+            into.mkdir(parents=True, exist_ok=True)
+            (into / "board-config").write_bytes(config.stdout)
+            (into / "board-lsmod").write_text(c.run(["cat", "/proc/modules"], 30).text)
+            facts["config_file"], facts["lsmod_file"] = into / "board-config", into / "board-lsmod"
+    finally:
+        c.close()
+    if entry.boot == "kexec" and not facts["kexec"]:
+        raise DeployError(f"board {entry.name} has no kexec", "install kexec-tools on the board, "
+                          "or use boot = \"oneshot\" in the lab file")
+    return facts
+
+
+class KexecLifecycle(BoardLifecycle):
+    """``boot = "kexec"``: the trial kernel is loaded with the board's dtb
+    and command line and jumped into; teardown reboots into the installed
+    kernel."""
+
+    kind = "board"
+
+    def __init__(self, entry: BoardEntry, files, arch: str, run_dir: Path, expect: Expect, trial: TrialKernel,
+                 state: LabState, run_id: str, extra_cmdline: str = "", lab_path: Path | None = None,
+                 name: str = "board", **kw):
+        super().__init__(spec_of(entry), files, arch, run_dir, expect, trial.build_id, name=name, **kw)
+        self.entry = entry
+        self.trial = trial
+        self.lab_state = state
+        self.remote_dir = f"{REMOTE_ROOT}/{run_id}"
+        self.extra_cmdline = extra_cmdline
+        self.lab_path = lab_path or state.root
+        self.host_key = pinned_host_key(self.spec.known_hosts, self.spec.host, self.spec.port)
+        self.installed: Booted | None = None
+        self.trial_boot: Booted | None = None
+        self.copied = False
+        self.kexeced = False
+        self._console_before = ""
+        self._gunzip: bool | None = None
+
+    # -- SSH ------------------------------------------------------------------------------
+
+    def _client(self) -> SshClient:
+        return SshClient(self.spec.host, self.spec.port, self.spec.user, self.spec.key, self.host_key,
+                         connect_timeout=10.0)
+
+    def _booted(self, c: SshClient) -> Booted:
+        release = c.run(["uname", "-r"], 30).text.strip()
+        notes = c.run(["cat", "/sys/kernel/notes"], 30)
+        bid = elfinfo.build_id_from_notes(notes.stdout) if notes.exit_status == 0 else None
+        boot_id = c.run(["cat", "/proc/sys/kernel/random/boot_id"], 30).text.strip()
+        return Booted(release, bid, boot_id)
+
+    def _wait_booted(self, not_boot_id: str, deadline: float, watch_panic: bool = False) -> Booted | None:
+        """The board answering over SSH with a boot_id other than
+        ``not_boot_id`` (it rebooted), or None at the deadline.  With
+        ``watch_panic`` and a console, a kernel panic there shortens the
+        wait to PANIC_GRACE_S (time for a panic=N reboot)."""
+        t_wait = time.monotonic()
+        while time.monotonic() < deadline:
+            if watch_panic and self.entry.console:
+                if PANIC_MARK in self._console_new():
+                    self.say(f"board {self.entry.name}: the trial kernel panicked (its console, {time.monotonic() - t_wait:.0f} s in); waiting "
+                             f"{PANIC_GRACE_S:.0f} s for it to reboot by itself")
+                    deadline = min(deadline, time.monotonic() + PANIC_GRACE_S)
+                    watch_panic = False
+            c = self._client()
+            try:
+                c.connect()
+                b = self._booted(c)
+                if b.boot_id and b.boot_id != not_boot_id:
+                    return b
+            except SshLost:
+                pass
+            finally:
+                c.close()
+            time.sleep(POLL_S)
+        return None
+
+    def _put(self, c: SshClient, remote: str, local: Path) -> None:
+        """Copy a file to the board, gzip-compressed when the board can
+        unpack it (a kernel image is a third of its size, and SSH is slow on
+        small boards)."""
+        if self._gunzip is None:
+            self._gunzip = c.run(["sh", "-c", "command -v gunzip"], 30).exit_status == 0
+        data = local.read_bytes()
+        if self._gunzip:
+            c.put(remote, gzip.compress(data, 6), 0o644, timeout=600, gzipped=True)
+        else:
+            c.put(remote, data, 0o644, timeout=600)
+
+    def _detach(self, c: SshClient, command: str) -> None:
+        """Start ``command`` on the board so that it outlives this SSH session."""
+        c.run(["sh", "-c", f"setsid sh -c {shlex.quote('sleep 1; ' + command)} </dev/null >/dev/null 2>&1 &"], 30)
+
+    def _console_text(self) -> str:
+        if not self.entry.console:
+            return ""
+        try:
+            res = subprocess.run(self.entry.console, shell=True, capture_output=True, text=True, timeout=30,
+                                 errors="replace")
+        except subprocess.TimeoutExpired:
+            return ""
+        return res.stdout
+
+    def _console_new(self) -> str:
+        """What the console printed since the trial kernel was started."""
+        text = self._console_text()
+        before = self._console_before
+        if before and text.startswith(before):
+            return text[len(before):]
+        if before.strip():
+            last = before.strip().splitlines()[-1]
+            at = text.rfind(last)
+            return text[at + len(last):] if at >= 0 else text
+        return text
+
+    def _console(self, lines: int = 40) -> str:
+        """The board's serial console since the trial kernel was started
+        (all of it in logs/board-console.log), for an error message: around
+        the first panic if there is one, else its end."""
+        text = self._console_new()
+        if not text.strip():
+            return ""
+        log = self.run_dir / "logs" / "board-console.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text(text)
+        rows = text.splitlines()
+        panic = next((i for i, r in enumerate(rows) if "Kernel panic" in r), None)
+        shown = rows[max(0, panic - lines + 10):panic + 10] if panic is not None else rows[-lines:]
+        return (f"\n--- the board's console after kexec ({len(shown)} of {len(rows)} lines, all in {log}) ---\n"
+                + "\n".join(shown))
+
+    # -- deploy -----------------------------------------------------------------------------
+
+    def _boot(self) -> BoardTarget:
+        entry, t0 = self.entry, time.monotonic()
+        self.say(f"board {entry.name}: {entry.user}@{entry.host}:{entry.port} (host key pinned from "
+                 f"{self.spec.known_hosts}), deploying the kernel built here with kexec")
+        c = self._client()
+        c.connect()
+        try:
+            self.installed = self._booted(c)
+            self.guest["installed"] = {"release": self.installed.release, "build_id": self.installed.build_id}
+            if self.installed.build_id == self.trial.build_id:
+                raise DeployError(f"board {entry.name} already runs the trial kernel (build-id "
+                                  f"{self.trial.build_id[:16]}): it is not on its installed kernel",
+                                  f"bring it back (reboot or power cycle), then: iommufd-harness lab check "
+                                  f"{self.lab_path} {entry.name}")
+            if c.run(["sh", "-c", "command -v kexec"], 30).exit_status != 0:
+                raise DeployError(f"board {entry.name} has no kexec", "install kexec-tools on the board, "
+                                  "or use boot = \"oneshot\" in the lab file")
+            cmdline = entry.cmdline if entry.cmdline is not None else \
+                c.run(["cat", "/proc/cmdline"], 30).text.strip()
+            cmdline = " ".join(x for x in (cmdline, self.extra_cmdline) if x)
+            c.run(["mkdir", "-p", self.remote_dir], 30)
+            self.copied = True
+            image = f"{self.remote_dir}/{self.trial.image.name}"
+            self._put(c, image, self.trial.image)
+            argv = ["kexec", "-l", image, f"--append={cmdline}"]
+            if self.trial.dtb is not None:
+                dtb = f"{self.remote_dir}/{self.trial.dtb.name}"
+                self._put(c, dtb, self.trial.dtb)
+                argv.append(f"--dtb={dtb}")
+            if entry.initrd:
+                argv.append(f"--initrd={entry.initrd}")
+            res = c.run(argv, 120)
+            if res.exit_status != 0:
+                raise DeployError(f"kexec could not load the trial kernel on {entry.name}: "
+                                  f"{(res.err_text or res.text).strip()[-800:]}", "see the board's kexec-tools")
+            self.machine["deploy"] = {"method": "kexec", "cmdline": cmdline, "dir": self.remote_dir,
+                                      "copy_s": round(time.monotonic() - t0, 1)}
+            self._console_before = self._console_text()
+            self._detach(c, "kexec -e")
+            self.kexeced = True
+        finally:
+            c.close()
+        self.say(f"board {entry.name}: kexec into the trial kernel (waiting up to {entry.boot_timeout:.0f} s "
+                 "for SSH)")
+        t_kexec = time.monotonic()
+        booted = self._wait_booted(self.installed.boot_id, t_kexec + entry.boot_timeout, watch_panic=True)
+        self.machine["deploy"]["wait_s"] = round(time.monotonic() - t_kexec, 1)
+        if booted is None:
+            raise DeployError(f"deploy failed: the trial kernel did not answer over SSH on {entry.name} "
+                              f"({time.monotonic() - t0:.0f} s after the deploy started; boot_timeout "
+                              f"{entry.boot_timeout:.0f} s)" + self._console(),
+                              "its console says why; the board is brought back to its installed kernel")
+        if booted.build_id != self.trial.build_id:
+            raise DeployError(f"deploy failed: {entry.name} came back running {booted.release} (build-id "
+                              f"{(booted.build_id or 'unknown')[:16]}), not the trial kernel "
+                              f"{self.trial.build_id[:16]}: the trial kernel did not boot (a panic, and the "
+                              "board rebooted?)" + self._console(),
+                              "its console says why; the board is on its installed kernel again")
+        self.trial_boot = booted
+        self.machine["deploy"]["boot_s"] = round(time.monotonic() - t0, 1)
+        self.say(f"board {entry.name}: trial kernel {booted.release} up (build-id {booted.build_id[:16]}) "
+                 f"in {time.monotonic() - t0:.0f} s")
+        return self._setup_target()
+
+    def _setup_target(self) -> BoardTarget:
+        self._board = target = BoardTarget(self.spec, self.run_dir, name=self.name)
+        target.setup(self.files)
+        want = self.expect.hugepages
+        target.run(["sh", "-c", f"[ $(cat /proc/sys/vm/nr_hugepages) -ge {want} ] || "
+                    f"echo {want} > /proc/sys/vm/nr_hugepages"], 60)
+        return target
+
+    def _verified(self, info: GuestInfo) -> None:
+        installed = self.guest.get("installed")
+        self.guest.clear()
+        self.guest.update(kind="board", board=self.entry.name, host=self.spec.host, kernel_release=info.kernel_release,
+                          build_id=info.build_id, hugepages=info.hugepages, iommus=list(info.iommus), cpus=info.cpus,
+                          built_kernel_booted=info.build_id == self.trial.build_id, installed=installed)
+        self.say(f"board up: {info.kernel_release}, IOMMUs: {', '.join(info.iommus) or 'none'}, "
+                 f"{info.hugepages} huge pages")
+
+    def _reboot(self) -> BoardTarget:
+        """After a crash in the tests: back to the installed kernel, then
+        the trial kernel again."""
+        if self._board is not None:
+            self._board.close()
+            self._board = None
+        self._return()
+        self.kexeced = False
+        return self._boot()
+
+    # -- return -----------------------------------------------------------------------------
+
+    def _teardown(self) -> None:
+        try:
+            if self._board is not None:
+                self._board.close()
+        except HarnessError:
+            pass
+        finally:
+            self._board = None
+        if self.installed is None:
+            return  # never reached the board
+        self._return()
+
+    def _power_cycle(self) -> bool:
+        if not self.entry.power_cycle:
+            return False
+        self.say(f"board {self.entry.name}: power cycle ({self.entry.power_cycle})")
+        try:
+            res = subprocess.run(self.entry.power_cycle, shell=True, capture_output=True, text=True, timeout=120)
+        except subprocess.TimeoutExpired:
+            return False
+        return res.returncode == 0
+
+    def _return(self) -> None:
+        """Back to the installed kernel, checked by its build-id; the trial
+        files removed.  A board that does not come back is quarantined."""
+        entry, inst = self.entry, self.installed
+        t0 = time.monotonic()
+        how = "already there"
+        back = None
+        if self.kexeced:
+            seen = self.trial_boot.boot_id if self.trial_boot else inst.boot_id
+            c = self._client()
+            try:
+                c.connect()
+                now = self._booted(c)
+                if now.build_id == inst.build_id and now.boot_id != seen:
+                    back = now  # the trial kernel died and the board rebooted by itself
+                    how = "rebooted by itself"
+                else:
+                    seen = now.boot_id
+                    self._detach(c, entry.reboot)
+                    how = "reboot"
+            except SshLost:
+                how = "power cycle"  # not answering: the trial kernel hangs
+            finally:
+                c.close()
+            if back is None and how == "reboot":
+                back = self._wait_booted(seen, time.monotonic() + entry.boot_timeout)
+                if back is None:
+                    how = "power cycle"
+            if back is None and self._power_cycle():
+                back = self._wait_booted(seen, time.monotonic() + entry.boot_timeout)
+            elif back is None:
+                how = "no power cycle command" if not entry.power_cycle else "power cycle failed"
+        else:
+            c = self._client()
+            try:
+                c.connect()
+                back = self._booted(c)
+            except SshLost:
+                back = None
+            finally:
+                c.close()
+        ok = back is not None and back.build_id == inst.build_id
+        self.machine["return"] = {"how": how, "ok": ok, "seconds": round(time.monotonic() - t0, 1),
+                                  "release": back.release if back else None}
+        if not ok:
+            why = (f"came back as {back.release} (build-id {(back.build_id or 'unknown')[:16]})" if back else
+                   f"did not answer within {entry.boot_timeout:.0f} s ({how})")
+            reason = f"did not return to its installed kernel {inst.release}: {why}"
+            self.lab_state.quarantine(entry.name, reason)
+            raise DeployError(f"board {entry.name} {reason}; it is quarantined" + self._console(),
+                              f"bring it back by hand, then: iommufd-harness lab release {self.lab_path} "
+                              f"{entry.name}")
+        if self.kexeced:
+            self.say(f"board {entry.name}: back on its installed kernel {back.release} ({how}, "
+                     f"{time.monotonic() - t0:.0f} s)")
+        self.kexeced = False
+        if self.copied:
+            c = self._client()
+            try:
+                c.connect()
+                c.run(["rm", "-rf", self.remote_dir], 60)
+                self.copied = False
+            except SshLost:
+                pass
+            finally:
+                c.close()
+
+    def ssh_command(self) -> str:
+        return f"ssh -p {self.spec.port} -i {self.spec.key} {self.spec.user}@{self.spec.host}"

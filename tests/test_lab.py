@@ -1,0 +1,207 @@
+"""The lab file and the lab's shared state: what a lab maintainer writes is
+checked with messages that name the board and the key, a board's lock
+names its holder and expires when the holder dies, quarantine blocks runs
+until released."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import time
+from pathlib import Path
+
+import pytest
+
+from harness import cli, lab, qemuboard
+from harness.errors import InputError
+
+LAB = """
+[boards.m1]
+host = "odroid-m1.lab"
+key = "keys/lab"
+known_hosts = "known_hosts"
+arch = "arm64"
+dtb = "rockchip/rk3568-odroid-m1.dtb"
+power_cycle = "pdu 4 cycle"
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "lab.toml"
+    p.write_text(text)
+    return p
+
+
+def test_a_board_entry_with_defaults_and_paths_relative_to_the_lab_file(tmp_path):
+    the_lab = lab.load(write(tmp_path, LAB))
+    b = the_lab.board("m1")
+    assert (b.host, b.port, b.user, b.arch) == ("odroid-m1.lab", 22, "root", "arm64")
+    assert b.boot == "kexec" and b.kernel_config == "running" and b.profile == "board-arm64"
+    assert b.key == tmp_path / "keys/lab" and b.known_hosts == tmp_path / "known_hosts"
+    assert b.dtb == "rockchip/rk3568-odroid-m1.dtb" and b.power_cycle == "pdu 4 cycle" and b.console is None
+    assert the_lab.state == tmp_path / "lab.state"
+
+
+@pytest.mark.parametrize("change, words", [
+    ('boot = "tftp"', ["board m1", "boot", "kexec, oneshot, installed"]),
+    ('kernel_config = "allyes"', ["kernel_config", "running, defconfig, profile"]),
+    ('arch = "riscv"', ["arch 'riscv'"]),
+    ('colour = "red"', ["unknown key", "colour"]),
+    ('port = "ssh"', ["board m1"]),
+])
+def test_a_bad_entry_names_the_board_and_the_key(tmp_path, change, words):
+    text = LAB.replace('arch = "arm64"', 'arch = "arm64"\n' + change) if "arch" not in change \
+        else LAB.replace('arch = "arm64"', change)
+    with pytest.raises(InputError) as e:
+        lab.load(write(tmp_path, text))
+    for w in words:
+        assert w in e.value.message
+    assert str(tmp_path / "lab.toml") in e.value.message
+
+
+def test_a_missing_key_and_an_unknown_board_are_named(tmp_path):
+    with pytest.raises(InputError, match="'known_hosts' is missing"):
+        lab.load(write(tmp_path, LAB.replace('known_hosts = "known_hosts"\n', "")))
+    with pytest.raises(InputError) as e:
+        lab.load(write(tmp_path, LAB)).board("n2")
+    assert "no board 'n2'" in e.value.message and "m1" in e.value.hint
+
+
+def test_a_lock_names_its_holder_and_a_second_run_is_refused(tmp_path):
+    state = lab.LabState(tmp_path / "state")
+    with lab.BoardLock(state, "m1", "run one"):
+        held = state.lock_info("m1")
+        assert held["holder"] == lab.holder_name() and held["what"] == "run one"
+        with pytest.raises(lab.LabError) as e:
+            with lab.BoardLock(state, "m1", "run two"):
+                pass
+        assert "locked by" in e.value.message and lab.holder_name() in e.value.message
+        assert "run one" in e.value.message and "lab release" in e.value.hint
+    assert state.lock_info("m1") is None  # released on exit
+
+
+def test_a_lock_is_released_when_the_run_fails(tmp_path):
+    state = lab.LabState(tmp_path / "state")
+    with pytest.raises(RuntimeError):
+        with lab.BoardLock(state, "m1", "run"):
+            raise RuntimeError("the run broke")
+    assert state.lock_info("m1") is None
+
+
+def test_a_waiting_run_gets_the_board_when_the_holder_ends(tmp_path):
+    state = lab.LabState(tmp_path / "state")
+    first = lab.BoardLock(state, "m1", "first")
+    first.__enter__()
+    said = []
+    t0 = time.monotonic()
+    import threading
+    threading.Timer(0.5, first.__exit__, (None, None, None)).start()
+    with lab.BoardLock(state, "m1", "second", wait=10, say=said.append):
+        assert state.lock_info("m1")["what"] == "second"
+    assert time.monotonic() - t0 < 8
+    assert said and "waiting" in said[0] and "first" in said[0]
+
+
+def _hold_and_die(root: str) -> None:
+    lock = lab.BoardLock(lab.LabState(Path(root)), "m1", "dies", lease=1.0)
+    lock.__enter__()
+    import os
+    os._exit(0)  # no release, no renewal: a holder that died
+
+
+def test_the_lock_of_a_holder_that_died_expires(tmp_path):
+    p = multiprocessing.get_context("fork").Process(target=_hold_and_die, args=(str(tmp_path / "state"),))
+    p.start()
+    p.join(10)
+    state = lab.LabState(tmp_path / "state")
+    assert state.lock_info("m1") is not None and state.lock_info("m1")["what"] == "dies"
+    time.sleep(1.2)
+    assert state.lock_info("m1") is None
+    with lab.BoardLock(state, "m1", "next"):
+        pass
+
+
+def test_a_live_lock_is_renewed_past_its_lease(tmp_path):
+    state = lab.LabState(tmp_path / "state")
+    with lab.BoardLock(state, "m1", "long run", lease=0.8):
+        time.sleep(1.6)
+        assert state.lock_info("m1") is not None
+
+
+def test_quarantine_refuses_runs_until_released(tmp_path):
+    state = lab.LabState(tmp_path / "state")
+    state.quarantine("m1", "did not return to its installed kernel")
+    with pytest.raises(lab.LabError) as e:
+        with lab.BoardLock(state, "m1", "run"):
+            pass
+    assert "quarantined" in e.value.message and "did not return" in e.value.message
+    assert "lab release" in e.value.hint
+    assert state.release("m1") == ["quarantine ended"]
+    with lab.BoardLock(state, "m1", "run"):
+        pass
+
+
+def test_lab_release_on_the_command_line(tmp_path, capsys):
+    path = write(tmp_path, LAB)
+    lab.LabState(tmp_path / "lab.state").quarantine("m1", "gone")
+    assert cli.main(["lab", "release", str(path), "m1"]) == 0
+    assert "quarantine ended" in capsys.readouterr().out
+    assert lab.LabState(tmp_path / "lab.state").quarantined("m1") is None
+    assert cli.main(["lab", "release", str(path), "zz"]) == 2
+
+
+def test_lab_check_says_unreachable_without_a_traceback(tmp_path, capsys):
+    (tmp_path / "known_hosts").write_text("")
+    (tmp_path / "keys").mkdir()
+    from harness.stages.image import make_keys
+    keys = make_keys(tmp_path / "k")
+    (tmp_path / "keys/lab").write_bytes(keys.client_private.read_bytes())
+    path = write(tmp_path, LAB.replace('host = "odroid-m1.lab"', 'host = "127.0.0.1"\nport = 9'))
+    assert cli.main(["lab", "check", str(path)]) == 2
+    out = capsys.readouterr().out
+    assert "m1: root@127.0.0.1:9" in out and "reachable: no" in out and "no host key" in out
+
+
+def test_run_on_a_lab_board_needs_its_name(tmp_path, capsys):
+    path = write(tmp_path, LAB)
+    assert cli.main(["run", "--lab", str(path), "--work", str(tmp_path / "w")]) == 2
+    assert "--lab needs --board NAME" in capsys.readouterr().err
+
+
+def test_the_qemu_board_lab_file_is_a_valid_lab(tmp_path):
+    info = {"port": 2222, "arch": "arm64", "installed": {"initrd": "/boot/initrd.img-6.1.0-57-arm64"}}
+    (tmp_path / "lab.toml").write_text(qemuboard.lab_toml(tmp_path, info))
+    b = lab.load(tmp_path / "lab.toml").board("qemu-board")
+    assert (b.host, b.port, b.boot, b.dtb, b.kernel_config) == ("127.0.0.1", 2222, "kexec", "firmware", "profile")
+    assert "qemu-board reset" in b.power_cycle and "qemu-board console" in b.console
+
+
+def test_the_qemu_board_modules_come_with_their_dependencies(tmp_path):
+    """Each module after what it depends on (from .modinfo), built-in ones
+    skipped, a missing one named."""
+    from elftools.elf.elffile import ELFFile  # noqa: F401  (pyelftools reads what the build writes)
+    import subprocess
+    import shutil
+    cc = shutil.which("gcc")
+    if cc is None:
+        pytest.skip("no gcc")
+    mods = tmp_path / "lib/modules/6.1.0-test"
+    for name, deps in (("virtio_net", "net_failover"), ("net_failover", "failover"), ("failover", ""),
+                       ("nls-cp437", "")):
+        src = tmp_path / f"{name}.c"
+        src.write_text(f'__attribute__((section(".modinfo"))) const char m[] = "depends={deps}";\n')
+        sub = mods / "kernel/drivers" / name
+        sub.mkdir(parents=True)
+        subprocess.run([cc, "-c", str(src), "-o", str(sub / f"{name}.ko")], check=True)
+    (mods / "modules.builtin").write_text("kernel/drivers/virtio/virtio_ring.ko\n")
+    order = [p.name for p in qemuboard.module_closure(mods, ["virtio_net", "virtio_ring", "nls_cp437"])]
+    assert order == ["failover.ko", "net_failover.ko", "virtio_net.ko", "nls-cp437.ko"]
+    with pytest.raises(Exception, match="module vfat"):
+        qemuboard.module_closure(mods, ["vfat"])
+
+
+def test_board_json_round_trip(tmp_path):
+    with pytest.raises(InputError, match="holds no QEMU board"):
+        qemuboard.load(tmp_path)
+    (tmp_path / "board.json").write_text(json.dumps({"port": 1}))
+    assert qemuboard.load(tmp_path)["port"] == 1
