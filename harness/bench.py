@@ -17,6 +17,12 @@ For each profile and kernel (the default one and every ``--debug`` one):
   the same incremental ``make`` run directly plus the bare boot and tests;
 - compare-base (``--compare-base``): ``run --compare-base --patches P``
   with the base cached, against the same ``run --patches P`` without it;
+- lab board (``--lab-board``): on the QEMU lab board, ``run --lab`` on
+  the arm64 kernel (deploy + trial boot + verify, the suite, the return),
+  against the same kexec done by hand over SSH (copy, ``kexec -l``,
+  ``kexec -e``, SSH again) and a plain reboot of the installed kernel;
+  and a trial kernel that hangs (detected and power cycled back) against
+  its budget: twice the normal trial boot plus a power cycle to SSH;
 - cold build (``--cold``): ``iommufd-harness build`` in an empty work dir,
   against ``make`` of the kernel image with the same .config in an empty
   build directory, ccache off.
@@ -60,12 +66,14 @@ class Figure:
     what: str
     harness: list[float] = field(default_factory=list)
     floor: list[float] = field(default_factory=list)
+    extra: dict = field(default_factory=dict)  # e.g. the objects a cold build compiled
 
     def row(self) -> dict:
         h = statistics.median(self.harness) if self.harness else None
         f = statistics.median(self.floor) if self.floor else None
         return {"what": self.what, "harness_s": h, "floor_s": f, "ratio": h / f if h and f else None,
-                "runs": len(self.harness), "harness_runs_s": self.harness, "floor_runs_s": self.floor}
+                "runs": len(self.harness), "harness_runs_s": self.harness, "floor_runs_s": self.floor,
+                **self.extra}
 
 
 def harness_argv(*args: str | Path) -> list[str]:
@@ -197,6 +205,8 @@ def cold_build(work: Path, profile: str, debug: tuple[str, ...], repeat: int, tm
         if code != 0:
             raise HarnessError(f"bench: the direct cold make failed (exit {code})")
         fig.floor.append(elapsed)
+        # what the guest kernel's config makes kbuild compile
+        fig.extra["objects"] = sum(1 for _ in out.rglob("*.o"))
         shutil.rmtree(out, ignore_errors=True)
     return fig
 
@@ -361,6 +371,114 @@ def compare_base_runs(work: Path, profile: str, debug: tuple[str, ...], suite: s
     return fig
 
 
+def lab_board_runs(work: Path, suite: str, repeat: int, tmp: Path) -> list[Figure]:
+    """The QEMU lab board: the harness's deploy, boot, verify and return
+    against the same steps by hand, and a hanging trial kernel's rollback
+    against its budget."""
+    from harness import lab, qemuboard
+    from harness.targets.board import pinned_host_key
+    from harness.targets.ssh import SshClient
+
+    dest = tmp / "qemu-board"
+    qemuboard.create(dest, WorkDir(work))
+    board = proc.spawn(harness_argv("qemu-board", "start", dest), LOG)
+    entry = lab.load(dest / "lab.toml").board("qemu-board")
+    key = pinned_host_key(entry.known_hosts, entry.host, entry.port)
+
+    def wait_ssh(not_boot_id: str, limit: float = 300) -> tuple[float, str]:
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < limit:
+            c = SshClient(entry.host, entry.port, entry.user, entry.key, key, connect_timeout=10)
+            try:
+                c.connect()
+                bid = c.run(["cat", "/proc/sys/kernel/random/boot_id"], 30).text.strip()
+                if bid and bid != not_boot_id:
+                    return time.monotonic() - t0, bid
+            except HarnessError:
+                pass
+            finally:
+                c.close()
+            time.sleep(1)
+        raise HarnessError("bench: the QEMU lab board did not answer over SSH", log=str(dest / "console.log"))
+
+    def ssh(script: str, timeout: float = 120):
+        c = SshClient(entry.host, entry.port, entry.user, entry.key, key)
+        c.connect()
+        try:
+            return c.run(["sh", "-c", script], timeout)
+        finally:
+            c.close()
+
+    run = Figure(f"lab board: run {suite} (deploy..return)")
+    deployed = Figure("lab board: deploy + trial boot")
+    back = Figure("lab board: return to installed")
+    hang = Figure("lab board: hanging kernel rolled back (budget)")
+    try:
+        _, boot_id = wait_ssh("")
+        k = prepare(work, "arm64-smmuv3", (), [])
+        image = k.build_dir / "arch/arm64/boot/Image"
+        initrd = json.loads((dest / "board.json").read_text())["installed"]["initrd"]
+        trial_boots = []
+        for i in range(repeat):
+            res = tmp / f"lab-{i}"
+            elapsed, code = timed(harness_argv("run", "--quiet", "--work", work, "--lab", dest / "lab.toml",
+                                               "--board", "qemu-board", "--suite", suite, "--results", res))
+            data = results_of(res)
+            if code != 0:
+                raise HarnessError(f"bench: the lab board run did not pass (exit {code}): {data.get('errors')}",
+                                   log=str(res))
+            run.harness.append(elapsed)
+            deployed.harness.append(data["stages"]["boot"])
+            back.harness.append(data["qemu"]["return"]["seconds"])
+            trial_boots.append(data["qemu"]["deploy"]["wait_s"])
+            # the floor: the same kexec by hand, then a plain reboot of the installed kernel
+            t0 = time.monotonic()
+            c = SshClient(entry.host, entry.port, entry.user, entry.key, key)
+            c.connect()
+            c.run(["mkdir", "-p", "/boot/bench"], 30)
+            c.put("/boot/bench/Image", image.read_bytes(), 0o644, timeout=600)
+            boot_id = c.run(["cat", "/proc/sys/kernel/random/boot_id"], 30).text.strip()
+            c.run(["sh", "-c", f'kexec -l /boot/bench/Image --initrd={initrd} --append="$(cat /proc/cmdline)" && '
+                               "(setsid sh -c 'sleep 1; kexec -e' </dev/null >/dev/null 2>&1 &)"], 120)
+            c.close()
+            _, boot_id = wait_ssh(boot_id)
+            deployed.floor.append(time.monotonic() - t0)
+            t0 = time.monotonic()
+            ssh("(setsid sh -c 'sleep 1; reboot -f' </dev/null >/dev/null 2>&1 &)")
+            _, boot_id = wait_ssh(boot_id)
+            back.floor.append(time.monotonic() - t0)
+            t0 = time.monotonic()
+            ssh("(setsid sh -c 'sleep 1; reboot -f' </dev/null >/dev/null 2>&1 &)")
+            _, boot_id = wait_ssh(boot_id)
+            reboot_s = time.monotonic() - t0
+            run.floor.append(deployed.floor[-1] + data["stages"].get("run", 0.0) + reboot_s)
+            ssh("rm -rf /boot/bench")
+        normal = statistics.median(trial_boots)
+        for i in range(repeat):
+            res = tmp / f"lab-hang-{i}"
+            timed(harness_argv("run", "--quiet", "--work", work, "--lab", dest / "lab.toml", "--board",
+                               "qemu-board", "--suite", suite, "--results", res,
+                               "--cmdline", "panic=0 rdinit=/nonexistent init=/nonexistent"))
+            data = results_of(res)
+            if not data.get("qemu", {}).get("return", {}).get("ok"):
+                raise HarnessError(f"bench: the hanging trial kernel was not rolled back: {data.get('errors')}",
+                                   log=str(res))
+            hang.harness.append(data["qemu"]["deploy"]["wait_s"] + data["qemu"]["return"]["seconds"])
+            # the budget: twice the normal trial boot, plus a power cycle to SSH
+            boot_id = ssh("cat /proc/sys/kernel/random/boot_id").text.strip()
+            t0 = time.monotonic()
+            qemuboard.reset(dest)
+            wait_ssh(boot_id)
+            hang.floor.append(2 * normal + time.monotonic() - t0)
+    finally:
+        board.terminate()
+        try:
+            board.wait(60)
+        except Exception:
+            board.kill()
+    return [run, deployed, back, hang]
+
+
 def fmt(v: float | None, unit: str = " s") -> str:
     return "-" if v is None else f"{v:.1f}{unit}"
 
@@ -379,6 +497,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--edit", action="store_true",
                     help="also time the edit -> verdict loop on a --kernel-src tree against make + a bare boot "
                          "(default kernel, first suite)")
+    ap.add_argument("--lab-board", action="store_true",
+                    help="also time a run on the QEMU lab board (kexec deploy, trial boot, return) against the "
+                         "same steps by hand, and a hanging trial kernel's rollback against its budget")
     ap.add_argument("--compare-base", action="store_true",
                     help="also time run --compare-base with a cached base against the same run without it "
                          "(default kernel, first suite)")
@@ -411,11 +532,14 @@ def main(argv: list[str] | None = None) -> int:
                 if args.compare_base and not debug:
                     figs.append(compare_base_runs(work, profile, debug, (args.suite or ["access"])[0], args.repeat,
                                                   tmp))
+                if args.lab_board and not debug and profile == (args.profile or ["x86_64-vtd"])[0]:
+                    figs += lab_board_runs(work, (args.suite or ["access"])[0], args.repeat, tmp)
                 for fig in figs:
                     row = {"kernel": label, **fig.row()}
                     rows.append(row)
                     print(f"{label:32} {row['what']:24} harness {fmt(row['harness_s']):>8}  floor "
-                          f"{fmt(row['floor_s']):>8}  ratio {fmt(row['ratio'], 'x'):>6}  ({row['runs']} runs)",
+                          f"{fmt(row['floor_s']):>8}  ratio {fmt(row['ratio'], 'x'):>6}  ({row['runs']} runs"
+                          + (f", {row['objects']} objects" if "objects" in row else "") + ")",
                           flush=True)
     except HarnessError as e:
         print(e.render() + f"\n(every command's output: {LOG})", file=sys.stderr)

@@ -75,6 +75,24 @@ def _common(p: argparse.ArgumentParser, tests: bool = True) -> None:
                        help="wall-clock limit per test, enforced by the harness (default: the suite's)")
 
 
+def _board_args(p: argparse.ArgumentParser) -> None:
+    """A real board instead of a VM (run; build and config build its kernel)."""
+    g = p.add_argument_group("real board (instead of a VM)")
+    g.add_argument("--lab", type=Path, metavar="LAB.toml",
+                   help="the lab file describing --board NAME: the kernel built here is deployed to the board, "
+                        "booted once (kexec), verified by its build-id, tested; the board goes back to its "
+                        "installed kernel afterwards")
+    g.add_argument("--lock-wait", type=float, default=0.0, metavar="S",
+                   help="wait up to S seconds for a lab board another run holds (default: refuse at once)")
+    g.add_argument("--board", metavar="NAME|USER@HOST[:PORT]",
+                   help="with --lab, a board of the lab; without, run the tests on this board over SSH (it keeps "
+                        "its own kernel); use a board profile")
+    g.add_argument("--board-key", type=Path, default=Path("~/.ssh/id_ed25519"), metavar="KEY",
+                   help="SSH private key for the board (default ~/.ssh/id_ed25519)")
+    g.add_argument("--known-hosts", type=Path, default=Path("~/.ssh/known_hosts"), metavar="FILE",
+                   help="known_hosts holding the board's host key; a missing or changed key is refused")
+
+
 def _machine(p: argparse.ArgumentParser, g=None) -> None:
     """How the target is run, and where the work goes (every subcommand that boots)."""
     g = g or p.add_argument_group("machine")
@@ -114,20 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "then with it; the verdict is what the series changed")
     p.add_argument("--profiles", metavar="A,B,...",
                    help="run on several profiles, one after the other, and print a profile x suite matrix")
-    g = p.add_argument_group("real board (instead of a VM)")
-    g.add_argument("--lab", type=Path, metavar="LAB.toml",
-                   help="the lab file describing --board NAME: the kernel built here is deployed to the board, "
-                        "booted once (kexec), verified by its build-id, tested; the board goes back to its "
-                        "installed kernel afterwards")
-    g.add_argument("--lock-wait", type=float, default=0.0, metavar="S",
-                   help="wait up to S seconds for a lab board another run holds (default: refuse at once)")
-    g.add_argument("--board", metavar="NAME|USER@HOST[:PORT]",
-                   help="with --lab, a board of the lab; without, run the tests on this board over SSH (it keeps "
-                        "its own kernel); use a board profile")
-    g.add_argument("--board-key", type=Path, default=Path("~/.ssh/id_ed25519"), metavar="KEY",
-                   help="SSH private key for the board (default ~/.ssh/id_ed25519)")
-    g.add_argument("--known-hosts", type=Path, default=Path("~/.ssh/known_hosts"), metavar="FILE",
-                   help="known_hosts holding the board's host key; a missing or changed key is refused")
+    _board_args(p)
     p.add_argument("--keep-vm", action="store_true",
                    help="after the tests, keep the VM running and print how to SSH in (Ctrl-C ends it)")
     p.set_defaults(func=cmd_run)
@@ -156,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("build", help="patch, configure and build the kernel and the selftests")
     _common(p, tests=False)
+    _board_args(p)
     p.set_defaults(func=cmd_build)
 
     p = sub.add_parser("boot", help="build, boot the VM and print how to SSH into it (Ctrl-C ends it)")
@@ -164,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("config", help="only patch and configure; show symbols, or explain why one has its value")
     _common(p, tests=False)
+    _board_args(p)
     p.add_argument("--arch", choices=arches.available(),
                    help="configure the guest kernel of this architecture (its first profile)")
     p.add_argument("--show", action="append", default=[], metavar="GLOB",

@@ -318,7 +318,9 @@ def prepare(opts: Options, ui: Ui, until: str = "build") -> Prepared:
     """The build side of the pipeline alone (source .. build, or .. config)."""
     work = WorkDir(opts.work).prepare()
     with WorkLock(work):
-        return Pipeline(opts, ui, new_record(opts), work.root / "logs").prepare(until=until)
+        pipe = Pipeline(opts, ui, new_record(opts), work.root / "logs")
+        with pipe.lab_board(f"{until} only"):  # a lab board's own config needs the board
+            return pipe.prepare(until=until)
 
 
 def boot(opts: Options, ui: Ui) -> int:

@@ -189,6 +189,8 @@ def create(dest: Path, work: WorkDir, recipe: BoardRecipe | None = None, port: i
                 f"    initrd /initrd.img-{release}\n    append {recipe.cmdline}\n")
     _fat_disk(dest / "disk.img", int(recipe.machine.get("disk_mib", 256)),
               {f"vmlinuz-{release}": vmlinuz[-1].read_bytes(), f"initrd.img-{release}": initrd.read_bytes(),
+               # as Debian installs it: a board's own config (lab kernel_config = "running")
+               f"config-{release}": (kroot / "boot" / f"config-{release}").read_bytes(),
                "extlinux/extlinux.conf": extlinux.encode()}, log)
     initrd.unlink()
     info = {"recipe": recipe.userland.name, "arch": recipe.arch, "port": port, "installed": {
@@ -253,7 +255,9 @@ def start(dest: Path) -> int:
     argv = command_line(dest, info)
     (dest / "qmp.sock").unlink(missing_ok=True)
     with open(dest / "qemu.log", "ab") as log:
-        p = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        # QEMU dies with this process (PR_SET_PDEATHSIG), even when it is killed
+        p = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                             preexec_fn=proc._pdeathsig)
     (dest / "qemu.pid").write_text(f"{p.pid}\n")
 
     def stop(signum, frame):

@@ -179,7 +179,6 @@ def test_the_qemu_board_lab_file_is_a_valid_lab(tmp_path):
 def test_the_qemu_board_modules_come_with_their_dependencies(tmp_path):
     """Each module after what it depends on (from .modinfo), built-in ones
     skipped, a missing one named."""
-    from elftools.elf.elffile import ELFFile  # noqa: F401  (pyelftools reads what the build writes)
     import subprocess
     import shutil
     cc = shutil.which("gcc")

@@ -1,0 +1,274 @@
+"""End to end on a lab board without hardware: the QEMU lab board
+(qemu-images/qemu-board-arm64: Debian's U-Boot, Debian's arm64 kernel as
+the installed kernel, sshd and kexec-tools, QMP system_reset as its power
+cycle).  The harness deploys the arm64 kernel it built, boots it once with
+kexec, proves it runs it, tests, and brings the board back; every case
+ends with the board on its installed kernel, nothing of the run left on
+it, and no lock held.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from harness import lab
+from harness.targets import deploy
+
+from expected import listed_tests  # tests/e2e/expected.py
+
+REPO = Path(__file__).resolve().parents[2]
+WORK = Path(os.environ.get("IOMMUFD_HARNESS_WORK", REPO / "work"))
+
+pytestmark = pytest.mark.slow
+
+
+def harness(*argv: str, timeout: float = 3600) -> subprocess.CompletedProcess:
+    res = subprocess.run([sys.executable, "-m", "harness", *argv], cwd=REPO, capture_output=True, text=True,
+                         timeout=timeout)
+    sys.stdout.write(res.stdout[-20000:])
+    sys.stderr.write(res.stderr[-20000:])
+    return res
+
+
+class Board:
+    def __init__(self, dest: Path, proc: subprocess.Popen):
+        self.dest, self.proc = dest, proc
+        self.lab_text = (dest / "lab.toml").read_text()
+        self.installed: dict = {}
+
+    def lab_file(self, where: Path, **changes: str) -> Path:
+        """The board's lab file with some keys changed (TOML values)."""
+        lines = []
+        for line in self.lab_text.splitlines():
+            key = line.split("=", 1)[0].strip()
+            if key in changes:
+                continue
+            lines.append(line)
+        lines += [f"{k} = {v}" for k, v in changes.items()]
+        where.mkdir(parents=True, exist_ok=True)
+        path = where / "lab.toml"
+        path.write_text("\n".join(lines) + "\n")
+        return path
+
+    def entry(self) -> lab.BoardEntry:
+        return lab.load(self.dest / "lab.toml").board("qemu-board")
+
+    def facts(self) -> dict:
+        return deploy.probe(self.entry())
+
+    def ssh(self, script: str) -> str:
+        from harness.targets.board import pinned_host_key
+        from harness.targets.ssh import SshClient
+
+        e = self.entry()
+        c = SshClient(e.host, e.port, e.user, e.key, pinned_host_key(e.known_hosts, e.host, e.port))
+        c.connect()
+        try:
+            return c.run(["sh", "-c", script], 60).text
+        finally:
+            c.close()
+
+    def assert_back_home(self, lab_path: Path) -> None:
+        """On its installed kernel, nothing of a run left on it, no lock."""
+        f = self.facts()
+        assert (f["release"], f["build_id"]) == (self.installed["release"], self.installed["build_id"])
+        assert self.ssh("ls /boot/iommufd-harness 2>/dev/null").split() == []
+        assert lab.LabState(lab.load(lab_path).state).lock_info("qemu-board") is None
+
+
+@pytest.fixture(scope="module")
+def board(tmp_path_factory):
+    dest = tmp_path_factory.mktemp("qemu-board")
+    res = harness("qemu-board", "create", str(dest), "--work", str(WORK), timeout=900)
+    assert res.returncode == 0, res.stderr
+    proc = subprocess.Popen([sys.executable, "-m", "harness", "qemu-board", "start", str(dest)], cwd=REPO,
+                            start_new_session=True)
+    b = Board(dest, proc)
+    deadline = time.monotonic() + 300
+    while True:
+        try:
+            f = b.facts()
+            break
+        except Exception:
+            assert time.monotonic() < deadline and proc.poll() is None, \
+                "the QEMU board did not come up:\n" + (dest / "console.log").read_text()[-3000:]
+            time.sleep(3)
+    b.installed = {"release": f["release"], "build_id": f["build_id"]}
+    assert f["machine"] == "aarch64" and f["kexec"] and f["build_id"]
+    yield b
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(60)
+    pid = (dest / "qemu.pid")
+    assert not pid.exists(), "the board's QEMU was left running"
+
+
+def test_lab_check_reports_the_installed_kernel_and_boot_methods(board):
+    res = harness("lab", "check", str(board.dest / "lab.toml"))
+    assert res.returncode == 0, res.stdout
+    out = res.stdout
+    assert "reachable: yes" in out and f"kernel: {board.installed['release']} (aarch64)" in out
+    assert board.installed["build_id"] in out
+    assert "boot methods: installed, kexec" in out and "locked: no" in out and "quarantined: no" in out
+
+
+def test_an_unknown_or_changed_host_key_is_refused_before_anything_is_built(board, tmp_path):
+    empty = tmp_path / "empty_known_hosts"
+    empty.write_text("")
+    other = tmp_path / "other_known_hosts"
+    port = board.entry().port
+    from harness.stages.image import make_keys
+    other.write_text(f"[127.0.0.1]:{port} {make_keys(tmp_path / 'k').host_public}\n")
+    for known, words in ((empty, "has no host key"), (other, "does not match the pinned key")):
+        path = board.lab_file(tmp_path / f"lab-{known.name}", known_hosts=f'"{known}"')
+        t0 = time.monotonic()
+        res = harness("run", "--lab", str(path), "--board", "qemu-board", "--work", str(WORK),
+                      "--results", str(tmp_path / f"r-{known.name}"), "--suite", "access", timeout=300)
+        assert res.returncode == 2
+        data = json.loads((tmp_path / f"r-{known.name}" / "results.json").read_text())
+        assert words in data["errors"][0] and data["verdict"] == "error"
+        assert "build" not in data["stages"] and time.monotonic() - t0 < 60
+        board.assert_back_home(path)
+
+
+def test_a_dtb_the_tree_lacks_is_refused_before_the_build(board, tmp_path):
+    path = board.lab_file(tmp_path, dtb='"rockchip/rk3568-odroid-nonexistent.dtb"')
+    res = harness("run", "--lab", str(path), "--board", "qemu-board", "--work", str(WORK),
+                  "--results", str(tmp_path / "r"), "--suite", "access", timeout=600)
+    assert res.returncode == 2
+    data = json.loads((tmp_path / "r" / "results.json").read_text())
+    assert "rk3568-odroid-nonexistent.dtb" in data["errors"][0] and "not in this tree" in data["errors"][0]
+    assert "build" not in data["stages"] and "boot" not in data["stages"]
+    board.assert_back_home(path)
+
+
+def test_a_board_kernel_from_its_running_config_builds_in_what_it_loaded(board, tmp_path):
+    """kernel_config = "running": the board's own config (Debian's, from
+    /boot/config-<release>) with every module it has loaded built in, the
+    iommufd fragments and a release of its own; configured only (a build of
+    Debian's config is long)."""
+    path = board.lab_file(tmp_path, kernel_config='"running"')
+    res = harness("config", "--lab", str(path), "--board", "qemu-board", "--work", str(WORK),
+                  "--show", "VIRTIO_NET", "--show", "VIRTIO_BLK", "--show", "VFAT_FS", "--show", "IOMMUFD_TEST",
+                  "--show", "LOCALVERSION", timeout=900)
+    assert res.returncode == 0, res.stderr
+    out = res.stdout
+    for line in ("CONFIG_VIRTIO_NET=y", "CONFIG_VIRTIO_BLK=y", "CONFIG_VFAT_FS=y", "CONFIG_IOMMUFD_TEST=y",
+                 'CONFIG_LOCALVERSION="-iommufd-harness"'):
+        assert line in out, out
+    assert "build/arm64+board-qemu-board/.config" in out  # a build dir of its own, not the VM's
+    loaded = board.ssh("cut -d' ' -f1 /proc/modules").split()
+    assert "virtio_net" in loaded and "vfat" in loaded
+    board.assert_back_home(path)
+
+
+def test_a_board_another_run_holds_is_refused_with_the_holder_named(board, tmp_path):
+    path = board.lab_file(tmp_path)
+    state = lab.LabState(lab.load(path).state)
+    with lab.BoardLock(state, "qemu-board", "someone else's nightly"):
+        res = harness("run", "--lab", str(path), "--board", "qemu-board", "--work", str(WORK),
+                      "--results", str(tmp_path / "r"), "--suite", "access", "--lock-wait", "2", timeout=300)
+        assert res.returncode == 2
+        data = json.loads((tmp_path / "r" / "results.json").read_text())
+        assert "locked by" in data["errors"][0] and lab.holder_name() in data["errors"][0]
+        assert "someone else's nightly" in data["errors"][0]
+        assert state.lock_info("qemu-board")["what"] == "someone else's nightly"  # not taken from its holder
+    board.assert_back_home(path)
+
+
+def test_kexec_happy_path_runs_the_built_kernel_and_comes_back(board, tmp_path):
+    path = board.lab_file(tmp_path)
+    res = harness("run", "--lab", str(path), "--board", "qemu-board", "--work", str(WORK),
+                  "--results", str(tmp_path / "r"), "--suite", "access")
+    data = json.loads((tmp_path / "r" / "results.json").read_text())
+    assert res.returncode == 0 and data["verdict"] == "pass", data["errors"]
+    # the board ran the kernel built here, proven by its build-id, and was on its own before
+    assert data["guest"]["build_id"] == data["kernel"]["build_id"] and data["guest"]["built_kernel_booted"]
+    assert data["guest"]["installed"] == board.installed
+    assert data["guest"]["kernel_release"] == data["kernel"]["version"]
+    assert any(i.startswith("smmu3.") for i in data["guest"]["iommus"])
+    names = sorted(t["name"] for t in data["tests"])
+    assert names == sorted(listed_tests("access"))  # the same source lists the same tests on any arch
+    assert {t["status"] for t in data["tests"]} == {"pass"}
+    assert data["qemu"]["deploy"]["method"] == "kexec"
+    assert data["qemu"]["return"] == {**data["qemu"]["return"], "how": "reboot", "ok": True,
+                                      "release": board.installed["release"]}
+    # the trial kernel's log, followed over SSH, brackets every test
+    console = (tmp_path / "r" / "console.log").read_text()
+    for name in names:
+        assert f"iommufd-harness: RUN {name}" in console and f"iommufd-harness: END {name} 0" in console
+    board.assert_back_home(path)
+
+
+def test_a_trial_kernel_that_panics_is_deploy_failed_and_rolled_back(board, tmp_path):
+    """It panics at boot and the board reboots by itself (panic=5 on the
+    board's command line) into its installed kernel."""
+    path = board.lab_file(tmp_path)
+    res = harness("run", "--lab", str(path), "--board", "qemu-board", "--work", str(WORK),
+                  "--results", str(tmp_path / "r"), "--suite", "access",
+                  "--cmdline", "rdinit=/nonexistent init=/nonexistent")
+    assert res.returncode == 2
+    data = json.loads((tmp_path / "r" / "results.json").read_text())
+    err = data["errors"][0]
+    assert err.startswith("error [deploy]: deploy failed") and "not the trial kernel" in err
+    assert "Kernel panic" in err  # the board's console, from the trial kernel's boot
+    assert data["tests"] == [] and data["verdict"] == "error"  # infrastructure, never a test failure
+    assert data["qemu"]["return"]["how"] == "rebooted by itself" and data["qemu"]["return"]["ok"]
+    assert "Kernel panic" in (tmp_path / "r" / "logs" / "board-console.log").read_text()
+    board.assert_back_home(path)
+
+
+def test_a_trial_kernel_that_hangs_is_power_cycled_back(board, tmp_path):
+    """It panics and stays there (panic=0): the board never answers; the
+    lab's power-cycle command brings it back."""
+    path = board.lab_file(tmp_path)
+    t0 = time.monotonic()
+    res = harness("run", "--lab", str(path), "--board", "qemu-board", "--work", str(WORK),
+                  "--results", str(tmp_path / "r"), "--suite", "access",
+                  "--cmdline", "panic=0 rdinit=/nonexistent init=/nonexistent")
+    took = time.monotonic() - t0
+    assert res.returncode == 2
+    data = json.loads((tmp_path / "r" / "results.json").read_text())
+    assert "deploy failed: the trial kernel did not answer" in data["errors"][0]
+    assert data["qemu"]["return"]["how"] == "power cycle" and data["qemu"]["return"]["ok"]
+    # the panic on the console ends the wait, not the boot timeout
+    assert data["qemu"]["deploy"]["wait_s"] < board.entry().boot_timeout, data["qemu"]
+    assert "power cycle" in res.stderr and took < 600  # said while it happens
+    board.assert_back_home(path)
+
+
+def test_a_board_that_does_not_come_back_is_quarantined(board, tmp_path):
+    """No power-cycle command and a trial kernel that hangs: the board is
+    quarantined, later runs refuse it until 'lab release'; then the test
+    brings it back by hand (its power cycle)."""
+    path = board.lab_file(tmp_path, power_cycle='"false"', boot_timeout="40")
+    res = harness("run", "--lab", str(path), "--board", "qemu-board", "--work", str(WORK),
+                  "--results", str(tmp_path / "r"), "--suite", "access",
+                  "--cmdline", "panic=0 rdinit=/nonexistent init=/nonexistent")
+    assert res.returncode == 2
+    data = json.loads((tmp_path / "r" / "results.json").read_text())
+    assert any("quarantined" in e for e in data["errors"]), data["errors"]
+    again = harness("run", "--lab", str(path), "--board", "qemu-board", "--work", str(WORK),
+                    "--results", str(tmp_path / "r2"), "--suite", "access", timeout=120)
+    assert again.returncode == 2 and "quarantined" in json.loads((tmp_path / "r2" / "results.json")
+                                                                   .read_text())["errors"][0]
+    assert harness("qemu-board", "reset", str(board.dest)).returncode == 0  # by hand
+    deadline = time.monotonic() + 180
+    while True:
+        try:
+            if board.facts()["build_id"] == board.installed["build_id"]:
+                break
+        except Exception:
+            pass
+        assert time.monotonic() < deadline
+        time.sleep(3)
+    assert harness("lab", "release", str(path), "qemu-board").returncode == 0
+    board.ssh("rm -rf /boot/iommufd-harness")  # the files of the run that could not clean up
+    board.assert_back_home(path)
