@@ -3,6 +3,7 @@ from another directory, finds its profiles, suites, fragments, patches and
 architecture files inside the installed package."""
 
 import os
+import shutil
 import site
 import subprocess
 import sys
@@ -15,8 +16,16 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.mark.slow
 def test_installed_wheel_works_from_any_directory(tmp_path):
+    # from the checkout's files alone: a build/ left in the checkout must not
+    # hide a data file the package list forgets
+    src = tmp_path / "src"
+    files = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True).stdout
+    for rel in filter(None, files.decode().split("\0")):
+        if (REPO / rel).is_file():
+            (src / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / rel, src / rel)
     wheels = tmp_path / "wheels"
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(wheels), str(REPO)],
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(wheels), str(src)],
                    check=True, capture_output=True, timeout=600)
     [wheel] = wheels.glob("iommufd_harness-*.whl")
     target = tmp_path / "site"
@@ -37,6 +46,13 @@ def test_installed_wheel_works_from_any_directory(tmp_path):
                             "print(d.folder('qemu-images')); print(d.checkout())"],
                            cwd=elsewhere, env=env, capture_output=True, text=True, check=True).stdout.split()
     assert all(p.startswith(str(target)) for p in where[:2]) and where[2] == "None", where
+    # every file of the data folders ships (series.toml, the QEMU lab board's recipe, ...)
+    tracked = subprocess.run(["git", "ls-files", "--", "arches", "configs", "kernel-patches", "qemu-images",
+                              "selftests"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    shipped = {str(p.relative_to(target / "harness/data")) for p in (target / "harness/data").rglob("*")
+               if p.is_file() and "__pycache__" not in p.parts and p.name != "__init__.py"}
+    missing = sorted(set(f for f in tracked if not f.endswith("README.md")) - shipped)
+    assert not missing, f"data files missing from the wheel: {missing}"
     res = harness("profiles")
     assert res.returncode == 0, res.stderr
     assert {line.split()[0] for line in res.stdout.splitlines()} >= {"x86_64-vtd", "arm64-smmuv3", "board-arm64"}
