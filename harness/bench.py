@@ -376,33 +376,23 @@ def lab_board_runs(work: Path, suite: str, repeat: int, tmp: Path) -> list[Figur
     against the same steps by hand, and a hanging trial kernel's rollback
     against its budget."""
     from harness import lab, qemuboard
-    from harness.targets.board import pinned_host_key
-    from harness.targets.ssh import SshClient
+    from harness.targets import deploy
 
     dest = tmp / "qemu-board"
     qemuboard.create(dest, WorkDir(work))
     board = proc.spawn(harness_argv("qemu-board", "start", dest), LOG)
     entry = lab.load(dest / "lab.toml").board("qemu-board")
-    key = pinned_host_key(entry.known_hosts, entry.host, entry.port)
 
     def wait_ssh(not_boot_id: str, limit: float = 300) -> tuple[float, str]:
+        """The same wait the harness does (deploy.wait_booted)."""
         t0 = time.monotonic()
-        while time.monotonic() - t0 < limit:
-            c = SshClient(entry.host, entry.port, entry.user, entry.key, key, connect_timeout=10)
-            try:
-                c.connect()
-                bid = c.run(["cat", "/proc/sys/kernel/random/boot_id"], 30).text.strip()
-                if bid and bid != not_boot_id:
-                    return time.monotonic() - t0, bid
-            except HarnessError:
-                pass
-            finally:
-                c.close()
-            time.sleep(1)
-        raise HarnessError("bench: the QEMU lab board did not answer over SSH", log=str(dest / "console.log"))
+        booted = deploy.wait_booted(entry, not_boot_id, t0 + limit)
+        if booted is None:
+            raise HarnessError("bench: the QEMU lab board did not answer over SSH", log=str(dest / "console.log"))
+        return time.monotonic() - t0, booted.boot_id
 
     def ssh(script: str, timeout: float = 120):
-        c = SshClient(entry.host, entry.port, entry.user, entry.key, key)
+        c = deploy.client(entry)
         c.connect()
         try:
             return c.run(["sh", "-c", script], timeout)
@@ -433,7 +423,7 @@ def lab_board_runs(work: Path, suite: str, repeat: int, tmp: Path) -> list[Figur
             trial_boots.append(data["qemu"]["deploy"]["wait_s"])
             # the floor: the same kexec by hand, then a plain reboot of the installed kernel
             t0 = time.monotonic()
-            c = SshClient(entry.host, entry.port, entry.user, entry.key, key)
+            c = deploy.client(entry)
             c.connect()
             c.run(["mkdir", "-p", "/boot/bench"], 30)
             c.put("/boot/bench/Image", image.read_bytes(), 0o644, timeout=600)

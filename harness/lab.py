@@ -71,10 +71,6 @@ class BoardEntry:
     boot_timeout: float = 300.0  # trial boot (and return) until SSH answers
     profile: str = ""  # the harness profile for the board's architecture
 
-    def describe(self) -> dict:
-        return {"name": self.name, "host": self.host, "port": self.port, "user": self.user, "arch": self.arch,
-                "boot": self.boot, "dtb": self.dtb, "kernel_config": self.kernel_config}
-
 
 @dataclass(frozen=True)
 class Lab:

@@ -100,6 +100,9 @@ class Pipeline:
         if opts.lab is not None:
             self.lab = lab.load(opts.lab)
             self.entry = self.lab.board(opts.board or "")
+            if self.entry.boot == "oneshot":  # before anything is built for it
+                raise InputError(f"board {self.entry.name}: boot = \"oneshot\" is not supported by this harness "
+                                 "yet", "use boot = \"kexec\" (or \"installed\" to test the board's own kernel)")
 
     @contextlib.contextmanager
     def stage(self, name: str):
@@ -257,8 +260,8 @@ class Pipeline:
     def board(self, prep: Prepared, spec: BoardSpec, results_dir: Path) -> BoardLifecycle:
         """A board that keeps its own kernel, off; the selftests and helper
         scripts built here are copied there at boot."""
-        return BoardLifecycle(spec, self.files_for_board(prep), prep.profile.arch, results_dir, self.expect(prep, any_kernel=True),
-                              prep.kernel.build_id, name=prep.profile.name, guest=self.record.guest,
+        return BoardLifecycle(spec, self.files_for_board(prep), prep.profile.arch, results_dir,
+                              self.expect(prep, any_kernel=True), prep.kernel.build_id, name=prep.profile.name, guest=self.record.guest,
                               say=self.ui.info)
 
     def board_spec(self) -> BoardSpec | None:
@@ -283,7 +286,6 @@ class Pipeline:
             facts = deploy.probe(self.entry, fetch_config=self.board_kernel() in ("running", "defconfig"),
                                  into=self.logs)
             self.board_facts = facts
-            self.record.guest["installed"] = {"release": facts["release"], "build_id": facts["build_id"]}
             self.ui.info(f"board {self.entry.name}: runs {facts['release']} ({facts['machine']}), "
                          f"kexec {'yes' if facts['kexec'] else 'no'}")
             yield
@@ -298,9 +300,6 @@ class Pipeline:
     def trial_board(self, prep: Prepared, results_dir: Path) -> Lifecycle:
         """The lab board, off: booting it deploys the kernel built here."""
         entry = self.entry
-        if entry.boot != "kexec":
-            raise InputError(f"board {entry.name}: boot = {entry.boot!r} is not supported by this harness yet",
-                             "use boot = \"kexec\" (or \"installed\" to test the board's own kernel)")
         dtb = self.record.kernel.get("dtb")
         trial = deploy.TrialKernel(prep.kernel.image, prep.kernel.vmlinux, prep.kernel.build_id,
                                    prep.kernel.image.parents[0] / "dts" / dtb if dtb else None)

@@ -15,9 +15,7 @@ serial console is appended to ``DIR/console.log``, SSH is forwarded from
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -31,7 +29,6 @@ from elftools.elf.elffile import ELFFile
 from harness import arches, data, proc
 from harness.errors import ImageError, InputError, TargetError
 from harness.stages import image
-from harness.stages.cpio import CpioWriter
 from harness.targets.qemu import free_port
 from harness.workdir import WorkDir
 
@@ -119,8 +116,9 @@ def module_closure(moddir: Path, wanted) -> list[Path]:
 # --- create ------------------------------------------------------------------------
 
 
-def _fat_disk(disk: Path, mib: int, files: dict[str, bytes], log: Path) -> None:
-    """An MBR disk with one FAT partition (from 1 MiB) holding ``files``."""
+def _fat_disk(disk: Path, mib: int, files: dict[str, Path], log: Path) -> None:
+    """An MBR disk with one FAT partition (from 1 MiB) holding ``files``
+    (path on the partition -> host file)."""
     for tool in ("sfdisk", "mkfs.vfat", "mcopy"):
         proc.require_tool(tool)
     disk.unlink(missing_ok=True)
@@ -131,17 +129,13 @@ def _fat_disk(disk: Path, mib: int, files: dict[str, bytes], log: Path) -> None:
     sectors = (mib << 20) // 512 - 2048
     proc.run(["mkfs.vfat", "-F", "32", "-n", "BOOT", "--offset", "2048", str(disk), str(sectors // 2)],
              timeout=60, log=log, error=ImageError, what="formatting the board disk")
-    img = f"{disk}@@1M"
-    staging = disk.parent / ".staging"
-    shutil.rmtree(staging, ignore_errors=True)
-    for rel, content in files.items():
-        host = staging / rel
-        host.parent.mkdir(parents=True, exist_ok=True)
-        host.write_bytes(content)
-    for top in sorted(staging.iterdir()):
-        proc.run(["mcopy", "-s", "-i", img, str(top), "::/"], timeout=300, log=log, error=ImageError,
-                 what=f"copying {top.name} to the board disk", env={"MTOOLS_SKIP_CHECK": "1"})
-    shutil.rmtree(staging, ignore_errors=True)
+    img, env = f"{disk}@@1M", {"MTOOLS_SKIP_CHECK": "1"}
+    for d in sorted({str(Path(rel).parent) for rel in files} - {"."}):
+        proc.run(["mmd", "-i", img, f"::/{d}"], timeout=60, log=log, error=ImageError,
+                 what=f"making {d} on the board disk", env=env)
+    for rel, src in files.items():
+        proc.run(["mcopy", "-i", img, str(src), f"::/{rel}"], timeout=300, log=log, error=ImageError,
+                 what=f"copying {rel} to the board disk", env=env)
 
 
 def create(dest: Path, work: WorkDir, recipe: BoardRecipe | None = None, port: int = 0) -> dict:
@@ -164,34 +158,22 @@ def create(dest: Path, work: WorkDir, recipe: BoardRecipe | None = None, port: i
     modules = module_closure(moddir, recipe.modules)
 
     base = image.build_base(image.ImageRequest(recipe.userland, recipe.arch, {}), work.images, work.cache, log)
-    client_priv, client_pub = image._ed25519_pair()
-    host_priv, host_pub = image._ed25519_pair()
-    key = dest / "lab_ed25519"
-    fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(client_priv)
+    keys = image.make_keys(dest)  # the lab's key (id_ed25519) and the board's host key
     port = port or free_port()
-    (dest / "known_hosts").write_text(f"[127.0.0.1]:{port} {host_pub}\n")
-
-    initrd = dest / "initrd.tmp"
-    with open(initrd, "wb") as f:
-        f.write(base.path.read_bytes())
-        w = CpioWriter(f)
-        rel = [str(m.relative_to(moddir)) for m in modules]
-        for m, r in zip(modules, rel):
-            w.file(f"/lib/modules/{release}/{r}", m.read_bytes(), 0o644)
-        w.file(f"/lib/modules/{release}/load", ("\n".join(rel) + "\n").encode())
-        w.file("/etc/ssh/ssh_host_ed25519_key", host_priv, 0o600)
-        w.file("/etc/ssh/ssh_host_ed25519_key.pub", (host_pub + "\n").encode())
-        w.file("/etc/ssh/authorized_keys", (client_pub + "\n").encode(), 0o600)
-        w.close()
-    extlinux = (f"default installed\ntimeout 1\n\nlabel installed\n    kernel /vmlinuz-{release}\n"
-                f"    initrd /initrd.img-{release}\n    append {recipe.cmdline}\n")
+    (dest / "known_hosts").write_text(f"[127.0.0.1]:{port} {keys.host_public}\n")
+    rel = [str(m.relative_to(moddir)) for m in modules]
+    (dest / "modules.load").write_text("".join(f"{r}\n" for r in rel))
+    extra = {f"/lib/modules/{release}/{r}": (m, 0o644) for m, r in zip(modules, rel)}
+    extra[f"/lib/modules/{release}/load"] = (dest / "modules.load", 0o644)
+    initrd = image.run_image(base, keys, dest, extra)
+    (dest / "extlinux.conf").write_text(
+        f"default installed\ntimeout 1\n\nlabel installed\n    kernel /vmlinuz-{release}\n"
+        f"    initrd /initrd.img-{release}\n    append {recipe.cmdline}\n")
     _fat_disk(dest / "disk.img", int(recipe.machine.get("disk_mib", 256)),
-              {f"vmlinuz-{release}": vmlinuz[-1].read_bytes(), f"initrd.img-{release}": initrd.read_bytes(),
+              {f"vmlinuz-{release}": vmlinuz[-1], f"initrd.img-{release}": initrd,
                # as Debian installs it: a board's own config (lab kernel_config = "running")
-               f"config-{release}": (kroot / "boot" / f"config-{release}").read_bytes(),
-               "extlinux/extlinux.conf": extlinux.encode()}, log)
+               f"config-{release}": kroot / "boot" / f"config-{release}",
+               "extlinux/extlinux.conf": dest / "extlinux.conf"}, log)
     initrd.unlink()
     info = {"recipe": recipe.userland.name, "arch": recipe.arch, "port": port, "installed": {
         "package": kpkg, "deb": kdeb[kpkg].name, "release": release, "cmdline": recipe.cmdline,
@@ -209,7 +191,7 @@ def lab_toml(dest: Path, info: dict) -> str:
 host = "127.0.0.1"
 port = {info["port"]}
 user = "root"
-key = "{dest / 'lab_ed25519'}"
+key = "{dest / 'id_ed25519'}"
 known_hosts = "{dest / 'known_hosts'}"
 arch = "{info["arch"]}"
 boot = "kexec"

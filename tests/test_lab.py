@@ -204,3 +204,13 @@ def test_board_json_round_trip(tmp_path):
         qemuboard.load(tmp_path)
     (tmp_path / "board.json").write_text(json.dumps({"port": 1}))
     assert qemuboard.load(tmp_path)["port"] == 1
+
+
+def test_a_boot_method_not_supported_yet_is_refused_before_any_work(tmp_path, capsys):
+    path = write(tmp_path, LAB.replace('host = "odroid-m1.lab"', 'host = "127.0.0.1"\nport = 9\nboot = "oneshot"'))
+    work = tmp_path / "w"
+    assert cli.main(["run", "--lab", str(path), "--board", "m1", "--work", str(work),
+                     "--results", str(tmp_path / "r")]) == 2
+    data = json.loads((tmp_path / "r" / "results.json").read_text())
+    assert 'boot = "oneshot" is not supported' in data["errors"][0] and data["stages"] == {}
+    assert not list((work / "trees").glob("*/src"))  # nothing extracted, nothing built

@@ -250,8 +250,10 @@ def make_keys(run_dir: Path) -> SshKeys:
     return SshKeys(path, client_pub, host_priv, host_pub)
 
 
-def run_image(base: BaseImage, keys: SshKeys, run_dir: Path) -> Path:
-    """The initrd for one run: the base image followed by the run's keys."""
+def run_image(base: BaseImage, keys: SshKeys, run_dir: Path, extra: dict[str, tuple[Path, int]] | None = None
+              ) -> Path:
+    """The initrd for one run: the base image followed by the run's keys
+    (and ``extra`` files: image path -> (host file, mode))."""
     out = run_dir / "initrd.cpio"
     try:
         with open(out, "wb") as f:
@@ -259,6 +261,8 @@ def run_image(base: BaseImage, keys: SshKeys, run_dir: Path) -> Path:
                 while chunk := src.read(1 << 20):
                     f.write(chunk)
             w = CpioWriter(f)
+            for dest, (src, mode) in (extra or {}).items():
+                w.file(dest, src.read_bytes(), mode)
             w.file("/etc/ssh/ssh_host_ed25519_key", keys.host_private, 0o600)
             w.file("/etc/ssh/ssh_host_ed25519_key.pub", (keys.host_public + "\n").encode(), 0o644)
             w.file("/etc/ssh/authorized_keys", (keys.client_public + "\n").encode(), 0o600)

@@ -63,14 +63,51 @@ def spec_of(entry: BoardEntry) -> BoardSpec:
     return BoardSpec(entry.host, entry.port, entry.user, entry.key.expanduser(), entry.known_hosts.expanduser())
 
 
+def client(entry: BoardEntry, connect_timeout: float = 15.0) -> SshClient:
+    """An SSH client for the board with its pinned host key (not connected)."""
+    spec = spec_of(entry)
+    return SshClient(spec.host, spec.port, spec.user, spec.key,
+                     pinned_host_key(spec.known_hosts, spec.host, spec.port), connect_timeout=connect_timeout)
+
+
+def read_booted(c: SshClient) -> Booted:
+    """Which kernel the board runs, and which boot this is."""
+    release = c.run(["uname", "-r"], 30).text.strip()
+    notes = c.run(["cat", "/sys/kernel/notes"], 30)
+    bid = elfinfo.build_id_from_notes(notes.stdout) if notes.exit_status == 0 else None
+    boot_id = c.run(["cat", "/proc/sys/kernel/random/boot_id"], 30).text.strip()
+    return Booted(release, bid, boot_id)
+
+
+def wait_booted(entry: BoardEntry, not_boot_id: str, deadline: float, give_up=None) -> Booted | None:
+    """The board answering over SSH with a boot_id other than
+    ``not_boot_id`` (it rebooted), or None at the deadline, or when
+    ``give_up()`` (asked before every attempt) says so."""
+    while time.monotonic() < deadline:
+        if give_up is not None and give_up():
+            return None
+        # short: while a board reboots its port may accept and never answer,
+        # and every attempt waits this long
+        c = client(entry, connect_timeout=5.0)
+        try:
+            c.connect()
+            b = read_booted(c)
+            if b.boot_id and b.boot_id != not_boot_id:
+                return b
+        except SshLost:
+            pass
+        finally:
+            c.close()
+        time.sleep(POLL_S)
+    return None
+
+
 def probe(entry: BoardEntry, fetch_config: bool = False, into: Path | None = None) -> dict:
     """What the board runs and can do, over SSH with its pinned key (an
     unknown or changed host key is refused here, before anything is built).
     With ``fetch_config`` its kernel config and loaded modules are saved in
     ``into`` (board-config, board-lsmod) for the trial kernel's config."""
-    spec = spec_of(entry)
-    c = SshClient(spec.host, spec.port, spec.user, spec.key,
-                  pinned_host_key(spec.known_hosts, spec.host, spec.port), connect_timeout=15.0)
+    c = client(entry)
     try:
         c.connect()
     except SshLost as e:
@@ -81,11 +118,10 @@ def probe(entry: BoardEntry, fetch_config: bool = False, into: Path | None = Non
             res = c.run(["sh", "-c", script], timeout)
             return res.text.strip() if res.exit_status == 0 else ""
 
-        notes = c.run(["cat", "/sys/kernel/notes"], 30)
+        booted = read_booted(c)
         facts = {
-            "release": sh("uname -r"), "machine": sh("uname -m"),
-            "build_id": elfinfo.build_id_from_notes(notes.stdout) if notes.exit_status == 0 else None,
-            "boot_id": sh("cat /proc/sys/kernel/random/boot_id"), "cmdline": sh("cat /proc/cmdline"),
+            "release": booted.release, "build_id": booted.build_id, "boot_id": booted.boot_id,
+            "machine": sh("uname -m"), "cmdline": sh("cat /proc/cmdline"),
             "kexec": bool(sh("command -v kexec")),
             "efi": bool(sh("[ -d /sys/firmware/efi ] && echo yes")),
             "gic_its": bool(sh("grep -qw ITS /proc/interrupts && echo yes")),
@@ -101,7 +137,11 @@ def probe(entry: BoardEntry, fetch_config: bool = False, into: Path | None = Non
                                   "set kernel_config = \"defconfig\" in the lab file, or enable CONFIG_IKCONFIG_PROC")
             into.mkdir(parents=True, exist_ok=True)
             (into / "board-config").write_bytes(config.stdout)
-            (into / "board-lsmod").write_text(c.run(["cat", "/proc/modules"], 30).text)
+            # the names alone, sorted: use counts change from boot to boot and
+            # would make every run reconfigure
+            names = sorted({line.split()[0] for line in c.run(["cat", "/proc/modules"], 30).text.splitlines()
+                            if line.strip()})
+            (into / "board-lsmod").write_text("".join(f"{n}\n" for n in names))
             facts["config_file"], facts["lsmod_file"] = into / "board-config", into / "board-lsmod"
     finally:
         c.close()
@@ -128,7 +168,7 @@ class KexecLifecycle(BoardLifecycle):
         self.remote_dir = f"{REMOTE_ROOT}/{run_id}"
         self.extra_cmdline = extra_cmdline
         self.lab_path = lab_path or state.root
-        self.host_key = pinned_host_key(self.spec.known_hosts, self.spec.host, self.spec.port)
+        pinned_host_key(self.spec.known_hosts, self.spec.host, self.spec.port)  # refused here, not mid-run
         self.installed: Booted | None = None
         self.trial_boot: Booted | None = None
         self.copied = False
@@ -139,52 +179,35 @@ class KexecLifecycle(BoardLifecycle):
     # -- SSH ------------------------------------------------------------------------------
 
     def _client(self) -> SshClient:
-        # short: while a board reboots its port may accept and never answer,
-        # and every attempt waits this long
-        return SshClient(self.spec.host, self.spec.port, self.spec.user, self.spec.key, self.host_key,
-                         connect_timeout=5.0)
-
-    def _booted(self, c: SshClient) -> Booted:
-        release = c.run(["uname", "-r"], 30).text.strip()
-        notes = c.run(["cat", "/sys/kernel/notes"], 30)
-        bid = elfinfo.build_id_from_notes(notes.stdout) if notes.exit_status == 0 else None
-        boot_id = c.run(["cat", "/proc/sys/kernel/random/boot_id"], 30).text.strip()
-        return Booted(release, bid, boot_id)
+        return client(self.entry, connect_timeout=5.0)
 
     def _wait_booted(self, not_boot_id: str, deadline: float, watch_panic: bool = False) -> Booted | None:
-        """The board answering over SSH with a boot_id other than
-        ``not_boot_id`` (it rebooted), or None at the deadline.  With
-        ``watch_panic`` and a console, a kernel panic there that does not
-        reboot ("---[ end Kernel panic" without "Rebooting in") ends the
-        wait at once: that kernel hangs."""
+        """``wait_booted``; with ``watch_panic`` and a console, a kernel
+        panic there that does not reboot ("---[ end Kernel panic" without
+        "Rebooting in") ends the wait at once: that kernel hangs."""
         t_wait = time.monotonic()
         told = False
-        while time.monotonic() < deadline:
-            if watch_panic and self.entry.console:
-                text = self._console_new()
-                at = text.find(PANIC_MARK)
-                if at >= 0 and not told:
-                    tail = text[at:]
-                    if PANIC_REBOOT in tail:
-                        self.say(f"board {self.entry.name}: the trial kernel panicked "
-                                 f"({time.monotonic() - t_wait:.0f} s in) and reboots by itself")
-                        told = True
-                    elif PANIC_END in tail:
-                        self.say(f"board {self.entry.name}: the trial kernel panicked "
-                                 f"({time.monotonic() - t_wait:.0f} s in) and stays there")
-                        return None
-            c = self._client()
-            try:
-                c.connect()
-                b = self._booted(c)
-                if b.boot_id and b.boot_id != not_boot_id:
-                    return b
-            except SshLost:
-                pass
-            finally:
-                c.close()
-            time.sleep(POLL_S)
-        return None
+
+        def hangs() -> bool:
+            nonlocal told
+            if not (watch_panic and self.entry.console) or told:
+                return False
+            text = self._console_new()
+            at = text.find(PANIC_MARK)
+            if at < 0:
+                return False
+            tail = text[at:]
+            if PANIC_REBOOT in tail:
+                self.say(f"board {self.entry.name}: the trial kernel panicked "
+                         f"({time.monotonic() - t_wait:.0f} s in) and reboots by itself")
+                told = True
+            elif PANIC_END in tail:
+                self.say(f"board {self.entry.name}: the trial kernel panicked "
+                         f"({time.monotonic() - t_wait:.0f} s in) and stays there")
+                return True
+            return False
+
+        return wait_booted(self.entry, not_boot_id, deadline, give_up=hangs)
 
     def _put(self, c: SshClient, remote: str, local: Path) -> None:
         """Copy a file to the board, gzip-compressed when the board can
@@ -235,7 +258,7 @@ class KexecLifecycle(BoardLifecycle):
         log.parent.mkdir(parents=True, exist_ok=True)
         log.write_text(text)
         rows = text.splitlines()
-        panic = next((i for i, r in enumerate(rows) if "Kernel panic" in r), None)
+        panic = next((i for i, r in enumerate(rows) if PANIC_MARK in r), None)
         shown = rows[max(0, panic - lines + 10):panic + 10] if panic is not None else rows[-lines:]
         return (f"\n--- the board's console after kexec ({len(shown)} of {len(rows)} lines, all in {log}) ---\n"
                 + "\n".join(shown))
@@ -249,16 +272,12 @@ class KexecLifecycle(BoardLifecycle):
         c = self._client()
         c.connect()
         try:
-            self.installed = self._booted(c)
-            self.guest["installed"] = {"release": self.installed.release, "build_id": self.installed.build_id}
+            self.installed = read_booted(c)
             if self.installed.build_id == self.trial.build_id:
                 raise DeployError(f"board {entry.name} already runs the trial kernel (build-id "
                                   f"{self.trial.build_id[:16]}): it is not on its installed kernel",
                                   f"bring it back (reboot or power cycle), then: iommufd-harness lab check "
                                   f"{self.lab_path} {entry.name}")
-            if c.run(["sh", "-c", "command -v kexec"], 30).exit_status != 0:
-                raise DeployError(f"board {entry.name} has no kexec", "install kexec-tools on the board, "
-                                  "or use boot = \"oneshot\" in the lab file")
             cmdline = entry.cmdline if entry.cmdline is not None else \
                 c.run(["cat", "/proc/cmdline"], 30).text.strip()
             cmdline = " ".join(x for x in (cmdline, self.extra_cmdline) if x)
@@ -315,7 +334,7 @@ class KexecLifecycle(BoardLifecycle):
         return target
 
     def _verified(self, info: GuestInfo) -> None:
-        installed = self.guest.get("installed")
+        installed = {"release": self.installed.release, "build_id": self.installed.build_id}
         self.guest.clear()
         self.guest.update(kind="board", board=self.entry.name, host=self.spec.host, kernel_release=info.kernel_release,
                           build_id=info.build_id, hugepages=info.hugepages, iommus=list(info.iommus), cpus=info.cpus,
@@ -369,7 +388,7 @@ class KexecLifecycle(BoardLifecycle):
             c = self._client()
             try:
                 c.connect()
-                now = self._booted(c)
+                now = read_booted(c)
                 if now.build_id == inst.build_id and now.boot_id != seen:
                     back = now  # the trial kernel died and the board rebooted by itself
                     how = "rebooted by itself"
@@ -393,7 +412,7 @@ class KexecLifecycle(BoardLifecycle):
             c = self._client()
             try:
                 c.connect()
-                back = self._booted(c)
+                back = read_booted(c)
             except SshLost:
                 back = None
             finally:

@@ -65,11 +65,7 @@ class Board:
         return deploy.probe(self.entry())
 
     def ssh(self, script: str) -> str:
-        from harness.targets.board import pinned_host_key
-        from harness.targets.ssh import SshClient
-
-        e = self.entry()
-        c = SshClient(e.host, e.port, e.user, e.key, pinned_host_key(e.known_hosts, e.host, e.port))
+        c = deploy.client(self.entry())
         c.connect()
         try:
             return c.run(["sh", "-c", script], 60).text
