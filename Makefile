@@ -17,7 +17,7 @@ ARCH_FACTS = $(PYTHON) -m harness.arches
 APT_PACKAGES := build-essential flex bison bc libelf-dev libssl-dev cpio rsync patch \
 	xz-utils git dpkg-dev ccache linux-source-6.12 python3-venv \
 	linux-source-6.1 \
-	u-boot-qemu mtools dosfstools fdisk \
+	u-boot-qemu u-boot-tools mtools dosfstools fdisk \
 	$(shell $(ARCH_FACTS) packages)
 FOREIGN_ARCHES := $(shell $(ARCH_FACTS) foreign)
 

@@ -372,7 +372,7 @@ def cmd_lab_check(args, ui: Ui) -> int:
                      highlight=False, markup=False)
         ui.out.print("  locked: " + (lab.describe_lock(held) if held else "no"), highlight=False, markup=False)
         try:
-            f = deploy.probe(entry)
+            f = deploy.probe(entry, enforce=False)
         except HarnessError as e:
             bad += 1
             ui.out.print(f"  reachable: no: {e.message}", highlight=False, markup=False)
@@ -380,8 +380,20 @@ def cmd_lab_check(args, ui: Ui) -> int:
         ui.out.print(f"  reachable: yes (host key matches {entry.known_hosts})", highlight=False, markup=False)
         ui.out.print(f"  kernel: {f['release']} ({f['machine']}), build-id {f['build_id'] or 'unknown'}",
                      highlight=False, markup=False)
-        methods = ["installed"] + (["kexec"] if f["kexec"] else []) + (["oneshot"] if f["uboot_script"] else [])
+        fs = f["boot_fs"].split()
+        oneshot = len(fs) > 1 and fs[0] == "vfat" and fs[1].startswith("rw")
+        methods = ["installed"] + (["kexec"] if f["kexec"] else []) + \
+            (["oneshot (if its U-Boot has the hook: README, Real boards)"] if oneshot else [])
         ui.out.print(f"  boot methods: {', '.join(methods)}", highlight=False, markup=False)
+        ui.out.print(f"  U-Boot boot files: {', '.join(f['uboot_files']) or 'none under /boot'}", highlight=False,
+                     markup=False)
+        if not oneshot:
+            ui.out.print(f"  oneshot: no: /boot is {' '.join(fs[:2]) or 'not mounted'}, it needs U-Boot's FAT "
+                         "partition there, read-write", highlight=False, markup=False)
+        if entry.boot != "installed" and entry.boot not in " ".join(methods):
+            bad += 1
+            ui.out.print(f"  the lab says boot = \"{entry.boot}\", which this board cannot do",
+                         highlight=False, markup=False)
         if f["kexec"] and f["gic_its"] and not f["efi"]:
             ui.out.print("  note: a GICv3 ITS without EFI: its LPI tables are not reserved across kexec, and a "
                          "trial kernel may be overwritten where they are; prefer oneshot", highlight=False,

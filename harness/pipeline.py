@@ -100,9 +100,6 @@ class Pipeline:
         if opts.lab is not None:
             self.lab = lab.load(opts.lab)
             self.entry = self.lab.board(opts.board or "")
-            if self.entry.boot == "oneshot":  # before anything is built for it
-                raise InputError(f"board {self.entry.name}: boot = \"oneshot\" is not supported by this harness "
-                                 "yet", "use boot = \"kexec\" (or \"installed\" to test the board's own kernel)")
 
     @contextlib.contextmanager
     def stage(self, name: str):
@@ -303,11 +300,11 @@ class Pipeline:
         dtb = self.record.kernel.get("dtb")
         trial = deploy.TrialKernel(prep.kernel.image, prep.kernel.vmlinux, prep.kernel.build_id,
                                    prep.kernel.image.parents[0] / "dts" / dtb if dtb else None)
-        return deploy.KexecLifecycle(entry, self.files_for_board(prep), prep.profile.arch, results_dir,
-                                     self.expect(prep), trial, lab.LabState(self.lab.state), results_dir.name,
-                                     extra_cmdline=self.opts.extra_cmdline, lab_path=self.lab.path,
-                                     name=prep.profile.name, guest=self.record.guest, machine=self.record.qemu,
-                                     say=self.ui.info)
+        lifecycle = deploy.OneshotLifecycle if entry.boot == "oneshot" else deploy.KexecLifecycle
+        return lifecycle(entry, self.files_for_board(prep), prep.profile.arch, results_dir,
+                         self.expect(prep), trial, lab.LabState(self.lab.state), results_dir.name,
+                         extra_cmdline=self.opts.extra_cmdline, lab_path=self.lab.path, name=prep.profile.name,
+                         guest=self.record.guest, machine=self.record.qemu, say=self.ui.info)
 
     def target(self, prep: Prepared, results_dir: Path, spec: BoardSpec | None) -> Lifecycle:
         """The lifecycle the options ask for: a board with --board, else a VM."""

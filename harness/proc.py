@@ -31,6 +31,8 @@ PACKAGE_FOR_TOOL = {
     "mkfs.vfat": "dosfstools",
     "mcopy": "mtools",
     "kexec": "kexec-tools",
+    "mkimage": "u-boot-tools",
+    "mkenvimage": "u-boot-tools",
 }  # per-architecture tools (QEMU, cross compilers): see arches/
 
 

@@ -15,7 +15,9 @@ serial console is appended to ``DIR/console.log``, SSH is forwarded from
 from __future__ import annotations
 
 import json
+import os
 import re
+import select
 import signal
 import subprocess
 import sys
@@ -44,6 +46,7 @@ class BoardRecipe:
     modules: tuple[str, ...]
     cmdline: str
     machine: dict
+    oneshot: dict  # uboot_dev, before, env_flash_mib, env_size
 
     @classmethod
     def load(cls, name: str = DEFAULT_RECIPE) -> "BoardRecipe":
@@ -51,14 +54,16 @@ class BoardRecipe:
         path = directory / "recipe.toml"
         try:
             raw = tomllib.loads(path.read_text())
-            inst, machine = raw["installed"], raw["machine"]
+            inst, machine, oneshot = raw["installed"], raw["machine"], raw["oneshot"]
+            for key in ("uboot_dev", "env_flash_mib", "env_size"):
+                oneshot[key]
             return cls(image.Recipe.load(directory), raw["arch"], inst["package"], tuple(inst["modules"]),
-                       inst["cmdline"], dict(machine))
+                       inst["cmdline"], dict(machine), dict(oneshot))
         except OSError as e:
             raise InputError(f"cannot read board recipe {path}: {e.strerror}") from None
         except (KeyError, TypeError, tomllib.TOMLDecodeError) as e:
             raise ImageError(f"board recipe {path} is incomplete: {e}",
-                             "it needs arch, packages, binaries, [files], [installed] and [machine]") from None
+                             "it needs arch, packages, binaries, [files], [installed], [machine] and [oneshot]") from None
 
 
 # --- the installed kernel ----------------------------------------------------------
@@ -111,6 +116,112 @@ def module_closure(moddir: Path, wanted) -> list[Path]:
     for name in wanted:
         add(name, ())
     return order
+
+
+# --- the U-Boot environment ----------------------------------------------------------
+
+
+class UBootConsole:
+    """U-Boot's prompt on a QEMU serial line (stdio): stop autoboot, run
+    commands, read what they print."""
+
+    PROMPT = b"=> "
+
+    def __init__(self, argv: list[str], log: Path):
+        self.log = open(log, "ab")
+        self.p = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                  start_new_session=True, preexec_fn=proc._pdeathsig)
+        self.buf = b""
+
+    def expect(self, mark: bytes, timeout: float = 60.0) -> bytes:
+        deadline = time.monotonic() + timeout
+        while mark not in self.buf:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise ImageError(f"U-Boot did not print {mark.decode()!r} within {timeout:.0f} s",
+                                 f"see {self.log.name}", log=self.log.name)
+            ready, _, _ = select.select([self.p.stdout], [], [], min(left, 0.5))
+            if ready:
+                chunk = os.read(self.p.stdout.fileno(), 65536)
+                if not chunk:
+                    raise ImageError("QEMU stopped before U-Boot's prompt", f"see {self.log.name}",
+                                     log=self.log.name)
+                self.log.write(chunk)
+                self.buf += chunk
+        at = self.buf.index(mark) + len(mark)
+        seen, self.buf = self.buf[:at], self.buf[at:]
+        return seen
+
+    def prompt(self) -> None:
+        self.expect(b"Hit any key to stop autoboot")
+        self.p.stdin.write(b"\n")
+        self.p.stdin.flush()
+        self.expect(self.PROMPT)
+
+    def command(self, line: str) -> str:
+        self.p.stdin.write(line.encode() + b"\n")
+        self.p.stdin.flush()
+        out = self.expect(self.PROMPT).decode(errors="replace")
+        return out[out.find("\n") + 1:-len(self.PROMPT)]  # without the echo and the prompt
+
+    def close(self) -> None:
+        self.p.kill()
+        self.p.wait()
+        self.log.close()
+
+
+def parse_printenv(text: str) -> dict[str, str]:
+    env = {}
+    for line in text.replace("\r", "").splitlines():
+        name, eq, value = line.partition("=")
+        if eq and re.fullmatch(r"[A-Za-z0-9_.]+", name):
+            env[name] = value
+    return env
+
+
+def hooked_env(env: dict[str, str], uboot_dev: str, before: str = "") -> dict[str, str]:
+    """``env`` with the harness's one-shot hook in front of its bootcmd."""
+    from harness.targets import deploy
+
+    out = dict(env)
+    out.update(deploy.hook_env(uboot_dev, before))
+    if not out.get("bootcmd", "").startswith(deploy.HOOK_RUN):
+        out["bootcmd"] = f"{deploy.HOOK_RUN}; {env.get('bootcmd', 'run distro_bootcmd')}"
+    return out
+
+
+def _env_flash(dest: Path, recipe: BoardRecipe, log: Path) -> Path:
+    """The board's U-Boot environment flash: U-Boot's default environment
+    (as it prints it) with the one-shot hook, what a lab does once per board
+    at its U-Boot prompt (README: Real boards).  Written here with
+    mkenvimage, as this U-Boot's saveenv fails on QEMU's emulated flash."""
+    one = recipe.oneshot
+    flash = dest / "uboot-env.img"
+    flash.unlink(missing_ok=True)
+    with open(flash, "wb") as f:
+        f.truncate(int(one["env_flash_mib"]) << 20)
+    con = UBootConsole(_qemu_argv(dest, recipe.machine, flash, serial="stdio", disk=False), log)
+    try:
+        con.prompt()
+        env = parse_printenv(con.command("printenv"))
+    finally:
+        con.close()
+    if "bootcmd" not in env:
+        raise ImageError("U-Boot's printenv shows no bootcmd", f"see {log}", log=str(log))
+    env = hooked_env(env, one["uboot_dev"], one.get("before", ""))
+    # runtime values U-Boot sets at every start
+    for name in ("fdtcontroladdr", "stdin", "stdout", "stderr", "ethact"):
+        env.pop(name, None)
+    text = dest / "uboot-env.txt"
+    text.write_text("".join(f"{k}={v}\n" for k, v in sorted(env.items())))
+    blob = dest / "uboot-env.bin"
+    proc.require_tool("mkenvimage")
+    proc.run(["mkenvimage", "-s", str(int(one["env_size"])), "-o", str(blob), str(text)], timeout=60, log=log,
+             error=ImageError, what="making the board's U-Boot environment")
+    with open(flash, "r+b") as f:
+        f.write(blob.read_bytes())
+    blob.unlink()
+    return flash
 
 
 # --- create ------------------------------------------------------------------------
@@ -175,10 +286,11 @@ def create(dest: Path, work: WorkDir, recipe: BoardRecipe | None = None, port: i
                f"config-{release}": kroot / "boot" / f"config-{release}",
                "extlinux/extlinux.conf": dest / "extlinux.conf"}, log)
     initrd.unlink()
+    _env_flash(dest, recipe, log)
     info = {"recipe": recipe.userland.name, "arch": recipe.arch, "port": port, "installed": {
         "package": kpkg, "deb": kdeb[kpkg].name, "release": release, "cmdline": recipe.cmdline,
         "initrd": f"/boot/initrd.img-{release}", "modules": [m.name for m in modules]},
-        "machine": recipe.machine}
+        "machine": recipe.machine, "oneshot": recipe.oneshot}
     (dest / BOARD_FILE).write_text(json.dumps(info, indent=2) + "\n")
     (dest / "lab.toml").write_text(lab_toml(dest, info))
     return info
@@ -216,19 +328,29 @@ def load(dest: Path) -> dict:
         raise InputError(f"{dest} holds no QEMU board", f"make one: iommufd-harness qemu-board create {dest}") from None
 
 
-def command_line(dest: Path, info: dict) -> list[str]:
-    m = info["machine"]
+def _qemu_argv(dest: Path, m: dict, env_flash: Path, serial: str, disk: bool = True) -> list[str]:
     if not Path(m["firmware"]).is_file():
         raise InputError(f"the board firmware {m['firmware']} is missing", f"apt-get install {m['firmware_package']}")
-    return [m["binary"], "-nodefaults", "-no-user-config", "-display", "none", "-machine", m["machine"],
+    argv = [m["binary"], "-nodefaults", "-no-user-config", "-display", "none", "-machine", m["machine"],
             "-accel", "tcg", "-cpu", m["cpu"], "-smp", str(m["smp"]), "-m", m["memory"], "-bios", m["firmware"],
-            "-drive", f"if=none,id=disk0,format=raw,file={dest / 'disk.img'}",
-            "-device", "virtio-blk-pci,drive=disk0",
-            "-netdev", f"user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:{info['port']}-:22",
-            "-device", "virtio-net-pci,netdev=net0",
-            "-chardev", f"file,id=con0,path={dest / 'console.log'},append=on", "-serial", "chardev:con0",
-            "-chardev", f"socket,id=qmp0,path={dest / 'qmp.sock'},server=on,wait=off",
-            "-mon", "chardev=qmp0,mode=control"]
+            "-drive", f"if=pflash,unit=1,format=raw,file={env_flash}"]
+    if disk:
+        argv += ["-drive", f"if=none,id=disk0,format=raw,file={dest / 'disk.img'}",
+                 "-device", "virtio-blk-pci,drive=disk0"]
+    return argv + ["-serial", serial]
+
+
+def command_line(dest: Path, info: dict) -> list[str]:
+    env_flash = dest / "uboot-env.img"
+    if not env_flash.is_file():
+        raise InputError(f"{dest} has no U-Boot environment flash (made by an older harness)",
+                         f"make the board again: iommufd-harness qemu-board create {dest}")
+    return _qemu_argv(dest, info["machine"], env_flash, "chardev:con0") + [
+        "-netdev", f"user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:{info['port']}-:22",
+        "-device", "virtio-net-pci,netdev=net0",
+        "-chardev", f"file,id=con0,path={dest / 'console.log'},append=on",
+        "-chardev", f"socket,id=qmp0,path={dest / 'qmp.sock'},server=on,wait=off",
+        "-mon", "chardev=qmp0,mode=control"]
 
 
 def start(dest: Path) -> int:

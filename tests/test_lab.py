@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import struct
 import time
+import zlib
 from pathlib import Path
 
 import pytest
 
 from harness import cli, lab, qemuboard
+from harness.targets import deploy
 from harness.errors import InputError
 
 LAB = """
@@ -206,11 +209,60 @@ def test_board_json_round_trip(tmp_path):
     assert qemuboard.load(tmp_path)["port"] == 1
 
 
-def test_a_boot_method_not_supported_yet_is_refused_before_any_work(tmp_path, capsys):
+def test_a_board_without_its_pinned_key_is_refused_before_any_work(tmp_path, capsys):
     path = write(tmp_path, LAB.replace('host = "odroid-m1.lab"', 'host = "127.0.0.1"\nport = 9\nboot = "oneshot"'))
     work = tmp_path / "w"
     assert cli.main(["run", "--lab", str(path), "--board", "m1", "--work", str(work),
                      "--results", str(tmp_path / "r")]) == 2
     data = json.loads((tmp_path / "r" / "results.json").read_text())
-    assert 'boot = "oneshot" is not supported' in data["errors"][0] and data["stages"] == {}
+    assert "cannot read known_hosts" in data["errors"][0] and data["stages"] == {}
     assert not list((work / "trees").glob("*/src"))  # nothing extracted, nothing built
+
+
+# --- oneshot: the U-Boot hook and script ---------------------------------------------
+
+
+def test_the_hook_goes_in_front_of_the_boards_own_bootcmd_once():
+    env = qemuboard.parse_printenv("bootcmd=run distro_bootcmd\r\nbootdelay=2\r\n=> junk\r\nno equals\r\n")
+    assert env == {"bootcmd": "run distro_bootcmd", "bootdelay": "2"}
+    hooked = qemuboard.hooked_env(env, "mmc 1:1")
+    assert hooked["bootcmd"] == "run iommufd_harness; run distro_bootcmd"
+    assert hooked["iommufd_harness_dev"] == "mmc 1:1"
+    assert hooked["iommufd_harness"] == ("if load ${iommufd_harness_dev} ${scriptaddr} /iommufd-harness/oneshot.scr; "
+                                         "then source ${scriptaddr}; fi")
+    assert qemuboard.hooked_env(hooked, "mmc 1:1")["bootcmd"] == hooked["bootcmd"]  # not twice
+    assert qemuboard.hooked_env(env, "virtio 0:1", "virtio scan")["iommufd_harness"].startswith("virtio scan; if load")
+
+
+def test_the_oneshot_script_deletes_itself_before_it_boots_the_trial_kernel():
+    text = deploy.oneshot_script("r1", "/iommufd-harness/r1", "Image", "rk3568-odroid-m1.dtb",
+                                 "/initrd.img-6.1", "console=ttyS2,1500000 root=/dev/mmcblk0p2")
+    rows = [r.strip() for r in text.splitlines()]
+    rm = rows.index("if fatrm ${iommufd_harness_dev} /iommufd-harness/oneshot.scr; then")
+    boot = next(i for i, r in enumerate(rows) if r.startswith("booti "))
+    assert rm < boot  # a kernel that hangs is never booted a second time
+    assert rows[boot] == "booti ${kernel_addr_r} ${ramdisk_addr_r}:${filesize} ${fdt_addr_r}"
+    assert "load ${iommufd_harness_dev} ${fdt_addr_r} /iommufd-harness/r1/rk3568-odroid-m1.dtb" in rows
+    assert "setenv bootargs 'console=ttyS2,1500000 root=/dev/mmcblk0p2'" in rows
+    bare = deploy.oneshot_script("r2", "/iommufd-harness/r2", "Image", None, None, "console=ttyAMA0")
+    assert "booti ${kernel_addr_r} - ${fdtcontroladdr}" in bare
+    with pytest.raises(deploy.DeployError, match="U-Boot's shell would interpret"):
+        deploy.oneshot_script("r3", "/d", "Image", None, None, "console=ttyAMA0; reset")
+
+
+def test_the_oneshot_script_is_a_u_boot_script_image():
+    blob = deploy.compile_script(deploy.oneshot_script("r1", "/d", "Image", None, None, "console=ttyAMA0"))
+    magic, hcrc = struct.unpack(">II", blob[:8])
+    assert magic == 0x27051956 and blob[30] == 6  # IH_MAGIC, IH_TYPE_SCRIPT
+    header = blob[:4] + b"\0\0\0\0" + blob[8:64]
+    assert zlib.crc32(header) == hcrc
+    assert b'echo "iommufd-harness: one-shot trial r1"' in blob
+
+
+def test_oneshot_needs_u_boots_fat_partition_at_boot_read_write(tmp_path):
+    e = lab.load(write(tmp_path, LAB)).board("m1")
+    deploy.check_oneshot(e, "vfat rw,relatime,fmask=0022")
+    for fs, words in (("ext4 rw,relatime", "it is ext4 rw,relatime"), ("vfat ro,relatime", "it is vfat ro"),
+                      ("", "it is not mounted")):
+        with pytest.raises(deploy.DeployError, match=words):
+            deploy.check_oneshot(e, fs)

@@ -3,7 +3,9 @@
     record the installed kernel (release, build-id, boot_id)
     -> copy the trial kernel to /boot/iommufd-harness/<id>/
     -> kexec it (the board's boot configuration is never touched, so any
-       power cycle returns to the installed kernel)
+       power cycle returns to the installed kernel), or "oneshot": reboot
+       through U-Boot, whose hook runs the harness's one-shot script once
+       (the script deletes itself before it boots the trial kernel)
     -> wait for SSH with a new boot_id and the built kernel's build-id
     -> tests, exactly as on any target
     -> reboot (power cycle if it does not answer by the deadline)
@@ -19,11 +21,12 @@ from __future__ import annotations
 import gzip
 import shlex
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness import elfinfo
+from harness import elfinfo, proc
 from harness.errors import HarnessError, TargetError
 from harness.lab import BoardEntry, LabState
 from harness.targets.board import BoardLifecycle, BoardSpec, BoardTarget, pinned_host_key
@@ -35,6 +38,70 @@ POLL_S = 2.0
 PANIC_MARK = "Kernel panic - not syncing"
 PANIC_REBOOT = "Rebooting in"  # panic=N > 0: it reboots by itself
 PANIC_END = "---[ end Kernel panic"  # printed after it, when it does not reboot
+
+# --- oneshot: the hook a lab puts in a board's U-Boot environment, once ---------------
+# U-Boot reads the partition mounted at /boot on the board; paths below are
+# on that partition.  The hook sources the harness's script if there is one;
+# the script deletes itself (fatrm) before it boots the trial kernel, so the
+# trial kernel boots exactly once and every later boot is the board's own.
+BOOT_MOUNT = "/boot"
+ONESHOT_SCRIPT = "/iommufd-harness/oneshot.scr"
+HOOK_VAR = "iommufd_harness"
+HOOK_DEV_VAR = "iommufd_harness_dev"
+HOOK_RUN = f"run {HOOK_VAR}"
+ONESHOT_MARK = "iommufd-harness: one-shot trial"
+UBOOT_UNSAFE = set("'\"$;\\\n`")
+
+
+def hook_env(uboot_dev: str, before: str = "") -> dict[str, str]:
+    """The U-Boot variables of the hook (``before``: what U-Boot must run to
+    see the device, e.g. "virtio scan"); bootcmd gets ``run iommufd_harness``
+    in front."""
+    load = (f"if load ${{{HOOK_DEV_VAR}}} ${{scriptaddr}} {ONESHOT_SCRIPT}; then source ${{scriptaddr}}; fi")
+    return {HOOK_DEV_VAR: uboot_dev, HOOK_VAR: f"{before}; {load}" if before else load}
+
+
+def oneshot_script(run_id: str, directory: str, image: str, dtb: str | None, initrd: str | None,
+                   cmdline: str) -> str:
+    """The U-Boot script (source) that boots the trial kernel once.
+    Paths are on the hook's partition."""
+    bad = sorted(UBOOT_UNSAFE & set(cmdline))
+    if bad:
+        raise DeployError(f"the kernel command line {cmdline!r} has characters U-Boot's shell would interpret "
+                          f"({' '.join(repr(b) for b in bad)})", "set a plain cmdline in the lab file")
+    dev = f"${{{HOOK_DEV_VAR}}}"
+    lines = [f"# iommufd-harness: boot the trial kernel of run {run_id} once",
+             f'echo "{ONESHOT_MARK} {run_id}"',
+             f"if fatrm {dev} {ONESHOT_SCRIPT}; then",
+             f"  if load {dev} ${{kernel_addr_r}} {directory}/{image}; then"]
+    fdt = "${fdtcontroladdr}"
+    if dtb:
+        lines.append(f"    load {dev} ${{fdt_addr_r}} {directory}/{dtb}")
+        fdt = "${fdt_addr_r}"
+    lines.append(f"    setenv bootargs '{cmdline}'")
+    if initrd:
+        lines += [f"    if load {dev} ${{ramdisk_addr_r}} {initrd}; then",
+                  f"      booti ${{kernel_addr_r}} ${{ramdisk_addr_r}}:${{filesize}} {fdt}",
+                  "    fi"]
+    else:
+        lines.append(f"    booti ${{kernel_addr_r}} - {fdt}")
+    lines += ["  fi", "fi",
+              'echo "iommufd-harness: the trial kernel was not booted; the board boots as usual"', ""]
+    return "\n".join(lines)
+
+
+def compile_script(text: str) -> bytes:
+    """A U-Boot script image (mkimage -T script) for ``source``."""
+    proc.require_tool("mkimage")
+    with tempfile.TemporaryDirectory(prefix="iommufd-harness-uboot-") as tmp:
+        src, out = Path(tmp) / "oneshot.cmd", Path(tmp) / "oneshot.scr"
+        src.write_text(text)
+        res = subprocess.run(["mkimage", "-A", "arm64", "-O", "linux", "-T", "script", "-C", "none",
+                              "-n", "iommufd-harness one-shot", "-d", str(src), str(out)],
+                             capture_output=True, text=True, timeout=60)
+        if res.returncode != 0:
+            raise DeployError(f"mkimage could not make the one-shot script: {res.stderr.strip()}")
+        return out.read_bytes()
 
 
 class DeployError(HarnessError):
@@ -102,11 +169,12 @@ def wait_booted(entry: BoardEntry, not_boot_id: str, deadline: float, give_up=No
     return None
 
 
-def probe(entry: BoardEntry, fetch_config: bool = False, into: Path | None = None) -> dict:
+def probe(entry: BoardEntry, fetch_config: bool = False, into: Path | None = None, enforce: bool = True) -> dict:
     """What the board runs and can do, over SSH with its pinned key (an
     unknown or changed host key is refused here, before anything is built).
     With ``fetch_config`` its kernel config and loaded modules are saved in
-    ``into`` (board-config, board-lsmod) for the trial kernel's config."""
+    ``into`` (board-config, board-lsmod) for the trial kernel's config.
+    ``enforce``: refuse a board that cannot boot the way the lab says."""
     c = client(entry)
     try:
         c.connect()
@@ -126,8 +194,9 @@ def probe(entry: BoardEntry, fetch_config: bool = False, into: Path | None = Non
             "efi": bool(sh("[ -d /sys/firmware/efi ] && echo yes")),
             "gic_its": bool(sh("grep -qw ITS /proc/interrupts && echo yes")),
             "firmware_dtb": bool(sh("[ -e /sys/firmware/fdt ] && echo yes")),
-            "uboot_script": bool(sh("ls /boot/boot.scr /boot/boot.ini /boot/extlinux/extlinux.conf "
-                                    "2>/dev/null | head -1")),
+            # the board's own U-Boot boot files (never edited here)
+            "uboot_files": sh("ls -d /boot/boot.scr /boot/boot.ini /boot/extlinux/extlinux.conf 2>/dev/null; true").split(),
+            "boot_fs": sh(BOOT_FS),
         }
         if fetch_config:
             config = c.run(["sh", "-c", "zcat /proc/config.gz 2>/dev/null || cat /boot/config-$(uname -r)"], 60)
@@ -145,10 +214,28 @@ def probe(entry: BoardEntry, fetch_config: bool = False, into: Path | None = Non
             facts["config_file"], facts["lsmod_file"] = into / "board-config", into / "board-lsmod"
     finally:
         c.close()
+    if not enforce:
+        return facts
     if entry.boot == "kexec" and not facts["kexec"]:
         raise DeployError(f"board {entry.name} has no kexec", "install kexec-tools on the board, "
                           "or use boot = \"oneshot\" in the lab file")
+    if entry.boot == "oneshot":
+        check_oneshot(entry, facts["boot_fs"])
     return facts
+
+
+BOOT_FS = f"awk '$2 == \"{BOOT_MOUNT}\" {{print $3, $4}}' /proc/mounts"
+
+
+def check_oneshot(entry: BoardEntry, boot_fs: str) -> None:
+    """``oneshot`` needs U-Boot's partition at /boot, FAT, read-write (the
+    script deletes itself with fatrm), and mkimage here."""
+    fs = boot_fs.split()
+    if len(fs) < 2 or fs[0] != "vfat" or not fs[1].startswith("rw"):
+        raise DeployError(f"board {entry.name}: boot = \"oneshot\" needs its U-Boot partition mounted read-write "
+                          f"at {BOOT_MOUNT} as FAT (U-Boot deletes the one-shot script with fatrm); it is "
+                          f"{' '.join(fs[:2]) or 'not mounted'}", "mount it there, or use boot = \"kexec\"")
+    proc.require_tool("mkimage")
 
 
 class KexecLifecycle(BoardLifecycle):
@@ -172,7 +259,7 @@ class KexecLifecycle(BoardLifecycle):
         self.installed: Booted | None = None
         self.trial_boot: Booted | None = None
         self.copied = False
-        self.kexeced = False
+        self.trial_started = False
         self._console_before = ""
         self._gunzip: bool | None = None
 
@@ -260,7 +347,7 @@ class KexecLifecycle(BoardLifecycle):
         rows = text.splitlines()
         panic = next((i for i, r in enumerate(rows) if PANIC_MARK in r), None)
         shown = rows[max(0, panic - lines + 10):panic + 10] if panic is not None else rows[-lines:]
-        return (f"\n--- the board's console after kexec ({len(shown)} of {len(rows)} lines, all in {log}) ---\n"
+        return (f"\n--- the board's console since the trial kernel was started ({len(shown)} of {len(rows)} lines, all in {log}) ---\n"
                 + "\n".join(shown))
 
     # -- deploy -----------------------------------------------------------------------------
@@ -283,28 +370,15 @@ class KexecLifecycle(BoardLifecycle):
             cmdline = " ".join(x for x in (cmdline, self.extra_cmdline) if x)
             c.run(["mkdir", "-p", self.remote_dir], 30)
             self.copied = True
-            image = f"{self.remote_dir}/{self.trial.image.name}"
-            self._put(c, image, self.trial.image)
-            argv = ["kexec", "-l", image, f"--append={cmdline}"]
-            if self.trial.dtb is not None:
-                dtb = f"{self.remote_dir}/{self.trial.dtb.name}"
-                self._put(c, dtb, self.trial.dtb)
-                argv.append(f"--dtb={dtb}")
-            if entry.initrd:
-                argv.append(f"--initrd={entry.initrd}")
-            res = c.run(argv, 120)
-            if res.exit_status != 0:
-                raise DeployError(f"kexec could not load the trial kernel on {entry.name}: "
-                                  f"{(res.err_text or res.text).strip()[-800:]}", "see the board's kexec-tools")
-            self.machine["deploy"] = {"method": "kexec", "cmdline": cmdline, "dir": self.remote_dir,
+            self._stage(c, cmdline)
+            self.machine["deploy"] = {"method": self.method, "cmdline": cmdline, "dir": self.remote_dir,
                                       "copy_s": round(time.monotonic() - t0, 1)}
             self._console_before = self._console_text()
-            self._detach(c, "kexec -e")
-            self.kexeced = True
+            self._start(c)
+            self.trial_started = True
         finally:
             c.close()
-        self.say(f"board {entry.name}: kexec into the trial kernel (waiting up to {entry.boot_timeout:.0f} s "
-                 "for SSH)")
+        self.say(f"board {entry.name}: {self.starting} (waiting up to {entry.boot_timeout:.0f} s for SSH)")
         t_kexec = time.monotonic()
         booted = self._wait_booted(self.installed.boot_id, t_kexec + entry.boot_timeout, watch_panic=True)
         self.machine["deploy"]["wait_s"] = round(time.monotonic() - t_kexec, 1)
@@ -316,14 +390,48 @@ class KexecLifecycle(BoardLifecycle):
         if booted.build_id != self.trial.build_id:
             raise DeployError(f"deploy failed: {entry.name} came back running {booted.release} (build-id "
                               f"{(booted.build_id or 'unknown')[:16]}), not the trial kernel "
-                              f"{self.trial.build_id[:16]}: the trial kernel did not boot (a panic, and the "
-                              "board rebooted?)" + self._console(),
+                              f"{self.trial.build_id[:16]}: {self._why_not_booted()}" + self._console(),
                               "its console says why; the board is on its installed kernel again")
         self.trial_boot = booted
+        self._trial_up()
         self.machine["deploy"]["boot_s"] = round(time.monotonic() - t0, 1)
         self.say(f"board {entry.name}: trial kernel {booted.release} up (build-id {booted.build_id[:16]}) "
                  f"in {time.monotonic() - t0:.0f} s")
         return self._setup_target()
+
+    method = "kexec"
+    starting = "kexec into the trial kernel"
+
+    def _stage(self, c: SshClient, cmdline: str) -> None:
+        """Put the trial kernel on the board and make it the next kernel."""
+        image = f"{self.remote_dir}/{self.trial.image.name}"
+        self._put(c, image, self.trial.image)
+        argv = ["kexec", "-l", image, f"--append={cmdline}"]
+        if self.trial.dtb is not None:
+            dtb = f"{self.remote_dir}/{self.trial.dtb.name}"
+            self._put(c, dtb, self.trial.dtb)
+            argv.append(f"--dtb={dtb}")
+        if self.entry.initrd:
+            argv.append(f"--initrd={self.entry.initrd}")
+        res = c.run(argv, 120)
+        if res.exit_status != 0:
+            raise DeployError(f"kexec could not load the trial kernel on {self.entry.name}: "
+                              f"{(res.err_text or res.text).strip()[-800:]}", "see the board's kexec-tools")
+
+    def _start(self, c: SshClient) -> None:
+        self._detach(c, "kexec -e")
+
+    def _why_not_booted(self) -> str:
+        return "the trial kernel did not boot (a panic, and the board rebooted?)"
+
+    def _trial_up(self) -> None:
+        pass
+
+    def _before_reboot(self, c: SshClient) -> None:
+        pass
+
+    def _leftovers(self) -> list[str]:
+        return [self.remote_dir]
 
     def _setup_target(self) -> BoardTarget:
         self._board = target = BoardTarget(self.spec, self.run_dir, name=self.name)
@@ -349,7 +457,7 @@ class KexecLifecycle(BoardLifecycle):
             self._board.close()
             self._board = None
         self._return()
-        self.kexeced = False
+        self.trial_started = False
         return self._boot()
 
     # -- return -----------------------------------------------------------------------------
@@ -383,7 +491,7 @@ class KexecLifecycle(BoardLifecycle):
         t0 = time.monotonic()
         how = "already there"
         back = None
-        if self.kexeced:
+        if self.trial_started:
             seen = self.trial_boot.boot_id if self.trial_boot else inst.boot_id
             c = self._client()
             try:
@@ -394,6 +502,7 @@ class KexecLifecycle(BoardLifecycle):
                     how = "rebooted by itself"
                 else:
                     seen = now.boot_id
+                    self._before_reboot(c)
                     self._detach(c, entry.reboot)
                     how = "reboot"
             except SshLost:
@@ -428,15 +537,16 @@ class KexecLifecycle(BoardLifecycle):
             raise DeployError(f"board {entry.name} {reason}; it is quarantined" + self._console(),
                               f"bring it back by hand, then: iommufd-harness lab release {self.lab_path} "
                               f"{entry.name}")
-        if self.kexeced:
+        if self.trial_started:
             self.say(f"board {entry.name}: back on its installed kernel {back.release} ({how}, "
                      f"{time.monotonic() - t0:.0f} s)")
-        self.kexeced = False
+        self.trial_started = False
         if self.copied:
             c = self._client()
             try:
                 c.connect()
-                c.run(["rm", "-rf", self.remote_dir], 60)
+                c.run(["rm", "-rf", *self._leftovers()], 60)
+                c.run(["sync"], 60)
                 self.copied = False
             except SshLost:
                 pass
@@ -445,3 +555,86 @@ class KexecLifecycle(BoardLifecycle):
 
     def ssh_command(self) -> str:
         return f"ssh -p {self.spec.port} -i {self.spec.key} {self.spec.user}@{self.spec.host}"
+
+
+class OneshotLifecycle(KexecLifecycle):
+    """``boot = "oneshot"``: the trial kernel, its dtb and a one-shot U-Boot
+    script go to the board's boot partition; a reboot runs the script
+    through the hook in the board's U-Boot environment (README: Real
+    boards), and the script deletes itself before it boots the trial kernel.
+    The board's own boot files (boot.ini, boot.scr, extlinux.conf) and
+    defaults are never touched: every boot after that one, power cycles
+    included, is the installed kernel."""
+
+    method = "oneshot"
+    starting = "reboot through U-Boot into the trial kernel, once"
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.script = BOOT_MOUNT + ONESHOT_SCRIPT
+        self.run_id = self.remote_dir.rsplit("/", 1)[-1]
+
+    def _on_partition(self, path: str) -> str | None:
+        """``path`` on the board as U-Boot sees it on the /boot partition."""
+        if path.startswith(BOOT_MOUNT + "/"):
+            return path[len(BOOT_MOUNT):]
+        return None
+
+    def _stage(self, c: SshClient, cmdline: str) -> None:
+        entry = self.entry
+        check_oneshot(entry, c.run(["sh", "-c", BOOT_FS], 30).text.strip())
+        directory = self._on_partition(self.remote_dir)
+        self._put(c, f"{self.remote_dir}/{self.trial.image.name}", self.trial.image)
+        dtb = None
+        if self.trial.dtb is not None:
+            self._put(c, f"{self.remote_dir}/{self.trial.dtb.name}", self.trial.dtb)
+            dtb = self.trial.dtb.name
+        initrd = None
+        if entry.initrd:
+            initrd = self._on_partition(entry.initrd)
+            if initrd is None:  # elsewhere on the board: U-Boot cannot read it there
+                res = c.run(["cp", entry.initrd, f"{self.remote_dir}/initrd"], 300)
+                if res.exit_status != 0:
+                    raise DeployError(f"cannot copy the initrd {entry.initrd} to {self.remote_dir} on "
+                                      f"{entry.name}: {res.err_text.strip()}")
+                initrd = f"{directory}/initrd"
+        text = oneshot_script(self.run_id, directory, self.trial.image.name, dtb, initrd, cmdline)
+        (self.run_dir / "logs").mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "logs" / "oneshot.cmd").write_text(text)
+        c.put(self.script, compile_script(text), 0o644, timeout=120)
+        res = c.run(["sync"], 120)
+        if res.exit_status != 0:
+            raise DeployError(f"sync failed on {entry.name}: {res.err_text.strip()}")
+
+    def _start(self, c: SshClient) -> None:
+        self._detach(c, self.entry.reboot)
+
+    def _script_left(self) -> bool | None:
+        c = self._client()
+        try:
+            c.connect()
+            return c.run(["test", "-e", self.script], 30).exit_status == 0
+        except SshLost:
+            return None
+        finally:
+            c.close()
+
+    def _why_not_booted(self) -> str:
+        if self._script_left():
+            return (f"U-Boot did not run the one-shot script ({self.script} is still there): the board's U-Boot "
+                    f"environment lacks the hook ('{HOOK_RUN}' in bootcmd, README: Real boards)")
+        return "U-Boot ran the one-shot script, but the trial kernel did not boot (a panic, and the board rebooted?)"
+
+    def _trial_up(self) -> None:
+        left = self._script_left()
+        self.machine["deploy"]["script_consumed"] = left is False
+        if left:
+            raise DeployError(f"the trial kernel runs on {self.entry.name} but the one-shot script {self.script} "
+                              "is still there: the next boot would boot the trial kernel again",
+                              "check the board's U-Boot for fatrm (CONFIG_FAT_WRITE)")
+
+    def _before_reboot(self, c: SshClient) -> None:
+        c.run(["sh", "-c", f"rm -f {shlex.quote(self.script)}; sync"], 60)
+
+    def _leftovers(self) -> list[str]:
+        return [self.remote_dir, self.script]

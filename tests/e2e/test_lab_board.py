@@ -58,6 +58,14 @@ class Board:
         path.write_text("\n".join(lines) + "\n")
         return path
 
+    def console_size(self) -> int:
+        return (self.dest / "console.log").stat().st_size
+
+    def console_since(self, size: int) -> str:
+        with open(self.dest / "console.log", "rb") as f:
+            f.seek(size)
+            return f.read().decode(errors="replace")
+
     def entry(self) -> lab.BoardEntry:
         return lab.load(self.dest / "lab.toml").board("qemu-board")
 
@@ -203,10 +211,42 @@ def test_kexec_happy_path_runs_the_built_kernel_and_comes_back(board, tmp_path):
     board.assert_back_home(path)
 
 
+def test_oneshot_happy_path_boots_the_built_kernel_once_through_u_boot(board, tmp_path):
+    """U-Boot's hook (in the board's U-Boot environment) runs the harness's
+    script, which deletes itself and boots the trial kernel; the return
+    reboot is the installed kernel again.  The board's own boot files are
+    never touched."""
+    own = board.ssh("md5sum /boot/extlinux/extlinux.conf")
+    before = board.console_size()
+    path = board.lab_file(tmp_path, boot='"oneshot"')
+    res = harness("run", "--lab", str(path), "--board", "qemu-board", "--work", str(WORK),
+                  "--results", str(tmp_path / "r"), "--suite", "access")
+    data = json.loads((tmp_path / "r" / "results.json").read_text())
+    assert res.returncode == 0 and data["verdict"] == "pass", data["errors"]
+    assert data["guest"]["build_id"] == data["kernel"]["build_id"] and data["guest"]["built_kernel_booted"]
+    assert sorted(t["name"] for t in data["tests"]) == sorted(listed_tests("access"))
+    assert {t["status"] for t in data["tests"]} == {"pass"}
+    deploy_info = data["qemu"]["deploy"]
+    assert deploy_info["method"] == "oneshot" and deploy_info["script_consumed"]
+    assert data["qemu"]["return"] == {**data["qemu"]["return"], "how": "reboot", "ok": True}
+    # U-Boot ran the run's script exactly once; it booted the trial kernel, and
+    # the boot after it (the return) found no script and was the board's own
+    lines = [x.rstrip("\r") for x in board.console_since(before).splitlines()]
+    mark = lines.index(f"{deploy.ONESHOT_MARK} r")  # the run id is the results directory's name
+    assert lines.count(f"{deploy.ONESHOT_MARK} r") == 1
+    versions = [x.split("Linux version ", 1)[1].split()[0] for x in lines[mark:] if "Linux version " in x]
+    assert versions == [data["kernel"]["version"], board.installed["release"]]
+    assert "Failed to load '/iommufd-harness/oneshot.scr'" in lines[mark + 1:]
+    assert board.ssh("md5sum /boot/extlinux/extlinux.conf") == own
+    board.assert_back_home(path)
+
+
 def test_a_trial_kernel_that_panics_is_deploy_failed_and_rolled_back(board, tmp_path):
     """It panics at boot and the board reboots by itself (panic=5 on the
-    board's command line) into its installed kernel."""
-    path = board.lab_file(tmp_path)
+    board's command line).  Booted through U-Boot once (oneshot), so that
+    reboot is the installed kernel: a script that were not consumed would
+    boot the panicking kernel again and again."""
+    path = board.lab_file(tmp_path, boot='"oneshot"')
     res = harness("run", "--lab", str(path), "--board", "qemu-board", "--work", str(WORK),
                   "--results", str(tmp_path / "r"), "--suite", "access",
                   "--cmdline", "rdinit=/nonexistent init=/nonexistent")
@@ -214,6 +254,7 @@ def test_a_trial_kernel_that_panics_is_deploy_failed_and_rolled_back(board, tmp_
     data = json.loads((tmp_path / "r" / "results.json").read_text())
     err = data["errors"][0]
     assert err.startswith("error [deploy]: deploy failed") and "not the trial kernel" in err
+    assert "U-Boot ran the one-shot script" in err
     assert "Kernel panic" in err  # the board's console, from the trial kernel's boot
     assert data["tests"] == [] and data["verdict"] == "error"  # infrastructure, never a test failure
     assert data["qemu"]["return"]["how"] == "rebooted by itself" and data["qemu"]["return"]["ok"]
