@@ -63,7 +63,7 @@ setup-apt:
 $(BIN)/iommufd-harness: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -e '.[test,labgrid]'
 	@touch $@
 
 setup-venv: $(BIN)/iommufd-harness

@@ -13,7 +13,7 @@ import signal
 import sys
 from pathlib import Path
 
-from harness import __version__, arches, data, debugkernels, jobs, lab, profiles, suites
+from harness import __version__, arches, data, debugkernels, jobs, lab, labgrid, profiles, suites
 from harness.errors import EXIT_ERROR, EXIT_INTERRUPTED, HarnessError, InputError
 from harness.kconfig import fragments as kconfig
 from harness.pipeline import Options
@@ -356,57 +356,85 @@ def cmd_list_tests(args, ui: Ui) -> int:
 
 
 def cmd_lab_check(args, ui: Ui) -> int:
-    from harness.targets import deploy
-
     the_lab = lab.load(args.lab_file)
     names = [args.name] if args.name else sorted(the_lab.boards)
     state = lab.LabState(the_lab.state)
     bad = 0
+
+    def say(text: str) -> None:
+        ui.out.print(text, highlight=False, markup=False)
+
     for name in names:
         entry = the_lab.board(name)
-        ui.out.print(f"{name}: {entry.user}@{entry.host}:{entry.port} ({entry.arch}, boot {entry.boot})",
-                     highlight=False, markup=False)
-        q = state.quarantined(name)
-        held = state.lock_info(name)
-        ui.out.print("  quarantined: " + (f"since {q.get('since')}: {q.get('reason')}" if q else "no"),
-                     highlight=False, markup=False)
-        ui.out.print("  locked: " + (lab.describe_lock(held) if held else "no"), highlight=False, markup=False)
+        place = the_lab.place(entry)
+        if place is None:
+            say(f"{name}: {entry.user}@{entry.host}:{entry.port} ({entry.arch}, boot {entry.boot})")
+            q = state.quarantined(name)
+            held = state.lock_info(name)
+            say("  quarantined: " + (f"since {q.get('since')}: {q.get('reason')}" if q else "no"))
+            say("  locked: " + (lab.describe_lock(held) if held else "no"))
+            bad += _check_board(entry, say) + (1 if q else 0)
+            continue
+        say(f"{name}: labgrid place {place.name} at {place.coordinator} ({entry.arch}, boot {entry.boot})")
         try:
-            f = deploy.probe(entry, enforce=False)
+            shown = place.show()
         except HarnessError as e:
             bad += 1
-            ui.out.print(f"  reachable: no: {e.message}", highlight=False, markup=False)
+            say(f"  reachable: no: {e.message}")
             continue
-        ui.out.print(f"  reachable: yes (host key matches {entry.known_hosts})", highlight=False, markup=False)
-        ui.out.print(f"  kernel: {f['release']} ({f['machine']}), build-id {f['build_id'] or 'unknown'}",
-                     highlight=False, markup=False)
-        fs = f["boot_fs"].split()
-        oneshot = len(fs) > 1 and fs[0] == "vfat" and fs[1].startswith("rw")
-        methods = ["installed"] + (["kexec"] if f["kexec"] else []) + \
-            (["oneshot (if its U-Boot has the hook: README, Real boards)"] if oneshot else [])
-        ui.out.print(f"  boot methods: {', '.join(methods)}", highlight=False, markup=False)
-        ui.out.print(f"  U-Boot boot files: {', '.join(f['uboot_files']) or 'none under /boot'}", highlight=False,
-                     markup=False)
-        if not oneshot:
-            ui.out.print(f"  oneshot: no: /boot is {' '.join(fs[:2]) or 'not mounted'}, it needs U-Boot's FAT "
-                         "partition there, read-write", highlight=False, markup=False)
-        if entry.boot != "installed" and entry.boot not in " ".join(methods):
-            bad += 1
-            ui.out.print(f"  the lab says boot = \"{entry.boot}\", which this board cannot do",
-                         highlight=False, markup=False)
-        if f["kexec"] and f["gic_its"] and not f["efi"]:
-            ui.out.print("  note: a GICv3 ITS without EFI: its LPI tables are not reserved across kexec, and a "
-                         "trial kernel may be overwritten where they are; prefer oneshot", highlight=False,
-                         markup=False)
+        q = place.quarantined(name, shown)
+        holder = place.acquired_by(shown)
+        say("  quarantined: " + (f"since {q.get('since')}: {q.get('reason')}" if q else "no"))
+        say("  locked: " + (f"acquired by {holder} (labgrid)" if holder else "no"))
         if q:
             bad += 1
+        if holder:
+            say("  reachable: not checked while the place is acquired")
+            continue
+        try:
+            with labgrid.PlaceLock(place, name):
+                bad += _check_board(place.resolve(entry), say)
+        except HarnessError as e:
+            bad += 1
+            say(f"  reachable: no: {e.message}")
     return EXIT_ERROR if bad else 0
+
+
+def _check_board(entry: lab.BoardEntry, say) -> int:
+    """lab check's probe of one board; 1 if it cannot do what the lab says."""
+    from harness.targets import deploy
+
+    try:
+        f = deploy.probe(entry, enforce=False)
+    except HarnessError as e:
+        say(f"  reachable: no: {e.message}")
+        return 1
+    say(f"  reachable: yes at {entry.user}@{entry.host}:{entry.port} (host key matches {entry.known_hosts})")
+    say(f"  kernel: {f['release']} ({f['machine']}), build-id {f['build_id'] or 'unknown'}")
+    fs = f["boot_fs"].split()
+    oneshot = len(fs) > 1 and fs[0] == "vfat" and fs[1].startswith("rw")
+    methods = ["installed"] + (["kexec"] if f["kexec"] else []) + \
+        (["oneshot (if its U-Boot has the hook: README, Real boards)"] if oneshot else [])
+    say(f"  boot methods: {', '.join(methods)}")
+    say(f"  U-Boot boot files: {', '.join(f['uboot_files']) or 'none under /boot'}")
+    if not oneshot:
+        say(f"  oneshot: no: /boot is {' '.join(fs[:2]) or 'not mounted'}, it needs U-Boot's FAT partition "
+            "there, read-write")
+    bad = 0
+    if entry.boot != "installed" and entry.boot not in " ".join(methods):
+        bad = 1
+        say(f"  the lab says boot = \"{entry.boot}\", which this board cannot do")
+    if f["kexec"] and f["gic_its"] and not f["efi"]:
+        say("  note: a GICv3 ITS without EFI: its LPI tables are not reserved across kexec, and a trial kernel "
+            "may be overwritten where they are; prefer oneshot")
+    return bad
 
 
 def cmd_lab_release(args, ui: Ui) -> int:
     the_lab = lab.load(args.lab_file)
-    the_lab.board(args.name)
-    done = lab.LabState(the_lab.state).release(args.name)
+    entry = the_lab.board(args.name)
+    place = the_lab.place(entry)
+    done = place.unquarantine(args.name) if place is not None else lab.LabState(the_lab.state).release(args.name)
     ui.out.print(f"{args.name}: {', '.join(done) if done else 'was neither quarantined nor locked'}",
                  highlight=False, markup=False)
     return 0

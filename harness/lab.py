@@ -70,6 +70,7 @@ class BoardEntry:
     console: str | None = None
     boot_timeout: float = 300.0  # trial boot (and return) until SSH answers
     profile: str = ""  # the harness profile for the board's architecture
+    labgrid: str | None = None  # a labgrid place (host, port, user, power from it)
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,16 @@ class Lab:
     path: Path
     boards: dict[str, BoardEntry]
     state: Path
+    labgrid_coordinator: str = ""
+    labgrid_env: Path | None = None
+
+    def place(self, entry: BoardEntry):
+        """The labgrid place of ``entry`` (None if it has none)."""
+        if not entry.labgrid:
+            return None
+        from harness import labgrid
+
+        return labgrid.Place(entry.labgrid, self.labgrid_coordinator, self.labgrid_env, LabState(self.state))
 
     def board(self, name: str) -> BoardEntry:
         try:
@@ -111,7 +122,7 @@ def load(path: Path) -> Lab:
         if unknown:
             raise InputError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}",
                              f"known: {', '.join(f for f in BoardEntry.__dataclass_fields__ if f != 'name')}")
-        for key in ("host", "key", "known_hosts", "arch"):
+        for key in ("key", "known_hosts", "arch") + (() if "labgrid" in b else ("host",)):
             if key not in b:
                 raise InputError(f"{where}: '{key}' is missing")
         arch = str(b["arch"])
@@ -129,12 +140,16 @@ def load(path: Path) -> Lab:
         except (TypeError, ValueError) as e:
             raise InputError(f"{where}: {e}") from None
         boards[name] = BoardEntry(
-            name, str(b["host"]), port, str(b.get("user", "root")), _path(b["key"], base),
+            name, str(b.get("host", "")), port, str(b.get("user", "root")), _path(b["key"], base),
             _path(b["known_hosts"], base), arch, boot, b.get("dtb"), kcfg, b.get("initrd"), b.get("cmdline"),
             str(b.get("reboot", "reboot")), b.get("power_cycle"), b.get("console"), timeout,
-            str(b.get("profile", f"board-{arch}")))
+            str(b.get("profile", f"board-{arch}")), str(b["labgrid"]) if "labgrid" in b else None)
     state = _path(doc["state"], base) if "state" in doc else base / f"{path.stem}.state"
-    return Lab(path, boards, state)
+    lg = doc.get("labgrid") or {}
+    if not isinstance(lg, dict) or set(lg) - {"coordinator", "env"}:
+        raise InputError(f"lab file {path}: [labgrid] takes coordinator and env")
+    coordinator = str(lg.get("coordinator") or os.environ.get("LG_COORDINATOR") or "127.0.0.1:20408")
+    return Lab(path, boards, state, coordinator, _path(lg["env"], base) if "env" in lg else None)
 
 
 # --- shared state: locks and quarantine ---------------------------------------------

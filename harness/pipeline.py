@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness import __version__, arches, data, debugkernels, lab, profiles, suites
+from harness import __version__, arches, data, debugkernels, lab, labgrid, profiles, suites
 from harness.errors import HarnessError, InputError
 from harness.parse.splats import Splat
 from harness.reports.decode import decode
@@ -277,9 +277,19 @@ class Pipeline:
         if self.entry is None:
             yield
             return
-        state = lab.LabState(self.lab.state)
-        with lab.BoardLock(state, self.entry.name, what, wait=self.opts.lock_wait, say=self.ui.info):
-            self.ui.info(f"board {self.entry.name}: locked ({lab.holder_name()})")
+        place = self.lab.place(self.entry)
+        if place is not None:
+            lock = labgrid.PlaceLock(place, self.entry.name, wait=self.opts.lock_wait, say=self.ui.info)
+        else:
+            lock = lab.BoardLock(lab.LabState(self.lab.state), self.entry.name, what, wait=self.opts.lock_wait,
+                                 say=self.ui.info)
+        with lock:
+            if place is not None:
+                self.entry = place.resolve(self.entry)
+                self.ui.info(f"board {self.entry.name}: labgrid place {place.name} acquired "
+                             f"({self.entry.user}@{self.entry.host}:{self.entry.port})")
+            else:
+                self.ui.info(f"board {self.entry.name}: locked ({lab.holder_name()})")
             facts = deploy.probe(self.entry, fetch_config=self.board_kernel() in ("running", "defconfig"),
                                  into=self.logs)
             self.board_facts = facts
@@ -302,7 +312,8 @@ class Pipeline:
                                    prep.kernel.image.parents[0] / "dts" / dtb if dtb else None)
         lifecycle = deploy.OneshotLifecycle if entry.boot == "oneshot" else deploy.KexecLifecycle
         return lifecycle(entry, self.files_for_board(prep), prep.profile.arch, results_dir,
-                         self.expect(prep), trial, lab.LabState(self.lab.state), results_dir.name,
+                         self.expect(prep), trial, self.lab.place(entry) or lab.LabState(self.lab.state),
+                         results_dir.name,
                          extra_cmdline=self.opts.extra_cmdline, lab_path=self.lab.path, name=prep.profile.name,
                          guest=self.record.guest, machine=self.record.qemu, say=self.ui.info)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import struct
+import subprocess
 import time
 import zlib
 from pathlib import Path
@@ -266,3 +267,41 @@ def test_oneshot_needs_u_boots_fat_partition_at_boot_read_write(tmp_path):
                       ("", "it is not mounted")):
         with pytest.raises(deploy.DeployError, match=words):
             deploy.check_oneshot(e, fs)
+
+
+# --- labgrid places ---------------------------------------------------------------------
+
+
+def test_a_labgrid_board_needs_no_host_and_names_its_coordinator(tmp_path, monkeypatch):
+    monkeypatch.delenv("LG_COORDINATOR", raising=False)
+    text = LAB.replace('host = "odroid-m1.lab"\n', 'labgrid = "odroid-m1"\n')
+    the_lab = lab.load(write(tmp_path, text))
+    b = the_lab.board("m1")
+    assert b.labgrid == "odroid-m1" and b.host == ""
+    p = the_lab.place(b)
+    assert (p.name, p.coordinator, p.env) == ("odroid-m1", "127.0.0.1:20408", None)
+    monkeypatch.setenv("LG_COORDINATOR", "lg.lab:20408")
+    assert lab.load(write(tmp_path, text)).labgrid_coordinator == "lg.lab:20408"
+    the_lab = lab.load(write(tmp_path, '[labgrid]\ncoordinator = "c:1"\nenv = "env.yaml"\n' + text))
+    assert (the_lab.labgrid_coordinator, the_lab.labgrid_env) == ("c:1", tmp_path / "env.yaml")
+    assert lab.load(write(tmp_path, LAB)).place(lab.load(write(tmp_path, LAB)).board("m1")) is None
+    with pytest.raises(InputError, match="'host' is missing"):
+        lab.load(write(tmp_path, LAB.replace('host = "odroid-m1.lab"\n', "")))
+    with pytest.raises(InputError, match=r"\[labgrid\] takes coordinator and env"):
+        lab.load(write(tmp_path, '[labgrid]\nserver = "x"\n' + text))
+
+
+def test_a_place_held_by_someone_is_refused_with_the_holder_named(tmp_path, monkeypatch):
+    """What labgrid-client says when a place is taken (labgrid 24-26)."""
+    from harness import labgrid
+
+    said = ("labgrid-client: Error: Place m1 is already acquired by ci-3/nightly. To work simultaneously, "
+            "nightly can execute 'labgrid-client -p m1 allow ci-3/root' on ci-3.")
+    p = labgrid.Place("m1", "127.0.0.1:1")
+    monkeypatch.setattr(p, "run", lambda *a, **k: subprocess.CompletedProcess([], 1, "", said))
+    with pytest.raises(lab.LabError, match=r"board m1 is locked by ci-3/nightly \(labgrid place m1"):
+        p.acquire(wait=0)
+    shown = "Place 'm1':\n  tags: board=m1, iommufd_harness_quarantine=yes\n  acquired: ci-3/nightly\n"
+    assert p.acquired_by(shown) == "ci-3/nightly" and p.tags(shown)["iommufd_harness_quarantine"] == "yes"
+    assert p.quarantined("m1", shown)["reason"].startswith("tagged iommufd_harness_quarantine=yes")
+    assert p.acquired_by("Place 'm1':\n  acquired: None\n") is None

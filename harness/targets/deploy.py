@@ -28,7 +28,7 @@ from pathlib import Path
 
 from harness import elfinfo, proc
 from harness.errors import HarnessError, TargetError
-from harness.lab import BoardEntry, LabState
+from harness.lab import BoardEntry
 from harness.targets.board import BoardLifecycle, BoardSpec, BoardTarget, pinned_host_key
 from harness.targets.ssh import SshClient, SshLost
 from harness.targets.verify import Expect, GuestInfo
@@ -246,12 +246,12 @@ class KexecLifecycle(BoardLifecycle):
     kind = "board"
 
     def __init__(self, entry: BoardEntry, files, arch: str, run_dir: Path, expect: Expect, trial: TrialKernel,
-                 state: LabState, run_id: str, extra_cmdline: str = "", lab_path: Path | None = None,
+                 state, run_id: str, extra_cmdline: str = "", lab_path: Path | None = None,
                  name: str = "board", **kw):
         super().__init__(spec_of(entry), files, arch, run_dir, expect, trial.build_id, name=name, **kw)
         self.entry = entry
         self.trial = trial
-        self.lab_state = state
+        self.lab_state = state  # LabState, or a labgrid Place: quarantine(board, reason)
         self.remote_dir = f"{REMOTE_ROOT}/{run_id}"
         self.extra_cmdline = extra_cmdline
         self.lab_path = lab_path or state.root

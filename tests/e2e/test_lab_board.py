@@ -1,10 +1,12 @@
 """End to end on a lab board without hardware: the QEMU lab board
 (qemu-images/qemu-board-arm64: Debian's U-Boot, Debian's arm64 kernel as
 the installed kernel, sshd and kexec-tools, QMP system_reset as its power
-cycle).  The harness deploys the arm64 kernel it built, boots it once with
-kexec, proves it runs it, tests, and brings the board back; every case
+cycle, the oneshot hook in its U-Boot environment).  The harness deploys
+the arm64 kernel it built, boots it once (kexec, or through U-Boot with
+oneshot), proves it runs it, tests, and brings the board back; every case
 ends with the board on its installed kernel, nothing of the run left on
-it, and no lock held.
+it, and no lock held.  The labgrid cases run a real labgrid coordinator
+and exporter on loopback.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import lab
+from harness import lab, labgrid
 from harness.targets import deploy
 
 from expected import listed_tests  # tests/e2e/expected.py
@@ -120,7 +122,8 @@ def test_lab_check_reports_the_installed_kernel_and_boot_methods(board):
     out = res.stdout
     assert "reachable: yes" in out and f"kernel: {board.installed['release']} (aarch64)" in out
     assert board.installed["build_id"] in out
-    assert "boot methods: installed, kexec" in out and "locked: no" in out and "quarantined: no" in out
+    assert "boot methods: installed, kexec, oneshot" in out and "locked: no" in out and "quarantined: no" in out
+    assert "U-Boot boot files: /boot/extlinux/extlinux.conf" in out
 
 
 def test_an_unknown_or_changed_host_key_is_refused_before_anything_is_built(board, tmp_path):
@@ -184,30 +187,6 @@ def test_a_board_another_run_holds_is_refused_with_the_holder_named(board, tmp_p
         assert "locked by" in data["errors"][0] and lab.holder_name() in data["errors"][0]
         assert "someone else's nightly" in data["errors"][0]
         assert state.lock_info("qemu-board")["what"] == "someone else's nightly"  # not taken from its holder
-    board.assert_back_home(path)
-
-
-def test_kexec_happy_path_runs_the_built_kernel_and_comes_back(board, tmp_path):
-    path = board.lab_file(tmp_path)
-    res = harness("run", "--lab", str(path), "--board", "qemu-board", "--work", str(WORK),
-                  "--results", str(tmp_path / "r"), "--suite", "access")
-    data = json.loads((tmp_path / "r" / "results.json").read_text())
-    assert res.returncode == 0 and data["verdict"] == "pass", data["errors"]
-    # the board ran the kernel built here, proven by its build-id, and was on its own before
-    assert data["guest"]["build_id"] == data["kernel"]["build_id"] and data["guest"]["built_kernel_booted"]
-    assert data["guest"]["installed"] == board.installed
-    assert data["guest"]["kernel_release"] == data["kernel"]["version"]
-    assert any(i.startswith("smmu3.") for i in data["guest"]["iommus"])
-    names = sorted(t["name"] for t in data["tests"])
-    assert names == sorted(listed_tests("access"))  # the same source lists the same tests on any arch
-    assert {t["status"] for t in data["tests"]} == {"pass"}
-    assert data["qemu"]["deploy"]["method"] == "kexec"
-    assert data["qemu"]["return"] == {**data["qemu"]["return"], "how": "reboot", "ok": True,
-                                      "release": board.installed["release"]}
-    # the trial kernel's log, followed over SSH, brackets every test
-    console = (tmp_path / "r" / "console.log").read_text()
-    for name in names:
-        assert f"iommufd-harness: RUN {name}" in console and f"iommufd-harness: END {name} 0" in console
     board.assert_back_home(path)
 
 
@@ -309,3 +288,144 @@ def test_a_board_that_does_not_come_back_is_quarantined(board, tmp_path):
     assert harness("lab", "release", str(path), "qemu-board").returncode == 0
     board.ssh("rm -rf /boot/iommufd-harness")  # the files of the run that could not clean up
     board.assert_back_home(path)
+
+
+# --- a labgrid place ---------------------------------------------------------------------
+
+
+class Labgrid:
+    """A real labgrid coordinator and exporter on loopback; the exporter
+    exports the QEMU board's SSH as a NetworkService, a place matches it,
+    and a labgrid environment gives the place its power (labgrid's
+    ExternalPowerDriver running the board's power cycle)."""
+
+    def __init__(self, board: Board, where: Path):
+        from harness.targets.qemu import free_port
+
+        self.where = where
+        self.coordinator = f"127.0.0.1:{free_port()}"
+        self.bin = Path(sys.executable).parent
+        self.procs = []
+        self.start([str(self.bin / "labgrid-coordinator"), "-l", self.coordinator], "coordinator")
+        port = int(board.entry().port)
+        (where / "exporter.yaml").write_text(
+            f"qemu-board:\n  NetworkService:\n    address: 127.0.0.1\n    port: {port}\n    username: root\n")
+        self.wait_for(lambda: self.client("places").returncode == 0, "the coordinator")
+        self.start([str(self.bin / "labgrid-exporter"), "-c", self.coordinator, "-n", "e2e", "--hostname",
+                    "127.0.0.1", str(where / "exporter.yaml")], "exporter")
+        self.wait_for(lambda: "e2e/qemu-board/NetworkService" in self.client("resources").stdout, "the exporter")
+        assert self.client("-p", "qemu-board", "create").returncode == 0
+        assert self.client("-p", "qemu-board", "add-match", "e2e/qemu-board/*").returncode == 0
+        reset = f"{sys.executable} -m harness qemu-board reset {board.dest}"
+        (where / "env.yaml").write_text(
+            "targets:\n  main:\n    resources:\n      RemotePlace:\n        name: qemu-board\n"
+            f"    drivers:\n      ExternalPowerDriver:\n        cmd_on: 'true'\n        cmd_off: 'true'\n"
+            f"        cmd_cycle: '{reset}'\n")
+        self.lab = where / "lab.toml"
+        self.lab.write_text(
+            f'[labgrid]\ncoordinator = "{self.coordinator}"\nenv = "{where / "env.yaml"}"\n\n'
+            f'[boards.qemu-board]\nlabgrid = "qemu-board"\nkey = "{board.dest / "id_ed25519"}"\n'
+            f'known_hosts = "{board.dest / "known_hosts"}"\narch = "arm64"\ndtb = "firmware"\n'
+            f'initrd = "{board.entry().initrd}"\nkernel_config = "profile"\nreboot = "reboot -f"\n'
+            'boot_timeout = 120\n')
+
+    def start(self, argv: list[str], what: str) -> None:
+        log = open(self.where / f"{what}.log", "wb")
+        self.procs.append(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+
+    def wait_for(self, ok, what: str) -> None:
+        deadline = time.monotonic() + 60
+        while not ok():
+            assert time.monotonic() < deadline, f"{what} did not come up"
+            time.sleep(0.5)
+
+    def client(self, *args: str, user: str | None = None) -> subprocess.CompletedProcess:
+        env = {**os.environ, **({"LG_USERNAME": user} if user else {})}
+        return subprocess.run([str(self.bin / "labgrid-client"), "-x", self.coordinator, *args],
+                              capture_output=True, text=True, timeout=60, env=env)
+
+    def acquired_by(self) -> str:
+        out = self.client("-p", "qemu-board", "show").stdout
+        return next(x.split(":", 1)[1].strip() for x in out.splitlines() if x.strip().startswith("acquired:"))
+
+    def stop(self) -> None:
+        for p in reversed(self.procs):
+            os.killpg(p.pid, signal.SIGTERM)
+            p.wait(30)
+
+
+@pytest.fixture(scope="module")
+def place(board, tmp_path_factory):
+    lg = Labgrid(board, tmp_path_factory.mktemp("labgrid"))
+    yield lg
+    lg.stop()
+
+
+def test_kexec_happy_path_on_a_labgrid_place(board, place, tmp_path):
+    """The kexec happy path, with the board from a labgrid place: acquired
+    for the run (host and port from its NetworkService), released after
+    it.  The harness deploys the kernel it built, proves by its build-id
+    that the board runs it, tests, and brings the board back."""
+    res = harness("run", "--lab", str(place.lab), "--board", "qemu-board", "--work", str(WORK),
+                  "--results", str(tmp_path / "r"), "--suite", "access")
+    data = json.loads((tmp_path / "r" / "results.json").read_text())
+    assert res.returncode == 0 and data["verdict"] == "pass", data["errors"]
+    assert f"labgrid place qemu-board acquired (root@127.0.0.1:{board.entry().port})" in res.stderr
+    assert place.acquired_by() == "None"  # released
+    # the board ran the kernel built here, proven by its build-id, and was on its own before
+    assert data["guest"]["build_id"] == data["kernel"]["build_id"] and data["guest"]["built_kernel_booted"]
+    assert data["guest"]["installed"] == board.installed
+    assert data["guest"]["kernel_release"] == data["kernel"]["version"]
+    assert any(i.startswith("smmu3.") for i in data["guest"]["iommus"])
+    names = sorted(t["name"] for t in data["tests"])
+    assert names == sorted(listed_tests("access"))  # the same source lists the same tests on any arch
+    assert {t["status"] for t in data["tests"]} == {"pass"}
+    assert data["qemu"]["deploy"]["method"] == "kexec"
+    assert data["qemu"]["return"] == {**data["qemu"]["return"], "how": "reboot", "ok": True,
+                                      "release": board.installed["release"]}
+    # the trial kernel's log, followed over SSH, brackets every test
+    console = (tmp_path / "r" / "console.log").read_text()
+    for name in names:
+        assert f"iommufd-harness: RUN {name}" in console and f"iommufd-harness: END {name} 0" in console
+    board.assert_back_home(board.dest / "lab.toml")
+
+
+def test_labgrid_place_held_by_another_user_is_refused_with_its_holder(board, place, tmp_path):
+    assert place.client("-p", "qemu-board", "acquire", user="nightly").returncode == 0
+    try:
+        t0 = time.monotonic()
+        res = harness("run", "--lab", str(place.lab), "--board", "qemu-board", "--work", str(WORK),
+                      "--results", str(tmp_path / "r"), "--suite", "access", "--lock-wait", "2", timeout=300)
+        assert res.returncode == 2
+        err = json.loads((tmp_path / "r" / "results.json").read_text())["errors"][0]
+        assert "board qemu-board is locked by" in err and "/nightly" in err and "labgrid" in err
+        assert time.monotonic() - t0 < 60
+        assert place.acquired_by().endswith("/nightly")  # not taken from its holder
+        check = harness("lab", "check", str(place.lab))
+        assert "locked: acquired by" in check.stdout and "/nightly" in check.stdout
+    finally:
+        assert place.client("-p", "qemu-board", "release", user="nightly").returncode == 0
+
+
+def test_labgrid_place_power_and_quarantine(board, place, tmp_path):
+    """The place's power driver is the board's power cycle; a quarantine is
+    a tag on the place that later runs see, until lab release."""
+    the_lab = lab.load(place.lab)
+    p = the_lab.place(the_lab.board("qemu-board"))
+    before = board.facts()["boot_id"]
+    with labgrid.PlaceLock(p, "qemu-board"):
+        entry = p.resolve(the_lab.board("qemu-board"))
+        assert "power cycle" in entry.power_cycle
+        assert subprocess.run(entry.power_cycle, shell=True, timeout=120).returncode == 0
+        assert deploy.wait_booted(entry, before, time.monotonic() + 180) is not None  # it really rebooted
+        p.quarantine("qemu-board", "a test's quarantine")
+    res = harness("run", "--lab", str(place.lab), "--board", "qemu-board", "--work", str(WORK),
+                  "--results", str(tmp_path / "r"), "--suite", "access", timeout=300)
+    assert res.returncode == 2
+    err = json.loads((tmp_path / "r" / "results.json").read_text())["errors"][0]
+    assert "quarantined" in err and "a test's quarantine" in err
+    assert "iommufd_harness_quarantine=yes" in place.client("-p", "qemu-board", "show").stdout
+    rel = harness("lab", "release", str(place.lab), "qemu-board")
+    assert rel.returncode == 0 and "labgrid tag iommufd_harness_quarantine removed" in rel.stdout
+    assert "iommufd_harness_quarantine" not in place.client("-p", "qemu-board", "show").stdout
+    board.assert_back_home(board.dest / "lab.toml")
