@@ -306,6 +306,7 @@ user = "root"
 key = "{dest / 'id_ed25519'}"
 known_hosts = "{dest / 'known_hosts'}"
 arch = "{info["arch"]}"
+# "oneshot" works too: its U-Boot environment has the hook (README: Real boards)
 boot = "kexec"
 dtb = "firmware"
 initrd = "{info["installed"]["initrd"]}"

@@ -331,7 +331,9 @@ class Labgrid:
 
     def start(self, argv: list[str], what: str) -> None:
         log = open(self.where / f"{what}.log", "wb")
-        self.procs.append(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+        # in its own directory: the coordinator keeps places.yaml and resources.yaml where it runs
+        self.procs.append(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                           cwd=self.where))
 
     def wait_for(self, ok, what: str) -> None:
         deadline = time.monotonic() + 60
