@@ -300,12 +300,19 @@ class Labgrid:
     ExternalPowerDriver running the board's power cycle)."""
 
     def __init__(self, board: Board, where: Path):
+        self.procs = []
+        try:
+            self._setup(board, where)
+        except BaseException:
+            self.stop()  # no coordinator or exporter left behind by a setup that failed
+            raise
+
+    def _setup(self, board: Board, where: Path) -> None:
         from harness.targets.qemu import free_port
 
         self.where = where
         self.coordinator = f"127.0.0.1:{free_port()}"
         self.bin = Path(sys.executable).parent
-        self.procs = []
         self.start([str(self.bin / "labgrid-coordinator"), "-l", self.coordinator], "coordinator")
         port = int(board.entry().port)
         (where / "exporter.yaml").write_text(
