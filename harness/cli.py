@@ -412,16 +412,16 @@ def _check_board(entry: lab.BoardEntry, say) -> int:
     say(f"  reachable: yes at {entry.user}@{entry.host}:{entry.port} (host key matches {entry.known_hosts})")
     say(f"  kernel: {f['release']} ({f['machine']}), build-id {f['build_id'] or 'unknown'}")
     fs = f["boot_fs"].split()
-    oneshot = len(fs) > 1 and fs[0] == "vfat" and fs[1].startswith("rw")
-    methods = ["installed"] + (["kexec"] if f["kexec"] else []) + \
-        (["oneshot (if its U-Boot has the hook: README, Real boards)"] if oneshot else [])
-    say(f"  boot methods: {', '.join(methods)}")
+    oneshot = deploy.oneshot_ready(f["boot_fs"])
+    can = {"installed": True, "kexec": f["kexec"], "oneshot": oneshot}
+    shown = {"oneshot": "oneshot (if its U-Boot has the hook: README, Real boards)"}
+    say(f"  boot methods: {', '.join(shown.get(m, m) for m, ok in can.items() if ok)}")
     say(f"  U-Boot boot files: {', '.join(f['uboot_files']) or 'none under /boot'}")
     if not oneshot:
         say(f"  oneshot: no: /boot is {' '.join(fs[:2]) or 'not mounted'}, it needs U-Boot's FAT partition "
             "there, read-write")
     bad = 0
-    if entry.boot != "installed" and entry.boot not in " ".join(methods):
+    if not can[entry.boot]:
         bad = 1
         say(f"  the lab says boot = \"{entry.boot}\", which this board cannot do")
     if f["kexec"] and f["gic_its"] and not f["efi"]:

@@ -227,11 +227,17 @@ def probe(entry: BoardEntry, fetch_config: bool = False, into: Path | None = Non
 BOOT_FS = f"awk '$2 == \"{BOOT_MOUNT}\" {{print $3, $4}}' /proc/mounts"
 
 
+def oneshot_ready(boot_fs: str) -> bool:
+    """``boot_fs`` (/boot's type and options from /proc/mounts): FAT, read-write."""
+    fs = boot_fs.split()
+    return len(fs) > 1 and fs[0] == "vfat" and fs[1].split(",")[0] == "rw"
+
+
 def check_oneshot(entry: BoardEntry, boot_fs: str) -> None:
     """``oneshot`` needs U-Boot's partition at /boot, FAT, read-write (the
     script deletes itself with fatrm), and mkimage here."""
     fs = boot_fs.split()
-    if len(fs) < 2 or fs[0] != "vfat" or not fs[1].startswith("rw"):
+    if not oneshot_ready(boot_fs):
         raise DeployError(f"board {entry.name}: boot = \"oneshot\" needs its U-Boot partition mounted read-write "
                           f"at {BOOT_MOUNT} as FAT (U-Boot deletes the one-shot script with fatrm); it is "
                           f"{' '.join(fs[:2]) or 'not mounted'}", "mount it there, or use boot = \"kexec\"")
