@@ -17,6 +17,7 @@ from harness.kconfig import fragments as kconfig
 from harness.parse.testlist import parse_list
 from harness.pipeline import Options, Pipeline, Prepared, default_series, new_record, results_dir_for
 from harness.reports import markdown
+from harness.reports import merge as merge_reports
 from harness.reports.repro import repro_line, reproducer
 from harness.reports.results import RunRecord
 from harness.reports.resultsdir import ResultsDir
@@ -83,8 +84,15 @@ def run(opts: Options, ui: Ui, matrix: list[str] | None = None) -> int:
             records.append(record)
             if interrupted:
                 break
-    matrix_table(records, ui.out)
-    ui.out.print(f"results: {top}", highlight=False, markup=False)
+    try:
+        cells = merge_reports.cells([top])
+        merge_reports.write(cells, top, warn=ui.warn)  # what 'report --merge' of the cells gives
+        matrix_table([c.run for c in cells], ui.out, [c.name for c in cells])
+    except HarnessError as e:  # the cells' own results are written whatever happens here
+        ui.warn(f"the matrix report was not written: {e.message}")
+        matrix_table(records, ui.out)
+    ui.out.print(f"results: {top} (summary.md, merged.json, junit.xml and kcidb.json over the matrix)",
+                 highlight=False, markup=False)
     if interrupted:
         return EXIT_INTERRUPTED
     return max(r.exit_code() for r in records)
@@ -250,6 +258,16 @@ def report(ui: Ui, results_dir: Path, baseline: Path | None, verbose: bool = Fal
     if gate is not None:
         run_.verdict = gate
     return run_.exit_code()
+
+
+def merge(ui: Ui, dirs: list[Path], out: Path) -> int:
+    """``report --merge``: many results dirs as one verdict."""
+    cells = merge_reports.cells(dirs)
+    v = merge_reports.write(cells, out, warn=ui.warn)
+    matrix_table([c.run for c in cells], ui.out, [c.name for c in cells])
+    ui.out.print(f"verdict: {v.upper()} over {len(cells)} results dirs; summary: {out / 'summary.md'}",
+                 highlight=False, markup=False)
+    return merge_reports.exit_code(v)
 
 
 def hold(ui: Ui, target, ssh_cmd: str) -> None:

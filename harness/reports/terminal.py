@@ -60,19 +60,22 @@ def summary_table(run: RunRecord, console=None, verbose: bool = False) -> None:
         console.print(f"[bold red]error:[/] {escape(e)}", highlight=False)
 
 
-def matrix_table(runs: list[RunRecord], console=None) -> None:
-    """profile x suite -> counts, for runs over several profiles."""
+def matrix_table(runs: list[RunRecord], console=None, names: list[str] | None = None) -> None:
+    """profile x suite -> counts, for runs over several profiles (``names``:
+    the cells' names, for a merge)."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     console = console or Console()
     table = Table(title="iommufd-harness matrix")
-    for col in ("profile", "suite", "verdict", *STATUSES):
+    for col in ("cell" if names else "profile", *(() if names else ("suite",)), "verdict", *STATUSES):
         table.add_column(col, justify="right" if col in STATUSES else "left")
-    for r in runs:
+    for i, r in enumerate(runs):
         c = r.counts()
         color = verdict_color(r.verdict)
-        table.add_row(r.profile, r.suite, f"[{color}]{r.verdict}[/]", *(str(c[s]) for s in STATUSES))
+        first = (escape(names[i]),) if names else (r.profile, r.suite)
+        table.add_row(*first, f"[{color}]{r.verdict}[/]", *(str(c[s]) for s in STATUSES))
     console.print(table)
 
 
