@@ -9,7 +9,8 @@ SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
 # Host tools: kernel build, guest image, and Debian's kernel source (6.12;
 # 6.1 only for the test that it is refused, as too old for iommufd; U-Boot
-# and FAT tools for the QEMU lab board, qemu-images/qemu-board-arm64); per
+# and FAT tools for the QEMU lab board, qemu-images/qemu-board-arm64; Chromium
+# for the test that renders report.html in a real browser); per
 # architecture (arches/*.toml) QEMU and, for the other architectures, a cross
 # compiler.  Their guest userland comes from Debian's packages of that
 # architecture, so dpkg learns it too (nothing of it is installed).
@@ -17,7 +18,7 @@ ARCH_FACTS = $(PYTHON) -m harness.arches
 APT_PACKAGES := build-essential flex bison bc libelf-dev libssl-dev cpio rsync patch \
 	xz-utils git dpkg-dev ccache linux-source-6.12 python3-venv \
 	linux-source-6.1 \
-	u-boot-qemu u-boot-tools mtools dosfstools fdisk \
+	u-boot-qemu u-boot-tools mtools dosfstools fdisk chromium \
 	$(shell $(ARCH_FACTS) packages)
 FOREIGN_ARCHES := $(shell $(ARCH_FACTS) foreign)
 

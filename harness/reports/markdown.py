@@ -347,6 +347,13 @@ def rerender(results_dir: Path, baseline: Path | None, artifacts_url: str | None
     md = render(run, comparison, notes=notes)
     atomic_write(results_dir / "summary.md", md)
     atomic_write(results_dir / "junit.xml", junit_xml(run))
+    from harness.reports import html
+    from harness.reports.merge import Cell
+
+    name = Cell("", results_dir, run).default_name()
+    atomic_write(results_dir / "report.html",
+                 html.render([(name, results_dir, run)], results_dir, comparison.gate_verdict(run.verdict)
+                             if comparison is not None else run.verdict))
     if data is not None:
         atomic_write(results_dir / "kcidb.json", json.dumps(data, indent=2) + "\n")
     else:

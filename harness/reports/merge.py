@@ -5,6 +5,7 @@ places), joined into
 
     merged.json   the verdict, and per cell: where, verdict, counts, errors
     summary.md    the matrix, then every cell's failures and errors
+    report.html   the same as one static page: test x cell, click for the log
     junit.xml     <testsuites>: each cell's <testsuite> as its own junit.xml has it
     kcidb.json    every cell's KCIDB data in one submission (a checkout or
                   build two cells share appears once)
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.errors import EXIT_ERROR, EXIT_FAIL, EXIT_PASS, InputError, ToolMissing
+from harness.reports import html
 from harness.reports.junit import junit_xml
 from harness.reports.markdown import block, code, esc, failure_lines, load_run
 from harness.reports.results import BAD, STATUSES, RunRecord
@@ -50,6 +52,9 @@ class Cell:
     @property
     def debug(self) -> str:
         return "+".join((self.run.inputs or {}).get("debug") or [])
+
+    def default_name(self) -> str:
+        return " ".join(x for x in (self.where, self.run.suite or "?", self.debug) if x)
 
 
 def find_results(paths: list[Path]) -> list[Path]:
@@ -77,9 +82,8 @@ def find_results(paths: list[Path]) -> list[Path]:
 def cells(paths: list[Path]) -> list[Cell]:
     out: list[Cell] = []
     for path in find_results(paths):
-        run = load_run(path)
-        c = Cell("", path, run)
-        c.name = " ".join(x for x in (c.where, run.suite or "?", c.debug) if x)
+        c = Cell("", path, load_run(path))
+        c.name = c.default_name()
         out.append(c)
     seen: dict[str, int] = {}
     for c in out:
@@ -194,6 +198,7 @@ def write(cs: list[Cell], dest: Path, warn=None) -> str:
     atomic_write(dest / "merged.json", json.dumps(merged_json(cs), indent=2) + "\n")
     atomic_write(dest / "summary.md", summary(cs))
     atomic_write(dest / "junit.xml", junit(cs))
+    atomic_write(dest / "report.html", html.render([(c.name, c.path, c.run) for c in cs], dest, verdict(cs)))
     try:
         data = kcidb_data(cs)
         try:

@@ -153,6 +153,14 @@ def test_matrix_virtio_iommu_and_arm64_smmuv3(first_run, tmp_path):
         assert any(__import__("re").match(iommu, i) for i in data["guest"]["iommus"]), data["guest"]
         assert data["guest"]["build_id"] == data["kernel"]["build_id"]
         assert data["counts"]["pass"] == len(listed_tests("access")) and data["verdict"] == "pass"
+    # one verdict over the matrix, in its top dir; report --merge of the cells says the same
+    merged = json.loads((results / "merged.json").read_text())
+    assert merged["verdict"] == "pass"
+    assert [c["name"] for c in merged["cells"]] == ["arm64-smmuv3 access", "x86_64-virtio-iommu access"]
+    again = subprocess.run([sys.executable, "-m", "harness", "report", "--merge", str(results / "arm64-smmuv3"),
+                            str(results / "x86_64-virtio-iommu"), "--out", str(tmp_path / "m")], cwd=REPO,
+                           capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0 and json.loads((tmp_path / "m" / "merged.json").read_text())["verdict"] == "pass"
     arm = json.loads((results / "arm64-smmuv3" / "results.json").read_text())
     assert arm["qemu"]["accel"] == "tcg" and "arm-smmuv3" not in arm["errors"]
     assert "-machine" in arm["qemu"]["cmdline"] and "virt,iommu=smmuv3,gic-version=3" in arm["qemu"]["cmdline"]
