@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from browser import rendered  # tests/browser.py
 from expected import listed_tests  # tests/e2e/expected.py
 
 REPO = Path(__file__).resolve().parents[2]
@@ -74,6 +75,12 @@ def test_kernel_warning_fails_a_test_that_passed_in_userspace(tmp_path):
     splats = data["kernel"]["splats"]
     assert [(s["test"], s["kind"]) for s in splats] == [("iommufd_ioas.no_domain.access_rw", "warning")]
     assert "WARNING" in (tmp_path / "warn" / "summary.md").read_text()
+    # report.html in a browser: that test's result opens with the kernel's report in it
+    dom = rendered(tmp_path / "warn" / "report.html", "#t=iommufd_ioas.no_domain.access_rw&c=0")
+    assert dom.find("td", class_="r st-fail open")[0][2] == "fail \u26a0"
+    detail = dom.find("div", id="detail")[0][2]
+    assert "kernel reports during this test (1)" in detail and "warning: WARNING: CPU:" in detail
+    assert "drivers/iommu/iommufd/device.c" in detail
 
 
 def test_kernel_warning_at_boot_fails_the_verdict_attributed_to_boot(tmp_path):
