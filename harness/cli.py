@@ -195,6 +195,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--verbose", "-v", action="store_true", help="list every test, passing ones too")
     p.set_defaults(func=cmd_report)
 
+    p = sub.add_parser("nightly", help="one night of a nightly plan: every profile and board x suite, one "
+                                       "results dir per cell, merged reports with the history of earlier nights",
+                       description="PLAN.toml names root, kernel_src, rev, patches, default_patches, suites, "
+                                   "profiles, debug, history and [[boards]] (lab, board); see README, Nightly.")
+    p.add_argument("plan", type=Path, metavar="PLAN.toml")
+    p.add_argument("--night", metavar="NAME", help="this night's directory under the plan's root (default: the time)")
+    p.add_argument("--work", type=Path, default=default_work(), help="work dir (default ./work)")
+    p.add_argument("--accel", choices=["auto", "tcg", "kvm"], default="auto")
+    p.set_defaults(func=cmd_nightly)
+
     p = sub.add_parser("lab", help="a lab file's boards: reachable, what they run, locked or quarantined")
     lsub = p.add_subparsers(dest="lab_command", metavar="ACTION")
     q = lsub.add_parser("check", help="for each board: reachable with its pinned key, its kernel, lock, "
@@ -317,6 +327,12 @@ def cmd_report(args, ui: Ui) -> int:
     if len(args.results_dirs) != 1 or args.out is not None:
         raise InputError("report re-renders one results dir", "to join several into one verdict: report --merge")
     return jobs.report(ui, args.results_dirs[0], args.baseline, args.verbose)
+
+
+def cmd_nightly(args, ui: Ui) -> int:
+    from harness import nightly
+
+    return nightly.night(nightly.load(args.plan), args.work.expanduser().resolve(), ui, args.night, args.accel)
 
 
 def cmd_build(args, ui: Ui) -> int:

@@ -35,7 +35,7 @@ def _link(dest: Path, target: Path) -> str | None:
     return Path(os.path.relpath(target, dest)).as_posix()
 
 
-def page_data(cells: list[tuple[str, Path, RunRecord]], dest: Path, verdict: str) -> dict:
+def page_data(cells: list[tuple[str, Path, RunRecord]], dest: Path, verdict: str, history=None) -> dict:
     tests: dict[str, dict] = {}
     out_cells = []
     for i, (name, path, run) in enumerate(cells):
@@ -59,8 +59,17 @@ def page_data(cells: list[tuple[str, Path, RunRecord]], dest: Path, verdict: str
                 "tap": _link(dest, path / "tap" / f"{t.binary}.tap") if t.binary else None}
     rows = sorted(tests.values(), key=lambda r: (min(ORDER[x["status"]] for x in r["results"].values()),
                                                  r["name"]))
-    return {"verdict": verdict, "cells": out_cells, "tests": rows, "statuses": list(STATUSES),
-            "bad": sorted(BAD)}
+    data = {"verdict": verdict, "cells": out_cells, "tests": rows, "statuses": list(STATUSES), "bad": sorted(BAD)}
+    if history is not None:  # harness.reports.history.History: a strip per result, the changes on top
+        index = {name: str(i) for i, (name, _, _) in enumerate(cells)}
+        strips: dict[str, dict] = {}
+        for t in history.tests:
+            if t["cell"] in index:
+                strips.setdefault(index[t["cell"]], {})[t["test"]] = {
+                    "statuses": t["statuses"], "since": t["first_failing"], "flaky": t["flaky_rate"]}
+        data["history"] = {"nights": [n.name for n in history.nights], "strips": strips,
+                           "changes": history.changes}
+    return data
 
 
 STYLE = """
@@ -73,6 +82,9 @@ td.v-pass, td.v-fail, td.v-error { color: #fff; }
 .st-pass { background: #c8e6c9; } .st-fail, .st-crash { background: #ef9a9a; font-weight: bold; }
 .st-timeout { background: #ffcc80; } .st-notrun { background: #e0e0e0; } .st-skip { background: #fff59d; }
 .st-none { background: #fff; color: #aaa; } td.open { outline: 3px solid #1565c0; }
+.strip { margin-left: .4em; } .strip i { display: inline-block; width: .6em; height: .9em; margin-left: 1px;
+  border: 1px solid #999; vertical-align: middle; }
+li.broke { color: #b71c1c; font-weight: bold; } li.fixed { color: #1b5e20; }
 #detail { margin: 1em 0; padding: .5em 1em; border: 1px solid #1565c0; display: none; }
 pre { background: #f8f8f8; padding: .5em; overflow-x: auto; max-height: 30em; }
 .err { color: #b71c1c; } .name { font-family: monospace; }
@@ -120,11 +132,33 @@ function matrix() {
       const r = row.results[String(i)];
       const td = $("td", {class: "r st-" + (r ? r.status : "none"), "data-cell": String(i),
                           text: r ? r.status + (r.reports.length ? " ⚠" : "") : "-"});
+      const h = D.history && (D.history.strips[String(i)] || {})[row.name];
+      if (h) td.append(strip(h));
       if (r) td.addEventListener("click", () => { location.hash = hash(row.name, i); });
       tr.append(td);
     });
     t.append(tr);
   }
+}
+function strip(h) {
+  const s = $("span", {class: "strip", title: h.since ? `failing since ${h.since}; flaky rate ${h.flaky}` :
+                                             `flaky rate ${h.flaky}`});
+  h.statuses.forEach((st, k) => s.append($("i", {class: "h st-" + (st || "none"),
+                                                 title: `${D.history.nights[k]}: ${st || "did not run"}`})));
+  return s;
+}
+function changes() {
+  if (!D.history) return;
+  const c = D.history.changes, d = document.getElementById("changes");
+  d.append($("h2", {text: c.previous ? `Since the previous night (${c.previous})` : "The first night"}));
+  const ul = $("ul", {id: "changed"});
+  for (const x of c.broke) ul.append($("li", {class: "broke", text: `broke: ${x.test} on ${x.cell} (${x.was} -> ${x.is})`}));
+  for (const x of c.fixed) ul.append($("li", {class: "fixed", text: `fixed: ${x.test} on ${x.cell} (${x.was} -> ${x.is})`}));
+  for (const x of c.no_verdict) ul.append($("li", {class: "no-verdict", text: `no verdict on ${x.cell} (infrastructure): ${x.error.split("\n")[0]}`}));
+  for (const x of c.new) ul.append($("li", {class: "new", text: `new: ${x.test} on ${x.cell}`}));
+  for (const x of c.vanished) ul.append($("li", {class: "vanished", text: `vanished: ${x.test} on ${x.cell}`}));
+  if (!ul.children.length && c.previous) ul.append($("li", {text: "nothing changed"}));
+  d.append(ul);
 }
 function hash(test, cell) { return "t=" + encodeURIComponent(test) + "&c=" + cell; }
 function show() {
@@ -151,18 +185,18 @@ function show() {
   d.append($("h3", {text: "log"}), $("pre", {id: "detail-log", text: r.log || "(no output)"}));
   d.style.display = "block";
 }
-head(); matrix(); show();
+head(); changes(); matrix(); show();
 window.addEventListener("hashchange", show);
 document.body.setAttribute("data-rendered", "yes");
 """
 
 
-def render(cells: list[tuple[str, Path, RunRecord]], dest: Path, verdict: str) -> str:
-    data = json.dumps(page_data(cells, dest, verdict), separators=(",", ":"))
+def render(cells: list[tuple[str, Path, RunRecord]], dest: Path, verdict: str, history=None) -> str:
+    data = json.dumps(page_data(cells, dest, verdict, history), separators=(",", ":"))
     data = data.replace("</", "<\\/")  # no log can end the script element
     title = f"iommufd-harness: {verdict.upper()}"
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">\n<title>{html.escape(title)}</title>\n'
             f"<style>{STYLE}</style></head>\n<body>\n<h1 id=\"verdict\"></h1>\n<table id=\"cells\"></table>\n"
-            '<div id="detail"></div>\n<h2>Tests</h2>\n<table id="matrix"></table>\n'
+            '<div id="changes"></div>\n<div id="detail"></div>\n<h2>Tests</h2>\n<table id="matrix"></table>\n'
             f'<script type="application/json" id="data">{data}</script>\n<script>{SCRIPT}</script>\n'
             "</body></html>\n")
