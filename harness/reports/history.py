@@ -59,15 +59,16 @@ class History:
 
 
 def nights(root: Path, last: int, tonight: Path | None = None) -> list[Night]:
-    """The nights under ``root`` (directories holding merged.json), by name,
-    the last ``last`` of them, up to ``tonight``."""
-    found = sorted(p for p in root.iterdir() if (p / "merged.json").is_file()) if root.is_dir() else []
+    """The nights under ``root`` (directories holding merged.json) in the
+    order they ran (their first cell's start; the name for equal ones), the
+    last ``last`` of them up to ``tonight``."""
+    found = [p for p in root.iterdir() if (p / "merged.json").is_file()] if root.is_dir() else []
+    every = [Night(p.name, p, {c.name: c for c in merge.cells([p])}) for p in found]
+    every.sort(key=lambda n: (min((c.run.started for c in n.cells.values() if c.run.started), default=""), n.name))
     if tonight is not None:
-        found = [p for p in found if p.name <= tonight.name]
-    out = []
-    for p in found[-last:]:
-        out.append(Night(p.name, p, {c.name: c for c in merge.cells([p])}))
-    return out
+        at = next((i for i, n in enumerate(every) if n.path.resolve() == tonight.resolve()), None)
+        every = every[:at + 1] if at is not None else []
+    return every[-last:]
 
 
 def _first_failing(statuses: list[str | None], names: list[str]) -> str | None:

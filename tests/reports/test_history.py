@@ -38,8 +38,9 @@ def three_nights(root: Path) -> list[Path]:
     nights = []
     for i, (x86, arm64, changes) in enumerate(plan, 1):
         n = root / f"2026120{i}-0300"
-        cell(n, "x86_64-vtd-full", x86)
-        cell(n, "arm64-smmuv3-full", arm64, **changes)
+        started = f"2026-12-0{i}T03:0{i}:00+00:00"  # as each night ran
+        cell(n, "x86_64-vtd-full", x86, started=started)
+        cell(n, "arm64-smmuv3-full", arm64, **changes, started=started)
         nightly.write_reports(n, root, 14)
         nights.append(n)
     return nights
@@ -85,7 +86,7 @@ def test_a_streak_goes_on_through_a_night_without_a_verdict(tmp_path):
     for i, (x86, changes) in enumerate([(PASS, {}), (FAIL, {}), (ERROR, {"profile": "x86_64-vtd", "suite": "full"}),
                                         (FAIL, {})], 1):
         n = tmp_path / f"n{i}"
-        cell(n, "x86", x86, **changes)
+        cell(n, "x86", x86, **changes, started=f"2026-12-0{i}T03:00:00+00:00")
         nightly.write_reports(n, tmp_path, 14)
     h = history.build(tmp_path, tmp_path / "n4")
     t = next(t for t in h.tests if t["test"] == FAILING[0])
@@ -94,6 +95,14 @@ def test_a_streak_goes_on_through_a_night_without_a_verdict(tmp_path):
     # the previous night it ran gave no verdict: nothing is said to have broken tonight
     assert h.changes["broke"] == [] and h.changes["verdict_again"] == ["x86_64-vtd full"]
     assert [n.name for n in history.nights(tmp_path, 2, tmp_path / "n4")] == ["n3", "n4"]
+
+
+def test_nights_are_in_the_order_they_ran_whatever_their_names(tmp_path):
+    for name, day in (("n10", 3), ("n9", 2), ("first", 1)):
+        cell(tmp_path / name, "x86", PASS, started=f"2026-12-0{day}T03:00:00+00:00")
+        nightly.write_reports(tmp_path / name, tmp_path, 14)
+    assert [n.name for n in history.nights(tmp_path, 14)] == ["first", "n9", "n10"]
+    assert history.build(tmp_path, tmp_path / "n9").changes["previous"] == "first"
 
 
 def test_the_nights_page_shows_the_changes_and_a_strip_per_result(tmp_path):
