@@ -22,7 +22,9 @@ For each profile and kernel (the default one and every ``--debug`` one):
   against the same kexec done by hand over SSH (copy, ``kexec -l``,
   ``kexec -e``, SSH again) and a plain reboot of the installed kernel;
   and a trial kernel that hangs (detected and power cycled back) against
-  its budget: twice the normal trial boot plus a power cycle to SSH;
+  its budget: twice the normal trial boot plus a power cycle to SSH; and
+  the same run with ``boot = "oneshot"`` (through U-Boot's hook) against
+  the same by hand (copy, the one-shot script, reboot, suite, reboot);
 - cold build (``--cold``): ``iommufd-harness build`` in an empty work dir,
   against ``make`` of the kernel image with the same .config in an empty
   build directory, ccache off.
@@ -400,6 +402,7 @@ def lab_board_runs(work: Path, suite: str, repeat: int, tmp: Path) -> list[Figur
             c.close()
 
     run = Figure(f"lab board: run {suite} (deploy..return)")
+    oneshot = Figure(f"lab board: oneshot run {suite}")
     deployed = Figure("lab board: deploy + trial boot")
     back = Figure("lab board: return to installed")
     hang = Figure("lab board: hanging kernel rolled back (budget)")
@@ -443,6 +446,37 @@ def lab_board_runs(work: Path, suite: str, repeat: int, tmp: Path) -> list[Figur
             reboot_s = time.monotonic() - t0
             run.floor.append(deployed.floor[-1] + data["stages"].get("run", 0.0) + reboot_s)
             ssh("rm -rf /boot/bench")
+        # oneshot: the harness through U-Boot's hook, against the same by hand (copy, the script, reboot)
+        oneshot_lab = dest / "lab-oneshot.toml"
+        oneshot_lab.write_text((dest / "lab.toml").read_text().replace('boot = "kexec"', 'boot = "oneshot"'))
+        for i in range(repeat):
+            res = tmp / f"lab-oneshot-{i}"
+            elapsed, code = timed(harness_argv("run", "--quiet", "--work", work, "--lab", oneshot_lab,
+                                               "--board", "qemu-board", "--suite", suite, "--results", res))
+            data = results_of(res)
+            if code != 0 or data["qemu"]["deploy"].get("method") != "oneshot":
+                raise HarnessError(f"bench: the oneshot lab board run did not pass (exit {code}): "
+                                   f"{data.get('errors')}", log=str(res))
+            oneshot.harness.append(elapsed)
+            t0 = time.monotonic()
+            c = deploy.client(entry)
+            c.connect()
+            cmdline = c.run(["cat", "/proc/cmdline"], 30).text.strip()
+            c.run(["mkdir", "-p", "/boot/bench", deploy.REMOTE_ROOT], 30)
+            c.put("/boot/bench/Image", image.read_bytes(), 0o644, timeout=600)
+            script = deploy.oneshot_script("bench", "/bench", "Image", None,
+                                           initrd[len(deploy.BOOT_MOUNT):], cmdline)
+            c.put(deploy.BOOT_MOUNT + deploy.ONESHOT_SCRIPT, deploy.compile_script(script), 0o644, timeout=60)
+            boot_id = c.run(["cat", "/proc/sys/kernel/random/boot_id"], 30).text.strip()
+            c.run(["sh", "-c", "sync; (setsid sh -c 'sleep 1; reboot -f' </dev/null >/dev/null 2>&1 &)"], 60)
+            c.close()
+            _, boot_id = wait_ssh(boot_id)
+            up = time.monotonic() - t0
+            t0 = time.monotonic()
+            ssh("(setsid sh -c 'sleep 1; reboot -f' </dev/null >/dev/null 2>&1 &)")
+            _, boot_id = wait_ssh(boot_id)
+            oneshot.floor.append(up + data["stages"].get("run", 0.0) + time.monotonic() - t0)
+            ssh(f"rm -rf /boot/bench {deploy.REMOTE_ROOT}")
         normal = statistics.median(trial_boots)
         for i in range(repeat):
             res = tmp / f"lab-hang-{i}"
@@ -466,7 +500,7 @@ def lab_board_runs(work: Path, suite: str, repeat: int, tmp: Path) -> list[Figur
             board.wait(60)
         except Exception:
             board.kill()
-    return [run, deployed, back, hang]
+    return [run, oneshot, deployed, back, hang]
 
 
 def fmt(v: float | None, unit: str = " s") -> str:

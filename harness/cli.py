@@ -425,14 +425,17 @@ def cmd_lab_check(args, ui: Ui) -> int:
             continue
         try:
             with labgrid.PlaceLock(place, name):
-                bad += _check_board(place.resolve(entry), say)
+                port = place.serial_port() if entry.console is None else None
+                console = (f"labgrid NetworkSerialPort {port.get('host')}:{port.get('port')} (read through its "
+                           "SerialDriver for a run)" if port else None)
+                bad += _check_board(place.resolve(entry), say, console)
         except HarnessError as e:
             bad += 1
             say(f"  reachable: no: {e.message}")
     return EXIT_ERROR if bad else 0
 
 
-def _check_board(entry: lab.BoardEntry, say) -> int:
+def _check_board(entry: lab.BoardEntry, say, console: str | None = None) -> int:
     """lab check's probe of one board; 1 if it cannot do what the lab says."""
     from harness.targets import deploy
 
@@ -449,6 +452,8 @@ def _check_board(entry: lab.BoardEntry, say) -> int:
     shown = {"oneshot": "oneshot (if its U-Boot has the hook: README, Real boards)"}
     say(f"  boot methods: {', '.join(shown.get(m, m) for m, ok in can.items() if ok)}")
     say(f"  U-Boot boot files: {', '.join(f['uboot_files']) or 'none under /boot'}")
+    console = console or (f"the lab's command: {entry.console}" if entry.console else None)
+    say(f"  console: {console or 'none (a trial kernel that hangs is found by its boot timeout only)'}")
     if not oneshot:
         say(f"  oneshot: no: /boot is {' '.join(fs[:2]) or 'not mounted'}, it needs U-Boot's FAT partition "
             "there, read-write")
@@ -480,7 +485,8 @@ def cmd_qemu_board(args, ui: Ui) -> int:
     if args.board_command == "create":
         info = qemuboard.create(dest, WorkDir(args.work.expanduser().resolve()), port=args.port)
         ui.out.print(f"board in {dest}: installed kernel {info['installed']['release']}, SSH on "
-                     f"127.0.0.1:{info['port']}", highlight=False, markup=False)
+                     f"127.0.0.1:{info['port']}, serial console on 127.0.0.1:{info['console_port']} (raw TCP)",
+                     highlight=False, markup=False)
         ui.out.print(f"lab file: {dest / 'lab.toml'}; start it: iommufd-harness qemu-board start {dest}",
                      highlight=False, markup=False)
         return 0

@@ -15,7 +15,9 @@ The place is acquired for the whole run and released on every exit path
 (labgrid's coordinator is the lock every controller sees; one held by
 someone else is refused, or waited for with --lock-wait, with its holder
 named).  Without a ``power_cycle`` in the lab file the place's power driver
-is used (``labgrid-client power cycle``).  A board that does not come back
+is used (``labgrid-client power cycle``); without a ``console``, the place's
+NetworkSerialPort is read through labgrid's SerialDriver for the whole run
+(``ConsoleFollower``).  A board that does not come back
 is tagged ``iommufd_harness_quarantine=yes`` on its place; later runs refuse
 it until ``iommufd-harness lab release``.  SSH stays the harness's own
 (paramiko, with the lab file's pinned key): labgrid only lends the place.
@@ -129,31 +131,48 @@ class Place:
 
     # -- what the place lends -----------------------------------------------------------
 
-    def network_service(self) -> dict:
-        """The place's NetworkService (address, port, username); the place
-        must be acquired."""
+    def resources(self) -> list[tuple[str, dict]]:
+        """The place's resources as (class, parameters), from ``labgrid-client
+        env``; the place must be acquired."""
         import yaml  # a labgrid dependency
 
         res = self.run("env")
         if res.returncode != 0:
             raise LabError(f"labgrid place {self.name}: {self._error(res)}")
         doc = yaml.safe_load(res.stdout) or {}
+        found = []
         for target in (doc.get("targets") or {}).values():
             resources = target.get("resources") or []
             items = resources.items() if isinstance(resources, dict) else \
                 [kv for r in resources for kv in r.items()]
-            for cls, params in items:
-                if cls == "NetworkService":
-                    return dict(params or {})
+            found += [(cls, dict(params or {})) for cls, params in items]
+        return found
+
+    def network_service(self) -> dict:
+        """The place's NetworkService (address, port, username)."""
+        for cls, params in self.resources():
+            if cls == "NetworkService":
+                return params
         raise LabError(f"labgrid place {self.name} has no NetworkService resource",
                        "export the board's SSH address as a NetworkService (address, username, port)")
 
-    def resolve(self, entry: BoardEntry) -> BoardEntry:
+    def serial_port(self, resources: list[tuple[str, dict]] | None = None) -> dict | None:
+        """The place's serial console (a NetworkSerialPort: what an exporter
+        makes of a USBSerialPort or RawSerialPort with ser2net), or None."""
+        for cls, params in self.resources() if resources is None else resources:
+            if cls == "NetworkSerialPort":
+                return params
+        return None
+
+    def resolve(self, entry: BoardEntry, console_log: Path | None = None) -> BoardEntry:
         """``entry`` with what the lab file leaves to the place: host, port
-        and user from its NetworkService, and its power driver as the power
-        cycle."""
+        and user from its NetworkService, its power driver as the power
+        cycle, and (with ``console_log``, where a ConsoleFollower writes it)
+        its serial console."""
         ns = self.network_service()
         changes: dict = {}
+        if entry.console is None and console_log is not None:
+            changes["console"] = shlex.join(["cat", "--", str(console_log)])
         if not entry.host:
             changes["host"] = str(ns.get("address", ""))
             changes["port"] = int(ns.get("port", 22))
@@ -186,13 +205,113 @@ class Place:
         return done
 
 
+class ConsoleFollower:
+    """The place's serial console for the length of a run: a child process
+    (``python -m harness.labgrid console``) reads it through labgrid's
+    SerialDriver and appends everything to ``log``, which the harness reads
+    like a lab file's ``console`` command (the trial kernel's panic, the
+    console in a deploy error)."""
+
+    READY = "following"
+
+    def __init__(self, place: Place, log: Path):
+        self.place, self.log = place, log
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 30.0) -> None:
+        from harness import proc
+
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        self.log.touch()
+        env = dict(os.environ)
+        env.pop("LG_ENV", None)
+        self.errors = self.log.with_name(self.log.name + ".stderr")  # labgrid's own warnings
+        with open(self.errors, "w") as err:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "harness.labgrid", "console", "--coordinator", self.place.coordinator,
+                 "--place", self.place.name, "--log", str(self.log)],
+                stdout=subprocess.PIPE, stderr=err, text=True, env=env, start_new_session=True,
+                preexec_fn=proc._pdeathsig)  # it dies with the harness, whatever kills it
+        import selectors
+
+        sel = selectors.DefaultSelector()
+        sel.register(self.proc.stdout, selectors.EVENT_READ)
+        deadline = time.monotonic() + timeout
+        line = ""
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            if sel.select(max(0.0, deadline - time.monotonic())):
+                line = self.proc.stdout.readline()
+                break
+        sel.close()
+        if line.strip() != self.READY:
+            self.stop()
+            err = self.errors.read_text(errors="replace").strip().splitlines()
+            raise LabError(f"labgrid place {self.place.name}: its serial console could not be read"
+                           + (f": {err[-1]}" if err else f" within {timeout:.0f} s"),
+                           "check the place's NetworkSerialPort (labgrid-client -p "
+                           f"{self.place.name} console), or name a console command in the lab file")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def follow_console(coordinator: str, place: str, log: Path) -> int:
+    """The child of ConsoleFollower: the place's console, through labgrid's
+    own RemotePlace and SerialDriver, appended to ``log`` until killed."""
+    os.environ["LG_COORDINATOR"] = coordinator
+    import serial
+    from labgrid import Target
+    from labgrid.driver import SerialDriver
+    from labgrid.resource.remote import RemotePlace
+    from pexpect import TIMEOUT
+
+    target = Target(place)
+    RemotePlace(target, name=place)
+    driver = SerialDriver(target, name=None)
+    target.activate(driver)
+    print(ConsoleFollower.READY, flush=True)
+    with open(log, "ab") as out:
+        while True:
+            try:
+                data = driver.read(size=1, max_size=65536, timeout=1.0)
+            except TIMEOUT:
+                continue
+            except serial.SerialException:  # the port went away (ser2net restarted): again
+                driver.close()
+                time.sleep(1.0)
+                try:
+                    driver.open()
+                except serial.SerialException:
+                    pass
+                continue
+            out.write(data)
+            out.flush()
+
+
 class PlaceLock:
     """The place acquired for a whole run (refused while quarantined),
-    released on exit."""
+    released on exit; its serial console followed while it is held, if
+    asked (``follow_console``)."""
 
     def __init__(self, place: Place, board: str, wait: float = 0.0, say=None):
         self.place, self.board, self.wait, self.say = place, board, wait, say
         self.held = False
+        self.console: ConsoleFollower | None = None
+
+    def follow_console(self, log: Path) -> dict | None:
+        """Follow the place's serial console into ``log``, if it has one:
+        its NetworkSerialPort, or None."""
+        port = self.place.serial_port()
+        if port is not None:
+            self.console = ConsoleFollower(self.place, log)
+            self.console.start()
+        return port
 
     def __enter__(self) -> "PlaceLock":
         q = self.place.quarantined(self.board, self.place.show())
@@ -204,6 +323,32 @@ class PlaceLock:
         return self
 
     def __exit__(self, *exc) -> None:
+        if self.console is not None:
+            self.console.stop()
+            self.console = None
         if self.held:
             self.place.release()
             self.held = False
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m harness.labgrid")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    c = sub.add_parser("console", help="append a place's serial console to a file until killed")
+    c.add_argument("--coordinator", required=True)
+    c.add_argument("--place", required=True)
+    c.add_argument("--log", type=Path, required=True)
+    args = ap.parse_args(argv)
+    try:
+        return follow_console(args.coordinator, args.place, args.log)
+    except KeyboardInterrupt:
+        return 0
+    except Exception as e:  # told to the parent on stderr, in one line
+        print(f"{type(e).__name__}: {e}".replace("\n", " "), file=sys.stderr, flush=True)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -285,11 +285,17 @@ class Pipeline:
                                  say=self.ui.info)
         with lock:
             if place is not None:
-                self.entry = place.resolve(self.entry)
+                followed = None
+                if self.entry.console is None:  # the lab file's own console command comes first
+                    followed = lock.follow_console(self.logs / "labgrid-console.log")
+                self.entry = place.resolve(self.entry, lock.console.log if lock.console else None)
                 self.ui.info(f"board {self.entry.name}: labgrid place {place.name} acquired "
-                             f"({self.entry.user}@{self.entry.host}:{self.entry.port})")
+                             f"({self.entry.user}@{self.entry.host}:{self.entry.port})"
+                             + (f", its console followed (NetworkSerialPort {followed.get('host')}:"
+                                f"{followed.get('port')})" if followed else ""))
             else:
                 self.ui.info(f"board {self.entry.name}: locked ({lab.holder_name()})")
+            self.record.guest["board"] = self.entry.name  # the lab's name for it (a merged matrix's cell)
             facts = deploy.probe(self.entry, fetch_config=self.board_kernel() in ("running", "defconfig"),
                                  into=self.logs)
             self.board_facts = facts

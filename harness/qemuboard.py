@@ -7,9 +7,11 @@ kernel as the installed kernel, an initrd that is the board's whole
 userland, ``extlinux/extlinux.conf``), its SSH keys and a ``lab.toml``
 naming it.  ``start DIR`` runs it until stopped: Debian's U-Boot is the
 firmware, the disk keeps what is written to ``/boot`` across reboots, the
-serial console is appended to ``DIR/console.log``, SSH is forwarded from
-127.0.0.1.  ``reset DIR`` is its power cycle (QMP ``system_reset``),
-``console DIR`` prints its serial console.
+serial console is appended to ``DIR/console.log`` and served raw on a TCP
+port of 127.0.0.1 (``console_port`` in board.json: what a lab's ser2net
+makes of a board's UART, for a labgrid NetworkSerialPort), SSH is
+forwarded from 127.0.0.1.  ``reset DIR`` is its power cycle (QMP
+``system_reset``), ``console DIR`` prints its serial console.
 """
 
 from __future__ import annotations
@@ -287,7 +289,8 @@ def create(dest: Path, work: WorkDir, recipe: BoardRecipe | None = None, port: i
                "extlinux/extlinux.conf": dest / "extlinux.conf"}, log)
     initrd.unlink()
     _env_flash(dest, recipe, log)
-    info = {"recipe": recipe.userland.name, "arch": recipe.arch, "port": port, "installed": {
+    info = {"recipe": recipe.userland.name, "arch": recipe.arch, "port": port, "console_port": free_port(),
+            "installed": {
         "package": kpkg, "deb": kdeb[kpkg].name, "release": release, "cmdline": recipe.cmdline,
         "initrd": f"/boot/initrd.img-{release}", "modules": [m.name for m in modules]},
         "machine": recipe.machine, "oneshot": recipe.oneshot}
@@ -349,9 +352,20 @@ def command_line(dest: Path, info: dict) -> list[str]:
     return _qemu_argv(dest, info["machine"], env_flash, "chardev:con0") + [
         "-netdev", f"user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:{info['port']}-:22",
         "-device", "virtio-net-pci,netdev=net0",
-        "-chardev", f"file,id=con0,path={dest / 'console.log'},append=on",
+        *console_chardev(dest, info),
         "-chardev", f"socket,id=qmp0,path={dest / 'qmp.sock'},server=on,wait=off",
         "-mon", "chardev=qmp0,mode=control"]
+
+
+def console_chardev(dest: Path, info: dict) -> list[str]:
+    """The serial console: appended to console.log and, on boards made
+    since it has one, served on ``console_port`` (one reader at a time; what
+    the board prints while nobody reads is only in the log)."""
+    log = dest / "console.log"
+    if not info.get("console_port"):
+        return ["-chardev", f"file,id=con0,path={log},append=on"]
+    return ["-chardev", f"socket,id=con0,host=127.0.0.1,port={info['console_port']},server=on,wait=off,"
+                        f"logfile={log},logappend=on"]
 
 
 def start(dest: Path) -> int:

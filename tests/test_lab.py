@@ -305,3 +305,16 @@ def test_a_place_held_by_someone_is_refused_with_the_holder_named(tmp_path, monk
     assert p.acquired_by(shown) == "ci-3/nightly" and p.tags(shown)["iommufd_harness_quarantine"] == "yes"
     assert p.quarantined("m1", shown)["reason"].startswith("tagged iommufd_harness_quarantine=yes")
     assert p.acquired_by("Place 'm1':\n  acquired: None\n") is None
+
+
+def test_the_qemu_board_serves_its_console_on_a_port_and_still_logs_it(tmp_path):
+    """A labgrid exporter exports that port as a NetworkSerialPort; the log
+    (qemu-board console, the e2e tests) keeps every boot either way."""
+    from harness import qemuboard
+
+    served = qemuboard.console_chardev(tmp_path, {"console_port": 4321})
+    assert served[0] == "-chardev" and served[1].startswith("socket,id=con0,host=127.0.0.1,port=4321,server=on,")
+    assert f"logfile={tmp_path / 'console.log'},logappend=on" in served[1] and "wait=off" in served[1]
+    # a board made before it had a console port: the log only
+    assert qemuboard.console_chardev(tmp_path, {}) == ["-chardev",
+                                                       f"file,id=con0,path={tmp_path / 'console.log'},append=on"]

@@ -32,3 +32,11 @@ def default_tree_version() -> str:
     from harness.workdir import WorkDir
 
     return source.kernel_version(source.debian_origin(WorkDir(WORK).prepare()).path)
+
+
+# What tests/fixtures/kernel-patches/pin-more-than-8-pages-fails.patch breaks: every test
+# of the access suite that pins more than 8 pages.
+PIN_VARIANTS = ("no_domain", "mock_domain", "two_mock_domain", "mock_domain_limit")
+PIN_USER_COPY = ("one_domain", "two_domains", "one_domain_hugepage", "two_domains_hugepage")
+PINNING_BROKEN = frozenset({f"iommufd_ioas.{v}.{t}" for v in PIN_VARIANTS for t in ("access_pin", "access_pin_unmap")}
+                           | {f"iommufd_mock_domain.{v}.user_copy" for v in PIN_USER_COPY})

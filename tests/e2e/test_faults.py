@@ -99,16 +99,6 @@ def test_kernel_panic_at_boot_is_an_error_with_the_console(tmp_path):
     _no_qemu_left(results)
 
 
-def test_guest_that_never_starts_sshd_hits_the_boot_timeout(tmp_path):
-    results = tmp_path / "hang"
-    res = _run(results, "--boot-timeout", "25", "--cmdline", "rdinit=/bin/busybox -- sleep 100000")
-    assert res.returncode == 2
-    data = _results(results)
-    assert "did not answer on SSH within 25 s (sshd never started" in data["errors"][0]
-    assert "Run /bin/busybox as init process" in (results / "console.log").read_text()
-    _no_qemu_left(results)
-
-
 def test_kernel_crash_during_a_test_is_attributed_to_it(tmp_path):
     results = tmp_path / "crash"
     res = _run(results, "--patches", str(FIXTURES / "crash-in-access-rw.patch"))
@@ -123,6 +113,37 @@ def test_kernel_crash_during_a_test_is_attributed_to_it(tmp_path):
     crash = data["tests"][3]
     assert "kernel BUG at drivers/iommu/iommufd/device.c" in crash["log"]
     assert any("the target died" in e for e in data["errors"])
+    _no_qemu_left(results)
+
+
+def test_continue_after_crash_reboots_and_runs_the_rest(tmp_path):
+    """Every variant's access_rw crashes this kernel; with --continue-after-crash
+    the VM is rebooted (at most 3 times) and the remaining tests still run."""
+    results = tmp_path / "continue"
+    res = _run(results, "--patches", str(FIXTURES / "crash-in-access-rw.patch"), "--continue-after-crash")
+    data = _results(results)
+    assert res.returncode == 1 and data["verdict"] == "fail"
+    by_status: dict[str, list[str]] = {}
+    for t in data["tests"]:
+        by_status.setdefault(t["status"], []).append(t["name"])
+    assert by_status["crash"] == [f"iommufd_ioas.{v}.access_rw"
+                                  for v in ("no_domain", "mock_domain", "two_mock_domain", "mock_domain_limit")]
+    assert len(by_status["pass"]) == 15  # ran on the rebooted guests
+    assert "iommufd_ioas.two_mock_domain.access_rw_unaligned" in by_status["pass"]
+    assert len(by_status["notrun"]) == 5  # after the 4th crash there is no 4th reboot
+    assert data["guest"]["boots"] == 4
+    for n in (1, 2, 3):
+        assert "Run /init as init process" in (results / f"console.{n}.log").read_text()
+    _no_qemu_left(results)
+
+
+def test_guest_that_never_starts_sshd_hits_the_boot_timeout(tmp_path):
+    results = tmp_path / "hang"
+    res = _run(results, "--boot-timeout", "25", "--cmdline", "rdinit=/bin/busybox -- sleep 100000")
+    assert res.returncode == 2
+    data = _results(results)
+    assert "did not answer on SSH within 25 s (sshd never started" in data["errors"][0]
+    assert "Run /bin/busybox as init process" in (results / "console.log").read_text()
     _no_qemu_left(results)
 
 
@@ -171,25 +192,4 @@ def test_sigterm_tears_down_and_keeps_results(tmp_path):
     assert "the run was interrupted" in data["errors"]
     assert data["verdict"] in ("error", "fail")
     assert len(data["tests"]) < 7
-    _no_qemu_left(results)
-
-
-def test_continue_after_crash_reboots_and_runs_the_rest(tmp_path):
-    """Every variant's access_rw crashes this kernel; with --continue-after-crash
-    the VM is rebooted (at most 3 times) and the remaining tests still run."""
-    results = tmp_path / "continue"
-    res = _run(results, "--patches", str(FIXTURES / "crash-in-access-rw.patch"), "--continue-after-crash")
-    data = _results(results)
-    assert res.returncode == 1 and data["verdict"] == "fail"
-    by_status: dict[str, list[str]] = {}
-    for t in data["tests"]:
-        by_status.setdefault(t["status"], []).append(t["name"])
-    assert by_status["crash"] == [f"iommufd_ioas.{v}.access_rw"
-                                  for v in ("no_domain", "mock_domain", "two_mock_domain", "mock_domain_limit")]
-    assert len(by_status["pass"]) == 15  # ran on the rebooted guests
-    assert "iommufd_ioas.two_mock_domain.access_rw_unaligned" in by_status["pass"]
-    assert len(by_status["notrun"]) == 5  # after the 4th crash there is no 4th reboot
-    assert data["guest"]["boots"] == 4
-    for n in (1, 2, 3):
-        assert "Run /init as init process" in (results / f"console.{n}.log").read_text()
     _no_qemu_left(results)

@@ -24,7 +24,7 @@ import pytest
 from harness import lab, labgrid
 from harness.targets import deploy
 
-from expected import listed_tests  # tests/e2e/expected.py
+from expected import PINNING_BROKEN, listed_tests  # tests/e2e/expected.py
 
 REPO = Path(__file__).resolve().parents[2]
 WORK = Path(os.environ.get("IOMMUFD_HARNESS_WORK", REPO / "work"))
@@ -241,25 +241,6 @@ def test_a_trial_kernel_that_panics_is_deploy_failed_and_rolled_back(board, tmp_
     board.assert_back_home(path)
 
 
-def test_a_trial_kernel_that_hangs_is_power_cycled_back(board, tmp_path):
-    """It panics and stays there (panic=0): the board never answers; the
-    lab's power-cycle command brings it back."""
-    path = board.lab_file(tmp_path)
-    t0 = time.monotonic()
-    res = harness("run", "--lab", str(path), "--board", "qemu-board", "--work", str(WORK),
-                  "--results", str(tmp_path / "r"), "--suite", "access",
-                  "--cmdline", "panic=0 rdinit=/nonexistent init=/nonexistent")
-    took = time.monotonic() - t0
-    assert res.returncode == 2
-    data = json.loads((tmp_path / "r" / "results.json").read_text())
-    assert "deploy failed: the trial kernel did not answer" in data["errors"][0]
-    assert data["qemu"]["return"]["how"] == "power cycle" and data["qemu"]["return"]["ok"]
-    # the panic on the console ends the wait, not the boot timeout
-    assert data["qemu"]["deploy"]["wait_s"] < board.entry().boot_timeout, data["qemu"]
-    assert "power cycle" in res.stderr and took < 600  # said while it happens
-    board.assert_back_home(path)
-
-
 def test_a_board_that_does_not_come_back_is_quarantined(board, tmp_path):
     """No power-cycle command and a trial kernel that hangs: the board is
     quarantined, later runs refuse it until 'lab release'; then the test
@@ -315,12 +296,16 @@ class Labgrid:
         self.bin = Path(sys.executable).parent
         self.start([str(self.bin / "labgrid-coordinator"), "-l", self.coordinator], "coordinator")
         port = int(board.entry().port)
+        self.console_port = json.loads((board.dest / "board.json").read_text())["console_port"]
+        # its SSH, and its serial console as an exporter's ser2net would serve it (raw TCP)
         (where / "exporter.yaml").write_text(
-            f"qemu-board:\n  NetworkService:\n    address: 127.0.0.1\n    port: {port}\n    username: root\n")
+            f"qemu-board:\n  NetworkService:\n    address: 127.0.0.1\n    port: {port}\n    username: root\n"
+            f"  NetworkSerialPort:\n    host: 127.0.0.1\n    port: {self.console_port}\n    speed: 115200\n"
+            "    protocol: raw\n")
         self.wait_for(lambda: self.client("places").returncode == 0, "the coordinator")
         self.start([str(self.bin / "labgrid-exporter"), "-c", self.coordinator, "-n", "e2e", "--hostname",
                     "127.0.0.1", str(where / "exporter.yaml")], "exporter")
-        self.wait_for(lambda: "e2e/qemu-board/NetworkService" in self.client("resources").stdout, "the exporter")
+        self.wait_for(lambda: "e2e/qemu-board/NetworkSerialPort" in self.client("resources").stdout, "the exporter")
         assert self.client("-p", "qemu-board", "create").returncode == 0
         assert self.client("-p", "qemu-board", "add-match", "e2e/qemu-board/*").returncode == 0
         reset = f"{sys.executable} -m harness qemu-board reset {board.dest}"
@@ -416,17 +401,49 @@ def test_labgrid_place_held_by_another_user_is_refused_with_its_holder(board, pl
         assert place.client("-p", "qemu-board", "release", user="nightly").returncode == 0
 
 
-def test_labgrid_place_power_and_quarantine(board, place, tmp_path):
-    """The place's power driver is the board's power cycle; a quarantine is
-    a tag on the place that later runs see, until lab release."""
+def followers() -> list[str]:
+    """The harness's labgrid console followers still running on this machine."""
+    res = subprocess.run(["pgrep", "-af", "harness.labgrid console"], capture_output=True, text=True)
+    return [x for x in res.stdout.splitlines() if "pgrep" not in x]
+
+
+def test_a_trial_kernel_that_hangs_on_a_labgrid_place_is_power_cycled_back(board, place, tmp_path):
+    """It panics and stays there (panic=0): the board never answers.  The
+    place's serial console, read through labgrid's SerialDriver, shows the
+    panic and ends the wait at once; the place's power driver brings the
+    board back."""
+    check = harness("lab", "check", str(place.lab))
+    assert check.returncode == 0
+    assert f"console: labgrid NetworkSerialPort 127.0.0.1:{place.console_port}" in check.stdout
+    t0 = time.monotonic()
+    res = harness("run", "--lab", str(place.lab), "--board", "qemu-board", "--work", str(WORK),
+                  "--results", str(tmp_path / "r"), "--suite", "access",
+                  "--cmdline", "panic=0 rdinit=/nonexistent init=/nonexistent")
+    took = time.monotonic() - t0
+    assert res.returncode == 2
+    data = json.loads((tmp_path / "r" / "results.json").read_text())
+    err = data["errors"][0]
+    assert "deploy failed: the trial kernel did not answer" in err
+    assert f"its console followed (NetworkSerialPort 127.0.0.1:{place.console_port})" in res.stderr
+    # the console ends the wait, not the boot timeout, and is in the error
+    assert data["qemu"]["deploy"]["wait_s"] < board.entry().boot_timeout, data["qemu"]
+    assert "Kernel panic - not syncing" in err and "---[ end Kernel panic" in err
+    assert data["qemu"]["return"]["how"] == "power cycle" and data["qemu"]["return"]["ok"]
+    assert "power cycle" in res.stderr and took < 600  # said while it happens
+    # the whole run's console: the trial kernel's panic, then the installed kernel after the power cycle
+    whole = (tmp_path / "r" / "logs" / "labgrid-console.log").read_text(errors="replace")
+    panic = whole.index("---[ end Kernel panic")
+    assert f"Linux version {board.installed['release']}" in whole[panic:]
+    assert place.acquired_by() == "None" and followers() == []  # released, and nothing left reading
+    board.assert_back_home(place.lab)
+
+
+def test_labgrid_place_quarantine(board, place, tmp_path):
+    """A quarantine is a tag on the place that later runs see, until lab
+    release."""
     the_lab = lab.load(place.lab)
     p = the_lab.place(the_lab.board("qemu-board"))
-    before = board.facts()["boot_id"]
     with labgrid.PlaceLock(p, "qemu-board"):
-        entry = p.resolve(the_lab.board("qemu-board"))
-        assert "power cycle" in entry.power_cycle
-        assert subprocess.run(entry.power_cycle, shell=True, timeout=120).returncode == 0
-        assert deploy.wait_booted(entry, before, time.monotonic() + 180) is not None  # it really rebooted
         p.quarantine("qemu-board", "a test's quarantine")
     res = harness("run", "--lab", str(place.lab), "--board", "qemu-board", "--work", str(WORK),
                   "--results", str(tmp_path / "r"), "--suite", "access", timeout=300)
@@ -438,3 +455,58 @@ def test_labgrid_place_power_and_quarantine(board, place, tmp_path):
     assert rel.returncode == 0 and "labgrid tag iommufd_harness_quarantine removed" in rel.stdout
     assert "iommufd_harness_quarantine" not in place.client("-p", "qemu-board", "show").stdout
     board.assert_back_home(board.dest / "lab.toml")
+
+
+# --- nightly ------------------------------------------------------------------------------
+
+
+def test_three_nights_name_the_regression_the_night_it_started_and_its_fix(board, place, tmp_path):
+    """A plan with two emulated profiles and the board (its labgrid place),
+    three nights: the second night's series breaks the access tests that pin
+    more than 8 pages, the third night's fixes them.  The night-two report
+    names the regression on every cell and the night it started; night three
+    names the fix; report --merge of night two's cells says what the night
+    said."""
+    root = tmp_path / "nights"
+    plan = tmp_path / "plan.toml"
+    regression = REPO / "tests" / "fixtures" / "kernel-patches" / "pin-more-than-8-pages-fails.patch"
+    cells = {"x86_64-vtd access": "x86_64-vtd-access", "arm64-smmuv3 access": "arm64-smmuv3-access",
+             "board qemu-board access": "board-qemu-board-access"}
+    said = {}
+    for night, series in (("n1", []), ("n2", [regression]), ("n3", [])):
+        plan.write_text(f'root = "{root}"\nsuites = ["access"]\nprofiles = ["x86_64-vtd", "arm64-smmuv3"]\n'
+                        f"patches = {json.dumps([str(p) for p in series])}\n"
+                        f'\n[[boards]]\nlab = "{place.lab}"\nboard = "qemu-board"\n')
+        res = harness("nightly", str(plan), "--night", night, "--work", str(WORK))
+        said[night] = res.returncode
+        merged = json.loads((root / night / "merged.json").read_text())
+        assert sorted(c["name"] for c in merged["cells"]) == sorted(cells), merged
+    assert said == {"n1": 0, "n2": 1, "n3": 0}
+    broken = {(c, t) for c in cells for t in PINNING_BROKEN}
+    h2 = json.loads((root / "n2" / "history.json").read_text())
+    assert h2["nights"] == ["n1", "n2"]
+    assert {(x["cell"], x["test"]) for x in h2["changes"]["broke"]} == broken
+    assert {(t["cell"], t["test"]): t["first_failing"] for t in h2["tests"] if t["first_failing"]} == \
+        {k: "n2" for k in broken}
+    md = (root / "n2" / "summary.md").read_text()
+    assert md.startswith("### iommufd-harness: FAIL\n\n#### Since the previous night (`n1`)")
+    assert "- **broke**: `iommufd_ioas.no_domain.access_pin` on board qemu-board access (pass -> fail)" in md
+    h3 = json.loads((root / "n3" / "history.json").read_text())
+    assert {(x["cell"], x["test"]) for x in h3["changes"]["fixed"]} == broken and h3["changes"]["broke"] == []
+    assert all(t["first_failing"] is None for t in h3["tests"])
+    strip = next(t for t in h3["tests"] if t["test"] == "iommufd_ioas.no_domain.access_pin"
+                 and t["cell"] == "board qemu-board access")
+    assert strip["statuses"] == ["pass", "fail", "pass"] and strip["flaky_rate"] == 1.0
+    # every night the board ran the kernel built that night (its build-id), on the place, and came home
+    for night in ("n1", "n2", "n3"):
+        data = json.loads((root / night / cells["board qemu-board access"] / "results.json").read_text())
+        assert data["guest"]["build_id"] == data["kernel"]["build_id"] and data["guest"]["built_kernel_booted"]
+        assert data["qemu"]["return"]["ok"] and data["guest"]["board"] == "qemu-board"
+    # the cells merged anywhere else give the night's verdict
+    again = harness("report", "--merge", *(str(root / "n2" / d) for d in cells.values()),
+                    "--out", str(tmp_path / "m"))
+    assert again.returncode == 1
+    assert json.loads((tmp_path / "m" / "merged.json").read_text())["verdict"] == \
+        json.loads((root / "n2" / "merged.json").read_text())["verdict"] == "fail"
+    assert place.acquired_by() == "None"
+    board.assert_back_home(place.lab)
