@@ -11,23 +11,14 @@ from urllib.parse import quote
 
 import pytest
 from browser import rendered  # tests/browser.py
+from golden_cells import BUILD_ERROR, FAIL, GOLDEN, PASS, cell  # tests/golden_cells.py
 
 from harness import nightly
 from harness.errors import InputError
 from harness.reports import history
 
-GOLDEN = Path(__file__).resolve().parents[1] / "golden"
-PASS, FAIL, ERROR = ("results-x86_64-vtd-full-pass.json", "results-x86_64-vtd-full-fail.json",
-                     "results-arm64-smmuv3-access-build-error.json")
+ERROR = BUILD_ERROR
 FAILING = sorted(t["name"] for t in json.loads((GOLDEN / FAIL).read_text())["tests"] if t["status"] == "fail")
-
-
-def cell(night: Path, name: str, golden: str, **changes) -> None:
-    d = night / name
-    d.mkdir(parents=True)
-    data = json.loads((GOLDEN / golden).read_text())
-    data.update(changes)
-    (d / "results.json").write_text(json.dumps(data))
 
 
 def three_nights(root: Path) -> list[Path]:

@@ -5,23 +5,12 @@ test reads what it rendered (the DOM after the script ran)."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from urllib.parse import quote
 
 from browser import rendered  # tests/browser.py
+from golden_cells import cell  # tests/golden_cells.py
 
 from harness.reports import merge
-
-GOLDEN = Path(__file__).resolve().parents[1] / "golden"
-
-
-def cell(root: Path, name: str, golden: str, **changes) -> Path:
-    d = root / name
-    d.mkdir(parents=True)
-    data = json.loads((GOLDEN / golden).read_text())
-    data.update(changes)
-    (d / "results.json").write_text(json.dumps(data))
-    return d
 
 
 def test_the_matrix_page_shows_each_cell_and_opens_a_failing_tests_log(tmp_path):

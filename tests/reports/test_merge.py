@@ -13,21 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from golden_cells import BUILD_ERROR, FAIL, GOLDEN, PASS, cell  # tests/golden_cells.py
+
 from harness.reports import kcidb, merge
 
 REPO = Path(__file__).resolve().parents[2]
-GOLDEN = REPO / "tests/golden"
-PASS, FAIL, BUILD_ERROR = ("results-x86_64-vtd-full-pass.json", "results-x86_64-vtd-full-fail.json",
-                           "results-arm64-smmuv3-access-build-error.json")
-
-
-def cell(root: Path, name: str, golden: str, **changes) -> Path:
-    d = root / name
-    d.mkdir(parents=True)
-    data = json.loads((GOLDEN / golden).read_text())
-    data.update(changes)
-    (d / "results.json").write_text(json.dumps(data))
-    return d
 
 
 def harness(*argv: str) -> subprocess.CompletedProcess:
