@@ -318,3 +318,37 @@ def test_the_qemu_board_serves_its_console_on_a_port_and_still_logs_it(tmp_path)
     # a board made before it had a console port: the log only
     assert qemuboard.console_chardev(tmp_path, {}) == ["-chardev",
                                                        f"file,id=con0,path={tmp_path / 'console.log'},append=on"]
+
+
+def test_a_board_that_answers_only_in_part_is_not_taken_for_a_kernel(monkeypatch):
+    """Coming up, a board's sshd may refuse or drop a session: an empty
+    uname must not read as "came back on another kernel" (the board would
+    be quarantined); the wait tries again."""
+    from harness.targets import deploy
+    from harness.targets.ssh import ExecResult, SshLost
+
+    def result(out: bytes, status=0, lost=False):
+        return ExecResult(("x",), None if lost else status, out, b"", False, lost, 0.0)
+
+    answers = {"uname": [result(b"", lost=True), result(b"6.1.0-57-arm64\n")],
+               "cat": [result(b"", status=1), result(b"b1e2\n"), result(b"", status=1), result(b"b1e2\n")]}
+
+    class Client:
+        def __init__(self, *a, **k):
+            pass
+
+        def connect(self):
+            pass
+
+        def close(self):
+            pass
+
+        def run(self, argv, timeout):
+            return answers[argv[0]].pop(0)
+
+    with pytest.raises(SshLost, match="did not answer 'uname -r' \\(connection lost\\)"):
+        deploy.read_booted(Client())
+    monkeypatch.setattr(deploy, "client", lambda *a, **k: Client())
+    monkeypatch.setattr(deploy, "POLL_S", 0.0)
+    got = deploy.wait_booted(None, "old-boot", time.monotonic() + 5)
+    assert (got.release, got.build_id, got.boot_id) == ("6.1.0-57-arm64", None, "b1e2")

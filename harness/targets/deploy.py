@@ -138,11 +138,21 @@ def client(entry: BoardEntry, connect_timeout: float = 15.0) -> SshClient:
 
 
 def read_booted(c: SshClient) -> Booted:
-    """Which kernel the board runs, and which boot this is."""
-    release = c.run(["uname", "-r"], 30).text.strip()
-    notes = c.run(["cat", "/sys/kernel/notes"], 30)
+    """Which kernel the board runs, and which boot this is.  A board that
+    does not answer every question (a session refused or lost while it is
+    still coming up) raises SshLost: an answer with parts missing is never
+    taken for a kernel."""
+    def answer(argv: list[str], needed: bool = True):
+        res = c.run(argv, 30)
+        if res.lost or res.timed_out or (needed and (res.exit_status != 0 or not res.text.strip())):
+            raise SshLost(f"the board did not answer '{' '.join(argv)}' "
+                          f"({'connection lost' if res.lost else 'timed out' if res.timed_out else 'no output'})")
+        return res
+
+    release = answer(["uname", "-r"]).text.strip()
+    notes = answer(["cat", "/sys/kernel/notes"], needed=False)  # a kernel without notes has no build-id
     bid = elfinfo.build_id_from_notes(notes.stdout) if notes.exit_status == 0 else None
-    boot_id = c.run(["cat", "/proc/sys/kernel/random/boot_id"], 30).text.strip()
+    boot_id = answer(["cat", "/proc/sys/kernel/random/boot_id"]).text.strip()
     return Booted(release, bid, boot_id)
 
 
