@@ -39,7 +39,7 @@ from harness import debugkernels, lab, profiles, suites
 from harness.errors import EXIT_INTERRUPTED, HarnessError, InputError
 from harness.pipeline import Options
 from harness.reports import history as hist
-from harness.reports import html, merge
+from harness.reports import merge
 from harness.reports.resultsdir import atomic_write
 from harness.ui import Ui
 from harness.workdir import WorkDir, WorkLock
@@ -168,18 +168,14 @@ def night(plan: Plan, work: Path, ui: Ui, name: str | None = None, accel: str = 
 def write_reports(here: Path, root: Path, last: int, ui: Ui | None = None) -> str:
     """The merged reports of the night ``here`` with the history of the
     nights before it under ``root``."""
-    cs = merge.cells([here])
-    verdict = merge.write(cs, here, warn=ui.warn if ui else None)
-    try:
-        h = hist.build(root, here, last)
-    except (HarnessError, ValueError) as e:
-        if ui:
-            ui.warn(f"no history: {e}")
-        return verdict
-    atomic_write(here / "history.json", json.dumps(h.to_json(), indent=2) + "\n")
-    summary = (here / "summary.md").read_text()
-    head, _, rest = summary.partition("\n\n")
-    atomic_write(here / "summary.md", head + "\n\n" + "\n".join(hist.markdown(h)) + "\n" + rest)
-    atomic_write(here / "report.html", html.render([(c.name, c.path, c.run) for c in cs], here, verdict,
-                                                   history=h))
-    return verdict
+    def history(dest: Path):
+        try:
+            h = hist.build(root, dest, last)
+        except (HarnessError, ValueError) as e:
+            if ui:
+                ui.warn(f"no history: {e}")
+            return None
+        atomic_write(dest / "history.json", json.dumps(h.to_json(), indent=2) + "\n")
+        return h
+
+    return merge.write(merge.cells([here]), here, warn=ui.warn if ui else None, history=history)

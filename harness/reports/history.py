@@ -15,6 +15,7 @@ neither starts nor ends a failing streak.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -63,12 +64,19 @@ def nights(root: Path, last: int, tonight: Path | None = None) -> list[Night]:
     order they ran (their first cell's start; the name for equal ones), the
     last ``last`` of them up to ``tonight``."""
     found = [p for p in root.iterdir() if (p / "merged.json").is_file()] if root.is_dir() else []
-    every = [Night(p.name, p, {c.name: c for c in merge.cells([p])}) for p in found]
-    every.sort(key=lambda n: (min((c.run.started for c in n.cells.values() if c.run.started), default=""), n.name))
+
+    def started(p: Path) -> str:
+        try:
+            return str(json.loads((p / "merged.json").read_text()).get("started") or "")
+        except (OSError, ValueError):
+            return ""
+
+    every = sorted(found, key=lambda p: (started(p), p.name))
     if tonight is not None:
-        at = next((i for i, n in enumerate(every) if n.path.resolve() == tonight.resolve()), None)
+        at = next((i for i, p in enumerate(every) if p.resolve() == tonight.resolve()), None)
         every = every[:at + 1] if at is not None else []
-    return every[-last:]
+    # only the nights looked back over are read in full
+    return [Night(p.name, p, {c.name: c for c in merge.cells([p])}) for p in every[-last:]]
 
 
 def _first_failing(statuses: list[str | None], names: list[str]) -> str | None:

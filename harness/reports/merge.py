@@ -75,8 +75,7 @@ def find_results(paths: list[Path]) -> list[Path]:
             found += inner
         else:
             raise InputError(f"{p} does not exist", "pass results dirs written by 'iommufd-harness run'")
-    unique = list(dict.fromkeys(f.resolve() for f in found))
-    return unique
+    return list(dict.fromkeys(f.resolve() for f in found))
 
 
 def cells(paths: list[Path]) -> list[Cell]:
@@ -107,7 +106,8 @@ def merged_json(cs: list[Cell]) -> dict:
     for c in cs:
         for s, n in c.run.counts().items():
             total[s] += n
-    return {"schema": 1, "verdict": verdict(cs), "counts": total, "cells": [{
+    started = min((c.run.started for c in cs if c.run.started), default="")
+    return {"schema": 1, "verdict": verdict(cs), "started": started, "counts": total, "cells": [{
         "name": c.name, "results_dir": str(c.path), "where": c.where, "profile": c.run.profile,
         "suite": c.run.suite, "debug": c.debug, "verdict": c.run.verdict, "counts": c.run.counts(),
         "errors": c.run.errors, "kernel": {k: c.run.kernel.get(k, "") for k in ("version", "build_id", "arch")},
@@ -188,17 +188,28 @@ def summary(cs: list[Cell]) -> str:
     return "\n".join(out).rstrip("\n") + "\n"
 
 
-def write(cs: list[Cell], dest: Path, warn=None) -> str:
-    """The merged reports of ``cs`` into ``dest``; the verdict."""
+def write(cs: list[Cell], dest: Path, warn=None, history=None) -> str:
+    """The merged reports of ``cs`` into ``dest``; the verdict.
+    ``history(dest)``, called once merged.json is written, may return a
+    harness.reports.history.History: summary.md then leads with it and
+    report.html shows it."""
     from harness.reports import kcidb
 
     if not cs:
         raise InputError("nothing to merge: no results dirs")
     dest.mkdir(parents=True, exist_ok=True)
     atomic_write(dest / "merged.json", json.dumps(merged_json(cs), indent=2) + "\n")
-    atomic_write(dest / "summary.md", summary(cs))
+    h = history(dest) if history is not None else None
+    md = summary(cs)
+    if h is not None:
+        from harness.reports.history import markdown as history_md
+
+        head, _, rest = md.partition("\n\n")
+        md = head + "\n\n" + "\n".join(history_md(h)) + "\n" + rest
+    atomic_write(dest / "summary.md", md)
     atomic_write(dest / "junit.xml", junit(cs))
-    atomic_write(dest / "report.html", html.render([(c.name, c.path, c.run) for c in cs], dest, verdict(cs)))
+    atomic_write(dest / "report.html", html.render([(c.name, c.path, c.run) for c in cs], dest, verdict(cs),
+                                                   history=h))
     try:
         data = kcidb_data(cs)
         try:
