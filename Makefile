@@ -25,9 +25,10 @@ FOREIGN_ARCHES := $(shell $(ARCH_FACTS) foreign)
 HARNESS_ARGS ?=
 PYTEST_ARGS ?=
 # make bench: the default and the lockdep+KASAN kernels, x86_64 and arm64,
-# access and full suites, --compare-base with a cached base, the QEMU lab board;
+# access and full suites, --compare-base with a cached base, --coverage against
+# without it (on the lockdep+KASAN kernel), the QEMU lab board;
 # add --cold for cold builds (long)
-BENCH_ARGS ?= --profile x86_64-vtd --profile arm64-smmuv3 --debug lockdep,kasan --suite access --suite full --compare-base --edit \
+BENCH_ARGS ?= --profile x86_64-vtd --profile arm64-smmuv3 --debug lockdep,kasan --suite access --suite full --compare-base --edit --coverage \
 	--lab-board
 
 .PHONY: all setup setup-apt setup-venv run test test-fast bench clean distclean help

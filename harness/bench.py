@@ -25,6 +25,12 @@ For each profile and kernel (the default one and every ``--debug`` one):
   its budget: twice the normal trial boot plus a power cycle to SSH; and
   the same run with ``boot = "oneshot"`` (through U-Boot's hook) against
   the same by hand (copy, the one-shot script, reboot, suite, reboot);
+- coverage (``--coverage``): ``run --coverage --patches P`` (P alternates
+  between two one-file changes, so each run rebuilds that file) on the
+  first ``--debug`` kernel (it has the gcov core; else the default kernel's
+  ``+gcov`` build), against the same runs without ``--coverage``: the whole
+  run, the build stage, and the suite with the counters' reset and
+  collection and gcovr next to the suite alone;
 - cold build (``--cold``): ``iommufd-harness build`` in an empty work dir,
   against ``make`` of the kernel image with the same .config in an empty
   build directory, ccache off.
@@ -373,6 +379,36 @@ def compare_base_runs(work: Path, profile: str, debug: tuple[str, ...], suite: s
     return fig
 
 
+def coverage_runs(work: Path, profile: str, debug: tuple[str, ...], suite: str, repeat: int,
+                  tmp: Path) -> list[Figure]:
+    """``run --coverage`` after a one-file change against the same run
+    without it.  Each mode runs once untimed first: switching it on or off
+    rebuilds the profiled directories, which is not what a run costs."""
+    run_fig, build_fig, suite_fig = (Figure(f"coverage: run {suite}"), Figure("coverage: build stage"),
+                                     Figure("coverage: suite+collect"))
+    debug_args = ["--debug", ",".join(debug)] if debug else []
+    k = prepare(work, profile, debug, [])
+    pa, pb, _, _ = variants(k.origin, tmp)
+    base = harness_argv("run", "--quiet", "--work", work, "--profile", profile, "--suite", suite, *debug_args)
+    for mode in ("off", "on"):
+        for i in range(repeat + 1):
+            results = tmp / f"cov-{mode}-{i}"
+            elapsed, code = timed(base + ["--patches", pa if i % 2 else pb, "--results", results]
+                                  + (["--coverage"] if mode == "on" else []))
+            data = results_of(results)
+            if code != 0 or data.get("verdict") != "pass" or (mode == "on") != bool(data.get("coverage")):
+                raise HarnessError(f"bench: the run with coverage {mode} did not pass (exit {code}): "
+                                   f"{data.get('errors')}", log=str(results))
+            if i == 0:
+                continue
+            stages = data["stages"]
+            figs = ((run_fig, elapsed), (build_fig, stages["build"]),
+                    (suite_fig, stages["run"] + stages.get("coverage", 0.0)))
+            for fig, value in figs:
+                (fig.harness if mode == "on" else fig.floor).append(value)
+    return [run_fig, build_fig, suite_fig]
+
+
 def lab_board_runs(work: Path, suite: str, repeat: int, tmp: Path) -> list[Figure]:
     """The QEMU lab board: the harness's deploy, boot, verify and return
     against the same steps by hand, and a hanging trial kernel's rollback
@@ -517,6 +553,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=3, help="runs per figure (default 3)")
     ap.add_argument("--cold", action="store_true", help="also time cold builds (long)")
     ap.add_argument("--no-build", action="store_true", help="skip the one-file build")
+    ap.add_argument("--no-run", action="store_true", help="skip the no-change runs")
     ap.add_argument("--no-default-kernel", action="store_true", help="measure only the --debug kernels")
     ap.add_argument("--edit", action="store_true",
                     help="also time the edit -> verdict loop on a --kernel-src tree against make + a bare boot "
@@ -524,6 +561,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lab-board", action="store_true",
                     help="also time a run on the QEMU lab board (kexec deploy, trial boot, return) against the "
                          "same steps by hand, and a hanging trial kernel's rollback against its budget")
+    ap.add_argument("--coverage", action="store_true",
+                    help="also time run --coverage (after a one-file change) against the same run without it "
+                         "(the first --debug kernel, else the default one; first suite)")
     ap.add_argument("--compare-base", action="store_true",
                     help="also time run --compare-base with a cached base against the same run without it "
                          "(default kernel, first suite)")
@@ -538,6 +578,7 @@ def main(argv: list[str] | None = None) -> int:
     kernels = [()] * (not args.no_default_kernel) + [debugkernels.parse([d]) for d in (args.debug or [])]
     if not kernels:
         ap.error("--no-default-kernel needs a --debug kernel")
+    cov_kernel = next((d for d in kernels if d), kernels[0])  # a debug kernel has the gcov core already
     rows = []
     tmp = Path(tempfile.mkdtemp(prefix="iommufd-bench-"))
     try:
@@ -549,13 +590,15 @@ def main(argv: list[str] | None = None) -> int:
                     figs.append(cold_build(work, profile, debug, args.repeat, tmp))
                 if not args.no_build:
                     figs.append(one_file_build(work, profile, debug, args.repeat, tmp))
-                for suite in args.suite or ["access"]:
+                for suite in (args.suite or ["access"]) if not args.no_run else []:
                     figs += no_change_runs(work, profile, debug, suite, args.repeat, tmp)
                 if args.edit and not debug:
                     figs.append(edit_to_verdict(work, profile, (args.suite or ["access"])[0], args.repeat, tmp))
                 if args.compare_base and not debug:
                     figs.append(compare_base_runs(work, profile, debug, (args.suite or ["access"])[0], args.repeat,
                                                   tmp))
+                if args.coverage and debug == cov_kernel and profile == (args.profile or ["x86_64-vtd"])[0]:
+                    figs += coverage_runs(work, profile, debug, (args.suite or ["access"])[0], args.repeat, tmp)
                 if args.lab_board and not debug and profile == (args.profile or ["x86_64-vtd"])[0]:
                     figs += lab_board_runs(work, (args.suite or ["access"])[0], args.repeat, tmp)
                 for fig in figs:

@@ -132,6 +132,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "then with it; the verdict is what the series changed")
     p.add_argument("--profiles", metavar="A,B,...",
                    help="run on several profiles, one after the other, and print a profile x suite matrix")
+    p.add_argument("--coverage", action="store_true",
+                   help="gcov coverage of drivers/iommu/iommufd/ (and --coverage-dir): what the suite executed, and "
+                        "of the lines the series changes (coverage/ in the results dir; a debug kernel needs no "
+                        "build of its own for it)")
+    p.add_argument("--coverage-dir", action="append", default=[], metavar="DIR",
+                   help="with --coverage: also profile this directory of the tree (repeatable)")
     _board_args(p)
     p.add_argument("--keep-vm", action="store_true",
                    help="after the tests, keep the VM running and print how to SSH in (Ctrl-C ends it)")
@@ -281,7 +287,17 @@ def options(args) -> Options:
         board_key=getattr(args, "board_key", Path("~/.ssh/id_ed25519")),
         known_hosts=getattr(args, "known_hosts", Path("~/.ssh/known_hosts")),
         verbose=getattr(args, "verbose", False),
+        coverage=_coverage(args),
     )
+
+
+def _coverage(args) -> tuple[str, ...]:
+    from harness.coverage import DEFAULT_DIRS
+
+    dirs = list(getattr(args, "coverage_dir", None) or [])
+    if dirs and not getattr(args, "coverage", False):
+        raise InputError("--coverage-dir needs --coverage")
+    return tuple(dict.fromkeys([*DEFAULT_DIRS, *dirs])) if getattr(args, "coverage", False) else ()
 
 
 def cmd_run(args, ui: Ui) -> int:

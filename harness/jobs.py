@@ -11,7 +11,7 @@ import shutil
 import time
 from pathlib import Path
 
-from harness import __version__, proc, profiles, suites
+from harness import __version__, coverage, proc, profiles, suites
 from harness.errors import EXIT_INTERRUPTED, HarnessError, InputError
 from harness.kconfig import fragments as kconfig
 from harness.parse.testlist import parse_list
@@ -136,7 +136,8 @@ def base_run(opts: Options, ui: Ui, work: WorkDir) -> dict:
     """--compare-base: the results of the tree without the series (no
     --patches, no --commits: the range's base), from the cache under
     <work>/bases/ when that state of the tree ran before, else run now."""
-    bopts = dataclasses.replace(opts, patches=[], commits=None, compare_base=False, baseline=None, keep_vm=False)
+    bopts = dataclasses.replace(opts, patches=[], commits=None, compare_base=False, baseline=None, keep_vm=False,
+                                coverage=())  # the series' coverage is the series run's
     if opts.commits:
         bopts.rev, _ = patches.load_commits(opts.kernel_src.expanduser().resolve(), opts.commits)
     key = base_key(bopts, work)
@@ -188,8 +189,16 @@ def run_one(opts: Options, ui: Ui, results_path: Path, brief: str = "") -> tuple
                                                                        opts.repeat, opts.until_fail),
                                       record, sink, ui)
                 try:
+                    if opts.coverage:
+                        coverage.reset(lifecycle.target)
                     with pipe.stage("run"):
                         session.run()
+                    if opts.coverage and lifecycle.target.failure() is None:
+                        with pipe.stage("coverage"):
+                            record.coverage = coverage.after_suite(
+                                lifecycle.target, prep.tree.path, prep.tree.origin.path,
+                                prep.kernel.vmlinux.parent, pipe.coverage_dirs, pipe.series_files,
+                                coverage.gcov_for(prep.toolchain.cc), results_path)
                 finally:
                     sink.write(record)
                 if opts.shell:
@@ -329,6 +338,7 @@ def repro_options(results_dir: Path, test: str | None, machine: Options) -> Opti
         default_patches=i.get("default_patches", True), patches=[Path(p) for p in i.get("patches", [])],
         kconfig_add=list(i.get("kconfig_add", [])), fragments=[Path(f) for f in i.get("fragments", [])],
         base_config=path(i.get("config")), debug=tuple(i.get("debug", [])), extra_cmdline=i.get("cmdline", ""),
+        coverage=tuple(i.get("coverage", [])),
         profile=run.profile or machine.profile, suite=run.suite or machine.suite, tests=tests)
 
 

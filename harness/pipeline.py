@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness import __version__, arches, data, debugkernels, lab, labgrid, profiles, suites
+from harness import __version__, arches, coverage, data, debugkernels, lab, labgrid, profiles, suites
 from harness.errors import HarnessError, InputError
 from harness.parse.splats import Splat
 from harness.reports.decode import decode
@@ -69,6 +69,7 @@ class Options:
     repeat: int = 1  # run the selected tests this many times in one boot (repro --repeat)
     until_fail: bool = False  # ... stopping after the first attempt that does not pass
     shell: bool = False  # after the tests, an interactive SSH shell in the guest (repro --shell)
+    coverage: tuple[str, ...] = ()  # --coverage: the directories profiled with gcov (empty: off)
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,8 @@ class Pipeline:
         self.logs = logs
         self.work = WorkDir(opts.work)
         self.rev: str | None = opts.rev  # the commit the tree is (--rev, or the base of --commits)
+        self.series_files: list[str] = []  # what the series under test touches
+        self.coverage_dirs: tuple[str, ...] = ()
         self.lab: lab.Lab | None = None
         self.entry: lab.BoardEntry | None = None  # --lab --board: the lab's board
         self.board_facts: dict | None = None  # what the lab board told before the build
@@ -119,6 +122,7 @@ class Pipeline:
         series: list[patches.Patch] = []
         if self.opts.default_patches:
             series += patches.load(default_series())
+        n_default = len(series)
         self.rev = self.opts.rev
         if self.opts.commits:
             repo = self.opts.kernel_src.expanduser().resolve()
@@ -128,6 +132,8 @@ class Pipeline:
             series += commits
         for spec in self.opts.patches:
             series += patches.load(spec)
+        # the series under test (not the default one): the files whose changed lines --coverage follows
+        self.series_files = sorted({f for p in series[n_default:] for f in p.files})
         return series
 
     def config_request(self, tree: source.SourceTree, profile: profiles.Profile, tc: Toolchain,
@@ -146,7 +152,8 @@ class Pipeline:
             tree.path, build_dir, tc, base, fragments, tuple(self.opts.kconfig_add),
             tree_fragments=(frag_tree,) if frag_tree.is_file() else (),
             user_fragments=tuple(self.opts.fragments), base_config=base_config,
-            kconfig_generation=kconfig_generation, debug_fragments=debugkernels.fragments(self.opts.debug),
+            kconfig_generation=kconfig_generation, debug_fragments=debugkernels.fragments(self.opts.debug)
+            + ((coverage.fragment(),) if self.opts.debug or self.opts.coverage else ()),  # one debug build for both
             lsmod=lsmod)
 
     def board_kernel(self) -> str | None:
@@ -157,6 +164,8 @@ class Pipeline:
 
     def build_flavour(self, profile: profiles.Profile) -> str:
         flavour = profile.arch + debugkernels.build_suffix(self.opts.debug)
+        if self.opts.coverage and not self.opts.debug:
+            flavour += "+gcov"  # a debug kernel has the gcov core already
         if self.board_kernel() in ("running", "defconfig"):
             flavour += f"+board-{self.entry.name}"  # a config of its own: a build dir of its own
         return flavour
@@ -193,6 +202,9 @@ class Pipeline:
                     self.record.inputs["rev"] = tree.origin.git["head"]
             self.ui.info(f"kernel {tree.version} from {tree.origin.description} -> {tree.path}"
                          + (f" ({len(tree.changed)} files updated)" if tree.changed else ""))
+        if opts.coverage:
+            self.coverage_dirs = coverage.check_dirs(tree.origin.path, opts.coverage)
+            series = series + [coverage.profile_patch(tree.origin.path, self.coverage_dirs)]
         with self.stage("patches"):
             applied = patches.apply_series(tree.origin.path, tree.path, series, set(tree.protected),
                                            self.logs / "patches.log", version=tree.version)
@@ -363,7 +375,8 @@ def inputs(opts: Options) -> dict:
     return {"kernel_src": src, "rev": opts.rev, "commits": opts.commits, "default_patches": opts.default_patches,
             "patches": [absolute(p) for p in opts.patches], "kconfig_add": list(opts.kconfig_add),
             "fragments": [absolute(f) for f in opts.fragments], "config": absolute(opts.base_config),
-            "cmdline": opts.extra_cmdline, "debug": list(opts.debug)}
+            "cmdline": opts.extra_cmdline, "debug": list(opts.debug),
+            **({"coverage": list(opts.coverage)} if opts.coverage else {})}
 
 
 def new_record(opts: Options) -> RunRecord:

@@ -199,6 +199,42 @@ def _splats(splats: list, lockdep_off: dict | None = None, omitted: int = 0) -> 
 
 
 
+def _ranges(numbers: list[int], limit: int = 40) -> str:
+    """1,2,3,7,9,10 -> "1-3, 7, 9-10"."""
+    out: list[str] = []
+    for n in sorted(numbers):
+        if out and out[-1][1] == n - 1:
+            out[-1][1] = n
+        else:
+            out.append([n, n])
+    text = [f"{a}-{b}" if a != b else str(a) for a, b in out]
+    return ", ".join(text[:limit]) + (f" and {len(text) - limit} more" if len(text) > limit else "")
+
+
+def _coverage(cov: dict) -> list[str]:
+    """--coverage: the profiled directories' totals, then the series' lines."""
+    if not cov:
+        return []
+    t = cov.get("total", {})
+    pct = (lambda a, b: f"{100 * a / b:.1f}%" if b else "-")
+    out = ["", "#### Coverage", "",
+           f"{', '.join(code(d) for d in cov.get('dirs', []))}: {t.get('executed', 0)} of {t.get('lines', 0)} lines "
+           f"executed ({pct(t.get('executed', 0), t.get('lines', 0))}), {t.get('taken', 0)} of "
+           f"{t.get('branches', 0)} branches taken ({pct(t.get('taken', 0), t.get('branches', 0))}); "
+           f"report: {code(cov.get('reports', {}).get('html', ''))}, Cobertura {code(cov.get('reports', {}).get('cobertura', ''))}."]
+    series = cov.get("series") or []
+    if series:
+        out += ["", "Lines the series adds or changes:", "",
+                "| file | changed | executed | not executed | not executed (lines) |", "| --- | ---: | ---: | ---: | --- |"]
+        for f in series:
+            if not f.get("profiled"):
+                out.append(f"| {code(f['file'])} | {f['changed']} | - | - | not profiled |")
+                continue
+            out.append(f"| {code(f['file'])} | {f['changed']} | {len(f['executed'])} | {len(f['not_executed'])} | "
+                       f"{_ranges(f['not_executed']) or '-'} |")
+    return out
+
+
 def _patch_note(p: dict) -> str:
     if p.get("status") == "already in tree":
         return " - already in the tree, skipped"
@@ -291,6 +327,7 @@ def render(run: RunRecord, comparison: Comparison | None, splats: list | None = 
         out += _comparison(comparison)
     out += _failures(run)
     out += _splats(splats, run.kernel.get("lockdep_off"), int(run.kernel.get("splats_omitted") or 0))
+    out += _coverage(run.coverage)
     out += _repro(run, comparison)
     out += _provenance(run)
     return re.sub(r"\n{3,}", "\n\n", "\n".join(out)).strip("\n") + "\n"

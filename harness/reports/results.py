@@ -65,6 +65,7 @@ class RunRecord:
     harness: dict = field(default_factory=dict)
     inputs: dict = field(default_factory=dict)  # what defines the kernel and the machine (for reproducers)
     base: dict = field(default_factory=dict)  # --compare-base: results (dir), cached (bool), key
+    coverage: dict = field(default_factory=dict)  # --coverage (harness.coverage.after_suite)
     started: str = ""
     results_dir: str = ""
 

@@ -99,3 +99,47 @@ def test_without_the_detectors_the_same_bugs_pass_green(tmp_path):
     assert data["kernel"]["debug"] == []
     assert len(data["patches"]) == 2 + len(DETECTED)
     assert len(data["tests"]) == len(listed_tests("access")) and data["kernel"]["splats"] == []
+
+
+def _added_lines(patch: Path) -> dict[str, list[int]]:
+    """file -> the line numbers the patch's added lines have in the patched file."""
+    out: dict[str, list[int]] = {}
+    current, line = None, 0
+    for text in patch.read_text().splitlines():
+        if text.startswith("+++ b/"):
+            current = text[6:]
+        elif text.startswith("@@"):
+            line = int(text.split("+")[1].split(",")[0])
+        elif current and text.startswith("+"):
+            out.setdefault(current, []).append(line)
+            line += 1
+        elif current and text.startswith(" "):
+            line += 1
+    return out
+
+
+def test_coverage_shows_which_lines_of_the_series_the_suite_executed(tmp_path):
+    """--coverage on the same debug kernel (its build has the gcov core; only
+    drivers/iommu/iommufd/ is profiled, by the harness's own patch): of a
+    series that changes two functions, the access suite executed the line it
+    added to iommufd_access_rw() and not the one in the VFIO compatibility
+    code."""
+    fixture = FIXTURES / "coverage-two-functions.patch"
+    added = _added_lines(fixture)
+    rw, ext = added["drivers/iommu/iommufd/device.c"], added["drivers/iommu/iommufd/vfio_compat.c"]
+    code, data = _run(tmp_path / "access", "--debug", DEBUG, "--coverage", "--patches", str(fixture))
+    assert code == 0 and data["verdict"] == "pass", data["errors"]
+    cov = data["coverage"]
+    series = {f["file"]: f for f in cov["series"]}
+    assert set(series) == set(added)
+    assert (series["drivers/iommu/iommufd/device.c"]["executed"],
+            series["drivers/iommu/iommufd/device.c"]["not_executed"]) == (rw, [])
+    assert (series["drivers/iommu/iommufd/vfio_compat.c"]["executed"],
+            series["drivers/iommu/iommufd/vfio_compat.c"]["not_executed"]) == ([], ext)
+    assert cov["dirs"] == ["drivers/iommu/iommufd"] and 0 < cov["total"]["executed"] < cov["total"]["lines"]
+    assert all(f.startswith("drivers/iommu/iommufd/") for f in cov["files"])  # only what was asked for
+    assert "iommufd-harness-gcov-profile.patch" in [p["name"] for p in data["patches"]]
+    md = (tmp_path / "access" / "summary.md").read_text()
+    assert f"| `drivers/iommu/iommufd/vfio_compat.c` | 1 | 0 | 1 | {ext[0]} |" in md
+    assert "<coverage" in (tmp_path / "access" / "coverage" / "cobertura.xml").read_text()
+    assert (tmp_path / "access" / "coverage" / "index.html").is_file()
