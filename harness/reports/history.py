@@ -158,6 +158,18 @@ def changes(h: History) -> dict:
     return out
 
 
+def by_test(changed: list[dict]) -> list[dict]:
+    """Broke or fixed, one entry per test that changed the same way, with
+    every cell it did that on (a regression on three cells is one line)."""
+    out: dict[tuple, dict] = {}
+    for x in changed:
+        g = out.setdefault((x["test"], x["was"], x["is"]),
+                           {"test": x["test"], "was": x["was"], "is": x["is"], "cells": [], "reason": ""})
+        g["cells"].append(x["cell"])
+        g["reason"] = g["reason"] or x.get("reason", "")
+    return list(out.values())
+
+
 def markdown(h: History) -> list[str]:
     """The head of a night's summary.md: what changed since the previous
     night, then the tests failing tonight with the night they started."""
@@ -166,10 +178,10 @@ def markdown(h: History) -> list[str]:
            ""]
     said = False
     for key, title in (("broke", "broke"), ("fixed", "fixed")):
-        for x in ch[key]:
+        for g in by_test(ch[key]):
             said = True
-            out.append(f"- **{title}**: {code(x['test'])} on {esc(x['cell'])} ({x['was']} -> {x['is']})"
-                       + (f": {esc(x['reason'], 160)}" if x.get("reason") else ""))
+            out.append(f"- **{title}**: {code(g['test'])} on {', '.join(esc(c) for c in g['cells'])} "
+                       f"({g['was']} -> {g['is']})" + (f": {esc(g['reason'], 160)}" if g["reason"] else ""))
     for x in ch["no_verdict"]:
         said = True
         out.append(f"- **no verdict** on {esc(x['cell'])} (infrastructure, not the kernel): "

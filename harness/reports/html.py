@@ -61,6 +61,7 @@ def page_data(cells: list[tuple[str, Path, RunRecord]], dest: Path, verdict: str
                                                  r["name"]))
     data = {"verdict": verdict, "cells": out_cells, "tests": rows, "statuses": list(STATUSES), "bad": sorted(BAD)}
     if history is not None:  # harness.reports.history.History: a strip per result, the changes on top
+        from harness.reports.history import by_test
         index = {name: str(i) for i, (name, _, _) in enumerate(cells)}
         strips: dict[str, dict] = {}
         for t in history.tests:
@@ -68,7 +69,8 @@ def page_data(cells: list[tuple[str, Path, RunRecord]], dest: Path, verdict: str
                 strips.setdefault(index[t["cell"]], {})[t["test"]] = {
                     "statuses": t["statuses"], "since": t["first_failing"], "flaky": t["flaky_rate"]}
         data["history"] = {"nights": [n.name for n in history.nights], "strips": strips,
-                           "changes": history.changes}
+                           "changes": {**history.changes, "broke": by_test(history.changes["broke"]),
+                                       "fixed": by_test(history.changes["fixed"])}}
     return data
 
 
@@ -152,8 +154,8 @@ function changes() {
   const c = D.history.changes, d = document.getElementById("changes");
   d.append($("h2", {text: c.previous ? `Since the previous night (${c.previous})` : "The first night"}));
   const ul = $("ul", {id: "changed"});
-  for (const x of c.broke) ul.append($("li", {class: "broke", text: `broke: ${x.test} on ${x.cell} (${x.was} -> ${x.is})`}));
-  for (const x of c.fixed) ul.append($("li", {class: "fixed", text: `fixed: ${x.test} on ${x.cell} (${x.was} -> ${x.is})`}));
+  for (const x of c.broke) ul.append($("li", {class: "broke", text: `broke: ${x.test} on ${x.cells.join(", ")} (${x.was} -> ${x.is})`}));
+  for (const x of c.fixed) ul.append($("li", {class: "fixed", text: `fixed: ${x.test} on ${x.cells.join(", ")} (${x.was} -> ${x.is})`}));
   for (const x of c.no_verdict) ul.append($("li", {class: "no-verdict", text: `no verdict on ${x.cell} (infrastructure): ${x.error.split("\n")[0]}`}));
   for (const x of c.new) ul.append($("li", {class: "new", text: `new: ${x.test} on ${x.cell}`}));
   for (const x of c.vanished) ul.append($("li", {class: "vanished", text: `vanished: ${x.test} on ${x.cell}`}));

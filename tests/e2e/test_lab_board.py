@@ -462,7 +462,10 @@ def test_three_nights_name_the_regression_the_night_it_started_and_its_fix(board
         {k: "n2" for k in broken}
     md = (root / "n2" / "summary.md").read_text()
     assert md.startswith("### iommufd-harness: FAIL\n\n#### Since the previous night (`n1`)")
-    assert "- **broke**: `iommufd_ioas.no_domain.access_pin` on board qemu-board access (pass -> fail)" in md
+    # a regression on every cell is one line per test, naming the cells
+    [line] = [ln for ln in md.splitlines() if ln.startswith("- **broke**: `iommufd_ioas.no_domain.access_pin` on ")]
+    assert " (pass -> fail)" in line and all(c.replace("_", "\\_") in line for c in cells), line
+    assert sum(ln.startswith("- **broke**") for ln in md.splitlines()) == len(PINNING_BROKEN)
     h3 = json.loads((root / "n3" / "history.json").read_text())
     assert {(x["cell"], x["test"]) for x in h3["changes"]["fixed"]} == broken and h3["changes"]["broke"] == []
     assert all(t["first_failing"] is None for t in h3["tests"])

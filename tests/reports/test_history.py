@@ -116,6 +116,25 @@ def test_the_nights_page_shows_the_changes_and_a_strip_per_result(tmp_path):
                      {"class": "h st-fail", "title": f"{n2.name}: fail"}]
 
 
+def test_a_test_broken_on_several_cells_is_one_line_naming_them(tmp_path):
+    """The same regression on two cells: summary.md and the page say it once
+    per test, with both cells, not once per test and cell."""
+    for i, result in enumerate((PASS, FAIL), 1):
+        n = tmp_path / f"n{i}"
+        started = f"2026-12-0{i}T03:00:00+00:00"
+        cell(n, "x86", result, started=started)
+        cell(n, "arm", result, profile="arm64-smmuv3", started=started)
+        nightly.write_reports(n, tmp_path, 14)
+    md = (tmp_path / "n2" / "summary.md").read_text()
+    lines = [ln for ln in md.splitlines() if ln.startswith("- **broke**")]
+    assert len(lines) == len(FAILING)
+    for name in FAILING:
+        assert f"- **broke**: `{name}` on arm64-smmuv3 full, x86\\_64-vtd full (pass -> fail)" in lines
+    dom = rendered(tmp_path / "n2" / "report.html")
+    changed = sorted(e[2] for e in dom.find("li", class_="broke"))
+    assert changed == [f"broke: {name} on arm64-smmuv3 full, x86_64-vtd full (pass -> fail)" for name in FAILING]
+
+
 PLAN = '''suites = ["access"]
 profiles = ["x86_64-vtd", "arm64-smmuv3"]
 history = 7
