@@ -32,22 +32,43 @@ class GuestInfo:
     cpus: int = 0  # online CPUs
 
 
-def _check(res, what: str) -> str:
-    if res.exit_status != 0:
-        raise TargetError(f"{what} failed in the guest (status {res.exit_status}): {res.err_text.strip()[:500]}")
-    return res.text
+# Everything verify reads, in one command: every SSH command is a channel, a
+# fork and an exec in the guest, which under TCG costs a round trip of its
+# own.  Each text answer is followed by a marker line with its exit status;
+# /sys/kernel/notes (binary) comes last, raw.
+MARK = b"@@iommufd-harness-status "
+ASKED = (("uname -r", "uname -r"), ("cat /proc/meminfo", "reading /proc/meminfo"),
+         ("cat /sys/devices/system/cpu/online", "reading online CPUs"), ("ls /sys/class/iommu", "listing /sys/class/iommu"))
+SCRIPT = "".join(f"{cmd} 2>&1; echo \"{MARK.decode()}$?\"; " for cmd, _ in ASKED) + "cat /sys/kernel/notes 2>/dev/null"
+
+
+def _answers(out: bytes) -> tuple[list[str], bytes]:
+    """The text answers, each checked for its exit status, and the notes."""
+    texts = []
+    rest = out
+    for cmd, what in ASKED:
+        text, sep, rest = rest.partition(MARK)
+        status, _, rest = rest.partition(b"\n")
+        if not sep or not status.strip().isdigit():
+            raise TargetError(f"the guest did not answer {cmd} (verifying the booted kernel): "
+                              f"{out[-300:].decode(errors='replace')!r}")
+        if int(status) != 0:
+            raise TargetError(f"{what} failed in the guest (status {int(status)}): "
+                              f"{text.decode(errors='replace').strip()[:500]}")
+        texts.append(text.decode(errors="replace"))
+    return texts, rest
 
 
 def verify(target: Target, expect: Expect) -> GuestInfo:
     """The guest runs the kernel we built (unless ``expect.build_id`` is
     None), and has what the tests need."""
-    release = _check(target.run(["uname", "-r"], 30), "uname -r").strip()
-    notes = target.run(["cat", "/sys/kernel/notes"], 30)
-    build_id = elfinfo.build_id_from_notes(notes.stdout) if notes.exit_status == 0 else None
+    res = target.run(["sh", "-c", SCRIPT], 30)
+    (release, meminfo, online, iommu_list), notes = _answers(res.stdout)
+    release = release.strip()
+    build_id = elfinfo.build_id_from_notes(notes) if notes else None
     if expect.build_id is not None and build_id != expect.build_id:
         raise TargetError(f"the guest runs kernel build-id {build_id}, not the one just built ({expect.build_id})",
                           "the wrong kernel image was booted")
-    meminfo = _check(target.run(["cat", "/proc/meminfo"], 30), "reading /proc/meminfo")
     huge = 0
     for line in meminfo.splitlines():
         if line.startswith("HugePages_Total:"):
@@ -55,11 +76,11 @@ def verify(target: Target, expect: Expect) -> GuestInfo:
     if huge < expect.hugepages:
         raise TargetError(f"the guest has {huge} huge pages, the selftests need {expect.hugepages}",
                           "give the VM more memory, or check CONFIG_HUGETLBFS")
-    cpus = count_cpus(_check(target.run(["cat", "/sys/devices/system/cpu/online"], 30), "reading online CPUs"))
+    cpus = count_cpus(online)
     if expect.cpus is not None and cpus != expect.cpus:
         raise TargetError(f"the guest runs on {cpus} CPU(s), the machine has {expect.cpus}",
                           f"build the kernel with CONFIG_SMP=y and CONFIG_NR_CPUS >= {expect.cpus} (configs/base.config)")
-    iommus = tuple(_check(target.run(["ls", "/sys/class/iommu"], 30), "listing /sys/class/iommu").split())
+    iommus = tuple(iommu_list.split())
     if expect.iommu and not any(re.search(expect.iommu, i) for i in iommus):
         raise TargetError(f"the guest has no IOMMU matching '{expect.iommu}' (found: {', '.join(iommus) or 'none'}):\n"
                           f"{target.console_excerpt(30)}",
