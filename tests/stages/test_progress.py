@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import random
+from pathlib import Path
+
+import pytest
+
 from harness import profiles
 from harness.stages import build, config
 from harness.stages.progress import BuildProgress
@@ -72,3 +77,60 @@ def test_the_build_shows_its_progress_and_remembers_a_cold_builds_size(fake_kern
         BuildProgress.__init__ = orig
     assert progress == [("building bzImage (cold)", 3)]
     assert tc.spec.cold_build_steps > 1000  # the recorded figure for a first cold build
+
+
+KBUILD_LOGS = sorted((Path(__file__).resolve().parents[1] / "golden" / "kbuild").glob("*-cold.log"))
+
+
+def kbuild_lines(data: bytes) -> int:
+    """kbuild's quiet lines: two spaces, its tag in capitals, the target."""
+    n = 0
+    for line in data.splitlines():
+        tag = line[2:].split(b" ", 1)[0]
+        if line.startswith(b"  ") and not line.startswith(b"   ") and tag.isupper() and line[2 + len(tag):3 + len(tag)] == b" ":
+            n += 1
+    return n
+
+
+def image_make(log: Path) -> bytes:
+    """The kernel image's make in a build.log (the harness heads each command
+    it logs with "$ "): what the live progress line counts."""
+    data = log.read_bytes()
+    start = data.index(b"$ make ")
+    end = data.find(b"\n$ ", start)
+    return data[data.index(b"\n", start) + 1:end if end >= 0 else len(data)]
+
+
+@pytest.mark.parametrize("log", KBUILD_LOGS, ids=lambda p: p.name)
+def test_a_real_cold_build_is_counted_step_by_step_whatever_the_chunks(log):
+    """A real cold kernel build's output (tests/golden/capture_kbuild.py),
+    streamed in pieces of any size: every kbuild line is one step, and
+    make's own lines are not."""
+    data = image_make(log)
+    rnd = random.Random(log.name)
+    clock = Clock()
+    p = BuildProgress("building", 0, lambda *a: None, clock=clock)
+    at = 0
+    while at < len(data):
+        n = rnd.randint(1, 9000)
+        p.feed(data[at:at + n])
+        at += n
+    p.done()
+    assert p.steps == kbuild_lines(data) > 1000
+    assert p.warnings == data.count(b": warning: ")
+
+
+@pytest.mark.parametrize("log", KBUILD_LOGS, ids=lambda p: p.name)
+def test_the_recorded_cold_figure_is_what_a_cold_build_takes(log):
+    """The ETA of a first cold build comes from arches/<arch>.toml: within
+    10% of the steps a real cold build of that kernel printed, the debug
+    kernels' too (their detectors add only a few objects)."""
+    profile = log.name.removesuffix("-cold.log").partition("+")[0]
+    steps = kbuild_lines(image_make(log))
+    want = Toolchain(profiles.load(profile).arch).spec.cold_build_steps
+    assert abs(want - steps) <= 0.1 * steps, (log.name, want, steps)
+
+
+def test_there_is_a_cold_build_log_of_each_architecture():
+    arches = {profiles.load(p.name.removesuffix("-cold.log").partition("+")[0]).arch for p in KBUILD_LOGS}
+    assert {"x86_64", "arm64"} <= arches, KBUILD_LOGS
