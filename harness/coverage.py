@@ -30,6 +30,7 @@ import io
 import json
 import shutil
 import subprocess
+import sys
 import tarfile
 from pathlib import Path, PurePosixPath
 
@@ -147,9 +148,8 @@ def gather(raw: Path, build_dir: Path, into: Path) -> list[str]:
 def gcovr(objects: Path, tree: Path, dirs: tuple[str, ...], gcov: str, out: Path, log: Path) -> dict:
     """gcovr over ``objects`` (gcda + gcno), sources from ``tree``, only
     ``dirs``: coverage.json (returned), cobertura.xml, index.html."""
-    exe = shutil.which("gcovr")
-    from_venv = Path(__import__("sys").executable).parent / "gcovr"
-    exe = str(from_venv) if from_venv.is_file() else exe
+    from_venv = Path(sys.executable).parent / "gcovr"  # the venv's, when the harness runs from one
+    exe = str(from_venv) if from_venv.is_file() else shutil.which("gcovr")
     if exe is None:
         raise ToolMissing("gcovr is not installed", "pip install gcovr (make setup installs it)")
     if shutil.which(gcov) is None:
@@ -228,11 +228,6 @@ def of_series(changed: dict[str, list[int]], report: dict) -> list[dict]:
                     "not_executed": [n for n in lines if n in c and c[n] == 0],
                     "not_code": [n for n in lines if n not in c]})
     return out
-
-
-def gcov_for(cc: str) -> str:
-    """The gcov of a compiler: gcc -> gcov, aarch64-linux-gnu-gcc -> aarch64-linux-gnu-gcov."""
-    return cc[: -len("gcc")] + "gcov" if cc.endswith("gcc") else "gcov"
 
 
 def after_suite(target, tree: Path, origin: Path, build_dir: Path, dirs: tuple[str, ...], series_files: list[str],

@@ -198,7 +198,7 @@ def run_one(opts: Options, ui: Ui, results_path: Path, brief: str = "") -> tuple
                             record.coverage = coverage.after_suite(
                                 lifecycle.target, prep.tree.path, prep.tree.origin.path,
                                 prep.kernel.vmlinux.parent, pipe.coverage_dirs, pipe.series_files,
-                                coverage.gcov_for(prep.toolchain.cc), results_path)
+                                prep.toolchain.gcov, results_path)
                 finally:
                     sink.write(record)
                 if opts.shell:

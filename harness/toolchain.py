@@ -53,6 +53,11 @@ class Toolchain:
         return self.cross_compile + "gcc"
 
     @property
+    def gcov(self) -> str:
+        """The gcov that reads this compiler's coverage notes (--coverage)."""
+        return self.cross_compile + "gcov"
+
+    @property
     def ccache(self) -> bool:
         return self.use_ccache and shutil.which("ccache") is not None
 

@@ -153,8 +153,10 @@ def test_the_profile_patch_applies_to_the_tree_and_names_what_it_profiles(fake_k
 
 
 def test_the_gcov_of_each_compiler():
-    assert coverage.gcov_for("gcc") == "gcov"
-    assert coverage.gcov_for("aarch64-linux-gnu-gcc") == "aarch64-linux-gnu-gcov"
+    from harness.toolchain import Toolchain
+
+    assert Toolchain("x86_64").gcov == "gcov"  # this machine's own
+    assert Toolchain("arm64").gcov == "aarch64-linux-gnu-gcov" == Toolchain("arm64").cc.replace("gcc", "gcov")
 
 
 def test_the_gcovr_report_is_read_line_by_line(built):
