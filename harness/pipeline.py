@@ -152,8 +152,10 @@ class Pipeline:
             tree.path, build_dir, tc, base, fragments, tuple(self.opts.kconfig_add),
             tree_fragments=(frag_tree,) if frag_tree.is_file() else (),
             user_fragments=tuple(self.opts.fragments), base_config=base_config,
-            kconfig_generation=kconfig_generation, debug_fragments=debugkernels.fragments(self.opts.debug)
-            + ((coverage.fragment(),) if self.opts.debug or self.opts.coverage else ()),  # one debug build for both
+            kconfig_generation=kconfig_generation,
+            # the gcov core is in every kernel: --coverage only profiles a
+            # few directories, an incremental rebuild of the same build dir
+            debug_fragments=debugkernels.fragments(self.opts.debug) + (coverage.fragment(),),
             lsmod=lsmod)
 
     def board_kernel(self) -> str | None:
@@ -164,8 +166,6 @@ class Pipeline:
 
     def build_flavour(self, profile: profiles.Profile) -> str:
         flavour = profile.arch + debugkernels.build_suffix(self.opts.debug)
-        if self.opts.coverage and not self.opts.debug:
-            flavour += "+gcov"  # a debug kernel has the gcov core already
         if self.board_kernel() in ("running", "defconfig"):
             flavour += f"+board-{self.entry.name}"  # a config of its own: a build dir of its own
         return flavour

@@ -28,6 +28,7 @@ EXIT_FOR = {"pass": 0, "fail": 1, "error": 2}
 NO_DOMAIN_PASSING = ["iommufd_ioas.no_domain.access_pin_unmap", "iommufd_ioas.no_domain.access_rw",
                      "iommufd_ioas.no_domain.access_rw_unaligned"]
 DEFAULT_SERIES = REPO / "kernel-patches" / "default"
+COVERAGE_SERIES = REPO / "tests" / "fixtures" / "kernel-patches" / "coverage-two-functions.patch"
 
 pytestmark = pytest.mark.slow
 
@@ -104,20 +105,75 @@ def test_second_run_rebuilds_nothing(first_run, tmp_path):
     assert data["kernel"]["build_id"] == first["kernel"]["build_id"]
 
 
-def test_full_suite_passes_behind_vtd(first_run, tmp_path):
-    results = tmp_path / "full"
-    res = _run(results, "--suite", "full")
-    data = json.loads((results / "results.json").read_text())
+@pytest.fixture(scope="module")
+def full_run(first_run, tmp_path_factory):
+    """The full suite, with --coverage of a series of this project's own that
+    changes two functions of drivers/iommu/iommufd/ without changing what
+    they do: every kernel has the gcov core, so coverage is an incremental
+    rebuild of that directory in the default kernel's build dir."""
+    results = tmp_path_factory.mktemp("e2e") / "full"
+    res = _run(results, "--suite", "full", "--coverage", "--patches", str(COVERAGE_SERIES))
+    return res, results, json.loads((results / "results.json").read_text())
+
+
+def test_full_suite_passes_behind_vtd(full_run):
+    res, _, data = full_run
     assert data["counts"]["pass"] == len(listed_tests("full")), [(t["name"], t["status"]) for t in data["tests"] if t["status"] != "pass"]
     assert res.returncode == 0
 
 
-def test_fail_nth_suite_runs_with_fault_injection(first_run, tmp_path):
-    results = tmp_path / "fail_nth"
-    res = _run(results, "--suite", "fail_nth")
+def _added_lines(patch: Path) -> dict[str, list[int]]:
+    """file -> the line numbers the patch's added lines have in the patched file."""
+    out: dict[str, list[int]] = {}
+    current, line = None, 0
+    for text in patch.read_text().splitlines():
+        if text.startswith("+++ b/"):
+            current = text[6:]
+        elif text.startswith("@@"):
+            line = int(text.split("+")[1].split(",")[0])
+        elif current and text.startswith("+"):
+            out.setdefault(current, []).append(line)
+            line += 1
+        elif current and text.startswith(" "):
+            line += 1
+    return out
+
+
+def test_coverage_shows_which_changed_lines_each_suite_executed(full_run, tmp_path):
+    """Of the series' two changed functions the access suite executed the
+    line added to iommufd_access_rw() and not the one in the VFIO
+    compatibility code; the full suite executed both, and more of
+    drivers/iommu/iommufd/ than the access suite."""
+    added = _added_lines(COVERAGE_SERIES)
+    rw, ext = added["drivers/iommu/iommufd/device.c"], added["drivers/iommu/iommufd/vfio_compat.c"]
+    results = tmp_path / "access"
+    res = _run(results, "--coverage", "--patches", str(COVERAGE_SERIES))
     data = json.loads((results / "results.json").read_text())
-    assert [t["status"] for t in data["tests"]] == ["pass"] * len(listed_tests("fail_nth")), data["tests"]
-    assert res.returncode == 0
+    assert res.returncode == 0 and data["verdict"] == "pass", data["errors"]
+    assert data["kernel"]["rebuilt"] is False  # the full run's kernel: same series, same profiling
+    cov = data["coverage"]
+    series = {f["file"]: f for f in cov["series"]}
+    assert set(series) == set(added)
+    assert (series["drivers/iommu/iommufd/device.c"]["executed"],
+            series["drivers/iommu/iommufd/device.c"]["not_executed"]) == (rw, [])
+    assert (series["drivers/iommu/iommufd/vfio_compat.c"]["executed"],
+            series["drivers/iommu/iommufd/vfio_compat.c"]["not_executed"]) == ([], ext)
+    assert cov["dirs"] == ["drivers/iommu/iommufd"] and 0 < cov["total"]["executed"] < cov["total"]["lines"]
+    assert all(f.startswith("drivers/iommu/iommufd/") for f in cov["files"])  # only what was asked for
+    assert "iommufd-harness-gcov-profile.patch" in [p["name"] for p in data["patches"]]
+    md = (results / "summary.md").read_text()
+    assert f"| `drivers/iommu/iommufd/vfio_compat.c` | 1 | 0 | 1 | {ext[0]} |" in md
+    assert "<coverage" in (results / "coverage" / "cobertura.xml").read_text()
+    assert (results / "coverage" / "index.html").is_file()
+
+    _, full_results, full = full_run
+    fseries = {f["file"]: f for f in full["coverage"]["series"]}
+    assert fseries["drivers/iommu/iommufd/vfio_compat.c"]["executed"] == ext
+    assert fseries["drivers/iommu/iommufd/device.c"]["executed"] == rw
+    assert full["coverage"]["total"]["lines"] == cov["total"]["lines"]
+    assert full["coverage"]["total"]["executed"] > cov["total"]["executed"]
+    assert full["coverage"]["total"]["taken"] > cov["total"]["taken"]
+    assert f"| `drivers/iommu/iommufd/vfio_compat.c` | 1 | 1 | 0 |" in (full_results / "summary.md").read_text()
 
 
 def test_without_the_vtd_fix_mock_domain_tests_fail(first_run, tmp_path):
@@ -137,6 +193,14 @@ def test_without_the_vtd_fix_mock_domain_tests_fail(first_run, tmp_path):
     failing = next(t for t in data["tests"] if t["name"] == "iommufd_ioas.mock_domain.access_pin")
     # the selftest's own assertion: creating the mock domain failed
     assert "Expected 0 (0) == _test_cmd_mock_domain" in failing["log"]
+
+
+def test_fail_nth_suite_runs_with_fault_injection(first_run, tmp_path):
+    results = tmp_path / "fail_nth"
+    res = _run(results, "--suite", "fail_nth")
+    data = json.loads((results / "results.json").read_text())
+    assert [t["status"] for t in data["tests"]] == ["pass"] * len(listed_tests("fail_nth")), data["tests"]
+    assert res.returncode == 0
 
 
 def test_matrix_virtio_iommu_and_arm64_smmuv3(first_run, tmp_path):
