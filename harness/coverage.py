@@ -2,8 +2,8 @@
 any ``--coverage-dir``), and of the lines the series under test changes.
 
 The kernel: ``configs/coverage.config`` (the kernel's gcov core, in every
-debug kernel too, so a debug kernel serves the detectors and coverage from
-one build directory) and, for ``--coverage`` only, a patch of the harness's
+kernel the harness builds, so coverage needs no build directory of its
+own) and, for ``--coverage`` only, a patch of the harness's
 own that sets ``GCOV_PROFILE := y`` in each directory's Makefile: only those
 directories are profiled, so TCG stays fast, and a run without
 ``--coverage`` rebuilds them unprofiled (the patch stage takes the patch
@@ -228,6 +228,21 @@ def of_series(changed: dict[str, list[int]], report: dict) -> list[dict]:
                     "not_executed": [n for n in lines if n in c and c[n] == 0],
                     "not_code": [n for n in lines if n not in c]})
     return out
+
+
+def of_run(target, reboots: int, collect) -> dict:
+    """results.json's ``coverage`` once the suite ran: ``collect()``'s
+    report, marked partial when the kernel was rebooted during the suite
+    (--continue-after-crash: the counters are those of its last boot);
+    not collected, and why, when the kernel is gone."""
+    dead = target.failure()
+    if dead is not None:
+        return {"collected": False, "why": f"{dead} during the suite, and its counters with it"}
+    cov = collect()
+    if reboots:
+        cov["partial"] = (f"the kernel was rebooted {reboots} time{'s' if reboots > 1 else ''} during the suite: "
+                          "only the tests run in its last boot (and that boot itself) are counted")
+    return cov
 
 
 def after_suite(target, tree: Path, origin: Path, build_dir: Path, dirs: tuple[str, ...], series_files: list[str],

@@ -191,14 +191,21 @@ def run_one(opts: Options, ui: Ui, results_path: Path, brief: str = "") -> tuple
                 try:
                     if opts.coverage:
                         coverage.reset(lifecycle.target)
+                        boots = lifecycle.boots
                     with pipe.stage("run"):
                         session.run()
-                    if opts.coverage and lifecycle.target.failure() is None:
-                        with pipe.stage("coverage"):
-                            record.coverage = coverage.after_suite(
-                                lifecycle.target, prep.tree.path, prep.tree.origin.path,
-                                prep.kernel.vmlinux.parent, pipe.coverage_dirs, pipe.series_files,
-                                prep.toolchain.gcov, results_path)
+                    if opts.coverage:
+                        def collect() -> dict:
+                            with pipe.stage("coverage"):
+                                return coverage.after_suite(
+                                    lifecycle.target, prep.tree.path, prep.tree.origin.path,
+                                    prep.kernel.vmlinux.parent, pipe.coverage_dirs, pipe.series_files,
+                                    prep.toolchain.gcov, results_path)
+                        record.coverage = coverage.of_run(lifecycle.target, lifecycle.boots - boots, collect)
+                        if "why" in record.coverage:
+                            ui.warn(f"coverage not collected: {record.coverage['why']}")
+                        elif "partial" in record.coverage:
+                            ui.warn(f"coverage is partial: {record.coverage['partial']}")
                 finally:
                     sink.write(record)
                 if opts.shell:

@@ -184,3 +184,36 @@ def test_the_summary_shows_the_series_lines_not_executed(built):
     assert f"| `d/x.c` | 5 | 2 | 2 | {f['not_executed'][0]}-{f['not_executed'][1]} |" in md
     assert "`d`: " in md and "branches taken (50.0%)" in md
     assert "#### Coverage" not in render(RunRecord(verdict="pass", tests=[TestRecord("t", "pass")]), None)
+
+
+class _Machine:
+    def __init__(self, dead=None):
+        self.dead = dead
+
+    def failure(self):
+        return self.dead
+
+
+def test_a_kernel_that_died_in_the_suite_says_why_there_is_no_coverage():
+    from harness.reports.markdown import render
+    from harness.reports.results import RunRecord, TestRecord
+
+    def collect():
+        raise AssertionError("nothing to collect from a dead kernel")
+
+    cov = coverage.of_run(_Machine("the guest kernel panicked"), 0, collect)
+    assert cov == {"collected": False, "why": "the guest kernel panicked during the suite, and its counters with it"}
+    md = render(RunRecord(verdict="fail", tests=[TestRecord("t", "crash")], coverage=cov), None)
+    assert "#### Coverage\n\nNot collected: the guest kernel panicked during the suite" in md
+
+
+def test_counters_after_a_reboot_in_the_suite_are_marked_partial():
+    from harness.reports.markdown import render
+    from harness.reports.results import RunRecord, TestRecord
+
+    whole = coverage.of_run(_Machine(), 0, lambda: {"dirs": ["d"], "total": {"lines": 4, "executed": 2}})
+    assert "partial" not in whole
+    cov = coverage.of_run(_Machine(), 2, lambda: {"dirs": ["d"], "total": {"lines": 4, "executed": 2}})
+    assert cov["partial"].startswith("the kernel was rebooted 2 times during the suite: only the tests run in its last")
+    md = render(RunRecord(verdict="fail", tests=[TestRecord("t", "crash")], coverage=cov), None)
+    assert "`d`: 2 of 4 lines executed" in md and "Partial: the kernel was rebooted 2 times" in md

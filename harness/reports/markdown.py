@@ -215,6 +215,8 @@ def _coverage(cov: dict) -> list[str]:
     """--coverage: the profiled directories' totals, then the series' lines."""
     if not cov:
         return []
+    if cov.get("collected") is False:
+        return ["", "#### Coverage", "", f"Not collected: {esc(cov.get('why', ''))}."]
     t = cov.get("total", {})
     pct = (lambda a, b: f"{100 * a / b:.1f}%" if b else "-")
     out = ["", "#### Coverage", "",
@@ -222,6 +224,8 @@ def _coverage(cov: dict) -> list[str]:
            f"executed ({pct(t.get('executed', 0), t.get('lines', 0))}), {t.get('taken', 0)} of "
            f"{t.get('branches', 0)} branches taken ({pct(t.get('taken', 0), t.get('branches', 0))}); "
            f"report: {code(cov.get('reports', {}).get('html', ''))}, Cobertura {code(cov.get('reports', {}).get('cobertura', ''))}."]
+    if cov.get("partial"):
+        out += ["", f"Partial: {esc(cov['partial'])}."]
     series = cov.get("series") or []
     if series:
         out += ["", "Lines the series adds or changes:", "",
