@@ -27,8 +27,8 @@ For each profile and kernel (the default one and every ``--debug`` one):
   the same by hand (copy, the one-shot script, reboot, suite, reboot);
 - coverage (``--coverage``): ``run --coverage --patches P`` (P alternates
   between two one-file changes, so each run rebuilds that file) on the
-  first ``--debug`` kernel (it has the gcov core; else the default kernel's
-  ``+gcov`` build), against the same runs without ``--coverage``: the whole
+  first ``--debug`` kernel (else the default one; every kernel has the gcov
+  core), against the same runs without ``--coverage``: the whole
   run, the build stage, and the suite with the counters' reset and
   collection and gcovr next to the suite alone;
 - cold build (``--cold``): ``iommufd-harness build`` in an empty work dir,
@@ -578,7 +578,7 @@ def main(argv: list[str] | None = None) -> int:
     kernels = [()] * (not args.no_default_kernel) + [debugkernels.parse([d]) for d in (args.debug or [])]
     if not kernels:
         ap.error("--no-default-kernel needs a --debug kernel")
-    cov_kernel = next((d for d in kernels if d), kernels[0])  # a debug kernel has the gcov core already
+    cov_kernel = next((d for d in kernels if d), kernels[0])  # the gate's kernel: the first --debug one
     rows = []
     tmp = Path(tempfile.mkdtemp(prefix="iommufd-bench-"))
     try:
