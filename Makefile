@@ -16,7 +16,7 @@ SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 # architecture, so dpkg learns it too (nothing of it is installed).
 ARCH_FACTS = $(PYTHON) -m harness.arches
 APT_PACKAGES := build-essential flex bison bc libelf-dev libssl-dev cpio rsync patch \
-	xz-utils git dpkg-dev ccache linux-source-6.12 python3-venv \
+	xz-utils lz4 git dpkg-dev ccache linux-source-6.12 python3-venv \
 	linux-source-6.1 \
 	u-boot-qemu u-boot-tools mtools dosfstools fdisk chromium \
 	$(shell $(ARCH_FACTS) packages)
