@@ -194,14 +194,18 @@ def test_oneshot_happy_path_boots_the_built_kernel_once_through_u_boot(board, tm
     """U-Boot's hook (in the board's U-Boot environment) runs the harness's
     script, which deletes itself and boots the trial kernel; the return
     reboot is the installed kernel again.  The board's own boot files are
-    never touched."""
+    never touched.  With --coverage, read from the trial kernel's debugfs
+    over the board's SSH as from a VM's."""
     own = board.ssh("md5sum /boot/extlinux/extlinux.conf")
     before = board.console_size()
     path = board.lab_file(tmp_path, boot='"oneshot"')
     res = harness("run", "--lab", str(path), "--board", "qemu-board", "--work", str(WORK),
-                  "--results", str(tmp_path / "r"), "--suite", "access")
+                  "--results", str(tmp_path / "r"), "--suite", "access", "--coverage")
     data = json.loads((tmp_path / "r" / "results.json").read_text())
     assert res.returncode == 0 and data["verdict"] == "pass", data["errors"]
+    cov = data["coverage"]
+    assert cov["dirs"] == ["drivers/iommu/iommufd"] and 0 < cov["total"]["executed"] < cov["total"]["lines"]
+    assert cov["series"] == [] and "<coverage" in (tmp_path / "r" / "coverage" / "cobertura.xml").read_text()
     assert data["guest"]["build_id"] == data["kernel"]["build_id"] and data["guest"]["built_kernel_booted"]
     assert sorted(t["name"] for t in data["tests"]) == sorted(listed_tests("access"))
     assert {t["status"] for t in data["tests"]} == {"pass"}
