@@ -167,6 +167,7 @@ class Runner:
         tap_lines: list[str] = []
         err_lines: list[str] = []
         test_err: list[str] = []  # stderr of the test that is running
+        dying: set[str] = set()  # died (stdout moved on), waiting for the exit status on stderr
 
         def record(name: str, died: bool = False) -> None:
             case = parser.cases.get(name)
@@ -194,7 +195,10 @@ class Runner:
                     for name in list(started):
                         case = parser.cases.get(name)
                         if name != ev.name and name not in reported and (case is None or case.status is None):
-                            record(name, died=True)
+                            if name in exits:
+                                record(name, died=True)
+                            else:  # its exit status is still on its way (stderr)
+                                dying.add(name)
                     started[ev.name] = time.monotonic()
                     self.on_start(ev.name)
                 elif ev.kind == "result":
@@ -211,7 +215,9 @@ class Runner:
                 case = parser.cases.get(name) or parser._case(name)
                 case.log[1:1] = test_err  # the test's stderr goes after its RUN line
                 test_err.clear()
-                if case.status is not None or name in reported:
+                if name in dying and name not in reported:
+                    record(name, died=True)
+                elif case.status is not None or name in reported:
                     ready(name)
                 return
             err_lines.append(line)
@@ -231,7 +237,9 @@ class Runner:
         self.on_tap(binary, "\n".join(tap_lines) + "\n", "\n".join(err_lines) + "\n")
         for name in list(started):  # results whose exit line never came
             case = parser.cases.get(name)
-            if name not in reported and case is not None and case.status is not None:
+            if name in dying and name not in reported:
+                record(name, died=True)
+            elif name not in reported and case is not None and case.status is not None:
                 case.log[1:1] = test_err if name == parser.last_started else []
                 record(name)
         left = [n for n in names if n not in reported]
