@@ -145,9 +145,12 @@ def gather(raw: Path, build_dir: Path, into: Path) -> list[str]:
     return out
 
 
-def gcovr(objects: Path, tree: Path, dirs: tuple[str, ...], gcov: str, out: Path, log: Path) -> dict:
+def gcovr(objects: Path, tree: Path, build_dir: Path, dirs: tuple[str, ...], gcov: str, out: Path,
+          log: Path) -> dict:
     """gcovr over ``objects`` (gcda + gcno), sources from ``tree``, only
-    ``dirs``: coverage.json (returned), cobertura.xml, index.html."""
+    ``dirs``: coverage.json (returned), cobertura.xml, index.html.  gcov
+    runs in ``build_dir``, where the compiler ran: the notes name sources
+    relative to it when ccache's base dir made the paths relative."""
     from_venv = Path(sys.executable).parent / "gcovr"  # the venv's, when the harness runs from one
     exe = str(from_venv) if from_venv.is_file() else shutil.which("gcovr")
     if exe is None:
@@ -155,10 +158,10 @@ def gcovr(objects: Path, tree: Path, dirs: tuple[str, ...], gcov: str, out: Path
     if shutil.which(gcov) is None:
         raise ToolMissing(f"{gcov} is not installed", "it comes with the compiler (make setup installs it)")
     out.mkdir(parents=True, exist_ok=True)
-    argv = [exe, "--root", str(tree), "--gcov-executable", gcov, "--object-directory", str(objects),
+    argv = [exe, "--root", str(tree), "--gcov-executable", gcov, "--gcov-object-directory", str(build_dir.resolve()),
             *[a for d in dirs for a in ("--filter", f"{tree}/{d}/")],
             "--json", str(out / "coverage.json"), "--cobertura", str(out / "cobertura.xml"),
-            "--html-details", str(out / "index.html"), "--txt-summary", str(objects)]
+            "--html-details", str(out / "index.html"), "--txt-summary", str(objects)]  # objects: where to search
     res = subprocess.run(argv, capture_output=True, text=True, timeout=900)
     log.parent.mkdir(parents=True, exist_ok=True)
     log.write_text("$ " + " ".join(argv) + "\n" + res.stdout + res.stderr)
@@ -257,7 +260,7 @@ def after_suite(target, tree: Path, origin: Path, build_dir: Path, dirs: tuple[s
     if not found:
         raise CoverageError(f"the target's kernel has no gcov data for this build ({build_dir}): it is not the "
                             "kernel built here with --coverage")
-    report = gcovr(objects, tree, dirs, gcov, out, results / "logs" / "gcovr.log")
+    report = gcovr(objects, tree, build_dir, dirs, gcov, out, results / "logs" / "gcovr.log")
     changed = changed_lines(origin, tree, series_files)
     return {"dirs": list(dirs), "objects": len(found), **summary(report), "series": of_series(changed, report),
             "reports": {"json": "coverage/coverage.json", "cobertura": "coverage/cobertura.xml",

@@ -163,7 +163,7 @@ def test_the_gcovr_report_is_read_line_by_line(built):
     tmp, src, build, debugfs = built
     coverage.collect(Target(debugfs), tmp / "raw")
     coverage.gather(tmp / "raw", build, tmp / "objs")
-    report = coverage.gcovr(tmp / "objs", src, ("d",), "gcov", tmp / "out", tmp / "gcovr.log")
+    report = coverage.gcovr(tmp / "objs", src, build, ("d",), "gcov", tmp / "out", tmp / "gcovr.log")
     counts = coverage.file_lines(report)["d/x.c"]
     lines = AFTER.splitlines()
     executed = {lines[n - 1].strip() for n, c in counts.items() if c}
