@@ -67,13 +67,15 @@ class Target:
 
 @pytest.fixture
 def built(tmp_path):
-    src, build = tmp_path / "src", tmp_path / "build"
+    # laid out as the work dir lays a tree out (trees/<t>/{src,build/<arch>}): with ccache's
+    # base dir the compiler is handed the source relative to the build dir, as here
+    src, build = tmp_path / "src", tmp_path / "build" / "arch"
     (src / "d").mkdir(parents=True)
     (build / "d").mkdir(parents=True)
     (tmp_path / "origin" / "d").mkdir(parents=True)
     (tmp_path / "origin" / "d" / "x.c").write_text(BEFORE)
     (src / "d" / "x.c").write_text(AFTER)
-    subprocess.run(["gcc", "-fprofile-arcs", "-ftest-coverage", "-c", "../src/d/x.c", "-o", "d/x.o"], cwd=build,
+    subprocess.run(["gcc", "-fprofile-arcs", "-ftest-coverage", "-c", "../../src/d/x.c", "-o", "d/x.o"], cwd=build,
                    check=True)
     subprocess.run(["gcc", "-fprofile-arcs", "d/x.o", "-o", "prog"], cwd=build, check=True)
     subprocess.run(["./prog"], cwd=build, check=True, capture_output=True)
