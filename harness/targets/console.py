@@ -63,10 +63,13 @@ class ConsoleWatcher:
             return ""
         self.offset += len(data)
         new = data.decode(errors="replace")
+        before = len(self.text)
         self.text += new
         for marker in self.watch:
-            if marker in new:
-                self.markers.setdefault(marker, time.monotonic())
+            # the writer (QEMU's serial chardev, a copy over SSH) may have
+            # been read in the middle of the marker: look across the seam
+            if marker not in self.markers and marker in self.text[max(0, before - len(marker) + 1):]:
+                self.markers[marker] = time.monotonic()
         self.pending += self.scanner.feed(new)
         return new
 

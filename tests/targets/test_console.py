@@ -57,3 +57,20 @@ def test_a_last_line_without_newline_counts_once_the_log_is_complete(golden, tmp
     w.finish()  # ... and now it is gone
     line_start = text.rindex("\n", 0, cut) + 1
     assert w.panic_at == line_start and "Kernel panic - not syncing" in w.text[w.panic_at:]
+
+
+def test_a_boot_marker_read_in_two_pieces_is_seen(golden, tmp_path):
+    """QEMU writes the console as the guest prints it: a poll may end in the
+    middle of the marker line, and the next one reads the rest."""
+    marker = "iommufd-harness: sshd started"
+    text = (golden / "console" / "x86_64-bug-in-access-rw.log").read_bytes().decode()
+    at = text.index(marker)
+    for cut in range(at, at + len(marker) + 1):
+        log = tmp_path / f"console-{cut}.log"
+        log.write_text(text[:cut])
+        w = ConsoleWatcher(log, watch=(marker,))
+        w.poll()
+        with open(log, "a") as f:
+            f.write(text[cut:])
+        w.poll()
+        assert marker in w.markers, cut
