@@ -3,17 +3,23 @@
 One connection carries many commands, each in its own channel.  stdout and
 stderr are read together (reading only one while the other fills its window
 would deadlock), lines are handed to a callback as they arrive, and a
-wall-clock limit ends the wait, whatever the remote process does.  If opening
-a channel fails (some SSH servers drop the connection after a channel closes)
+wall-clock limit ends the wait, whatever the remote process does, and
+whatever the remote machine does: paramiko waits for the server's reply to a
+request (exec, exit status) without a limit, and a machine that stopped (a
+panic, a kexec) behind a forwarder that keeps the TCP connection open (QEMU's
+user network) never replies, so a watchdog cuts the connection a little after
+the limit.  If opening a channel fails (some SSH servers drop the connection after a channel closes)
 the client reconnects once and tries again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import select
 import shlex
 import socket
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +35,7 @@ from harness.errors import TargetError
 logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 MAX_OUTPUT = 64 * 1024 * 1024  # per stream; guest output is untrusted
+WATCHDOG_GRACE_S = 2.0  # past a command's limit before its connection is cut
 
 
 @dataclass(frozen=True)
@@ -134,6 +141,28 @@ class SshClient:
                     raise SshLost(f"cannot open an SSH channel to {self.host}:{self.port}: {e}") from None
         raise AssertionError("unreachable")
 
+    @contextlib.contextmanager
+    def _cut_after(self, seconds: float):
+        """Close the connection if the block is still running ``seconds``
+        from now; yields an Event that says whether it was cut."""
+        transport = self.transport
+        cut = threading.Event()
+
+        def fire() -> None:
+            cut.set()
+            try:
+                transport.close()
+            except Exception:  # noqa: BLE001 - closing a dead connection
+                pass
+
+        timer = threading.Timer(max(0.0, seconds), fire)
+        timer.daemon = True
+        timer.start()
+        try:
+            yield cut
+        finally:
+            timer.cancel()
+
     # -- commands ------------------------------------------------------------
 
     def put(self, path: str, data: bytes, mode: int = 0o644, timeout: float = 120.0, gzipped: bool = False) -> None:
@@ -142,18 +171,25 @@ class SshClient:
         ``data`` is gzip-compressed and the remote side unpacks it (gunzip)."""
         chan = self._open_channel()
         self.commands += 1
-        try:
-            chan.settimeout(timeout)
-            write = 'gunzip -c > "$1"' if gzipped else 'cat > "$1"'
-            chan.exec_command(quote(["sh", "-c", write + ' && chmod "$2" "$1"', "sh", path, f"{mode:o}"]))
-            chan.sendall(data)
-            chan.shutdown_write()
-            status = chan.recv_exit_status()
-            err = chan.recv_stderr(4096).decode(errors="replace") if chan.recv_stderr_ready() else ""
-        except (paramiko.SSHException, OSError, EOFError) as e:
-            raise SshLost(f"copying {path} to {self.host} failed: {e}") from None
-        finally:
-            chan.close()
+        with self._cut_after(timeout + WATCHDOG_GRACE_S) as cut:
+            try:
+                chan.settimeout(timeout)
+                write = 'gunzip -c > "$1"' if gzipped else 'cat > "$1"'
+                chan.exec_command(quote(["sh", "-c", write + ' && chmod "$2" "$1"', "sh", path, f"{mode:o}"]))
+                chan.sendall(data)
+                chan.shutdown_write()
+                status = chan.recv_exit_status()
+                err = chan.recv_stderr(4096).decode(errors="replace") if chan.recv_stderr_ready() else ""
+            except (paramiko.SSHException, OSError, EOFError) as e:
+                self.close()
+                if cut.is_set():
+                    raise SshLost(f"copying {path} to {self.host} did not finish within {timeout:.0f} s: "
+                                  "the machine stopped answering") from None
+                raise SshLost(f"copying {path} to {self.host} failed: {e}") from None
+            finally:
+                chan.close()
+        if cut.is_set():  # the exit status came, but only as the watchdog fired
+            self.close()
         if status != 0:
             raise TargetError(f"cannot write {path} on {self.host}: {err.strip() or f'status {status}'}")
 
@@ -189,39 +225,45 @@ class SshClient:
                 rest = b""
             bufs[kind] = rest
 
-        try:
-            chan.exec_command(quote(argv))
-            while True:
-                if chan.recv_ready():
-                    data = chan.recv(65536)
-                    if len(out) < MAX_OUTPUT:
-                        out += data
-                    emit("out", data)
-                    continue
-                if chan.recv_stderr_ready():
-                    data = chan.recv_stderr(65536)
-                    if len(err) < MAX_OUTPUT:
-                        err += data
-                    emit("err", data)
-                    continue
-                if chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
-                    if chan.closed or chan.eof_received:
-                        status = chan.recv_exit_status()
-                        break
-                if time.monotonic() - start > timeout or (check_stop is not None and check_stop()):
-                    timed_out = True
-                    break
-                if not self.connected():
-                    lost = True
-                    break
-                select.select([chan], [], [], 0.2)
-        except (paramiko.SSHException, OSError, EOFError):
-            lost = True
-        finally:
+        with self._cut_after(start + timeout - time.monotonic() + WATCHDOG_GRACE_S) as cut:
             try:
-                chan.close()
-            except Exception:
-                pass
+                chan.exec_command(quote(argv))
+                while True:
+                    if chan.recv_ready():
+                        data = chan.recv(65536)
+                        if len(out) < MAX_OUTPUT:
+                            out += data
+                        emit("out", data)
+                        continue
+                    if chan.recv_stderr_ready():
+                        data = chan.recv_stderr(65536)
+                        if len(err) < MAX_OUTPUT:
+                            err += data
+                        emit("err", data)
+                        continue
+                    if chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
+                        if chan.closed or chan.eof_received:
+                            status = chan.recv_exit_status()
+                            break
+                    if time.monotonic() - start > timeout or (check_stop is not None and check_stop()):
+                        timed_out = True
+                        break
+                    if not self.connected():
+                        lost = True
+                        break
+                    select.select([chan], [], [], 0.2)
+            except (paramiko.SSHException, OSError, EOFError):
+                lost = True
+            finally:
+                try:
+                    chan.close()
+                except Exception:
+                    pass
+        if cut.is_set() and status is None:
+            # stuck in a request the machine never answered: out of time, and the
+            # connection is gone (the next command connects again)
+            timed_out, lost = True, False
+            self.close()
         emit("out", b"", final=True)
         emit("err", b"", final=True)
         if lost:

@@ -30,6 +30,8 @@ class _Server(paramiko.ServerInterface):
         return paramiko.OPEN_SUCCEEDED if kind == "session" else paramiko.OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED
 
     def check_channel_exec_request(self, channel, command):
+        if self.behaviour.get("stall"):
+            time.sleep(60)  # a machine that stopped: the request is never answered
         threading.Thread(target=self._serve, args=(channel, command.decode()), daemon=True).start()
         return True
 
@@ -126,3 +128,26 @@ def test_a_changed_host_key_is_refused(server, tmp_path):
     c = SshClient("127.0.0.1", port, "root", keys.client_private, other.host_public)
     with pytest.raises(TargetError, match="does not match the pinned key"):
         c.connect()
+
+
+
+def test_a_machine_that_stops_answering_ends_a_command_at_its_limit(server):
+    """The machine stops right after a channel opened (a panic, a kexec):
+    the request to start the command is never answered, and QEMU's user
+    network keeps the TCP connection open.  The command still ends at its
+    limit (plus a little), as timed out; so does a copy."""
+    port, keys, behaviour = server
+    c = SshClient("127.0.0.1", port, "root", keys.client_private, keys.host_public)
+    c.connect()
+    assert c.run(["echo", "1"], 10).exit_status == 0
+    behaviour["stall"] = True
+    t0 = time.monotonic()
+    res = c.run(["echo", "2"], 1.0)
+    assert res.timed_out and res.exit_status is None
+    assert time.monotonic() - t0 < 6
+    assert not c.connected()
+    c.connect()
+    t0 = time.monotonic()
+    with pytest.raises(TargetError, match="did not finish within 1 s"):
+        c.put("/tmp/x", b"data", timeout=1.0)
+    assert time.monotonic() - t0 < 6
