@@ -19,6 +19,7 @@ import email.policy
 import hashlib
 import json
 import mailbox
+import os
 import re
 import shutil
 from dataclasses import dataclass, field, replace
@@ -304,6 +305,33 @@ def _restore(origin: Path, tree: Path, rels) -> list[str]:
     return changed
 
 
+def _snapshot(tree: Path, rels) -> dict[str, tuple[str, int, int]]:
+    """Content hash and times of the files among ``rels`` that exist."""
+    snap = {}
+    for rel in rels:
+        path = tree / rel
+        try:
+            st = path.stat()
+        except OSError:
+            continue
+        sha = _file_sha(path)
+        if sha is not None:
+            snap[rel] = (sha, st.st_atime_ns, st.st_mtime_ns)
+    return snap
+
+
+def _keep_times(tree: Path, before: dict[str, tuple[str, int, int]]) -> set[str]:
+    """Give the files whose content is what it was in ``before`` their
+    times back; returns them."""
+    same = set()
+    for rel, (sha, atime, mtime) in before.items():
+        path = tree / rel
+        if _file_sha(path) == sha:
+            os.utime(path, ns=(atime, mtime))
+            same.add(rel)
+    return same
+
+
 def _failure_details(output: str) -> str:
     details, current = [], None
     for line in output.splitlines():
@@ -345,6 +373,10 @@ def apply_series(origin: Path, tree: Path, patches: list[Patch], protected: set[
         already = tuple(i for i in state.get("already", []) if isinstance(i, int))
         return PatchResult(tuple(patches), (), already, {i: r for i, r in not_for.items() if i not in already})
 
+    # every file this may rewrite, as it is now: one that ends up as it was
+    # keeps its modification time, so make does not rebuild what depends on it
+    # (a series that changed in one patch re-applies the others to the same text)
+    before = _snapshot(tree, set(state.get("touched", {})) | {rel for p in patches for rel in p.files})
     changed = _restore(origin, tree, state.get("touched", {}))
     restored = {rel: sha for rel, sha in state.get("restored", {}).items() if _file_sha(origin / rel) == sha}
     restored.update({rel: _file_sha(origin / rel) for rel in changed})
@@ -383,6 +415,7 @@ def apply_series(origin: Path, tree: Path, patches: list[Patch], protected: set[
                                timeout=300)
             _restore(origin, tree, touched)
             _save_state(tree, {"series": [], "touched": {}})
+            _keep_times(tree, before)
             raise PatchError(
                 f"patch {patch.name} ({patch.subject}) does not apply to {origin}:\n"
                 + _failure_details(verbose.output),
@@ -392,6 +425,8 @@ def apply_series(origin: Path, tree: Path, patches: list[Patch], protected: set[
             )
         changed.extend(r for r in files if r not in changed)
     restored = {rel: sha for rel, sha in restored.items() if rel not in touched}
+    same = _keep_times(tree, before)
+    changed = [rel for rel in changed if rel not in same]
     _save_state(tree, {"series": want, "names": [p.name for p in patches], "touched": touched,
                        "restored": restored, "already": already, "already_files": already_files})
     return PatchResult(tuple(patches), tuple(changed), tuple(already), not_for)

@@ -79,6 +79,28 @@ def test_switching_series_reverts_the_old_one(trees, tmp_path):
     assert os.stat(work / MAIN_C).st_mtime >= build_time - 1
 
 
+def test_a_series_that_changed_in_one_patch_leaves_the_others_files_as_built(trees, tmp_path):
+    """A developer edits the last patch of a series: the files of the other
+    patches come out with the same text, and keep their modification time,
+    or make would rebuild everything that includes them (a header: most of
+    iommufd)."""
+    import os
+
+    origin, work = trees
+    hdr = _make_patch(origin.path, HDR, "UAPI 1", "UAPI 2", "header", tmp_path / "h", "0001-header.patch")
+    first = _make_patch(origin.path, MAIN_C, "return 0;", "return 1;", "main", tmp_path / "m1", "0002-main.patch")
+    second = _make_patch(origin.path, MAIN_C, "return 0;", "return 2;", "main", tmp_path / "m2", "0002-main.patch")
+    patches.apply_series(origin.path, work, patches.load(hdr) + patches.load(first), set(), tmp_path / "p.log")
+    built = 1_000_000_000  # as if make had run long after the series was applied
+    os.utime(work / HDR, (built, built))
+    res = patches.apply_series(origin.path, work, patches.load(hdr) + patches.load(second),
+                               patches.protected_files(origin.path, work), tmp_path / "p.log")
+    assert "return 2;" in (work / MAIN_C).read_text() and "UAPI 2" in (work / HDR).read_text()
+    assert res.changed == (MAIN_C,)
+    assert os.stat(work / HDR).st_mtime == built
+    assert os.stat(work / MAIN_C).st_mtime > built
+
+
 def test_patch_that_does_not_apply_names_patch_file_and_hunk_and_leaves_tree_clean(trees, tmp_path):
     origin, work = trees
     good = _make_patch(origin.path, MAIN_C, "return 0;", "return 1;", "good", tmp_path, "good.patch")
