@@ -26,6 +26,7 @@ from harness.targets.console import ConsoleWatcher
 
 GUEST_SSH_PORT = 22
 SSHD_MARKER = "iommufd-harness: sshd started"
+SSHD_FAILED = "iommufd-harness: sshd exited"  # the guest's init, when its sshd died before listening
 QMP_TIMEOUT = 10.0
 
 
@@ -107,7 +108,7 @@ class QemuVM:
         self.proc: subprocess.Popen | None = None
         self.qmp = None
         self.ssh_port = 0
-        self.console = ConsoleWatcher(req.run_dir / req.console_name, watch=(SSHD_MARKER,))
+        self.console = ConsoleWatcher(req.run_dir / req.console_name, watch=(SSHD_MARKER, SSHD_FAILED))
         self.qemu_log = req.run_dir / "qemu.log"
         self.argv: list[str] = []
 
@@ -144,7 +145,7 @@ class QemuVM:
             qmp_path = (self.req.qmp_dir or self.req.run_dir) / "qmp.sock"
             qmp_path.unlink(missing_ok=True)
             self.console.path.unlink(missing_ok=True)
-            self.console = ConsoleWatcher(self.console.path, watch=(SSHD_MARKER,))
+            self.console = ConsoleWatcher(self.console.path, watch=(SSHD_MARKER, SSHD_FAILED))
             self.ssh_port = free_port()
             self.qmp = QEMUMonitorProtocol(str(qmp_path), server=True)
             self.argv = self.command_line(self.ssh_port, qmp_path)
@@ -203,6 +204,10 @@ class QemuVM:
             if why:
                 raise BootError(f"{why} during boot:\n{self.console.excerpt()}",
                                 "see console.log; check the kernel config and command line",
+                                log=str(self.console.path))
+            if SSHD_FAILED in self.console.markers:
+                raise BootError(f"the guest's sshd exited before it listened:\n{self.console.excerpt(20)}",
+                                "its last log lines are above; check the image recipe's sshd_config and keys",
                                 log=str(self.console.path))
             if SSHD_MARKER in self.console.markers:
                 try:

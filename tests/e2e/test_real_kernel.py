@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -311,6 +312,37 @@ def test_two_vms_at_once_do_not_collide(first_run, tmp_path):
     assert p1 != p2
     assert key1 == want1 and key2 == want2 and key1 != key2  # each reached its own guest
     assert all(not vm.alive() for vm, _ in vms.values())
+
+
+def test_a_guest_whose_sshd_dies_is_named_at_once(first_run, tmp_path):
+    """The image's sshd cannot start (here: a config naming a host key that
+    is not there): the guest's init says so on the console and the boot
+    fails with sshd's own words, not after the boot timeout."""
+    from harness import profiles
+    from harness.errors import BootError
+    from harness.stages import image
+    from harness.targets import qemu
+    from harness.targets.ssh import SshClient
+
+    data = json.loads((first_run[1] / "results.json").read_text())
+    kernel = WORK / "trees" / "debian-6.12" / "build" / "x86_64" / "arch/x86/boot/bzImage"
+    base = image.BaseImage(WORK / "images" / data["image"]["file"], {}, False)
+    broken = tmp_path / "sshd_config"
+    broken.write_text("HostKey /etc/ssh/no_such_key\nUsePAM no\n")
+    keys = image.make_keys(tmp_path)
+    initrd = image.run_image(base, keys, tmp_path, {"/etc/ssh/sshd_config": (broken, 0o644)})
+    vm = qemu.QemuVM(qemu.BootRequest(profiles.load("x86_64-vtd"), kernel, initrd, tmp_path, "tcg",
+                                      qmp_dir=tmp_path))
+    t0 = time.monotonic()
+    vm.start()
+    try:
+        client = SshClient("127.0.0.1", vm.ssh_port, "root", keys.client_private, keys.host_public)
+        with pytest.raises(BootError, match="sshd exited before it listened") as e:
+            vm.wait_for_sshd(client.connect)
+    finally:
+        vm.stop()
+    assert time.monotonic() - t0 < 60  # the boot timeout is 300 s
+    assert "no hostkeys available" in str(e.value)
 
 
 def test_board_target_over_ssh(first_run, tmp_path):
