@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness import __version__, arches, coverage, data, debugkernels, lab, labgrid, profiles, suites
+from harness import __version__, arches, coverage, data, debugkernels, lab, labgrid, proc, profiles, suites
 from harness.errors import HarnessError, InputError
 from harness.parse.splats import Splat
 from harness.reports.decode import decode
@@ -351,6 +351,7 @@ class Pipeline:
         down on exit whatever happens."""
         with lifecycle:
             with self.stage("boot"):
+                proc.preload("paramiko", "jsonschema", "kcidb_io.schema")
                 lifecycle.up()
             yield lifecycle
 

@@ -230,3 +230,21 @@ def _kill_group(proc: subprocess.Popen) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def preload(*modules: str) -> None:
+    """Import ``modules`` in a background thread: what a run needs only after
+    its target is up (SSH, the report writers) loads while the machine boots
+    instead of before it starts.  A module that fails to import here fails
+    again, with its own error, where it is used."""
+    import importlib
+    import threading
+
+    def load() -> None:
+        for name in modules:
+            try:
+                importlib.import_module(name)
+            except Exception:  # noqa: BLE001 - reported where the module is really needed
+                pass
+
+    threading.Thread(target=load, name="preload", daemon=True).start()

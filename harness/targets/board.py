@@ -20,7 +20,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import paramiko
 
 from harness import arches
 from harness.errors import HarnessError, InputError, TargetError
@@ -53,6 +52,8 @@ class BoardSpec:
 
 def pinned_host_key(known_hosts: Path, host: str, port: int) -> str:
     """The host key known_hosts holds for host:port, as "type base64"."""
+    import paramiko
+
     try:
         keys = paramiko.HostKeys(str(known_hosts))
     except OSError as e:

@@ -23,16 +23,28 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
-
-import paramiko
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from harness.errors import TargetError
+
+if TYPE_CHECKING:
+    import paramiko
 
 # paramiko's transport thread logs a traceback for every refused or cut
 # connection; waiting for a machine to come up makes many, and the harness
 # reports what matters itself
 logging.getLogger("paramiko").addHandler(logging.NullHandler())
+
+
+def _paramiko():
+    """paramiko, imported on first use: a run starts its VM before it needs
+    SSH, and importing paramiko (and what it imports) is a tenth of a second
+    of every start.  :func:`harness.proc.preload` imports it in the
+    background while the guest boots."""
+    import paramiko
+
+    return paramiko
+
 
 MAX_OUTPUT = 64 * 1024 * 1024  # per stream; guest output is untrusted
 WATCHDOG_GRACE_S = 2.0  # past a command's limit before its connection is cut
@@ -68,6 +80,7 @@ def quote(argv: Sequence[str]) -> str:
 class SshClient:
     def __init__(self, host: str, port: int, user: str, key_file: Path, host_key: str | None,
                  connect_timeout: float = 15.0):
+        paramiko = _paramiko()
         self.host, self.port, self.user = host, port, user
         try:
             self.key = paramiko.PKey.from_path(str(key_file))
@@ -82,6 +95,7 @@ class SshClient:
     # -- connection ----------------------------------------------------------
 
     def connect(self) -> None:
+        paramiko = _paramiko()
         self.close()
         try:
             sock = socket.create_connection((self.host, self.port), timeout=self.connect_timeout)
@@ -130,6 +144,7 @@ class SshClient:
             self.transport = None
 
     def _open_channel(self) -> paramiko.Channel:
+        paramiko = _paramiko()
         for attempt in (1, 2):
             if not self.connected():
                 self.connect()
@@ -169,6 +184,7 @@ class SshClient:
         """Write ``data`` to ``path`` on the remote side (plain exec + stdin:
         needs no SFTP server, only a POSIX shell and cat).  ``gzipped``:
         ``data`` is gzip-compressed and the remote side unpacks it (gunzip)."""
+        paramiko = _paramiko()
         chan = self._open_channel()
         self.commands += 1
         with self._cut_after(timeout + WATCHDOG_GRACE_S) as cut:
@@ -199,6 +215,7 @@ class SshClient:
         """Run ``argv`` (quoted, never interpreted by a shell) with a wall-clock
         ``timeout``.  ``check_stop()`` is polled; when it returns True the
         wait ends early as if timed out."""
+        paramiko = _paramiko()
         argv = tuple(str(a) for a in argv)
         start = time.monotonic()
         try:
