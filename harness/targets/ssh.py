@@ -245,18 +245,16 @@ class SshClient:
         with self._cut_after(start + timeout - time.monotonic() + WATCHDOG_GRACE_S) as cut:
             try:
                 chan.exec_command(quote(argv))
+                streams = ((chan.recv_ready, chan.recv, out, "out"),
+                           (chan.recv_stderr_ready, chan.recv_stderr, err, "err"))
                 while True:
-                    if chan.recv_ready():
-                        data = chan.recv(65536)
-                        if len(out) < MAX_OUTPUT:
-                            out += data
-                        emit("out", data)
-                        continue
-                    if chan.recv_stderr_ready():
-                        data = chan.recv_stderr(65536)
-                        if len(err) < MAX_OUTPUT:
-                            err += data
-                        emit("err", data)
+                    ready = next((s for s in streams if s[0]()), None)
+                    if ready is not None:
+                        _, recv, buf, kind = ready
+                        data = recv(65536)
+                        if len(buf) < MAX_OUTPUT:
+                            buf += data  # a bytearray: out or err itself
+                        emit(kind, data)
                         continue
                     if chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
                         if chan.closed or chan.eof_received:
