@@ -20,7 +20,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-
 from harness import arches
 from harness.errors import HarnessError, InputError, TargetError
 from harness.targets.base import Layout

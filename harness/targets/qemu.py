@@ -27,6 +27,7 @@ from harness.targets.console import ConsoleWatcher
 GUEST_SSH_PORT = 22
 SSHD_MARKER = "iommufd-harness: sshd started"
 SSHD_FAILED = "iommufd-harness: sshd exited"  # the guest's init, when its sshd died before listening
+BOOT_MARKERS = (SSHD_MARKER, SSHD_FAILED)  # what the console watcher notes the time of
 QMP_TIMEOUT = 10.0
 
 
@@ -108,7 +109,7 @@ class QemuVM:
         self.proc: subprocess.Popen | None = None
         self.qmp = None
         self.ssh_port = 0
-        self.console = ConsoleWatcher(req.run_dir / req.console_name, watch=(SSHD_MARKER, SSHD_FAILED))
+        self.console = ConsoleWatcher(req.run_dir / req.console_name, watch=BOOT_MARKERS)
         self.qemu_log = req.run_dir / "qemu.log"
         self.argv: list[str] = []
 
@@ -145,7 +146,7 @@ class QemuVM:
             qmp_path = (self.req.qmp_dir or self.req.run_dir) / "qmp.sock"
             qmp_path.unlink(missing_ok=True)
             self.console.path.unlink(missing_ok=True)
-            self.console = ConsoleWatcher(self.console.path, watch=(SSHD_MARKER, SSHD_FAILED))
+            self.console = ConsoleWatcher(self.console.path, watch=BOOT_MARKERS)
             self.ssh_port = free_port()
             self.qmp = QEMUMonitorProtocol(str(qmp_path), server=True)
             self.argv = self.command_line(self.ssh_port, qmp_path)

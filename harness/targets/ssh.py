@@ -7,9 +7,10 @@ wall-clock limit ends the wait, whatever the remote process does, and
 whatever the remote machine does: paramiko waits for the server's reply to a
 request (exec, exit status) without a limit, and a machine that stopped (a
 panic, a kexec) behind a forwarder that keeps the TCP connection open (QEMU's
-user network) never replies, so a watchdog cuts the connection a little after
-the limit.  If opening a channel fails (some SSH servers drop the connection after a channel closes)
-the client reconnects once and tries again.
+user network) never replies, so a watchdog closes the connection a little
+after the limit (the next command connects again).  If opening a channel
+fails (some SSH servers drop the connection after a channel closes) the
+client reconnects once and tries again.
 """
 
 from __future__ import annotations
@@ -197,15 +198,12 @@ class SshClient:
                 status = chan.recv_exit_status()
                 err = chan.recv_stderr(4096).decode(errors="replace") if chan.recv_stderr_ready() else ""
             except (paramiko.SSHException, OSError, EOFError) as e:
-                self.close()
                 if cut.is_set():
                     raise SshLost(f"copying {path} to {self.host} did not finish within {timeout:.0f} s: "
                                   "the machine stopped answering") from None
                 raise SshLost(f"copying {path} to {self.host} failed: {e}") from None
             finally:
                 chan.close()
-        if cut.is_set():  # the exit status came, but only as the watchdog fired
-            self.close()
         if status != 0:
             raise TargetError(f"cannot write {path} on {self.host}: {err.strip() or f'status {status}'}")
 
@@ -275,10 +273,9 @@ class SshClient:
                 except Exception:
                     pass
         if cut.is_set() and status is None:
-            # stuck in a request the machine never answered: out of time, and the
-            # connection is gone (the next command connects again)
+            # stuck in a request the machine never answered: out of time (the
+            # watchdog closed the connection; the next command connects again)
             timed_out, lost = True, False
-            self.close()
         emit("out", b"", final=True)
         emit("err", b"", final=True)
         if lost:
