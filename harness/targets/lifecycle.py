@@ -133,6 +133,7 @@ class Lifecycle:
         raise NotImplementedError
 
     def _verify(self, target: Target) -> GuestInfo:
+        self.guest["verified_from"] = "ssh"
         return verify(target, self.expect)
 
     def _verified(self, info: GuestInfo) -> None:

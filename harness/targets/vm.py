@@ -17,7 +17,7 @@ from harness.targets.base import IMAGE_LAYOUT, Layout
 from harness.targets.console import ConsoleLog, ConsoleWatcher
 from harness.targets.lifecycle import Lifecycle
 from harness.targets.ssh import ExecResult, SshClient, SshLost
-from harness.targets.verify import Expect, GuestInfo
+from harness.targets.verify import Expect, GuestInfo, verify_booted
 
 
 class QemuTarget(ConsoleLog):
@@ -88,8 +88,7 @@ class VmLifecycle(Lifecycle):
         self._initrd = image.run_image(req.base, self._keys, req.vm_dir)
         arch = arches.load(req.profile.arch)
         self._accel, why = qemu.choose_accel(req.accel, arch, req.profile.qemu.binary, req.kernel, req.cache)
-        self.machine.update(version=qemu.qemu_version(req.profile.qemu.binary), accel=self._accel,
-                            accel_reason=why, profile=req.profile.name)
+        self.machine.update(accel=self._accel, accel_reason=why, profile=req.profile.name)
         self.say(f"booting {req.profile.name} ({req.profile.description}) with {self._accel}: {why}")
         # AF_UNIX socket paths are limited to 107 bytes: the QMP socket lives in a short temp dir
         self._sock_dir = Path(tempfile.mkdtemp(prefix="iommufd-harness-"))
@@ -106,13 +105,20 @@ class VmLifecycle(Lifecycle):
                                 console_name="console.log" if n == 0 else f"console.{n}.log")
         vm = qemu.QemuVM(boot)
         self.vms.append(vm)
-        vm.start()
+        try:
+            vm.start()
+        finally:
+            self.machine["version"] = vm.version or qemu.qemu_version(req.profile.qemu.binary)
         self.machine["cmdline"] = vm.argv
         keys = self._keys
         client = SshClient("127.0.0.1", vm.ssh_port, "root", keys.client_private, keys.host_public)
         vm.wait_for_sshd(client.connect)
         (req.vm_dir / "known_hosts").write_text(f"[127.0.0.1]:{vm.ssh_port} {keys.host_public}\n")
         return QemuTarget(vm, client)
+
+    def _verify(self, target: QemuTarget) -> GuestInfo:
+        info, self.guest["verified_from"] = verify_booted(target, self.expect, target.console.text)
+        return info
 
     def _verified(self, info: GuestInfo) -> None:
         self.guest.update(kernel_release=info.kernel_release, build_id=info.build_id, hugepages=info.hugepages,

@@ -102,6 +102,9 @@ CAPTURES = (
     # userspace writing report headlines to the console: they are not the kernel's
     Capture("userspace-quotes", DEBUG, (r"\nWARNING: CPU: 0 PID: 1 at fake\.c:1",),
             commands=(QUOTES,), arches=("x86_64",)),
+    # a boot with nothing wrong: what the guest image says of itself for verify
+    Capture("clean-boot", (), (r"iommufd-harness: facts release=\S+ cpus=\S+ hugepages=\d+ .* end",),
+            tests="iommufd_ioas.no_domain.access_rw"),
     Capture("sysrq-crash", (), (r"sysrq: Trigger a crash", r"Kernel panic - not syncing: sysrq triggered crash"),
             commands=("(sleep 1; echo c > /proc/sysrq-trigger) </dev/null >/dev/null 2>&1 &",)),
 )
