@@ -22,6 +22,7 @@ from harness.reports.repro import repro_line, reproducer
 from harness.reports.results import RunRecord
 from harness.reports.resultsdir import ResultsDir
 from harness.reports.terminal import matrix_table, summary_table
+from harness.run.listings import TestLists
 from harness.run.session import SessionOptions, TestSession
 from harness.stages import patches, source
 from harness.ui import Ui
@@ -187,7 +188,7 @@ def run_one(opts: Options, ui: Ui, results_path: Path, brief: str = "") -> tuple
                 session = TestSession(lifecycle, suite, SessionOptions(opts.tests, opts.per_test_timeout,
                                                                        opts.continue_after_crash, opts.rerun_failed,
                                                                        opts.repeat, opts.until_fail),
-                                      record, sink, ui)
+                                      record, sink, ui, TestLists(pipe.work.cache, prep.kernel.selftests))
                 try:
                     if opts.coverage:
                         coverage.reset(lifecycle.target)

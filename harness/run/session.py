@@ -16,6 +16,7 @@ from harness.reports import baseline
 from harness.reports.results import BAD, KERNEL, RunRecord, TestRecord, clean, outside_phase
 from harness.reports.resultsdir import ResultsDir
 from harness.run import runner
+from harness.run.listings import TestLists
 from harness.targets.lifecycle import Lifecycle, State
 from harness.ui import Ui
 
@@ -59,8 +60,9 @@ class TestSession:
     __test__ = False  # not a pytest class
 
     def __init__(self, lifecycle: Lifecycle, suite: suites.Suite, opts: SessionOptions, record: RunRecord,
-                 sink: ResultsDir, ui: Ui):
+                 sink: ResultsDir, ui: Ui, lists: TestLists | None = None):
         self.lifecycle = lifecycle
+        self.lists = lists  # the binaries' test lists, known from earlier runs
         self.suite = suite
         self.opts = opts
         self.record = record
@@ -76,7 +78,8 @@ class TestSession:
     def run(self) -> None:
         target = self.lifecycle.target
         suite = self.suite
-        available = {r.binary: runner.list_tests(target, r.binary) for r in suite.runs}
+        available = {r.binary: self.lists.get(target, r.binary) if self.lists else runner.list_tests(target, r.binary)
+                     for r in suite.runs}
         selection = suites.select(suite, available, self.opts.tests)
         for miss in selection.unmatched:
             self.ui.warn(f"suite {suite.name}: no test matches {miss}")

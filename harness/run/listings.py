@@ -1,0 +1,59 @@
+"""The tests a selftest binary lists (``BINARY -l``), remembered by the
+binary's content: the same binary always lists the same tests, and asking
+the guest is a command of every run (a round trip under TCG).  A binary
+not seen before, or one the cache has no sound entry for, is asked."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from harness.reports.resultsdir import atomic_write
+from harness.run import runner
+from harness.targets.base import Target
+
+
+def _sha(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class TestLists:
+    __test__ = False  # not a pytest class
+
+    def __init__(self, cache: Path, binaries: dict[str, Path]):
+        """``binaries``: name -> the file on this machine that the target
+        runs under that name (copied into its image or onto the board)."""
+        self.dir = cache / "test-lists"
+        self.binaries = binaries
+        self.asked: list[str] = []  # binaries listed on the target by this object
+
+    def _entry(self, binary: str) -> Path | None:
+        path = self.binaries.get(binary)
+        try:
+            return self.dir / f"{binary}-{_sha(path)}.json" if path is not None else None
+        except OSError:
+            return None
+
+    def get(self, target: Target, binary: str) -> list[str]:
+        entry = self._entry(binary)
+        if entry is not None:
+            try:
+                names = json.loads(entry.read_text())
+                if isinstance(names, list) and names and all(isinstance(n, str) and n for n in names):
+                    return names
+            except (OSError, ValueError):
+                pass
+        names = runner.list_tests(target, binary)
+        self.asked.append(binary)
+        if entry is not None:
+            try:
+                self.dir.mkdir(parents=True, exist_ok=True)
+                atomic_write(entry, json.dumps(names))
+            except OSError:
+                pass  # a cache that cannot be written costs a command next time, nothing else
+        return names
