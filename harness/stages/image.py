@@ -84,12 +84,18 @@ class SshKeys:
 def fetch_packages(packages, deb_arch: str, cache: Path, log: Path) -> dict[str, Path]:
     """The .deb of each package, downloaded once into the cache."""
     cache.mkdir(parents=True, exist_ok=True)
+
+    def found(pkg: str) -> list[Path]:  # PKG_VERSION_ARCH.deb, then PKG_VERSION_all.deb
+        names = [n for n in have if n.startswith(f"{pkg}_")]
+        return [cache / n for n in sorted(n for n in names if n.endswith(f"_{deb_arch}.deb"))
+                + sorted(n for n in names if n.endswith("_all.deb"))]
+
+    have = os.listdir(cache)  # one listing for every package: a run looks them all up
     debs: dict[str, Path] = {}
     missing = []
     for pkg in packages:
-        found = sorted(cache.glob(f"{pkg}_*_{deb_arch}.deb")) + sorted(cache.glob(f"{pkg}_*_all.deb"))
-        if found:
-            debs[pkg] = found[-1]
+        if debs_of := found(pkg):
+            debs[pkg] = debs_of[-1]
         else:
             missing.append(pkg)
     if missing:
@@ -101,11 +107,11 @@ def fetch_packages(packages, deb_arch: str, cache: Path, log: Path) -> dict[str,
                    f"{deb_arch}'), or run 'make setup'"
             raise ImageError(f"could not download Debian packages {', '.join(missing)}:\n"
                              + "\n".join(res.output.strip().splitlines()[-5:]), hint, log=str(log))
+        have = os.listdir(cache)
         for pkg in missing:
-            found = sorted(cache.glob(f"{pkg}_*_{deb_arch}.deb")) + sorted(cache.glob(f"{pkg}_*_all.deb"))
-            if not found:
+            if not (debs_of := found(pkg)):
                 raise ImageError(f"apt-get download did not produce a .deb for {pkg}", log=str(log))
-            debs[pkg] = found[-1]
+            debs[pkg] = debs_of[-1]
     return debs
 
 

@@ -40,6 +40,16 @@ def qemu_version(binary: str) -> str:
     return m.group(1) if m else "unknown"
 
 
+def greeting_version(greeting) -> str | None:
+    """QEMU's version as ``--version`` prints it ("7.2.19"), from the QMP
+    greeting: asking the binary would be a process of its own."""
+    try:
+        v = greeting["QMP"]["version"]["qemu"]
+        return f"{int(v['major'])}.{int(v['minor'])}.{int(v['micro'])}"
+    except (TypeError, KeyError, ValueError):
+        return None
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -112,6 +122,7 @@ class QemuVM:
         self.console = ConsoleWatcher(req.run_dir / req.console_name, watch=BOOT_MARKERS)
         self.qemu_log = req.run_dir / "qemu.log"
         self.argv: list[str] = []
+        self.version: str | None = None  # QEMU's, from its QMP greeting
 
     # -- command line --------------------------------------------------------
 
@@ -153,7 +164,7 @@ class QemuVM:
             (self.req.run_dir / "qemu-cmdline.txt").write_text(" ".join(_shq(a) for a in self.argv) + "\n")
             self.proc = proc.spawn(self.argv, self.qemu_log)
             try:
-                self.qmp.accept(timeout=QMP_TIMEOUT)
+                greeting = self.qmp.accept(timeout=QMP_TIMEOUT)
             except Exception as e:  # noqa: BLE001 - any failure here means QEMU did not come up
                 err = self.qemu_log.read_text(errors="replace")[-2000:]
                 self._kill()
@@ -166,8 +177,11 @@ class QemuVM:
             status = self.qmp.cmd("query-status")
             if status.get("status") != "prelaunch" and status.get("running"):
                 raise BootError(f"QEMU was expected to wait paused, but is {status}")
-            self.check_device()
+            self.version = greeting_version(greeting)
             self.qmp.cmd("cont")
+            # the guest boots while its device tree is checked: a VM without
+            # the vIOMMU is stopped by the caller's teardown
+            self.check_device()
             return
 
     def check_device(self) -> None:
@@ -217,7 +231,7 @@ class QemuVM:
                     last_err = e
             # the console is a local file: looking at it often costs nothing, and every
             # tenth of a second the guest's sshd is not seen is a tenth of a second of every run
-            time.sleep(0.05 if SSHD_MARKER not in self.console.markers else 0.2)
+            time.sleep(0.02 if SSHD_MARKER not in self.console.markers else 0.2)
         reached = "sshd started" if SSHD_MARKER in self.console.markers else "sshd never started"
         raise BootError(
             f"the guest did not answer on SSH within {self.req.boot_timeout:.0f} s ({reached}; last error: {last_err}):\n"
