@@ -351,7 +351,9 @@ class Pipeline:
         down on exit whatever happens."""
         with lifecycle:
             with self.stage("boot"):
-                proc.preload("paramiko", "jsonschema", "kcidb_io.schema")
+                # imported in the background once the machine boots: before,
+                # the import would hold the interpreter while QEMU is started
+                lifecycle.on_boot = lambda: proc.preload("paramiko", "jsonschema", "kcidb_io.schema")
                 lifecycle.up()
             yield lifecycle
 

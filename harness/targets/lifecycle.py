@@ -71,6 +71,10 @@ class Lifecycle:
         self.info: GuestInfo | None = None
         self.crash: str | None = None  # why the last crash happened
         self._target: Target | None = None
+        # called once, as soon as the machine was told to boot (QEMU runs, a
+        # board was deployed to): what the run needs only later loads while it
+        # boots instead of slowing its start
+        self.on_boot: Callable[[], None] | None = None
 
     # -- the transitions --------------------------------------------------------
 
@@ -83,6 +87,7 @@ class Lifecycle:
     def boot(self) -> Target:
         self._allowed("boot")
         self._target = self._boot()
+        self._booting()
         self.boots += 1
         return self._reached("boot")
 
@@ -125,6 +130,14 @@ class Lifecycle:
 
     def __exit__(self, *exc) -> None:
         self.teardown()
+
+    def _booting(self) -> None:
+        """The machine was told to boot: run ``on_boot`` (once).  A kind of
+        target whose ``_boot`` waits for the machine calls this when it
+        started it; else ``boot`` does once ``_boot`` returned."""
+        hook, self.on_boot = self.on_boot, None
+        if hook is not None:
+            hook()
 
     # -- what a kind of target fills in ------------------------------------------
 

@@ -109,6 +109,7 @@ class VmLifecycle(Lifecycle):
             vm.start()
         finally:
             self.machine["version"] = vm.version or qemu.qemu_version(req.profile.qemu.binary)
+        self._booting()
         self.machine["cmdline"] = vm.argv
         keys = self._keys
         client = SshClient("127.0.0.1", vm.ssh_port, "root", keys.client_private, keys.host_public)
