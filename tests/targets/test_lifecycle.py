@@ -106,3 +106,18 @@ def test_vm_teardown_stops_every_vm_it_started_and_cleans_up(tmp_path):
     lc.teardown()
     assert all(vm.stopped for vm in lc.vms)
     assert not lc._sock_dir.exists() and not lc._initrd.exists() and lc.state is State.OFF
+
+
+def test_on_boot_runs_once_when_the_machine_was_told_to_boot(fake_selftests):
+    """What a run needs only later loads while the machine boots: the hook
+    runs at the first boot, not before it and not again at a reboot."""
+    lc = LocalLifecycle(fake_selftests)
+    calls = []
+    lc.on_boot = lambda: calls.append(lc.boots)
+    assert calls == []
+    lc.up()
+    assert calls == [0]  # during boot, before it was counted
+    lc.crashed("the guest kernel panicked")
+    lc.reboot()
+    lc.teardown()
+    assert calls == [0]
