@@ -13,12 +13,22 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import hashlib
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from harness.errors import InputError
+
+
+def sha256_file(path: Path) -> str:
+    """A file's content key for the caches (images, test lists)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 @dataclass(frozen=True)

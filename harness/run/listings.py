@@ -5,21 +5,13 @@ not seen before, or one the cache has no sound entry for, is asked."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
 from harness.reports.resultsdir import atomic_write
 from harness.run import runner
 from harness.targets.base import Target
-
-
-def _sha(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+from harness.workdir import sha256_file
 
 
 class TestLists:
@@ -35,7 +27,7 @@ class TestLists:
     def _entry(self, binary: str) -> Path | None:
         path = self.binaries.get(binary)
         try:
-            return self.dir / f"{binary}-{_sha(path)}.json" if path is not None else None
+            return self.dir / f"{binary}-{sha256_file(path)}.json" if path is not None else None
         except OSError:
             return None
 

@@ -23,6 +23,7 @@ from harness import arches, elfinfo, proc
 from harness.errors import ImageError
 from harness.stages.cpio import CpioWriter
 from harness.targets.base import IMAGE_LAYOUT
+from harness.workdir import sha256_file
 
 GUEST_SELFTEST_DIR = IMAGE_LAYOUT.selftest_dir
 
@@ -175,14 +176,6 @@ def library_closure(root: Path, binaries, triplet: str, machine: str) -> dict[st
     return out
 
 
-def _sha_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def build_base(req: ImageRequest, images: Path, cache: Path, log: Path) -> BaseImage:
     arch = arches.load(req.arch)
     deb_arch, triplet = arch.debian_arch, arch.triplet
@@ -191,10 +184,10 @@ def build_base(req: ImageRequest, images: Path, cache: Path, log: Path) -> BaseI
         elfinfo.check_binary(path, arch.elf_machine, static=True, what=f"selftest {name}")
     key_parts = {
         "debs": sorted(p.name for p in debs.values()),
-        "files": {dest: [src, mode, _sha_file(req.recipe.directory / src)]
+        "files": {dest: [src, mode, sha256_file(req.recipe.directory / src)]
                   for dest, (src, mode) in sorted(req.recipe.files.items())},
         "binaries": list(req.recipe.binaries),
-        "selftests": {n: _sha_file(p) for n, p in sorted(req.selftests.items())},
+        "selftests": {n: sha256_file(p) for n, p in sorted(req.selftests.items())},
         "format": 1,
     }
     key = hashlib.sha256(json.dumps(key_parts, sort_keys=True).encode()).hexdigest()[:16]
