@@ -45,7 +45,8 @@ class Cell:
     def where(self) -> str:
         """What it ran on: the board for a board run, else the profile."""
         g = self.run.guest
-        if g.get("kind") == "board":
+        # a run that failed before its board was up knows only the board's name
+        if g.get("kind") == "board" or g.get("board"):
             return f"board {g.get('board') or g.get('host') or '?'}"
         return self.run.profile or "?"
 

@@ -96,6 +96,15 @@ def test_a_board_cell_is_named_by_its_board(tmp_path):
     assert merge.cells([b])[0].name == "board odroid-m1 full lockdep+kasan"
 
 
+def test_a_board_cell_that_failed_before_its_target_was_up_keeps_its_name(tmp_path):
+    """A deploy that failed: the run knew its board, not yet what it is
+    (guest holds only the board's name); the night's cell, and its history,
+    are still the board's."""
+    b = cell(tmp_path, "b", PASS, profile="board-arm64", guest={"board": "qemu-board"}, tests=[],
+             verdict="error", errors=["error [deploy]: deploy failed: ..."])
+    assert merge.cells([b])[0].name == "board qemu-board full"
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--merge", "A", "B"], "--merge of several dirs needs --out DIR"),
     (["A", "B"], "report re-renders one results dir"),
