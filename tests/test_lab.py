@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
 import struct
 import subprocess
 import time
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import cli, lab, qemuboard
+from harness import cli, elfinfo, lab, qemuboard
 from harness.targets import deploy
 from harness.errors import InputError
 
@@ -321,17 +322,24 @@ def test_the_qemu_board_serves_its_console_on_a_port_and_still_logs_it(tmp_path)
 
 
 def test_a_board_that_answers_only_in_part_is_not_taken_for_a_kernel(monkeypatch):
-    """Coming up, a board's sshd may refuse or drop a session: an empty
-    uname must not read as "came back on another kernel" (the board would
-    be quarantined); the wait tries again."""
+    """Coming up, a board's sshd may refuse or drop a session, and a board
+    that kexecs away mid-command closes it without an exit status: neither
+    an empty answer nor one cut short reads as "came back on another
+    kernel" (the board would be quarantined, or a trial kernel taken for
+    one that never ran); the wait tries again."""
     from harness.targets import deploy
     from harness.targets.ssh import ExecResult, SshLost
+
+    notes = Path("/sys/kernel/notes")
+    here = notes.read_bytes() if os.access(notes, os.R_OK) else b""
 
     def result(out: bytes, status=0, lost=False):
         return ExecResult(("x",), None if lost else status, out, b"", False, lost, 0.0)
 
-    answers = {"uname": [result(b"", lost=True), result(b"6.1.0-57-arm64\n")],
-               "cat": [result(b"", status=1), result(b"b1e2\n"), result(b"", status=1), result(b"b1e2\n")]}
+    answers = [result(b"", lost=True),  # refused
+               result(b"6.1.0-57-arm64\nb0ff\n", status=-1),  # cut in the notes: closed without an exit status
+               result(b"6.1.0-57-arm64\nb1e2\n" + here)]
+    asked = []
 
     class Client:
         def __init__(self, *a, **k):
@@ -344,11 +352,17 @@ def test_a_board_that_answers_only_in_part_is_not_taken_for_a_kernel(monkeypatch
             pass
 
         def run(self, argv, timeout):
-            return answers[argv[0]].pop(0)
+            asked.append(argv)
+            return answers.pop(0)
 
-    with pytest.raises(SshLost, match="did not answer 'uname -r' \\(connection lost\\)"):
+    with pytest.raises(SshLost, match=r"did not answer which kernel and boot it runs \(connection lost\)"):
         deploy.read_booted(Client())
+    with pytest.raises(SshLost, match=r"\(status -1\)"):
+        deploy.read_booted(Client())
+    answers[:0] = [result(b"", lost=True), result(b"6.1.0-57-arm64\nb0ff\n", status=-1)]
     monkeypatch.setattr(deploy, "client", lambda *a, **k: Client())
     monkeypatch.setattr(deploy, "POLL_S", 0.0)
     got = deploy.wait_booted(None, "old-boot", time.monotonic() + 5)
-    assert (got.release, got.build_id, got.boot_id) == ("6.1.0-57-arm64", None, "b1e2")
+    want_id = elfinfo.build_id_from_notes(here) if here else None
+    assert (got.release, got.build_id, got.boot_id) == ("6.1.0-57-arm64", want_id, "b1e2")
+    assert len(asked) == 5 and {tuple(a) for a in asked} == {("sh", "-c", deploy.BOOTED_SCRIPT)}

@@ -137,23 +137,28 @@ def client(entry: BoardEntry, connect_timeout: float = 15.0) -> SshClient:
                      pinned_host_key(spec.known_hosts, spec.host, spec.port), connect_timeout=connect_timeout)
 
 
-def read_booted(c: SshClient) -> Booted:
-    """Which kernel the board runs, and which boot this is.  A board that
-    does not answer every question (a session refused or lost while it is
-    still coming up) raises SshLost: an answer with parts missing is never
-    taken for a kernel."""
-    def answer(argv: list[str], needed: bool = True):
-        res = c.run(argv, 30)
-        if res.lost or res.timed_out or (needed and (res.exit_status != 0 or not res.text.strip())):
-            raise SshLost(f"the board did not answer '{' '.join(argv)}' "
-                          f"({'connection lost' if res.lost else 'timed out' if res.timed_out else 'no output'})")
-        return res
+# The kernel release, the boot's id and the kernel's notes (binary, last), in
+# one command: three commands could be answered by two boots (the client
+# reconnects when a channel cannot be opened, and a board that kexecs away
+# mid-command closes it without an exit status), and a release of one boot
+# with the boot_id of the next is a kernel that never ran.
+BOOTED_SCRIPT = "uname -r && cat /proc/sys/kernel/random/boot_id && { cat /sys/kernel/notes 2>/dev/null; true; }"
 
-    release = answer(["uname", "-r"]).text.strip()
-    notes = answer(["cat", "/sys/kernel/notes"], needed=False)  # a kernel without notes has no build-id
-    bid = elfinfo.build_id_from_notes(notes.stdout) if notes.exit_status == 0 else None
-    boot_id = answer(["cat", "/proc/sys/kernel/random/boot_id"]).text.strip()
-    return Booted(release, bid, boot_id)
+
+def read_booted(c: SshClient) -> Booted:
+    """Which kernel the board runs, and which boot this is, from one answer
+    of one boot.  A board that does not answer all of it (a session refused
+    or lost while it is still coming up, or cut by a reboot) raises SshLost:
+    an answer with parts missing is never taken for a kernel."""
+    res = c.run(["sh", "-c", BOOTED_SCRIPT], 30)
+    release, _, rest = res.stdout.partition(b"\n")
+    boot_id, _, notes = rest.partition(b"\n")
+    release, boot_id = release.decode(errors="replace").strip(), boot_id.decode(errors="replace").strip()
+    if res.lost or res.timed_out or res.exit_status != 0 or not release or not boot_id:
+        why = "connection lost" if res.lost else "timed out" if res.timed_out else \
+            f"status {res.exit_status}" if res.exit_status != 0 else "no output"
+        raise SshLost(f"the board did not answer which kernel and boot it runs ({why})")
+    return Booted(release, elfinfo.build_id_from_notes(notes) if notes else None, boot_id)
 
 
 def wait_booted(entry: BoardEntry, not_boot_id: str, deadline: float, give_up=None) -> Booted | None:
