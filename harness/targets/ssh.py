@@ -257,6 +257,9 @@ class SshClient:
                     if chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
                         if chan.closed or chan.eof_received:
                             status = chan.recv_exit_status()
+                            # paramiko's -1: closed without an exit status (the
+                            # machine went away under it); there is none
+                            status = None if status == -1 else status
                             break
                     if time.monotonic() - start > timeout or (check_stop is not None and check_stop()):
                         timed_out = True

@@ -40,6 +40,12 @@ class _Server(paramiko.ServerInterface):
         if command.startswith("sleep"):
             time.sleep(30)
             return
+        if command.startswith("vanish"):
+            # some output, then the channel closes without an exit status: a
+            # machine that kexec'd or rebooted away under the command
+            chan.sendall(b"half an answer\n")
+            chan.close()
+            return
         if command.startswith("noisy"):
             # lots of stderr before any stdout: a client reading only stdout would stall
             chan.sendall_stderr(b"e" * 2_000_000)
@@ -151,3 +157,13 @@ def test_a_machine_that_stops_answering_ends_a_command_at_its_limit(server):
     with pytest.raises(TargetError, match="did not finish within 1 s"):
         c.put("/tmp/x", b"data", timeout=1.0)
     assert time.monotonic() - t0 < 6
+
+
+def test_a_command_cut_without_an_exit_status_has_none(server):
+    """A status the machine never sent is not a status: a caller checking
+    for 0 and a caller checking for "none" both see the command did not end."""
+    port, keys, _ = server
+    c = SshClient("127.0.0.1", port, "root", keys.client_private, keys.host_public)
+    res = c.run(["vanish"], 10)
+    assert res.exit_status is None and res.stdout == b"half an answer\n" and not res.timed_out
+    assert c.run(["echo", "after"], 10).exit_status == 0
