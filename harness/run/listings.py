@@ -22,7 +22,6 @@ class TestLists:
         runs under that name (copied into its image or onto the board)."""
         self.dir = cache / "test-lists"
         self.binaries = binaries
-        self.asked: list[str] = []  # binaries listed on the target by this object
 
     def _entry(self, binary: str) -> Path | None:
         path = self.binaries.get(binary)
@@ -41,7 +40,6 @@ class TestLists:
             except (OSError, ValueError):
                 pass
         names = runner.list_tests(target, binary)
-        self.asked.append(binary)
         if entry is not None:
             try:
                 self.dir.mkdir(parents=True, exist_ok=True)
