@@ -1,7 +1,10 @@
 """One QEMU VM behind a vIOMMU, started paused and driven over QMP.
 
-The harness listens on the QMP socket and QEMU connects to it, so a QEMU that
-never comes up cannot block the harness; every QMP call is bounded.  The
+QEMU listens on the QMP socket (in a private directory) and the harness
+connects once QEMU is up: the QMP library loads while QEMU starts, not
+before.  Connecting, and waiting for QEMU's greeting, are bounded and watch
+QEMU's process, so a QEMU that never comes up cannot block the harness; every
+QMP call is bounded.  The
 serial console goes to ``console.log`` and is watched for panics.  The VM is
 always torn down: QMP ``quit``, then SIGKILL; QEMU also gets SIGKILL if the
 harness itself dies (PR_SET_PDEATHSIG).
@@ -12,6 +15,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import select
+import shutil
 import socket
 import subprocess
 import time
@@ -40,6 +45,18 @@ def qemu_version(binary: str) -> str:
     return m.group(1) if m else "unknown"
 
 
+def binary_identity(binary: str) -> str:
+    """Which QEMU ``binary`` is, without running it: its resolved path, size
+    and modification time (an upgrade changes them)."""
+    path = shutil.which(binary) or binary
+    try:
+        real = os.path.realpath(path)
+        st = os.stat(real)
+    except OSError:
+        return f"{binary} unknown"
+    return f"{real} {st.st_size} {st.st_mtime_ns}"
+
+
 def greeting_version(greeting) -> str | None:
     """QEMU's version as ``--version`` prints it ("7.2.19"), from the QMP
     greeting: asking the binary would be a process of its own."""
@@ -63,7 +80,7 @@ def probe_kvm(arch: Arch, binary: str, kernel: Path, cache: Path, timeout: float
     root-fs panic.  Cached per host."""
     if not os.access("/dev/kvm", os.R_OK | os.W_OK):
         return "tcg", "/dev/kvm is not usable"
-    ident = f"{os.uname().release} {qemu_version(binary)} {binary}"
+    ident = f"{os.uname().release} {binary_identity(binary)}"
     cache_file = cache / "kvm-probe.json"
     try:
         cached = json.loads(cache_file.read_text())
@@ -143,14 +160,13 @@ class QemuVM:
                  "-chardev", f"file,id=con0,path={self.console.path}", "-serial", "chardev:con0",
                  "-netdev", f"user,id=net0,restrict=on{fwd}", "-device", f"{q.nic},netdev=net0"]
         if qmp_path:
-            argv += ["-chardev", f"socket,id=qmp0,path={qmp_path}", "-mon", "chardev=qmp0,mode=control"]
+            argv += ["-chardev", f"socket,id=qmp0,path={qmp_path},server=on,wait=off",
+                     "-mon", "chardev=qmp0,mode=control"]
         return argv
 
     # -- lifecycle -------------------------------------------------------------
 
     def start(self, attempts: int = 3) -> None:
-        from qemu.qmp.legacy import QEMUMonitorProtocol
-
         proc.require_tool(self.req.profile.qemu.binary)
         self.req.run_dir.mkdir(parents=True, exist_ok=True)
         for attempt in range(1, attempts + 1):
@@ -159,12 +175,11 @@ class QemuVM:
             self.console.path.unlink(missing_ok=True)
             self.console = ConsoleWatcher(self.console.path, watch=BOOT_MARKERS)
             self.ssh_port = free_port()
-            self.qmp = QEMUMonitorProtocol(str(qmp_path), server=True)
             self.argv = self.command_line(self.ssh_port, qmp_path)
             (self.req.run_dir / "qemu-cmdline.txt").write_text(" ".join(_shq(a) for a in self.argv) + "\n")
             self.proc = proc.spawn(self.argv, self.qemu_log)
             try:
-                greeting = self.qmp.accept(timeout=QMP_TIMEOUT)
+                greeting = self._connect_qmp(qmp_path)
             except Exception as e:  # noqa: BLE001 - any failure here means QEMU did not come up
                 err = self.qemu_log.read_text(errors="replace")[-2000:]
                 self._kill()
@@ -183,6 +198,41 @@ class QemuVM:
             # the vIOMMU is stopped by the caller's teardown
             self.check_device()
             return
+
+    def _connect_qmp(self, path: Path, timeout: float | None = None) -> dict:
+        """Connect to the QMP socket QEMU listens on and negotiate; QEMU's
+        greeting.  Raises if QEMU exits, or neither listens nor greets within
+        ``timeout``."""
+        # imported here, while QEMU starts: asyncio and the library are a
+        # measurable part of the harness's own start-up
+        from qemu.qmp.legacy import QEMUMonitorProtocol
+
+        timeout = QMP_TIMEOUT if timeout is None else timeout
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise ChildProcessError(f"QEMU exited with status {self.proc.returncode}")
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                sock.connect(str(path))
+                break
+            except (FileNotFoundError, ConnectionRefusedError):
+                sock.close()
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"QEMU did not listen on {path} within {timeout:.0f} s") from None
+                time.sleep(0.005)
+        try:
+            # the library waits for the greeting without a limit
+            while not select.select([sock], [], [], 0.05)[0]:
+                if self.proc.poll() is not None:
+                    raise ChildProcessError(f"QEMU exited with status {self.proc.returncode}")
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"QEMU did not greet on {path} within {timeout:.0f} s")
+            self.qmp = QEMUMonitorProtocol(sock)
+        except BaseException:
+            sock.close()
+            raise
+        return self.qmp.connect()
 
     def check_device(self) -> None:
         """The profile's vIOMMU really is part of the machine QEMU built."""

@@ -23,7 +23,7 @@ def test_vtd_profile_command_line_golden():
         "-chardev", "file,id=con0,path=/r/console.log", "-serial", "chardev:con0",
         "-netdev", "user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:10022-:22",
         "-device", "virtio-net-pci,netdev=net0",
-        "-chardev", "socket,id=qmp0,path=/s/qmp.sock", "-mon", "chardev=qmp0,mode=control",
+        "-chardev", "socket,id=qmp0,path=/s/qmp.sock,server=on,wait=off", "-mon", "chardev=qmp0,mode=control",
     ]
 
 
@@ -51,7 +51,7 @@ def test_arm64_smmuv3_profile_command_line_golden():
         "-chardev", "file,id=con0,path=/r/console.log", "-serial", "chardev:con0",
         "-netdev", "user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:10022-:22",
         "-device", "virtio-net-pci,netdev=net0",
-        "-chardev", "socket,id=qmp0,path=/s/qmp.sock", "-mon", "chardev=qmp0,mode=control",
+        "-chardev", "socket,id=qmp0,path=/s/qmp.sock,server=on,wait=off", "-mon", "chardev=qmp0,mode=control",
     ]
 
 

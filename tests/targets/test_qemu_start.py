@@ -1,0 +1,125 @@
+"""QemuVM.start against stand-in QEMU binaries: QEMU listens on the QMP
+socket and the harness connects, and every way QEMU can fail to come up ends
+in a BootError that says why, within the QMP limit."""
+
+import dataclasses
+import os
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from harness import arches, profiles
+from harness.errors import BootError
+from harness.targets import qemu
+
+# Speaks just enough QMP for start() and stop(); the socket comes from the
+# "-chardev socket,...,path=P,server=on,wait=off" that the harness passes.
+QMP_SERVER = """
+import json, os, socket, sys
+argv = sys.argv[1:]
+spec = next(argv[i + 1] for i, a in enumerate(argv) if a == "-chardev" and argv[i + 1].startswith("socket,"))
+opts = dict(o.split("=", 1) for o in spec.split(",")[1:] if "=" in o)
+assert opts.get("server") == "on" and opts.get("wait") == "off", spec
+MODE = os.environ["FAKE_QEMU_MODE"]
+srv = socket.socket(socket.AF_UNIX)
+srv.bind(opts["path"])
+srv.listen(1)
+conn, _ = srv.accept()
+if MODE == "silent":
+    conn.recv(1)  # never greets; ends when the harness gives up
+    sys.exit(0)
+def send(obj):
+    conn.sendall((json.dumps(obj) + "\\r\\n").encode())
+def commands():  # QMP clients need not end a command with a newline
+    buf, dec = "", json.JSONDecoder()
+    while data := conn.recv(4096):
+        buf += data.decode()
+        while buf.strip():
+            try:
+                cmd, end = dec.raw_decode(buf.lstrip())
+            except ValueError:
+                break
+            buf = buf.lstrip()[end:]
+            yield cmd
+send({"QMP": {"version": {"qemu": {"micro": 19, "minor": 2, "major": 7}, "package": ""}, "capabilities": []}})
+for cmd in commands():
+    name = cmd["execute"]
+    ret = {}
+    if name == "query-status":
+        ret = {"status": "prelaunch", "running": False}
+    elif name == "human-monitor-command":
+        ret = "  dev: intel-iommu, id \\"\\"\\n"
+    reply = {"return": ret}
+    if "id" in cmd:
+        reply["id"] = cmd["id"]
+    send(reply)
+    if name == "quit":
+        sys.exit(0)
+"""
+
+
+def _vm(tmp_path: Path, script: str, monkeypatch, mode: str = "") -> qemu.QemuVM:
+    fake = tmp_path / "fake-qemu"
+    fake.write_text(f"#!{sys.executable}\n" + textwrap.dedent(script))
+    fake.chmod(0o755)
+    monkeypatch.setenv("FAKE_QEMU_MODE", mode)
+    prof = profiles.load("x86_64-vtd")
+    prof = dataclasses.replace(prof, qemu=dataclasses.replace(prof.qemu, binary=str(fake)))
+    run = tmp_path / "run"
+    return qemu.QemuVM(qemu.BootRequest(prof, Path("/k/bzImage"), Path("/r/initrd.cpio"), run, "tcg",
+                                        qmp_dir=tmp_path))
+
+
+def test_the_harness_connects_to_the_monitor_qemu_listens_on(tmp_path, monkeypatch):
+    vm = _vm(tmp_path, QMP_SERVER, monkeypatch, "qmp")
+    with vm:
+        vm.start()
+        assert vm.version == "7.2.19"
+        assert vm.alive()
+        vm.stop()
+    assert vm.proc.returncode == 0  # it was asked to quit, not killed
+
+
+def test_a_qemu_that_exits_at_once_is_reported_with_what_it_said(tmp_path, monkeypatch):
+    vm = _vm(tmp_path, """
+        import sys
+        print("qemu-system-x86_64: -device intel-iommu: no such device", file=sys.stderr)
+        sys.exit(1)
+    """, monkeypatch)
+    t0 = time.monotonic()
+    with pytest.raises(BootError, match="no such device"):
+        vm.start()
+    assert time.monotonic() - t0 < qemu.QMP_TIMEOUT / 2  # not the whole limit
+
+
+@pytest.mark.parametrize("mode, script", [
+    ("never listens", "import time\ntime.sleep(60)\n"),
+    ("silent", QMP_SERVER),
+], ids=["never-listens", "never-greets"])
+def test_a_qemu_that_never_comes_up_is_given_up_on_at_the_limit(tmp_path, monkeypatch, mode, script):
+    monkeypatch.setattr(qemu, "QMP_TIMEOUT", 0.5)
+    vm = _vm(tmp_path, script, monkeypatch, mode)
+    t0 = time.monotonic()
+    with pytest.raises(BootError, match="TimeoutError"):
+        vm.start()
+    assert time.monotonic() - t0 < 5
+    assert not vm.alive()
+
+
+@pytest.mark.skipif(not os.access("/dev/kvm", os.R_OK | os.W_OK), reason="no usable /dev/kvm")
+def test_the_kvm_probe_is_cached_until_the_qemu_binary_changes(tmp_path):
+    fake = tmp_path / "qemu-system-x86_64"
+    runs = tmp_path / "runs"
+    fake.write_text(f"#!/bin/sh\necho run >> {runs}\necho 'Run /init as init process'\n")
+    fake.chmod(0o755)
+    arch = arches.load("x86_64")
+    probe = lambda: qemu.probe_kvm(arch, str(fake), Path("/k/bzImage"), tmp_path / "cache")  # noqa: E731
+    assert probe() == ("kvm", "KVM booted a test kernel")
+    assert probe() == ("kvm", "KVM booted a test kernel (cached)")
+    assert runs.read_text().count("run") == 1  # the cached answer runs nothing, not even --version
+    os.utime(fake, ns=(time.time_ns(), time.time_ns() + 10**9))  # another QEMU
+    assert probe() == ("kvm", "KVM booted a test kernel")
+    assert runs.read_text().count("run") == 2
