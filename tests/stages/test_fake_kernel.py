@@ -1,10 +1,12 @@
 """source -> patches -> config -> build on the fake kernel tree (milliseconds)."""
 
 import os
+import shutil
+from pathlib import Path
 
 import pytest
 
-from harness import profiles
+from harness import elfinfo, profiles
 from harness.errors import BuildError, ConfigError, SourceError
 from harness.errors import InputError
 from harness.stages import build
@@ -79,6 +81,34 @@ def test_build_is_skipped_when_nothing_changed(fake_kernel, tmp_path):
     changed = build.build(build.BuildRequest(fake_kernel, bdir, Toolchain("x86_64"), cfg.sha256, "gen2"),
                           tmp_path / "build.log")
     assert changed.rebuilt
+
+
+def test_an_unchanged_build_reads_no_elf_file_but_one_changed_since_is_checked_again(
+        fake_kernel, tmp_path, monkeypatch):
+    bdir = tmp_path / "b"
+    cfg = _configure(fake_kernel, bdir)
+    req = build.BuildRequest(fake_kernel, bdir, Toolchain("x86_64"), cfg.sha256, "gen1")
+    kb = build.build(req, tmp_path / "build.log")
+    real_build_id, real_check = elfinfo.build_id, elfinfo.check_binary
+
+    def unexpected(*a, **k):
+        raise AssertionError("an unchanged build read an ELF file")
+
+    monkeypatch.setattr(elfinfo, "build_id", unexpected)
+    monkeypatch.setattr(elfinfo, "check_binary", unexpected)
+    assert build.build(req, tmp_path / "build.log").build_id == kb.build_id
+    monkeypatch.setattr(elfinfo, "build_id", real_build_id)
+    monkeypatch.setattr(elfinfo, "check_binary", real_check)
+    # relinked behind the harness's back: another build-id, read from the file
+    other = "/bin/true"
+    shutil.copy(other, kb.vmlinux)
+    again = build.build(req, tmp_path / "build.log")
+    assert not again.rebuilt
+    assert again.build_id == real_build_id(Path(other)) != kb.build_id
+    # a selftest replaced by a dynamic binary is refused again
+    shutil.copy(other, kb.selftests["iommufd"])
+    with pytest.raises(BuildError, match="dynamically linked"):
+        build.build(req, tmp_path / "build.log")
 
 
 def test_compiler_error_names_file_line_and_log(fake_kernel, tmp_path):
@@ -211,3 +241,26 @@ def test_an_old_debian_kernel_source_is_refused_before_it_is_extracted(tmp_path)
     assert not (tmp_path / "w" / "cache" / "debian").exists()
     data = json.loads((tmp_path / "r" / "results.json").read_text())
     assert data["verdict"] == "error" and data["inputs"]["kernel_src"] == "linux-source-6.1"
+
+
+def test_the_debian_package_version_is_read_from_dpkgs_status_file(tmp_path):
+    status = tmp_path / "status"
+    status.write_text(
+        "Package: linux-source-6.12\nStatus: install ok installed\nArchitecture: all\n"
+        "Version: 6.12.118-1~deb12u1\nDescription: Linux kernel source\n multi-line\n\n"
+        "Package: linux-source-6.1\nStatus: install ok installed\nVersion: 6.1.192-3\n\n"
+        "Package: half-gone\nStatus: deinstall ok config-files\n\n")
+    assert source._dpkg_version("linux-source-6.12", status) == "6.12.118-1~deb12u1"
+    assert source._dpkg_version("linux-source-6.1", status) == "6.1.192-3"  # not a prefix match
+    assert source._dpkg_version("half-gone", status) is None
+    assert source._dpkg_version("linux-source-6", status) is None
+
+
+@pytest.mark.skipif(not os.path.exists("/var/lib/dpkg/status"), reason="not a dpkg system")
+def test_the_debian_package_version_is_what_dpkg_query_says():
+    import subprocess
+
+    for package in ("dpkg", "linux-source-6.12", "linux-source-6.1", "no-such-package-here"):
+        res = subprocess.run(["dpkg-query", "-W", "-f", "${Version}", package], capture_output=True, text=True)
+        want = (res.stdout.strip() or None) if res.returncode == 0 else None
+        assert source._dpkg_version(package) == want, package
