@@ -1,13 +1,12 @@
-"""ELF facts read with pyelftools: build-ids, architectures, needed libraries."""
+"""ELF facts read with pyelftools: build-ids, architectures, needed libraries.
+
+pyelftools is imported on first use: a run whose kernel and image are
+already built reads no ELF file before its VM starts."""
 
 from __future__ import annotations
 
 import struct
 from pathlib import Path
-
-from elftools.common.exceptions import ELFError
-from elftools.elf.dynamic import DynamicSection
-from elftools.elf.elffile import ELFFile
 
 from harness.errors import BuildError
 
@@ -15,6 +14,9 @@ NT_GNU_BUILD_ID = 3
 
 
 def _open(path: Path, what: str):
+    from elftools.common.exceptions import ELFError
+    from elftools.elf.elffile import ELFFile
+
     try:
         f = open(path, "rb")
     except OSError as e:
@@ -74,6 +76,8 @@ def check_binary(path: Path, want_machine: str, static: bool = False, what: str 
 
 def needed(path: Path) -> tuple[str | None, list[str]]:
     """(program interpreter, DT_NEEDED libraries) of a dynamic ELF file."""
+    from elftools.elf.dynamic import DynamicSection
+
     f, elf = _open(path, "binary")
     with f:
         interp = None

@@ -3,22 +3,46 @@
 from __future__ import annotations
 
 import sys
+from functools import cached_property
+from typing import TYPE_CHECKING
 
-from rich.console import Console
-from rich.markup import escape
-
-from harness.reports.results import TestRecord
 from harness.reports.terminal import COLORS
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from harness.reports.results import TestRecord
+
+
+def escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)
 
 
 class Ui:
+    """The consoles are made (and rich imported) on first use: a quiet run
+    prints nothing before its VM starts."""
+
     def __init__(self, quiet: bool = False):
-        # Not a terminal (CI logs, pipes): wide enough that test names are never folded.
-        width = None if sys.stdout.isatty() else 160
-        self.err = Console(stderr=True, highlight=False, soft_wrap=True, width=width)
-        self.out = Console(highlight=False, soft_wrap=True, width=width)
         self.quiet = quiet
         self._status = None  # the live progress line, on a terminal
+
+    @staticmethod
+    def _console(stderr: bool) -> Console:
+        from rich.console import Console
+
+        # Not a terminal (CI logs, pipes): wide enough that test names are never folded.
+        width = None if sys.stdout.isatty() else 160
+        return Console(stderr=stderr, highlight=False, soft_wrap=True, width=width)
+
+    @cached_property
+    def err(self) -> Console:
+        return self._console(True)
+
+    @cached_property
+    def out(self) -> Console:
+        return self._console(False)
 
     def stage(self, name: str) -> None:
         if not self.quiet:

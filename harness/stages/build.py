@@ -80,6 +80,19 @@ def _stamp_key(req: BuildRequest) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
+def _checked_build_id(stamp: Path, files: list[Path]) -> str | None:
+    """The build-id the stamp recorded when it checked ``files`` (vmlinux
+    and the selftests), if none of them changed since; None: read them."""
+    try:
+        facts = json.loads(stamp.read_text())
+        written = stamp.stat().st_mtime_ns
+        if not facts.get("checked") or any(f.stat().st_mtime_ns > written for f in files):
+            return None
+        return str(facts["build_id"]) or None
+    except (OSError, ValueError, AttributeError, KeyError, TypeError):
+        return None
+
+
 def _cold_steps(stamp: Path) -> int:
     """Kbuild steps of the last cold build of this build dir (0: none known)."""
     try:
@@ -138,14 +151,19 @@ def build(req: BuildRequest, log: Path, show=None) -> KernelBuild:
         if missing:
             raise BuildError(f"the build finished but did not produce {', '.join(missing)}", log=str(log))
         rebuilt = True
-    for name, path in selftests.items():
-        elfinfo.check_binary(path, tc.elf_machine, static=True, what=f"selftest {name}")
-    build_id = elfinfo.build_id(vmlinux)
-    if rebuilt:
-        done = {"key": key, "build_id": build_id}
-        if progress is not None:
-            done["steps"] = progress.steps
-            done["cold_steps"] = progress.steps if cold else previous_cold
+    build_id = None if rebuilt else _checked_build_id(stamp, [vmlinux, *selftests.values()])
+    if build_id is None:
+        for name, path in selftests.items():
+            elfinfo.check_binary(path, tc.elf_machine, static=True, what=f"selftest {name}")
+        build_id = elfinfo.build_id(vmlinux)
+        if rebuilt:
+            done = {"key": key}
+            if progress is not None:
+                done["steps"] = progress.steps
+                done["cold_steps"] = progress.steps if cold else previous_cold
+        else:
+            done = json.loads(stamp.read_text())
+        done.update(build_id=build_id, checked=True)
         stamp.write_text(json.dumps(done))
     return KernelBuild(image, vmlinux, build_id, headers, selftests, rebuilt)
 

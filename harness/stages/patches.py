@@ -13,12 +13,8 @@ series and an unchanged origin does nothing and keeps the build incremental.
 
 from __future__ import annotations
 
-import email
-import email.header
-import email.policy
 import hashlib
 import json
-import mailbox
 import os
 import re
 import shutil
@@ -87,10 +83,13 @@ def _subject_of(text: str, fallback: str) -> str:
     m = re.search(r"^Subject:\s*(.*(?:\n[ \t].*)*)", text, re.M)
     if m:
         raw = m.group(1).replace("\n", " ")
-        try:
-            raw = str(email.header.make_header(email.header.decode_header(raw)))
-        except Exception:
-            pass
+        if "=?" in raw:  # RFC 2047 encoded words
+            import email.header
+
+            try:
+                raw = str(email.header.make_header(email.header.decode_header(raw)))
+            except Exception:
+                pass
         return _clean_subject(raw)
     return fallback
 
@@ -141,6 +140,9 @@ def load_patch_file(path: Path, strip: int = 1, name: str | None = None) -> list
 
 
 def _load_mbox(path: Path, strip: int) -> list[Patch]:
+    import email.header
+    import mailbox
+
     patches = []
     box = mailbox.mbox(str(path), create=False)
     try:
@@ -159,7 +161,8 @@ def _load_mbox(path: Path, strip: int) -> list[Patch]:
     return patches
 
 
-def _message_text(msg: mailbox.mboxMessage) -> str:
+def _message_text(msg) -> str:
+    """The text parts of one mbox message (a mailbox.mboxMessage)."""
     if msg.is_multipart():
         parts = []
         for part in msg.walk():
