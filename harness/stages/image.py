@@ -16,9 +16,6 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519
-
 from harness import arches, elfinfo, proc
 from harness.errors import ImageError
 from harness.stages.cpio import CpioWriter
@@ -180,21 +177,21 @@ def build_base(req: ImageRequest, images: Path, cache: Path, log: Path) -> BaseI
     arch = arches.load(req.arch)
     deb_arch, triplet = arch.debian_arch, arch.triplet
     debs = fetch_packages(req.recipe.packages, deb_arch, cache / "debs" / deb_arch, log)
-    for name, path in req.selftests.items():
-        elfinfo.check_binary(path, arch.elf_machine, static=True, what=f"selftest {name}")
     key_parts = {
         "debs": sorted(p.name for p in debs.values()),
         "files": {dest: [src, mode, sha256_file(req.recipe.directory / src)]
                   for dest, (src, mode) in sorted(req.recipe.files.items())},
         "binaries": list(req.recipe.binaries),
         "selftests": {n: sha256_file(p) for n, p in sorted(req.selftests.items())},
-        "format": 1,
+        "format": 2,  # 2: /run/sshd is part of the image
     }
     key = hashlib.sha256(json.dumps(key_parts, sort_keys=True).encode()).hexdigest()[:16]
     out = images / f"{req.recipe.name}-{req.arch}-{key}.cpio"
     packages = {pkg: deb.name for pkg, deb in debs.items()}
     if out.exists():
-        return BaseImage(out, packages, False)
+        return BaseImage(out, packages, False)  # its selftests (in the key) were checked when it was made
+    for name, path in req.selftests.items():
+        elfinfo.check_binary(path, arch.elf_machine, static=True, what=f"selftest {name}")
     root = cache / "rootfs" / f"{req.recipe.name}-{deb_arch}"
     unpack(debs, root, log)
     closure = library_closure(root, req.recipe.binaries, triplet, arch.elf_machine)
@@ -204,7 +201,7 @@ def build_base(req: ImageRequest, images: Path, cache: Path, log: Path) -> BaseI
         with open(tmp, "wb") as f:
             w = CpioWriter(f)
             for d in ("/bin", "/sbin", "/usr/bin", "/usr/sbin", "/dev", "/proc", "/sys", "/tmp",
-                      "/run", "/root", "/etc/ssh", "/var/empty", GUEST_SELFTEST_DIR):
+                      "/run", "/run/sshd", "/root", "/etc/ssh", "/var/empty", GUEST_SELFTEST_DIR):
                 w.directory(d)
             w.chardev("/dev/console", 5, 1)
             w.chardev("/dev/null", 1, 3, 0o666)
@@ -227,6 +224,9 @@ def build_base(req: ImageRequest, images: Path, cache: Path, log: Path) -> BaseI
 
 
 def _ed25519_pair() -> tuple[bytes, str]:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
     key = ed25519.Ed25519PrivateKey.generate()
     private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
                                 serialization.NoEncryption())
