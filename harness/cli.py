@@ -12,12 +12,16 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from harness import __version__, arches, data, debugkernels, jobs, lab, labgrid, profiles, suites
+from harness import __version__, arches, data, debugkernels, jobs, profiles, suites
 from harness.errors import EXIT_ERROR, EXIT_INTERRUPTED, HarnessError, InputError
 from harness.kconfig import fragments as kconfig
 from harness.pipeline import Options
 from harness.ui import Ui
+
+if TYPE_CHECKING:
+    from harness import lab
 
 
 def default_work() -> Path:
@@ -246,6 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _profile(args) -> str:
     """--profile, or the lab board's profile, or the default."""
+    from harness import lab
+
     if args.profile is not None:
         return args.profile
     if getattr(args, "lab", None) is not None:
@@ -404,6 +410,8 @@ def cmd_list_tests(args, ui: Ui) -> int:
 
 
 def cmd_lab_check(args, ui: Ui) -> int:
+    from harness import lab, labgrid
+
     the_lab = lab.load(args.lab_file)
     names = [args.name] if args.name else sorted(the_lab.boards)
     state = lab.LabState(the_lab.state)
@@ -484,6 +492,8 @@ def _check_board(entry: lab.BoardEntry, say, console: str | None = None) -> int:
 
 
 def cmd_lab_release(args, ui: Ui) -> int:
+    from harness import lab
+
     the_lab = lab.load(args.lab_file)
     entry = the_lab.board(args.name)
     place = the_lab.place(entry)

@@ -24,14 +24,12 @@ lines, comments, declarations gcov does not count).
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import io
 import json
 import shutil
 import subprocess
 import sys
-import tarfile
 from pathlib import Path, PurePosixPath
 
 from harness import data
@@ -106,6 +104,8 @@ def collect(target, into: Path) -> list[str]:
     if res.exit_status != 0:
         raise CoverageError(f"could not read the gcov data from {GCOV_ROOT}: "
                             f"{res.err_text.strip()[-300:] or 'the command failed'}")
+    import tarfile
+
     got = []
     with tarfile.open(fileobj=io.BytesIO(res.stdout), mode="r:") as tar:
         for m in tar.getmembers():
@@ -202,6 +202,8 @@ def changed_lines(before: Path, after: Path, files: list[str]) -> dict[str, list
     """For each C file of ``files``: the lines of ``after``'s version that are
     added or changed against ``before``'s (a file new in ``after``: all)."""
     out = {}
+    import difflib
+
     for rel in files:
         if not rel.endswith(SOURCE_SUFFIXES) or not (after / rel).is_file():
             continue

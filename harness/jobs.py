@@ -16,8 +16,6 @@ from harness.errors import EXIT_INTERRUPTED, HarnessError, InputError
 from harness.kconfig import fragments as kconfig
 from harness.parse.testlist import parse_list
 from harness.pipeline import Options, Pipeline, Prepared, default_series, new_record, results_dir_for
-from harness.reports import markdown
-from harness.reports import merge as merge_reports
 from harness.reports.repro import repro_line, reproducer
 from harness.reports.results import RunRecord
 from harness.reports.resultsdir import ResultsDir
@@ -65,6 +63,8 @@ def validate(opts: Options, tests: bool = True) -> None:
 def run(opts: Options, ui: Ui, matrix: list[str] | None = None) -> int:
     """``run``: the whole pipeline on one profile, or on each of ``matrix``
     one after the other (each TCG guest already keeps both cores busy)."""
+    from harness.reports import merge as merge_reports
+
     names = matrix or [opts.profile]
     for name in names:
         profiles.load(name)
@@ -137,6 +137,8 @@ def base_run(opts: Options, ui: Ui, work: WorkDir) -> dict:
     """--compare-base: the results of the tree without the series (no
     --patches, no --commits: the range's base), from the cache under
     <work>/bases/ when that state of the tree ran before, else run now."""
+    from harness.reports import markdown
+
     bopts = dataclasses.replace(opts, patches=[], commits=None, compare_base=False, baseline=None, keep_vm=False,
                                 coverage=())  # the series' coverage is the series run's
     if opts.commits:
@@ -247,6 +249,8 @@ def run_one(opts: Options, ui: Ui, results_path: Path, brief: str = "") -> tuple
 def render_reports(ui: Ui, results_path: Path, baseline: Path | None) -> str | None:
     """summary.md, kcidb.json (and comparison.json against a baseline) from
     what was written; returns the gate verdict when there is a baseline."""
+    from harness.reports import markdown
+
     try:
         comparison, _ = markdown.rerender(results_path, baseline, warn=ui.warn)
     except HarnessError as e:
@@ -266,6 +270,8 @@ def render_reports(ui: Ui, results_path: Path, baseline: Path | None) -> str | N
 
 def report(ui: Ui, results_dir: Path, baseline: Path | None, verbose: bool = False) -> int:
     """``report``: every report of a finished run again, optionally gated."""
+    from harness.reports import markdown
+
     if not (results_dir / "results.json").is_file():
         raise InputError(f"{results_dir} holds no results.json", "pass a results dir written by 'run'")
     gate = render_reports(ui, results_dir, baseline)
@@ -279,6 +285,8 @@ def report(ui: Ui, results_dir: Path, baseline: Path | None, verbose: bool = Fal
 
 def merge(ui: Ui, dirs: list[Path], out: Path) -> int:
     """``report --merge``: many results dirs as one verdict."""
+    from harness.reports import merge as merge_reports
+
     cells = merge_reports.cells(dirs)
     v = merge_reports.write(cells, out, warn=ui.warn)
     matrix_table([c.run for c in cells], ui.out, [c.name for c in cells])
@@ -312,6 +320,8 @@ def repro_options(results_dir: Path, test: str | None, machine: Options) -> Opti
     results.json's ``inputs``), for ``test`` (a name or glob; default: the
     tests that failed there).  ``machine`` brings the work dir, accelerator,
     boot timeout and what to do after the tests."""
+    from harness.reports import markdown
+
     run = markdown.load_run(results_dir)
     i = run.inputs or {}
     if not i:

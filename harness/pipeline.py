@@ -16,22 +16,27 @@ import platform
 import secrets
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 from pathlib import Path
 
-from harness import __version__, arches, coverage, data, debugkernels, lab, labgrid, proc, profiles, suites
+from harness import __version__, arches, coverage, data, debugkernels, proc, profiles, suites
 from harness.errors import HarnessError, InputError
-from harness.parse.splats import Splat
-from harness.reports.decode import decode
 from harness.reports.results import RunRecord, clean
 from harness.stages import build, config, image, patches, source
-from harness.targets import deploy
-from harness.targets.board import BoardLifecycle, BoardSpec
 from harness.targets.lifecycle import Lifecycle
 from harness.targets.verify import Expect
 from harness.targets.vm import VmLifecycle, VmRequest
 from harness.toolchain import Toolchain
 from harness.ui import Ui
 from harness.workdir import WorkDir
+
+if TYPE_CHECKING:
+    from harness import lab
+    from harness.parse.splats import Splat
+    from harness.targets.board import BoardLifecycle, BoardSpec
+
+# Boards, labs and report decoding are imported where they are used: a VM run
+# starts its VM before it needs any of them.
 
 
 @dataclass
@@ -101,6 +106,8 @@ class Pipeline:
         self.entry: lab.BoardEntry | None = None  # --lab --board: the lab's board
         self.board_facts: dict | None = None  # what the lab board told before the build
         if opts.lab is not None:
+            from harness import lab
+
             self.lab = lab.load(opts.lab)
             self.entry = self.lab.board(opts.board or "")
 
@@ -269,6 +276,8 @@ class Pipeline:
     def board(self, prep: Prepared, spec: BoardSpec, results_dir: Path) -> BoardLifecycle:
         """A board that keeps its own kernel, off; the selftests and helper
         scripts built here are copied there at boot."""
+        from harness.targets.board import BoardLifecycle
+
         return BoardLifecycle(spec, self.files_for_board(prep), prep.profile.arch, results_dir,
                               self.expect(prep, any_kernel=True), prep.kernel.build_id, name=prep.profile.name, guest=self.record.guest,
                               say=self.ui.info)
@@ -277,6 +286,9 @@ class Pipeline:
         """--board, checked (before anything is built)."""
         if not self.opts.board:
             return None
+        from harness.targets import deploy
+        from harness.targets.board import BoardSpec
+
         if self.entry is not None:
             return deploy.spec_of(self.entry)
         return BoardSpec.parse(self.opts.board, self.opts.board_key, self.opts.known_hosts)
@@ -289,6 +301,9 @@ class Pipeline:
         if self.entry is None:
             yield
             return
+        from harness import lab, labgrid
+        from harness.targets import deploy
+
         place = self.lab.place(self.entry)
         if place is not None:
             lock = labgrid.PlaceLock(place, self.entry.name, wait=self.opts.lock_wait, say=self.ui.info)
@@ -324,6 +339,9 @@ class Pipeline:
 
     def trial_board(self, prep: Prepared, results_dir: Path) -> Lifecycle:
         """The lab board, off: booting it deploys the kernel built here."""
+        from harness import lab
+        from harness.targets import deploy
+
         entry = self.entry
         dtb = self.record.kernel.get("dtb")
         trial = deploy.TrialKernel(prep.kernel.image, prep.kernel.vmlinux, prep.kernel.build_id,
@@ -360,6 +378,8 @@ class Pipeline:
     def decode_splats(self, prep: Prepared, found: list[tuple[str | None, Splat]], limit: int = 5) -> None:
         """Symbolised call traces (scripts/decode_stacktrace.sh + vmlinux) for
         the first reports that were attributed to tests, into their logs."""
+        from harness.reports.decode import decode
+
         by_name = {t.name: t for t in self.record.tests}
         for name, s in [(n, s) for n, s in found if n][:limit]:
             text = decode(s, prep.tree.path, prep.kernel.vmlinux, self.logs / "decode.log")
