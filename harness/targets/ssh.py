@@ -95,13 +95,16 @@ class SshClient:
 
     # -- connection ----------------------------------------------------------
 
-    def connect(self) -> None:
+    def connect(self, sock: socket.socket | None = None) -> None:
+        """Connect and authenticate; ``sock``: a connection to the server made
+        already (which this client then owns)."""
         paramiko = _paramiko()
         self.close()
-        try:
-            sock = socket.create_connection((self.host, self.port), timeout=self.connect_timeout)
-        except OSError as e:
-            raise SshLost(f"cannot connect to {self.host}:{self.port}: {e}") from None
+        if sock is None:
+            try:
+                sock = socket.create_connection((self.host, self.port), timeout=self.connect_timeout)
+            except OSError as e:
+                raise SshLost(f"cannot connect to {self.host}:{self.port}: {e}") from None
         t = paramiko.Transport(sock)
         if self.host_key is not None:
             # ask for the kind of key that is pinned, so a server with several keys offers that one

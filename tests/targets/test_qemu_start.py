@@ -48,9 +48,7 @@ send({"QMP": {"version": {"qemu": {"micro": 19, "minor": 2, "major": 7}, "packag
 for cmd in commands():
     name = cmd["execute"]
     ret = {}
-    if name == "query-status":
-        ret = {"status": "prelaunch", "running": False}
-    elif name == "human-monitor-command":
+    if name == "human-monitor-command":
         ret = "  dev: intel-iommu, id \\"\\"\\n"
     reply = {"return": ret}
     if "id" in cmd:
@@ -123,3 +121,52 @@ def test_the_kvm_probe_is_cached_until_the_qemu_binary_changes(tmp_path):
     os.utime(fake, ns=(time.time_ns(), time.time_ns() + 10**9))  # another QEMU
     assert probe() == ("kvm", "KVM booted a test kernel")
     assert runs.read_text().count("run") == 2
+
+
+def _server(behaviour):
+    """A one-connection TCP server on 127.0.0.1 doing ``behaviour(conn)``; its port."""
+    import socket
+    import threading
+
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+
+    def serve():
+        conn, _ = srv.accept()
+        with conn:
+            behaviour(conn)
+        srv.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    return srv.getsockname()[1]
+
+
+def test_a_port_whose_server_talks_ssh_is_handed_over_with_the_banner_unread():
+    port = _server(lambda c: (c.sendall(b"SSH-2.0-OpenSSH_9.2p1\r\n"), c.recv(100)))
+    sock = qemu.probe_ssh("127.0.0.1", port)
+    assert sock is not None
+    with sock:
+        assert sock.recv(100).startswith(b"SSH-2.0-OpenSSH_9.2p1")
+
+
+@pytest.mark.parametrize("behaviour", [
+    lambda c: None,  # closed at once: what QEMU's forwarder does when the guest port refuses
+    lambda c: time.sleep(1),  # accepted, silent
+    lambda c: c.sendall(b"HTTP/1.1 400\r\n"),  # not SSH
+], ids=["closed", "silent", "not-ssh"])
+def test_a_port_without_an_ssh_server_behind_it_is_not_taken(behaviour):
+    port = _server(behaviour)
+    t0 = time.monotonic()
+    assert qemu.probe_ssh("127.0.0.1", port, wait=0.3) is None
+    assert time.monotonic() - t0 < 1
+
+
+def test_a_port_nobody_listens_on_is_not_taken():
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    assert qemu.probe_ssh("127.0.0.1", port) is None
