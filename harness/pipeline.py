@@ -38,6 +38,11 @@ if TYPE_CHECKING:
 # Boards, labs and report decoding are imported where they are used: a VM run
 # starts its VM before it needs any of them.
 
+# What a run needs once its target is up, loaded while it boots: SSH, the
+# KCIDB validator, the report writers and the terminal summary.
+AFTER_BOOT = ("paramiko", "jsonschema", "kcidb_io.schema", "harness.reports.kcidb", "harness.reports.markdown",
+              "harness.reports.decode", "rich.console", "rich.table", "rich.markup")
+
 
 @dataclass
 class Options:
@@ -370,8 +375,9 @@ class Pipeline:
         with lifecycle:
             with self.stage("boot"):
                 # imported in the background once the machine boots: before,
-                # the import would hold the interpreter while QEMU is started
-                lifecycle.on_boot = lambda: proc.preload("paramiko", "jsonschema", "kcidb_io.schema")
+                # the import would hold the interpreter while QEMU is started,
+                # after, it would hold the verdict (reports, the summary table)
+                lifecycle.on_boot = lambda: proc.preload(*AFTER_BOOT)
                 lifecycle.up()
             yield lifecycle
 

@@ -34,7 +34,8 @@ class Ui:
 
         # Not a terminal (CI logs, pipes): wide enough that test names are never folded.
         width = None if sys.stdout.isatty() else 160
-        return Console(stderr=stderr, highlight=False, soft_wrap=True, width=width)
+        # no emoji codes: kernel text and test names are printed as they are
+        return Console(stderr=stderr, highlight=False, soft_wrap=True, width=width, emoji=False)
 
     @cached_property
     def err(self) -> Console:

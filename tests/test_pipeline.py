@@ -32,3 +32,20 @@ def test_a_patch_that_changes_kconfig_reconfigures(fake_kernel, tmp_path):
     assert _configured(fake_kernel, tmp_path, kconfig)  # Kconfig changed: configure and check again
     assert not _configured(fake_kernel, tmp_path, kconfig)
     assert _configured(fake_kernel, tmp_path)  # the patch is gone, and with it its Kconfig change
+
+
+def test_what_is_loaded_while_the_target_boots_exists():
+    """The background import swallows errors (a module that fails fails again
+    where it is used), so a misspelt name would silently load nothing."""
+    import importlib
+
+    from harness import pipeline
+
+    for name in pipeline.AFTER_BOOT:
+        importlib.import_module(name)
+
+
+def test_the_terminal_prints_kernel_text_as_it_is(capsys):
+    """No emoji codes: ':bug:' in a test's reason stays ':bug:'."""
+    Ui().out.print("iommufd.c:bug: oops :smile:")
+    assert capsys.readouterr().out.strip() == "iommufd.c:bug: oops :smile:"
