@@ -167,3 +167,15 @@ def test_a_command_cut_without_an_exit_status_has_none(server):
     res = c.run(["vanish"], 10)
     assert res.exit_status is None and res.stdout == b"half an answer\n" and not res.timed_out
     assert c.run(["echo", "after"], 10).exit_status == 0
+
+
+def test_paramiko_loads_without_invoke():
+    """paramiko's config module imports invoke (0.1 s) for ssh_config
+    "Match exec" only; the harness keeps it from loading."""
+    import subprocess
+    import sys
+
+    code = ("import sys; import harness.targets.ssh as s; s._paramiko(); "
+            "print([m for m in sys.modules if m.split('.')[0] == 'invoke' and sys.modules[m] is not None])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
