@@ -170,3 +170,21 @@ def test_a_port_nobody_listens_on_is_not_taken():
     port = s.getsockname()[1]
     s.close()
     assert qemu.probe_ssh("127.0.0.1", port) is None
+
+
+def test_a_guest_that_dies_before_the_monitor_is_up_is_reported_by_its_console(tmp_path, monkeypatch):
+    """The guest starts with QEMU: a kernel that panics (and QEMU that exits,
+    -no-reboot) before the harness reached QMP is a panic, not a QEMU that
+    did not start."""
+    vm = _vm(tmp_path, """
+        import sys
+        argv = sys.argv[1:]
+        spec = next(argv[i + 1] for i, a in enumerate(argv) if a == "-chardev" and argv[i + 1].startswith("file,"))
+        path = dict(o.split("=", 1) for o in spec.split(",")[1:])["path"]
+        with open(path, "w") as f:
+            f.write("[    0.912345] Kernel panic - not syncing: fault fixture: panic in iommufd_init\\n")
+        sys.exit(0)
+    """, monkeypatch)
+    with pytest.raises(BootError, match="panicked during boot") as e:
+        vm.start()
+    assert "fault fixture: panic in iommufd_init" in e.value.message
