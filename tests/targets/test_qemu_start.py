@@ -175,14 +175,14 @@ def test_a_port_nobody_listens_on_is_not_taken():
 def test_a_guest_that_dies_before_the_monitor_is_up_is_reported_by_its_console(tmp_path, monkeypatch):
     """The guest starts with QEMU: a kernel that panics (and QEMU that exits,
     -no-reboot) before the harness reached QMP is a panic, not a QEMU that
-    did not start."""
-    vm = _vm(tmp_path, """
-        import sys
+    did not start.  The stand-in writes a real guest's console (the fault
+    fixture that panics in iommufd_init, tests/golden/capture.py)."""
+    golden = Path(__file__).parents[1] / "golden" / "console" / "x86_64-panic-at-boot.log"
+    vm = _vm(tmp_path, f"""
+        import shutil, sys
         argv = sys.argv[1:]
         spec = next(argv[i + 1] for i, a in enumerate(argv) if a == "-chardev" and argv[i + 1].startswith("file,"))
-        path = dict(o.split("=", 1) for o in spec.split(",")[1:])["path"]
-        with open(path, "w") as f:
-            f.write("[    0.912345] Kernel panic - not syncing: fault fixture: panic in iommufd_init\\n")
+        shutil.copy({str(golden)!r}, dict(o.split("=", 1) for o in spec.split(",")[1:])["path"])
         sys.exit(0)
     """, monkeypatch)
     with pytest.raises(BootError, match="panicked during boot") as e:
