@@ -80,24 +80,32 @@ def _stamp_key(req: BuildRequest) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def _checked_build_id(stamp: Path, files: list[Path]) -> str | None:
+def _read_stamp(stamp: Path) -> tuple[dict, int]:
+    """What the build dir's stamp says, and when it was written (ns); ({}, 0)
+    if it is missing or unreadable."""
+    try:
+        facts = json.loads(stamp.read_text())
+        return (facts, stamp.stat().st_mtime_ns) if isinstance(facts, dict) else ({}, 0)
+    except (OSError, ValueError):
+        return {}, 0
+
+
+def _checked_build_id(facts: dict, written: int, files: list[Path]) -> str | None:
     """The build-id the stamp recorded when it checked ``files`` (vmlinux
     and the selftests), if none of them changed since; None: read them."""
     try:
-        facts = json.loads(stamp.read_text())
-        written = stamp.stat().st_mtime_ns
         if not facts.get("checked") or any(f.stat().st_mtime_ns > written for f in files):
             return None
         return str(facts["build_id"]) or None
-    except (OSError, ValueError, AttributeError, KeyError, TypeError):
+    except (OSError, KeyError):
         return None
 
 
-def _cold_steps(stamp: Path) -> int:
+def _cold_steps(facts: dict) -> int:
     """Kbuild steps of the last cold build of this build dir (0: none known)."""
     try:
-        return int(json.loads(stamp.read_text()).get("cold_steps") or 0)
-    except (OSError, ValueError, AttributeError, TypeError):
+        return int(facts.get("cold_steps") or 0)
+    except (ValueError, TypeError):
         return 0
 
 
@@ -125,9 +133,10 @@ def build(req: BuildRequest, log: Path, show=None) -> KernelBuild:
     rebuilt = False
     progress = None
     previous_cold, cold = 0, False
-    if not (_stamp_matches(stamp, key) and all(p.exists() for p in outputs)):
+    facts, written = _read_stamp(stamp)
+    if not (facts.get("key") == key and all(p.exists() for p in outputs)):
         cold = not vmlinux.exists()
-        previous_cold = _cold_steps(stamp)
+        previous_cold = _cold_steps(facts)
         estimate = _estimate(previous_cold, cold, tc)
         stamp.unlink(missing_ok=True)
         mk = tc.make_argv(req.tree, req.build_dir, jobs=True)
@@ -151,7 +160,7 @@ def build(req: BuildRequest, log: Path, show=None) -> KernelBuild:
         if missing:
             raise BuildError(f"the build finished but did not produce {', '.join(missing)}", log=str(log))
         rebuilt = True
-    build_id = None if rebuilt else _checked_build_id(stamp, [vmlinux, *selftests.values()])
+    build_id = None if rebuilt else _checked_build_id(facts, written, [vmlinux, *selftests.values()])
     if build_id is None:
         for name, path in selftests.items():
             elfinfo.check_binary(path, tc.elf_machine, static=True, what=f"selftest {name}")
@@ -162,14 +171,8 @@ def build(req: BuildRequest, log: Path, show=None) -> KernelBuild:
                 done["steps"] = progress.steps
                 done["cold_steps"] = progress.steps if cold else previous_cold
         else:
-            done = json.loads(stamp.read_text())
+            done = facts  # this very build's stamp, now with what was checked
         done.update(build_id=build_id, checked=True)
         stamp.write_text(json.dumps(done))
     return KernelBuild(image, vmlinux, build_id, headers, selftests, rebuilt)
 
-
-def _stamp_matches(stamp: Path, key: str) -> bool:
-    try:
-        return json.loads(stamp.read_text()).get("key") == key
-    except (OSError, ValueError, AttributeError):
-        return False
