@@ -293,6 +293,7 @@ class QemuVM:
         ``connect(sock=...)``."""
         deadline = time.monotonic() + self.req.boot_timeout
         last_err = None
+        probing = True  # until a connection sshd answered failed: then the marker, and fewer tries
         while time.monotonic() < deadline:
             why = self.failure()
             if why:
@@ -308,13 +309,14 @@ class QemuVM:
                     return connect()
                 except Exception as e:  # noqa: BLE001 - banner errors are expected while sshd comes up
                     last_err = e
-            elif FACTS_MARKER in self.console.markers:
+            elif probing and FACTS_MARKER in self.console.markers:
                 sock = probe_ssh("127.0.0.1", self.ssh_port)
                 if sock is not None:
                     try:
                         return connect(sock=sock)
                     except Exception as e:  # noqa: BLE001 - as above; the marker path tries again
                         last_err = e
+                        probing = False
                 time.sleep(0.005)
                 continue
             # the console is a local file: looking at it often costs nothing, and every

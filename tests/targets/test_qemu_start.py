@@ -188,3 +188,47 @@ def test_a_guest_that_dies_before_the_monitor_is_up_is_reported_by_its_console(t
     with pytest.raises(BootError, match="panicked during boot") as e:
         vm.start()
     assert "fault fixture: panic in iommufd_init" in e.value.message
+
+
+def test_a_guest_whose_sshd_refuses_the_first_connection_is_not_hammered(tmp_path, monkeypatch):
+    """From the facts line on the port is probed; once a connection sshd
+    answered has failed (say, authentication), the harness waits for the
+    init's marker and tries at its pace instead of probing every few ms."""
+    import socket
+    import subprocess
+    import threading
+
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(64)
+    accepted = []
+
+    def serve():
+        while True:
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                return
+            accepted.append(conn)
+            conn.sendall(b"SSH-2.0-OpenSSH_9.2p1\r\n")
+
+    threading.Thread(target=serve, daemon=True).start()
+    vm = _vm(tmp_path, "import time\ntime.sleep(60)\n", monkeypatch)
+    vm.req.boot_timeout = 1.0
+    vm.req.run_dir.mkdir(parents=True)
+    vm.console.path.write_text("iommufd-harness: facts release=6.12.118 cpus=0-1 hugepages=64 iommus=dmar0 notes= end\r\n")
+    vm.proc = subprocess.Popen(["sleep", "60"])
+    vm.ssh_port = srv.getsockname()[1]
+
+    def connect(sock=None):
+        if sock is not None:
+            sock.close()
+        raise OSError("Authentication failed.")
+
+    try:
+        with pytest.raises(BootError, match="Authentication failed"):
+            vm.wait_for_sshd(connect)
+    finally:
+        vm.proc.kill()
+        srv.close()
+    assert len(accepted) == 1
