@@ -16,8 +16,8 @@ import platform
 import secrets
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from harness import __version__, arches, coverage, data, debugkernels, proc, profiles, suites
 from harness.errors import HarnessError, InputError
@@ -30,13 +30,12 @@ from harness.toolchain import Toolchain
 from harness.ui import Ui
 from harness.workdir import WorkDir
 
+# Boards, labs and report decoding are imported where they are used: a VM run
+# starts its VM before it needs any of them.
 if TYPE_CHECKING:
     from harness import lab
     from harness.parse.splats import Splat
     from harness.targets.board import BoardLifecycle, BoardSpec
-
-# Boards, labs and report decoding are imported where they are used: a VM run
-# starts its VM before it needs any of them.
 
 # What a run needs once its target is up, loaded while it boots: SSH, the
 # KCIDB validator, the report writers and the terminal summary.
