@@ -230,5 +230,8 @@ def test_a_guest_whose_sshd_refuses_the_first_connection_is_not_hammered(tmp_pat
             vm.wait_for_sshd(connect)
     finally:
         vm.proc.kill()
+        vm.proc.wait()
         srv.close()
+        for conn in accepted:
+            conn.close()
     assert len(accepted) == 1
