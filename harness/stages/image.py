@@ -1,6 +1,6 @@
 """Stage 5 (image): the guest initramfs.
 
-A base image (busybox, sshd and the libraries it needs, from Debian packages,
+A base image (busybox, an SSH server and the libraries it needs, from Debian packages,
 plus the selftest binaries) is built once per set of inputs and cached.  Each
 run appends a small second archive with that run's SSH keys: the kernel
 unpacks concatenated cpio archives in order.
@@ -8,6 +8,7 @@ unpacks concatenated cpio archives in order.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -25,6 +26,35 @@ from harness.workdir import sha256_file
 GUEST_SELFTEST_DIR = IMAGE_LAYOUT.selftest_dir
 
 
+# the SSH servers a recipe may name: each reads its host key in its own format
+HOST_KEY_FORMATS = ("openssh", "dropbear")
+
+
+@dataclass(frozen=True)
+class SshLayout:
+    """The image's SSH server and where it finds what each run gives it: the
+    host key (written in that server's own format, its public half next to
+    it as ``.pub``), the client's authorized key, and the directories they
+    and the server need."""
+    server: str  # one of HOST_KEY_FORMATS
+    host_key: str
+    authorized_keys: str
+    directories: tuple[str, ...]
+
+    @classmethod
+    def from_toml(cls, data: dict) -> "SshLayout":
+        layout = cls(data["server"], data["host_key"], data["authorized_keys"], tuple(data["directories"]))
+        if layout.server not in HOST_KEY_FORMATS:
+            raise ValueError(f"ssh.server {layout.server!r} is none of {', '.join(sorted(HOST_KEY_FORMATS))}")
+        return layout
+
+
+# OpenSSH's sshd, as the recipe's sshd_config sets it up: what a recipe
+# without an [ssh] table has
+OPENSSH = SshLayout("openssh", "/etc/ssh/ssh_host_ed25519_key", "/etc/ssh/authorized_keys",
+                    ("/run/sshd", "/etc/ssh", "/var/empty"))
+
+
 @dataclass(frozen=True)
 class Recipe:
     directory: Path
@@ -32,6 +62,7 @@ class Recipe:
     packages: tuple[str, ...]
     binaries: tuple[str, ...]
     files: dict[str, tuple[str, int]]
+    ssh: SshLayout = OPENSSH
 
     @classmethod
     def load(cls, directory: Path) -> "Recipe":
@@ -44,10 +75,12 @@ class Recipe:
             raise ImageError(f"image recipe {path} is not valid TOML: {e}") from None
         try:
             files = {k: (v[0], int(v[1])) for k, v in data.get("files", {}).items()}
-            recipe = cls(directory, data["name"], tuple(data["packages"]), tuple(data["binaries"]), files)
+            ssh = SshLayout.from_toml(data["ssh"]) if "ssh" in data else OPENSSH
+            recipe = cls(directory, data["name"], tuple(data["packages"]), tuple(data["binaries"]), files, ssh)
         except (KeyError, TypeError, IndexError, ValueError) as e:
             raise ImageError(f"image recipe {path} is incomplete: {e}",
-                             "it needs name, packages, binaries and [files]") from None
+                             "it needs name, packages, binaries, [files], and [ssh] with server, host_key, "
+                             "authorized_keys and directories unless its SSH server is OpenSSH's") from None
         for dest, (src, _) in files.items():
             if not (directory / src).is_file():
                 raise ImageError(f"image recipe {path}: file {src} (for {dest}) does not exist")
@@ -66,13 +99,14 @@ class BaseImage:
     path: Path
     packages: dict[str, str]  # package -> .deb file name (records the version)
     rebuilt: bool
+    ssh: SshLayout = OPENSSH  # the recipe's: where run_image() puts the run's keys
 
 
 @dataclass(frozen=True)
 class SshKeys:
     client_private: Path  # OpenSSH private key, 0600
     client_public: str  # authorized_keys line
-    host_private: bytes
+    host_private: dict[str, bytes]  # the host key's file in each server's format (HOST_KEY_FORMATS)
     host_public: str  # "ssh-ed25519 AAAA..."
 
 
@@ -173,6 +207,15 @@ def library_closure(root: Path, binaries, triplet: str, machine: str) -> dict[st
     return out
 
 
+def _ssh_directories(w: CpioWriter, ssh: SshLayout) -> None:
+    """Root's home and the SSH server's directories, root's own: both
+    archives of a run's initrd write them, and the kernel gives a directory
+    the mode of its last entry."""
+    w.directory("/root", 0o700)
+    for d in ssh.directories:
+        w.directory(d, 0o700 if d.startswith("/root/") else 0o755)
+
+
 def build_base(req: ImageRequest, images: Path, cache: Path, log: Path) -> BaseImage:
     arch = arches.load(req.arch)
     deb_arch, triplet = arch.debian_arch, arch.triplet
@@ -183,13 +226,14 @@ def build_base(req: ImageRequest, images: Path, cache: Path, log: Path) -> BaseI
                   for dest, (src, mode) in sorted(req.recipe.files.items())},
         "binaries": list(req.recipe.binaries),
         "selftests": {n: sha256_file(p) for n, p in sorted(req.selftests.items())},
+        "ssh": [req.recipe.ssh.server, list(req.recipe.ssh.directories)],
         "format": 2,  # 2: /run/sshd is part of the image
     }
     key = hashlib.sha256(json.dumps(key_parts, sort_keys=True).encode()).hexdigest()[:16]
     out = images / f"{req.recipe.name}-{req.arch}-{key}.cpio"
     packages = {pkg: deb.name for pkg, deb in debs.items()}
     if out.exists():
-        return BaseImage(out, packages, False)  # its selftests (in the key) were checked when it was made
+        return BaseImage(out, packages, False, req.recipe.ssh)  # its selftests (in the key) were checked when made
     for name, path in req.selftests.items():
         elfinfo.check_binary(path, arch.elf_machine, static=True, what=f"selftest {name}")
     root = cache / "rootfs" / f"{req.recipe.name}-{deb_arch}"
@@ -201,8 +245,9 @@ def build_base(req: ImageRequest, images: Path, cache: Path, log: Path) -> BaseI
         with open(tmp, "wb") as f:
             w = CpioWriter(f)
             for d in ("/bin", "/sbin", "/usr/bin", "/usr/sbin", "/dev", "/proc", "/sys", "/tmp",
-                      "/run", "/run/sshd", "/root", "/etc/ssh", "/var/empty", GUEST_SELFTEST_DIR):
+                      "/run", GUEST_SELFTEST_DIR):
                 w.directory(d)
+            _ssh_directories(w, req.recipe.ssh)
             w.chardev("/dev/console", 5, 1)
             w.chardev("/dev/null", 1, 3, 0o666)
             for dest in sorted(closure):
@@ -217,28 +262,45 @@ def build_base(req: ImageRequest, images: Path, cache: Path, log: Path) -> BaseI
     except OSError as e:
         tmp.unlink(missing_ok=True)
         raise ImageError(f"cannot write image {out}: {e.strerror}", "check free space in the work dir") from None
-    return BaseImage(out, packages, True)
+    return BaseImage(out, packages, True, req.recipe.ssh)
 
 
 # --- per-run keys -----------------------------------------------------------
 
 
-def _ed25519_pair() -> tuple[bytes, str]:
+def _ed25519_pair() -> tuple[bytes, bytes, str]:
+    """A new ed25519 key: its OpenSSH private key file, its raw 32-byte
+    private key and its public line."""
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ed25519
 
     key = ed25519.Ed25519PrivateKey.generate()
     private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
                                 serialization.NoEncryption())
+    raw = key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
+                            serialization.NoEncryption())
     public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
-    return private, public.decode()
+    return private, raw, public.decode()
+
+
+def _ssh_string(b: bytes) -> bytes:
+    return len(b).to_bytes(4, "big") + b
+
+
+def dropbear_ed25519(raw_private: bytes, public_line: str) -> bytes:
+    """An ed25519 key in Dropbear's own key file format (what dropbearkey
+    writes, and all that dropbear reads): string "ssh-ed25519", then a string
+    of the 32-byte private key followed by the 32-byte public key."""
+    blob = base64.b64decode(public_line.split()[1])
+    public = blob[-32:]  # the public key blob ends with the 32 key bytes
+    return _ssh_string(b"ssh-ed25519") + _ssh_string(raw_private + public)
 
 
 def make_keys(run_dir: Path) -> SshKeys:
     """A fresh client and host key pair for one run; the client key is 0600."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    client_priv, client_pub = _ed25519_pair()
-    host_priv, host_pub = _ed25519_pair()
+    client_priv, _, client_pub = _ed25519_pair()
+    host_priv, host_raw, host_pub = _ed25519_pair()
     path = run_dir / "id_ed25519"
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as f:
@@ -246,13 +308,15 @@ def make_keys(run_dir: Path) -> SshKeys:
     os.chmod(path, 0o600)
     (run_dir / "id_ed25519.pub").write_text(client_pub + "\n")
     (run_dir / "known_hosts").write_text(f"[127.0.0.1]:* {host_pub}\n")
-    return SshKeys(path, client_pub, host_priv, host_pub)
+    host = {"openssh": host_priv, "dropbear": dropbear_ed25519(host_raw, host_pub)}
+    return SshKeys(path, client_pub, host, host_pub)
 
 
 def run_image(base: BaseImage, keys: SshKeys, run_dir: Path, extra: dict[str, tuple[Path, int]] | None = None
               ) -> Path:
-    """The initrd for one run: the base image followed by the run's keys
-    (and ``extra`` files: image path -> (host file, mode))."""
+    """The initrd for one run: the base image followed by the run's keys,
+    where the base image's SSH server reads them, then ``extra`` files
+    (image path -> (host file, mode)), which replace anything before them."""
     out = run_dir / "initrd.cpio"
     try:
         with open(out, "wb") as f:
@@ -260,11 +324,13 @@ def run_image(base: BaseImage, keys: SshKeys, run_dir: Path, extra: dict[str, tu
                 while chunk := src.read(1 << 20):
                     f.write(chunk)
             w = CpioWriter(f)
+            ssh = base.ssh
+            _ssh_directories(w, ssh)
+            w.file(ssh.host_key, keys.host_private[ssh.server], 0o600)
+            w.file(f"{ssh.host_key}.pub", (keys.host_public + "\n").encode(), 0o644)
+            w.file(ssh.authorized_keys, (keys.client_public + "\n").encode(), 0o600)
             for dest, (src, mode) in (extra or {}).items():
                 w.file(dest, src.read_bytes(), mode)
-            w.file("/etc/ssh/ssh_host_ed25519_key", keys.host_private, 0o600)
-            w.file("/etc/ssh/ssh_host_ed25519_key.pub", (keys.host_public + "\n").encode(), 0o644)
-            w.file("/etc/ssh/authorized_keys", (keys.client_public + "\n").encode(), 0o600)
             w.close()
     except OSError as e:
         raise ImageError(f"cannot write {out}: {e.strerror}", "check free space in the work dir") from None

@@ -73,23 +73,84 @@ def test_build_id_from_sys_kernel_notes_format():
     assert elfinfo.build_id_from_notes(b"") is None
 
 
-def test_run_keys_are_private_and_appended_to_the_image(tmp_path):
+def _tiny_base(tmp_path, ssh=image.OPENSSH) -> image.BaseImage:
     base = tmp_path / "base.cpio"
     with open(base, "wb") as f:
         w = CpioWriter(f)
         w.file("/init", b"#!/bin/sh\n", 0o755)
         w.close()
+    return image.BaseImage(base, {}, False, ssh)
+
+
+def test_run_keys_are_private_and_appended_to_the_image(tmp_path):
     keys = image.make_keys(tmp_path / "run")
     assert stat.S_IMODE(os.stat(keys.client_private).st_mode) == 0o600
     assert keys.host_public.startswith("ssh-ed25519 ")
-    initrd = image.run_image(image.BaseImage(base, {}, False), keys, tmp_path / "run")
+    initrd = image.run_image(_tiny_base(tmp_path), keys, tmp_path / "run")
     entries = {n: (m, d) for n, m, d in read_entries(initrd.read_bytes())}
     assert "init" in entries
     assert stat.S_IMODE(entries["etc/ssh/ssh_host_ed25519_key"][0]) == 0o600
+    assert entries["etc/ssh/ssh_host_ed25519_key"][1] == keys.host_private["openssh"]
     assert entries["etc/ssh/authorized_keys"][1].decode().strip() == keys.client_public
+
+
+def test_run_keys_go_where_the_recipes_ssh_server_reads_them(tmp_path):
+    """The shipped guest recipe runs Dropbear: its host key in Dropbear's
+    format, root's authorized key in a directory only root may write (the
+    last entry of a directory sets its mode), and extra files last."""
+    ssh = image.Recipe.load(REPO / "qemu-images" / "debian-bookworm").ssh
+    assert ssh.server == "dropbear"
+    keys = image.make_keys(tmp_path / "run")
+    other = tmp_path / "other-key"
+    other.write_bytes(b"cut")
+    initrd = image.run_image(_tiny_base(tmp_path, ssh), keys, tmp_path / "run", {"/etc/extra": (other, 0o644)})
+    entries = {n: (m, d) for n, m, d in read_entries(initrd.read_bytes())}
+    mode, data = entries[ssh.host_key.lstrip("/")]
+    assert stat.S_IMODE(mode) == 0o600 and data == keys.host_private["dropbear"]
+    assert entries[ssh.authorized_keys.lstrip("/")][1].decode().strip() == keys.client_public
+    assert stat.S_IMODE(entries["root"][0]) == 0o700 and stat.S_IMODE(entries["root/.ssh"][0]) == 0o700
+    assert "etc/ssh/ssh_host_ed25519_key" not in entries
+    # an extra file replaces what the run wrote before it
+    cut = image.run_image(_tiny_base(tmp_path, ssh), keys, tmp_path, {ssh.host_key: (other, 0o600)})
+    assert {n: d for n, _, d in read_entries(cut.read_bytes())}[ssh.host_key.lstrip("/")] == b"cut"
+
+
+def test_dropbear_host_key_holds_the_same_key_as_the_openssh_one(tmp_path):
+    """Dropbear's format: string "ssh-ed25519", string(private 32 bytes +
+    public 32 bytes); the public half is the pinned one, and the private
+    half is the OpenSSH file's key."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    keys = image.make_keys(tmp_path)
+    blob = keys.host_private["dropbear"]
+    n = int.from_bytes(blob[:4], "big")
+    assert blob[4:4 + n] == b"ssh-ed25519"
+    m = int.from_bytes(blob[4 + n:8 + n], "big")
+    assert m == 64 and len(blob) == 8 + n + m
+    private, public = blob[8 + n:8 + n + 32], blob[8 + n + 32:]
+    key = ed25519.Ed25519PrivateKey.from_private_bytes(private)
+    raw = serialization.Encoding.Raw
+    assert key.public_key().public_bytes(raw, serialization.PublicFormat.Raw) == public
+    line = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    assert line.decode() == keys.host_public
+    openssh = serialization.load_ssh_private_key(keys.host_private["openssh"], None)
+    assert openssh.private_bytes(raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()) == private
+
+
+def test_a_recipe_naming_an_unknown_ssh_server_is_refused(tmp_path):
+    src = REPO / "qemu-images" / "debian-bookworm"
+    shutil.copytree(src, tmp_path / "r")
+    recipe = tmp_path / "r" / "recipe.toml"
+    recipe.write_text(recipe.read_text().replace('server = "dropbear"', 'server = "tinyssh"'))
+    with pytest.raises(ImageError, match="tinyssh"):
+        image.Recipe.load(tmp_path / "r")
+    recipe.write_text(recipe.read_text().replace('host_key = ', 'hostkey = '))
+    with pytest.raises(ImageError, match="incomplete.*host_key"):
+        image.Recipe.load(tmp_path / "r")
 
 
 def test_shipped_recipe_loads_and_names_existing_files():
     r = image.Recipe.load(REPO / "qemu-images" / "debian-bookworm")
-    assert "/usr/sbin/sshd" in r.binaries and "/bin/busybox" in r.binaries
+    assert "/usr/sbin/dropbear" in r.binaries and "/bin/busybox" in r.binaries
     assert r.files["/init"][1] == 0o755

@@ -61,7 +61,7 @@ class _Server(paramiko.ServerInterface):
 @pytest.fixture
 def server(tmp_path):
     keys = image.make_keys(tmp_path)
-    host = paramiko.Ed25519Key.from_private_key(__import__("io").StringIO(keys.host_private.decode()))
+    host = paramiko.Ed25519Key.from_private_key(__import__("io").StringIO(keys.host_private["openssh"].decode()))
     client_key = paramiko.PKey.from_path(str(keys.client_private))
     behaviour = {"served": 0}
     sock = socket.socket()
