@@ -23,6 +23,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 from harness import proc
 from harness.arches import Arch
@@ -33,8 +34,9 @@ from harness.targets.console import ConsoleWatcher
 GUEST_SSH_PORT = 22
 SSHD_MARKER = "iommufd-harness: sshd started"
 SSHD_FAILED = "iommufd-harness: sshd exited"  # the guest's init, when its sshd died before listening
+NET_MARKER = "iommufd-harness: network up"  # the init's network is up: its SSH port may be probed
 FACTS_MARKER = "iommufd-harness: facts "  # the init's facts line: the guest's network is up
-BOOT_MARKERS = (SSHD_MARKER, SSHD_FAILED, FACTS_MARKER)  # what the console watcher notes the time of
+BOOT_MARKERS = (SSHD_MARKER, SSHD_FAILED, NET_MARKER, FACTS_MARKER)  # what the console watcher notes the time of
 QMP_TIMEOUT = 10.0
 
 
@@ -283,48 +285,69 @@ class QemuVM:
         return None
 
     def wait_for_sshd(self, connect) -> object:
-        """Wait for the guest's sshd and return ``connect()``'s result.
-        ``connect`` raises while the guest is not ready yet.
+        """Wait for the guest's sshd and return ``connect()``'s result once
+        the guest's init is done.  ``connect`` raises while the guest is not
+        ready yet.
 
         The init says "sshd started" once it sees sshd listen, but it looks
         only every few milliseconds and the console is read every 20: from
-        its facts line on (its network is up by then) the forwarded port is
-        probed directly, and a connection that sshd answered is handed to
-        ``connect(sock=...)``."""
+        its "network up" line (or its facts line, which comes after the
+        network) the forwarded port is probed directly, and a connection
+        that sshd answered is handed to ``connect(sock=...)``.  The init
+        goes on meanwhile (mounts, huge pages, its facts line): the
+        connection is returned once it has said "sshd started", its last
+        line."""
         deadline = time.monotonic() + self.req.boot_timeout
         last_err = None
         probing = True  # until a connection sshd answered failed: then the marker, and fewer tries
         while time.monotonic() < deadline:
-            why = self.failure()
-            if why:
-                raise BootError(f"{why} during boot:\n{self.console.excerpt()}",
-                                "see console.log; check the kernel config and command line",
-                                log=str(self.console.path))
-            if SSHD_FAILED in self.console.markers:
-                raise BootError(f"the guest's sshd exited before it listened:\n{self.console.excerpt(20)}",
-                                "its last log lines are above; check the image recipe's sshd_config and keys",
-                                log=str(self.console.path))
+            self._check_boot()
             if SSHD_MARKER in self.console.markers:
                 try:
                     return connect()
                 except Exception as e:  # noqa: BLE001 - banner errors are expected while sshd comes up
                     last_err = e
-            elif probing and FACTS_MARKER in self.console.markers:
+            elif probing and (NET_MARKER in self.console.markers or FACTS_MARKER in self.console.markers):
                 sock = probe_ssh("127.0.0.1", self.ssh_port)
                 if sock is not None:
                     try:
-                        return connect(sock=sock)
+                        result = connect(sock=sock)
                     except Exception as e:  # noqa: BLE001 - as above; the marker path tries again
                         last_err = e
                         probing = False
+                    else:
+                        self._wait_for_init(deadline)
+                        return result
                 time.sleep(0.005)
                 continue
             # the console is a local file: looking at it often costs nothing, and every
             # tenth of a second the guest's sshd is not seen is a tenth of a second of every run
             time.sleep(0.02 if SSHD_MARKER not in self.console.markers else 0.2)
         reached = "sshd started" if SSHD_MARKER in self.console.markers else "sshd never started"
+        self._timed_out(f"{reached}; last error: {last_err}")
+
+    def _check_boot(self) -> None:
+        why = self.failure()
+        if why:
+            raise BootError(f"{why} during boot:\n{self.console.excerpt()}",
+                            "see console.log; check the kernel config and command line",
+                            log=str(self.console.path))
+        if SSHD_FAILED in self.console.markers:
+            raise BootError(f"the guest's sshd exited before it listened:\n{self.console.excerpt(20)}",
+                            "its last log lines are above; check the image recipe's SSH server and keys",
+                            log=str(self.console.path))
+
+    def _wait_for_init(self, deadline: float) -> None:
+        """Until the init has said "sshd started" (after its facts line)."""
+        while SSHD_MARKER not in self.console.markers:
+            self._check_boot()
+            if time.monotonic() > deadline:
+                self._timed_out("connected, but the init never said that sshd started")
+            time.sleep(0.005)
+
+    def _timed_out(self, reached: str) -> NoReturn:
         raise BootError(
-            f"the guest did not answer on SSH within {self.req.boot_timeout:.0f} s ({reached}; last error: {last_err}):\n"
+            f"the guest did not answer on SSH within {self.req.boot_timeout:.0f} s ({reached}):\n"
             f"{self.console.excerpt(40)}",
             "raise --boot-timeout under slow emulation, or check console.log",
             log=str(self.console.path))

@@ -103,7 +103,8 @@ CAPTURES = (
     Capture("userspace-quotes", DEBUG, (r"\nWARNING: CPU: 0 PID: 1 at fake\.c:1",),
             commands=(QUOTES,), arches=("x86_64",)),
     # a boot with nothing wrong: what the guest image says of itself for verify
-    Capture("clean-boot", (), (r"iommufd-harness: facts release=\S+ cpus=\S+ hugepages=\d+ .* end",),
+    Capture("clean-boot", (), (r"iommufd-harness: network up", r"iommufd-harness: facts release=\S+ cpus=\S+ "
+                               r"hugepages=\d+ .* end", r"iommufd-harness: sshd started"),
             tests="iommufd_ioas.no_domain.access_rw"),
     Capture("sysrq-crash", (), (r"sysrq: Trigger a crash", r"Kernel panic - not syncing: sysrq triggered crash"),
             commands=("(sleep 1; echo c > /proc/sysrq-trigger) </dev/null >/dev/null 2>&1 &",)),

@@ -235,3 +235,72 @@ def test_a_guest_whose_sshd_refuses_the_first_connection_is_not_hammered(tmp_pat
         for conn in accepted:
             conn.close()
     assert len(accepted) == 1
+
+
+def test_a_connection_made_once_the_network_is_up_waits_for_the_end_of_the_init(tmp_path, monkeypatch):
+    """From the init's "network up" line the port is probed and the
+    connection made while the init goes on (mounts, huge pages, its facts
+    line); wait_for_sshd returns it only once the init has said "sshd
+    started", so that the facts are there to verify and the tests find their
+    huge pages.  The console is a real boot's (tests/golden/capture.py)."""
+    import socket
+    import subprocess
+    import threading
+
+    console = (Path(__file__).parents[1] / "golden" / "console" / "x86_64-clean-boot.log").read_text()
+    up = console.index(qemu.NET_MARKER)
+    up = console.index("\n", up) + 1
+    done = console.index(qemu.SSHD_MARKER)
+    assert up <= console.index(qemu.FACTS_MARKER) < done
+
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+    accepted = []
+
+    def serve():
+        while True:
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                return
+            accepted.append(conn)
+            conn.sendall(b"SSH-2.0-dropbear_2022.83\r\n")
+
+    threading.Thread(target=serve, daemon=True).start()
+    vm = _vm(tmp_path, "import time\ntime.sleep(60)\n", monkeypatch)
+    vm.req.boot_timeout = 10.0
+    vm.req.run_dir.mkdir(parents=True)
+    vm.console.path.write_text(console[:up])
+    vm.proc = subprocess.Popen(["sleep", "60"])
+    vm.ssh_port = srv.getsockname()[1]
+    connected = []
+
+    def connect(sock=None):
+        connected.append((time.monotonic(), sock is not None))
+        if sock is not None:
+            sock.close()
+        return "session"
+
+    def rest_of_the_boot():
+        time.sleep(0.5)
+        with open(vm.console.path, "a") as f:
+            f.write(console[up:])
+
+    writer = threading.Thread(target=rest_of_the_boot)
+    writer.start()
+    t0 = time.monotonic()
+    try:
+        assert vm.wait_for_sshd(connect) == "session"
+        returned = time.monotonic()
+    finally:
+        writer.join()
+        vm.proc.kill()
+        vm.proc.wait()
+        srv.close()
+        for conn in accepted:
+            conn.close()
+    assert len(connected) == 1 and connected[0][1], "one connection, made on the probed socket"
+    assert connected[0][0] - t0 < 0.4, "connected before the init was done"
+    assert returned - t0 >= 0.5, "returned only once the init said sshd started"
+    assert qemu.FACTS_MARKER in vm.console.text
