@@ -190,12 +190,19 @@ def test_a_guest_that_dies_before_the_monitor_is_up_is_reported_by_its_console(t
     assert "fault fixture: panic in iommufd_init" in e.value.message
 
 
-def test_a_guest_whose_sshd_refuses_the_first_connection_is_not_hammered(tmp_path, monkeypatch):
-    """From the facts line on the port is probed; once a connection sshd
-    answered has failed (say, authentication), the harness waits for the
-    init's marker and tries at its pace instead of probing every few ms."""
+CLEAN_BOOT = (Path(__file__).parents[1] / "golden" / "console" / "x86_64-clean-boot.log").read_text()
+
+
+def _network_up(console: str) -> int:
+    """Where the line after the init's "network up" starts."""
+    return console.index("\n", console.index(qemu.NET_MARKER)) + 1
+
+
+@pytest.fixture
+def banner_server():
+    """A port whose server sends an SSH banner to every connection: (port,
+    the connections it accepted)."""
     import socket
-    import subprocess
     import threading
 
     srv = socket.socket()
@@ -210,70 +217,62 @@ def test_a_guest_whose_sshd_refuses_the_first_connection_is_not_hammered(tmp_pat
             except OSError:
                 return
             accepted.append(conn)
-            conn.sendall(b"SSH-2.0-OpenSSH_9.2p1\r\n")
+            conn.sendall(b"SSH-2.0-dropbear_2022.83\r\n")
 
     threading.Thread(target=serve, daemon=True).start()
+    yield srv.getsockname()[1], accepted
+    srv.close()
+    for conn in accepted:
+        conn.close()
+
+
+@pytest.fixture
+def booting_vm(tmp_path, monkeypatch, banner_server):
+    """A QemuVM as start() leaves it, its guest's SSH port forwarded to
+    banner_server, its console (empty) for the test to write."""
+    import subprocess
+
     vm = _vm(tmp_path, "import time\ntime.sleep(60)\n", monkeypatch)
-    vm.req.boot_timeout = 1.0
     vm.req.run_dir.mkdir(parents=True)
-    vm.console.path.write_text("iommufd-harness: facts release=6.12.118 cpus=0-1 hugepages=64 iommus=dmar0 notes= end\r\n")
+    vm.console.path.write_text("")
     vm.proc = subprocess.Popen(["sleep", "60"])
-    vm.ssh_port = srv.getsockname()[1]
+    vm.ssh_port = banner_server[0]
+    yield vm
+    vm.proc.kill()
+    vm.proc.wait()
+
+
+def test_a_guest_whose_sshd_refuses_the_first_connection_is_not_hammered(booting_vm, banner_server):
+    """From the "network up" line on the port is probed; once a connection
+    sshd answered has failed (say, authentication), the harness waits for
+    the init's marker and tries at its pace instead of probing every few ms."""
+    vm = booting_vm
+    vm.req.boot_timeout = 1.0
+    vm.console.path.write_text(CLEAN_BOOT[:_network_up(CLEAN_BOOT)])
 
     def connect(sock=None):
         if sock is not None:
             sock.close()
         raise OSError("Authentication failed.")
 
-    try:
-        with pytest.raises(BootError, match="Authentication failed"):
-            vm.wait_for_sshd(connect)
-    finally:
-        vm.proc.kill()
-        vm.proc.wait()
-        srv.close()
-        for conn in accepted:
-            conn.close()
-    assert len(accepted) == 1
+    with pytest.raises(BootError, match="Authentication failed"):
+        vm.wait_for_sshd(connect)
+    assert len(banner_server[1]) == 1
 
 
-def test_a_connection_made_once_the_network_is_up_waits_for_the_end_of_the_init(tmp_path, monkeypatch):
+def test_a_connection_made_once_the_network_is_up_waits_for_the_end_of_the_init(booting_vm):
     """From the init's "network up" line the port is probed and the
     connection made while the init goes on (mounts, huge pages, its facts
     line); wait_for_sshd returns it only once the init has said "sshd
     started", so that the facts are there to verify and the tests find their
     huge pages.  The console is a real boot's (tests/golden/capture.py)."""
-    import socket
-    import subprocess
     import threading
 
-    console = (Path(__file__).parents[1] / "golden" / "console" / "x86_64-clean-boot.log").read_text()
-    up = console.index(qemu.NET_MARKER)
-    up = console.index("\n", up) + 1
-    done = console.index(qemu.SSHD_MARKER)
-    assert up <= console.index(qemu.FACTS_MARKER) < done
-
-    srv = socket.socket()
-    srv.bind(("127.0.0.1", 0))
-    srv.listen(8)
-    accepted = []
-
-    def serve():
-        while True:
-            try:
-                conn, _ = srv.accept()
-            except OSError:
-                return
-            accepted.append(conn)
-            conn.sendall(b"SSH-2.0-dropbear_2022.83\r\n")
-
-    threading.Thread(target=serve, daemon=True).start()
-    vm = _vm(tmp_path, "import time\ntime.sleep(60)\n", monkeypatch)
+    vm = booting_vm
     vm.req.boot_timeout = 10.0
-    vm.req.run_dir.mkdir(parents=True)
-    vm.console.path.write_text(console[:up])
-    vm.proc = subprocess.Popen(["sleep", "60"])
-    vm.ssh_port = srv.getsockname()[1]
+    up = _network_up(CLEAN_BOOT)
+    assert up <= CLEAN_BOOT.index(qemu.FACTS_MARKER) < CLEAN_BOOT.index(qemu.SSHD_MARKER)
+    vm.console.path.write_text(CLEAN_BOOT[:up])
     connected = []
 
     def connect(sock=None):
@@ -285,7 +284,7 @@ def test_a_connection_made_once_the_network_is_up_waits_for_the_end_of_the_init(
     def rest_of_the_boot():
         time.sleep(0.5)
         with open(vm.console.path, "a") as f:
-            f.write(console[up:])
+            f.write(CLEAN_BOOT[up:])
 
     writer = threading.Thread(target=rest_of_the_boot)
     writer.start()
@@ -295,11 +294,6 @@ def test_a_connection_made_once_the_network_is_up_waits_for_the_end_of_the_init(
         returned = time.monotonic()
     finally:
         writer.join()
-        vm.proc.kill()
-        vm.proc.wait()
-        srv.close()
-        for conn in accepted:
-            conn.close()
     assert len(connected) == 1 and connected[0][1], "one connection, made on the probed socket"
     assert connected[0][0] - t0 < 0.4, "connected before the init was done"
     assert returned - t0 >= 0.5, "returned only once the init said sshd started"
