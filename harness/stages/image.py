@@ -42,11 +42,31 @@ class SshLayout:
     directories: tuple[str, ...]
 
     @classmethod
-    def from_toml(cls, data: dict) -> "SshLayout":
-        layout = cls(data["server"], data["host_key"], data["authorized_keys"], tuple(data["directories"]))
-        if layout.server not in HOST_KEY_FORMATS:
-            raise ValueError(f"ssh.server {layout.server!r} is none of {', '.join(sorted(HOST_KEY_FORMATS))}")
-        return layout
+    def from_toml(cls, data: object, where: Path) -> "SshLayout":
+        """The recipe's [ssh] table, every field checked: a wrong one is an
+        ImageError that names it."""
+        def bad(what: str) -> ImageError:
+            return ImageError(f"image recipe {where}: {what}",
+                              "[ssh] needs server (" + " or ".join(HOST_KEY_FORMATS) + "), host_key and "
+                              "authorized_keys (absolute paths) and directories (a list of absolute paths)")
+
+        def path(v: object) -> bool:
+            return isinstance(v, str) and v.startswith("/") and v != "/"
+
+        if not isinstance(data, dict):
+            raise bad("ssh is not a table")
+        for key in ("server", "host_key", "authorized_keys", "directories"):
+            if key not in data:
+                raise bad(f"ssh.{key} is missing")
+        if data["server"] not in HOST_KEY_FORMATS:
+            raise bad(f"ssh.server {data['server']!r} is none of {', '.join(HOST_KEY_FORMATS)}")
+        for key in ("host_key", "authorized_keys"):
+            if not path(data[key]):
+                raise bad(f"ssh.{key} {data[key]!r} is not an absolute path")
+        dirs = data["directories"]
+        if not isinstance(dirs, list) or not all(path(d) for d in dirs):
+            raise bad(f"ssh.directories {dirs!r} is not a list of absolute paths")
+        return cls(data["server"], data["host_key"], data["authorized_keys"], tuple(dirs))
 
 
 # OpenSSH's sshd, as the recipe's sshd_config sets it up: what a recipe
@@ -75,12 +95,11 @@ class Recipe:
             raise ImageError(f"image recipe {path} is not valid TOML: {e}") from None
         try:
             files = {k: (v[0], int(v[1])) for k, v in data.get("files", {}).items()}
-            ssh = SshLayout.from_toml(data["ssh"]) if "ssh" in data else OPENSSH
+            ssh = SshLayout.from_toml(data["ssh"], path) if "ssh" in data else OPENSSH
             recipe = cls(directory, data["name"], tuple(data["packages"]), tuple(data["binaries"]), files, ssh)
         except (KeyError, TypeError, IndexError, ValueError) as e:
             raise ImageError(f"image recipe {path} is incomplete: {e}",
-                             "it needs name, packages, binaries, [files], and [ssh] with server, host_key, "
-                             "authorized_keys and directories unless its SSH server is OpenSSH's") from None
+                             "it needs name, packages, binaries and [files]") from None
         for dest, (src, _) in files.items():
             if not (directory / src).is_file():
                 raise ImageError(f"image recipe {path}: file {src} (for {dest}) does not exist")
@@ -99,7 +118,7 @@ class BaseImage:
     path: Path
     packages: dict[str, str]  # package -> .deb file name (records the version)
     rebuilt: bool
-    ssh: SshLayout = OPENSSH  # the recipe's: where run_image() puts the run's keys
+    ssh: SshLayout  # the recipe's: where run_image() puts the run's keys
 
 
 @dataclass(frozen=True)
@@ -227,7 +246,7 @@ def build_base(req: ImageRequest, images: Path, cache: Path, log: Path) -> BaseI
         "binaries": list(req.recipe.binaries),
         "selftests": {n: sha256_file(p) for n, p in sorted(req.selftests.items())},
         "ssh": [req.recipe.ssh.server, list(req.recipe.ssh.directories)],
-        "format": 2,  # 2: /run/sshd is part of the image
+        "format": 2,  # 2: the SSH server's directories are part of the image
     }
     key = hashlib.sha256(json.dumps(key_parts, sort_keys=True).encode()).hexdigest()[:16]
     out = images / f"{req.recipe.name}-{req.arch}-{key}.cpio"

@@ -138,16 +138,34 @@ def test_dropbear_host_key_holds_the_same_key_as_the_openssh_one(tmp_path):
     assert openssh.private_bytes(raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()) == private
 
 
-def test_a_recipe_naming_an_unknown_ssh_server_is_refused(tmp_path):
-    src = REPO / "qemu-images" / "debian-bookworm"
-    shutil.copytree(src, tmp_path / "r")
+@pytest.mark.parametrize("line, field", [
+    ('server = "tinyssh"', "ssh.server 'tinyssh' is none of openssh, dropbear"),
+    ('host_key = 5', "ssh.host_key 5 is not an absolute path"),
+    ('host_key = "etc/key"', "ssh.host_key 'etc/key' is not an absolute path"),
+    ('directories = "/etc/dropbear"', "ssh.directories '/etc/dropbear' is not a list of absolute paths"),
+    ('directories = ["/etc/dropbear", 1]', "is not a list of absolute paths"),
+    ('hostkey = "/etc/key"', "ssh.host_key is missing"),
+])
+def test_a_wrong_ssh_table_is_refused_naming_the_field(tmp_path, line, field):
+    shutil.copytree(REPO / "qemu-images" / "debian-bookworm", tmp_path / "r")
     recipe = tmp_path / "r" / "recipe.toml"
-    recipe.write_text(recipe.read_text().replace('server = "dropbear"', 'server = "tinyssh"'))
-    with pytest.raises(ImageError, match="tinyssh"):
+    key = line.split(" =")[0]
+    key = "host_key" if key == "hostkey" else key
+    text = recipe.read_text()
+    start = text.index(f"\n{key} = ", text.index("[ssh]")) + 1
+    recipe.write_text(text[:start] + line + text[text.index("\n", start):])
+    with pytest.raises(ImageError) as e:
         image.Recipe.load(tmp_path / "r")
-    recipe.write_text(recipe.read_text().replace('host_key = ', 'hostkey = '))
-    with pytest.raises(ImageError, match="incomplete.*host_key"):
-        image.Recipe.load(tmp_path / "r")
+    assert field in e.value.message and "[ssh] needs server" in (e.value.hint or "")
+
+
+def test_the_board_recipe_keeps_openssh_and_its_config():
+    """The QEMU board is what a Debian board is: OpenSSH's sshd, whose
+    config names the paths its [ssh] table gives the run's keys."""
+    r = image.Recipe.load(REPO / "qemu-images" / "qemu-board-arm64")
+    assert r.ssh == image.OPENSSH and "/usr/sbin/sshd" in r.binaries
+    config = (r.directory / r.files["/etc/ssh/sshd_config"][0]).read_text()
+    assert f"HostKey {r.ssh.host_key}\n" in config and f"AuthorizedKeysFile {r.ssh.authorized_keys}\n" in config
 
 
 def test_shipped_recipe_loads_and_names_existing_files():
