@@ -23,7 +23,6 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn
 
 from harness import proc
 from harness.arches import Arch
@@ -324,7 +323,11 @@ class QemuVM:
             # tenth of a second the guest's sshd is not seen is a tenth of a second of every run
             time.sleep(0.02 if SSHD_MARKER not in self.console.markers else 0.2)
         reached = "sshd started" if SSHD_MARKER in self.console.markers else "sshd never started"
-        self._timed_out(f"{reached}; last error: {last_err}")
+        raise BootError(
+            f"the guest did not answer on SSH within {self.req.boot_timeout:.0f} s ({reached}; last error: {last_err}):\n"
+            f"{self.console.excerpt(40)}",
+            "raise --boot-timeout under slow emulation, or check console.log",
+            log=str(self.console.path))
 
     def _check_boot(self) -> None:
         why = self.failure()
@@ -342,15 +345,12 @@ class QemuVM:
         while SSHD_MARKER not in self.console.markers:
             self._check_boot()
             if time.monotonic() > deadline:
-                self._timed_out("connected, but the init never said that sshd started")
+                raise BootError(
+                    f"the guest's init did not finish within {self.req.boot_timeout:.0f} s (SSH answered after "
+                    f"its 'network up' line, but it never said 'sshd started'):\n{self.console.excerpt(40)}",
+                    "raise --boot-timeout under slow emulation, or check the init in console.log",
+                    log=str(self.console.path))
             time.sleep(0.005)
-
-    def _timed_out(self, reached: str) -> NoReturn:
-        raise BootError(
-            f"the guest did not answer on SSH within {self.req.boot_timeout:.0f} s ({reached}):\n"
-            f"{self.console.excerpt(40)}",
-            "raise --boot-timeout under slow emulation, or check console.log",
-            log=str(self.console.path))
 
     def stop(self) -> None:
         if self.proc is None:

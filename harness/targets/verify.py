@@ -82,8 +82,8 @@ def ask(target: Target) -> Answers:
     return Answers(release.strip(), huge, online.strip(), tuple(iommu_list.split()), notes)
 
 
-# The harness's guest image says the same on its console while its sshd
-# starts (qemu-images/debian-bookworm/init), so a VM is verified without a
+# The harness's guest image says the same on its console while the harness
+# connects (qemu-images/debian-bookworm/init), so a VM is verified without a
 # command: one line, all of it or nothing (a kernel message written into the
 # middle of it makes it unreadable, and the harness asks over SSH instead).
 FACTS = re.compile(r"^iommufd-harness: facts release=(\S+) cpus=([0-9,-]+) hugepages=(\d+) "

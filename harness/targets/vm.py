@@ -113,7 +113,11 @@ class VmLifecycle(Lifecycle):
         self.machine["cmdline"] = vm.argv
         keys = self._keys
         client = SshClient("127.0.0.1", vm.ssh_port, "root", keys.client_private, keys.host_public)
-        vm.wait_for_sshd(client.connect)
+        try:
+            vm.wait_for_sshd(client.connect)
+        except BaseException:
+            client.close()  # it may have connected before the boot failed
+            raise
         (req.vm_dir / "known_hosts").write_text(f"[127.0.0.1]:{vm.ssh_port} {keys.host_public}\n")
         return QemuTarget(vm, client)
 
