@@ -354,7 +354,25 @@ def test_a_guest_whose_sshd_dies_is_named_at_once(first_run, tmp_path):
     finally:
         vm.stop()
     assert time.monotonic() - t0 < 60  # the boot timeout is 300 s
-    assert "Early exit" in str(e.value)  # Dropbear's words for a host key it cannot load
+    assert "No hostkeys available" in str(e.value)  # Dropbear's words for a host key it cannot load
+
+
+def test_dropbear_reads_the_host_key_the_harness_writes(first_run, tmp_path):
+    """Dropbear's own dropbearkey, from the packages the image was made of,
+    reads the run's host key and prints the public key the harness pins."""
+    from harness.stages import image
+
+    base = _base_image(first_run[1])
+    assert base.ssh.server == "dropbear"
+    root = WORK / "cache" / "rootfs" / "debian-bookworm-amd64"
+    keys = image.make_keys(tmp_path)
+    key = tmp_path / "host_key"
+    key.write_bytes(keys.host_private["dropbear"])
+    res = subprocess.run([root / "usr/bin/dropbearkey", "-y", "-f", key], capture_output=True, text=True,
+                         env={"LD_LIBRARY_PATH": f"{root}/usr/lib/x86_64-linux-gnu:{root}/lib/x86_64-linux-gnu"})
+    assert res.returncode == 0, res.stderr
+    public = next(line for line in res.stdout.splitlines() if line.startswith("ssh-ed25519 "))
+    assert public.split()[:2] == keys.host_public.split()[:2]
 
 
 def test_board_target_over_ssh(first_run, tmp_path):
