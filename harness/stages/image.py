@@ -53,6 +53,8 @@ class SshLayout:
         def path(v: object) -> bool:
             return isinstance(v, str) and v.startswith("/") and v != "/"
 
+        if data is None:
+            raise bad("it has no [ssh] table")
         if not isinstance(data, dict):
             raise bad("ssh is not a table")
         for key in ("server", "host_key", "authorized_keys", "directories"):
@@ -69,12 +71,6 @@ class SshLayout:
         return cls(data["server"], data["host_key"], data["authorized_keys"], tuple(dirs))
 
 
-# OpenSSH's sshd, as the recipe's sshd_config sets it up: what a recipe
-# without an [ssh] table has
-OPENSSH = SshLayout("openssh", "/etc/ssh/ssh_host_ed25519_key", "/etc/ssh/authorized_keys",
-                    ("/run/sshd", "/etc/ssh", "/var/empty"))
-
-
 @dataclass(frozen=True)
 class Recipe:
     directory: Path
@@ -82,7 +78,7 @@ class Recipe:
     packages: tuple[str, ...]
     binaries: tuple[str, ...]
     files: dict[str, tuple[str, int]]
-    ssh: SshLayout = OPENSSH
+    ssh: SshLayout
 
     @classmethod
     def load(cls, directory: Path) -> "Recipe":
@@ -95,7 +91,7 @@ class Recipe:
             raise ImageError(f"image recipe {path} is not valid TOML: {e}") from None
         try:
             files = {k: (v[0], int(v[1])) for k, v in data.get("files", {}).items()}
-            ssh = SshLayout.from_toml(data["ssh"], path) if "ssh" in data else OPENSSH
+            ssh = SshLayout.from_toml(data.get("ssh"), path)
             recipe = cls(directory, data["name"], tuple(data["packages"]), tuple(data["binaries"]), files, ssh)
         except (KeyError, TypeError, IndexError, ValueError) as e:
             raise ImageError(f"image recipe {path} is incomplete: {e}",

@@ -73,7 +73,8 @@ def test_build_id_from_sys_kernel_notes_format():
     assert elfinfo.build_id_from_notes(b"") is None
 
 
-def _tiny_base(tmp_path, ssh=image.OPENSSH) -> image.BaseImage:
+def _tiny_base(tmp_path, ssh=None) -> image.BaseImage:
+    ssh = ssh or image.Recipe.load(REPO / "qemu-images" / "qemu-board-arm64").ssh  # OpenSSH's
     base = tmp_path / "base.cpio"
     with open(base, "wb") as f:
         w = CpioWriter(f)
@@ -159,11 +160,20 @@ def test_a_wrong_ssh_table_is_refused_naming_the_field(tmp_path, line, field):
     assert field in e.value.message and "[ssh] needs server" in (e.value.hint or "")
 
 
+def test_a_recipe_without_an_ssh_table_is_refused(tmp_path):
+    shutil.copytree(REPO / "qemu-images" / "debian-bookworm", tmp_path / "r")
+    recipe = tmp_path / "r" / "recipe.toml"
+    text = recipe.read_text()
+    recipe.write_text(text[:text.index("[ssh]")] + text[text.index("# image path = file"):])
+    with pytest.raises(ImageError, match=r"it has no \[ssh\] table"):
+        image.Recipe.load(tmp_path / "r")
+
+
 def test_the_board_recipe_keeps_openssh_and_its_config():
     """The QEMU board is what a Debian board is: OpenSSH's sshd, whose
     config names the paths its [ssh] table gives the run's keys."""
     r = image.Recipe.load(REPO / "qemu-images" / "qemu-board-arm64")
-    assert r.ssh == image.OPENSSH and "/usr/sbin/sshd" in r.binaries
+    assert r.ssh.server == "openssh" and "/usr/sbin/sshd" in r.binaries
     config = (r.directory / r.files["/etc/ssh/sshd_config"][0]).read_text()
     assert f"HostKey {r.ssh.host_key}\n" in config and f"AuthorizedKeysFile {r.ssh.authorized_keys}\n" in config
 
