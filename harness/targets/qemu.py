@@ -208,11 +208,9 @@ class QemuVM:
                 self._kill()
                 if "host forwarding" in err and attempt < attempts:
                     continue  # the port was taken between probe and use
-                why = self.failure()
-                if why and self.console.text.strip():  # the guest ran (and died) before QMP was up
-                    raise BootError(f"{why} during boot:\n{self.console.excerpt()}",
-                                    "see console.log; check the kernel config and command line",
-                                    log=str(self.console.path)) from None
+                self.console.poll()
+                if self.console.text.strip():  # the guest ran (and died) before QMP was up
+                    self._check_boot()
                 raise BootError(f"QEMU did not start ({type(e).__name__}): {err.strip() or 'no output'}",
                                 f"command line in {self.req.run_dir / 'qemu-cmdline.txt'}",
                                 log=str(self.qemu_log)) from None
