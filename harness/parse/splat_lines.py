@@ -115,6 +115,50 @@ _SIG_SUBS: tuple[tuple[re.Pattern[str], str], ...] = tuple((re.compile(rx), repl
 ))
 
 
+# -- where a task hangs -------------------------------------------------------------
+
+# A frame's function ("? " frames are guesses of the unwinder: left out).
+_FRAME_FUNC = re.compile(r"\s+([\w.$]+)\+0x[0-9a-f]+/0x[0-9a-f]+")
+# The scheduler and the sleeping primitives a blocked task waits in: what a
+# hang's stack has on top of the code that called them.
+_BLOCKING = re.compile(
+    r"_*(?:switch_to|schedule\w*|context_switch|finish_task_switch\w*|preempt_schedule\w*|io_schedule\w*"
+    r"|\w*mutex_lock\w*|mutex_\w+_slowpath\w*|\w*rwsem_down_\w+|down(?:_\w+)?|rt_mutex\w*|rt_spin_lock\w*"
+    r"|percpu_\w*rwsem\w*|\w*wait_for_common\w*|wait_for_completion\w*|\w*wait_event\w*|\w*wait_on_\w+"
+    r"|schedule_timeout\w*|msleep\w*|do_nanosleep|hrtimer_nanosleep|synchronize_\w+|\w*wait_rcu_gp|\w*flush_work"
+    r"|__flush_workqueue|flush_workqueue|ww_mutex_lock\w*)")
+_VARIANT = re.compile(r"(?:\.(?:constprop|isra|part|cold|llvm)(?:\.\d+)?)+$")
+_PRIMITIVE_SUFFIX = re.compile(r"_(?:nested|slowpath|common|interruptible|killable|io)$")
+
+
+def frames(text: str) -> list[str]:
+    """The functions of a call trace, innermost first, without the
+    unwinder's guesses ("? " frames)."""
+    return [m.group(1) for line in text.splitlines() if (m := _FRAME_FUNC.match(line))]
+
+
+def _primitive(func: str) -> str:
+    """"__mutex_lock.constprop.0" and "mutex_lock_nested" are mutex_lock."""
+    name = _VARIANT.sub("", func).lstrip("_")
+    while (shorter := _PRIMITIVE_SUFFIX.sub("", name)) != name:
+        name = shorter
+    return name
+
+
+def hang_signature(trace: list[str]) -> str | None:
+    """Where a blocked task hangs, from its call trace (innermost first):
+    ``hung in CALLER <- PRIMITIVE``, the first function below the scheduler
+    and the sleeping primitive it waits in (``hung in iommufd_access_rw <-
+    mutex_lock``).  None for a trace with no frame outside them."""
+    prim = None
+    for func in trace:
+        if _BLOCKING.fullmatch(_VARIANT.sub("", func)):
+            prim = func
+            continue
+        return f"hung in {_VARIANT.sub('', func)} <- {_primitive(prim)}" if prim else f"hung in {_VARIANT.sub('', func)}"
+    return None
+
+
 def signature(title: str, text: str = "") -> str:
     """``title`` with everything that differs between two sightings of the
     same bug removed (addresses, symbol offsets, CPU numbers, PIDs, durations,

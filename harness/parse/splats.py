@@ -32,6 +32,7 @@ gives the same reports as ``scan`` on the whole text, each exactly once.
 from __future__ import annotations
 
 import itertools
+import re
 from collections import deque
 from dataclasses import dataclass, field, replace
 
@@ -50,12 +51,14 @@ from harness.parse.splat_lines import (
     STAMP,
     SYSRQ_CRASH,
     TRAILER,
+    frames,
+    hang_signature,
     headline_kind,
     signature,
 )
 
 KINDS = ("warning", "bug", "oops", "kasan", "kfence", "ubsan", "lockdep", "refcount", "lockup",
-         "rcu_stall", "hung_task", "panic")
+         "rcu_stall", "hung_task", "panic", "hang")  # hang: a blocked task's stack, asked for (sysrq w)
 
 MAX_LINES = 200  # kernel lines in one report; a KASAN report is ~80, a lockdep one ~60
 GAP_S = 5.0  # a forward jump of the printk clock larger than this ends a report ...
@@ -198,8 +201,10 @@ class _Build:
     def splat(self) -> Splat:
         text = "".join(line.msg + "\n" for line in self.lines)
         title = self.head.msg.strip()
-        # Only a crash's RIP names its bug; a lockup's RIP is wherever the CPU happened to spin.
-        sig = signature(title, text if self.kind in ("bug", "oops") else "")
+        # Only a crash's RIP names its bug; a lockup's RIP is wherever the CPU happened to spin;
+        # a hung task's bug is where it waits.
+        sig = (self.kind == "hung_task" and hang_signature(frames(text))) or \
+            signature(title, text if self.kind in ("bug", "oops") else "")
         return Splat(kind=self.kind, title=title, signature=sig, start=self.lines[0].start,
                      end=self.lines[-1].end, text=text, fatal=self.kind == "panic")
 
@@ -343,6 +348,51 @@ def scan(text: str, offset: int = 0) -> list[Splat]:
     (for scanning a tail of a file whose head was scanned before)."""
     scanner = SplatScanner(offset)
     return scanner.feed(text) + scanner.flush()
+
+
+_SHOW_BLOCKED = re.compile(r"sysrq: Show Blocked State\s*$")
+_TASK = re.compile(r"task:(.{1,15}?)\s+state:(\S)\s.*?\bpid:\s*(\d+)")
+# what a task's part of the dump holds after its "task:" line
+_TASK_BODY = re.compile(r"(?:Workqueue: |Call [Tt]race:|\s*</?[A-Z#][A-Z0-9_#]*>\s*$|[A-Z0-9]{2,3}: |\s+\S)")
+
+
+def blocked_tasks(text: str, offset: int = 0) -> list[Splat]:
+    """The tasks of the last blocked-task dump in ``text`` (``sysrq w``,
+    which the harness asks for when a test makes no progress): one report
+    of kind ``hang`` per task, its stack as ``text`` and where it hangs as
+    its signature (``hung in iommufd_access_rw <- mutex_lock``).  Positions
+    are offsets in ``text`` plus ``offset``, as for :func:`scan`."""
+    lines = _split(text if text.endswith("\n") else text + "\n", offset)
+    starts = [i for i, line in enumerate(lines) if line.ts is not None and _SHOW_BLOCKED.match(line.msg)]
+    if not starts:
+        return []
+    found: list[Splat] = []
+    cur: list[_Line] = []
+
+    def close() -> None:
+        if cur:
+            m = _TASK.match(cur[0].msg)
+            body = "".join(line.msg + "\n" for line in cur)
+            comm, state, pid = m.group(1).strip(), m.group(2), m.group(3)
+            title = f"task {comm}:{pid} blocked (state {state})"
+            found.append(Splat("hang", title, hang_signature(frames(body)) or signature(title), cur[0].start,
+                               cur[-1].end, body, False))
+            cur.clear()
+
+    for line in lines[starts[-1] + 1:]:
+        if line.ts is None:
+            continue  # userspace output sharing the console
+        if _TASK.match(line.msg):
+            close()
+            cur.append(line)
+        elif cur and _TASK_BODY.match(line.msg):
+            cur.append(line)
+            if STACK_TAG.match(line.msg) and line.msg.strip() == "</TASK>":
+                close()
+        else:
+            close()
+    close()
+    return found
 
 
 def group(splats: list[Splat]) -> dict[str, list[Splat]]:
