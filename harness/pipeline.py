@@ -255,6 +255,11 @@ class Pipeline:
 
     # -- target side ----------------------------------------------------------------
 
+    def cmdline(self) -> str:
+        """What the harness adds to the kernel command line: the debug
+        kernel's words (``kasan_multi_shot``), then --cmdline."""
+        return " ".join(x for x in (debugkernels.cmdline(self.opts.debug), self.opts.extra_cmdline) if x)
+
     def make_image(self, prep: Prepared) -> image.BaseImage:
         with self.stage("image"):
             recipe = image.Recipe.load(prep.profile.recipe)
@@ -273,7 +278,7 @@ class Pipeline:
         """The run's VM, off; booting it adds the run's own SSH keys (in
         <work>/vm/<run>/) to the base image."""
         req = VmRequest(prep.profile, prep.kernel.image, base, results_dir, self.work.root / "vm" / results_dir.name,
-                        self.work.cache, self.opts.accel, self.opts.boot_timeout, self.opts.extra_cmdline)
+                        self.work.cache, self.opts.accel, self.opts.boot_timeout, self.cmdline())
         return VmLifecycle(req, self.expect(prep), guest=self.record.guest, machine=self.record.qemu,
                            say=self.ui.info)
 
@@ -339,6 +344,7 @@ class Pipeline:
         files = {f"selftests/{n}": (p, 0o755) for n, p in prep.kernel.selftests.items()}
         files["run-tests"] = (recipe / "run-tests", 0o755)
         files["killtree"] = (recipe / "killtree", 0o755)
+        files["hangcheck"] = (recipe / "hangcheck", 0o755)
         return files
 
     def trial_board(self, prep: Prepared, results_dir: Path) -> Lifecycle:
@@ -354,7 +360,7 @@ class Pipeline:
         return lifecycle(entry, self.files_for_board(prep), prep.profile.arch, results_dir,
                          self.expect(prep), trial, self.lab.place(entry) or lab.LabState(self.lab.state),
                          results_dir.name,
-                         extra_cmdline=self.opts.extra_cmdline, lab_path=self.lab.path, name=prep.profile.name,
+                         extra_cmdline=self.cmdline(), lab_path=self.lab.path, name=prep.profile.name,
                          guest=self.record.guest, machine=self.record.qemu, say=self.ui.info)
 
     def target(self, prep: Prepared, results_dir: Path, spec: BoardSpec | None) -> Lifecycle:

@@ -17,11 +17,13 @@ from harness.targets.ssh import ExecResult
 from harness.targets.verify import Expect, GuestInfo
 
 GUEST_SELFTEST_DIR, RUN_TESTS, KILLTREE = IMAGE_LAYOUT.selftest_dir, IMAGE_LAYOUT.run_tests, IMAGE_LAYOUT.killtree
+HANGCHECK = IMAGE_LAYOUT.hangcheck
 
 REPO = Path(__file__).resolve().parent.parent
 FAKE_KERNEL = Path(__file__).resolve().parent / "fixtures" / "fake-kernel"
 KILLTREE_SCRIPT = REPO / "qemu-images" / "debian-bookworm" / "killtree"
 RUN_TESTS_SCRIPT = REPO / "qemu-images" / "debian-bookworm" / "run-tests"
+HANGCHECK_SCRIPT = REPO / "qemu-images" / "debian-bookworm" / "hangcheck"
 
 
 class LocalTarget:
@@ -32,8 +34,10 @@ class LocalTarget:
     name = "local"
     layout = IMAGE_LAYOUT
 
-    def __init__(self, bindir: Path, console: Path | None = None, crash_on: str | None = None):
+    def __init__(self, bindir: Path, console: Path | None = None, crash_on: str | None = None,
+                 env: dict[str, str] | None = None):
         self.bindir = bindir
+        self.env = env or {}  # more environment for the "guest's" commands
         self.dead: str | None = None
         self.crash_on = crash_on  # the "kernel" dies when this test starts
         self.commands: list[tuple[str, ...]] = []
@@ -48,6 +52,8 @@ class LocalTarget:
             return str(KILLTREE_SCRIPT)
         if arg == RUN_TESTS:
             return str(RUN_TESTS_SCRIPT)
+        if arg == HANGCHECK:
+            return str(HANGCHECK_SCRIPT)
         return arg
 
     def run(self, argv, timeout, on_stdout_line=None, on_stderr_line=None, check_stop=None) -> ExecResult:
@@ -57,7 +63,7 @@ class LocalTarget:
         p = subprocess.Popen([self._map(a) for a in argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              stdin=subprocess.DEVNULL, start_new_session=True,
                              env={**os.environ, "FAKE_CONSOLE": str(self.console),
-                                  "HARNESS_KMSG": str(self.console)})
+                                  "HARNESS_KMSG": str(self.console), **self.env})
         sel = selectors.DefaultSelector()
         sel.register(p.stdout, selectors.EVENT_READ, ("out", on_stdout_line))
         sel.register(p.stderr, selectors.EVENT_READ, ("err", on_stderr_line))
@@ -115,6 +121,12 @@ class LocalTarget:
 
     def kernel_splats(self, since, until=None, final=False):
         return self.watcher.claim(since, until, final)
+
+    def kernel_blocked_tasks(self, since, until=None):
+        from harness.parse.splats import blocked_tasks
+
+        self.watcher.poll()
+        return blocked_tasks(self.watcher.text[since:until], since)
 
     def describe(self):
         return {"kind": "local"}

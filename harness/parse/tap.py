@@ -30,6 +30,8 @@ RE_PLAN = re.compile(r"^1\.\.(\d+)")
 RE_RESULT = re.compile(r"^(not )?ok (\d+)(?: -)? (\S+)(?:\s+#\s*(SKIP|XFAIL|XPASS|TODO)\b\s*(.*))?\s*$", re.I)
 RE_RUN = re.compile(r"^#\s+RUN\s+(\S+) \.\.\.")
 RE_END = re.compile(r"^#\s+(OK|FAIL)\s+(\S+)\s*$")
+# kselftest_harness's own per-test alarm ended the test (it says so on stderr)
+RE_KSFT_TIMEOUT = re.compile(r"^# \S+: Test terminated by timeout\s*$")
 RE_TOTALS = re.compile(r"^# Totals: pass:(\d+) fail:(\d+) xfail:(\d+) xpass:(\d+) skip:(\d+) error:(\d+)")
 
 MAX_LOG_LINES = 2000

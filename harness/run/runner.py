@@ -2,26 +2,45 @@
 
 Each selftest binary runs once with ``-r`` for every selected test; its TAP
 is parsed as it streams in.  The harness enforces its own per-test wall-clock
-limit: a test that overruns is killed with its whole process tree, recorded
-as ``timeout``, and the binary is started again for the tests after it.  If
-the kernel dies, the running test is ``crash`` and the rest ``notrun``.
+limit, and (``stall_s``) watches for a test whose task sleeps in the kernel
+without running for that long: such a test is ``timeout``, with the stacks
+of its blocked tasks (``sysrq w``, asked for before it is killed) in its log
+and where it hangs as its reason; it is killed with its whole process tree
+and the binary is started again for the tests after it.  If the kernel dies,
+the running test is ``crash`` and the rest ``notrun``.
 """
 
 from __future__ import annotations
 
 import re
+import secrets
 import time
+from dataclasses import dataclass, field
 from typing import Callable
 
 from harness.errors import TargetError
 from harness.parse.splats import Splat
-from harness.parse.tap import TapParser
+from harness.parse.tap import RE_KSFT_TIMEOUT, TapParser
 from harness.parse.testlist import parse_list
 from harness.reports.results import KERNEL, PHASES, TestRecord, clean
 from harness.suites import Selection
 from harness.targets.base import Target
 
 MARKER_WAIT = 3.0  # seconds to wait for a test's END marker to reach the kernel log
+DUMP_WAIT = 10.0  # ... and for the end of a blocked-task dump (a few dozen lines per task)
+KSFT_ALARM_MARGIN = 10  # kselftest's own alarm goes off this long after the harness's limit
+_PID_IN_TITLE = re.compile(r":(\d+) blocked")
+
+
+@dataclass
+class Hang:
+    """What ``hangcheck stop`` found of a test that overran or stalled: the
+    tasks of its tree asleep in the kernel (tid -> comm), the token that
+    ends their stack dump in the kernel log, and those SIGKILL did not end."""
+
+    token: str
+    blocked: dict[str, str] = field(default_factory=dict)
+    unkillable: dict[str, str] = field(default_factory=dict)
 
 
 
@@ -62,9 +81,10 @@ def list_tests(target: Target, binary: str) -> list[str]:
 class Runner:
     def __init__(self, target: Target, per_test_timeout: float, on_result: Callable[[TestRecord], None],
                  on_start: Callable[[str], None] | None = None, on_tap: Callable[[str, str, str], None] | None = None,
-                 defer_unrun: bool = False, after_boot: bool = True, since: int = 0):
+                 defer_unrun: bool = False, after_boot: bool = True, since: int = 0, stall_s: float | None = None):
         self.target = target
         self.per_test_timeout = per_test_timeout
+        self.stall_s = stall_s  # a task of the test asleep in the kernel this long without running: a hang
         self.on_result = on_result
         self.on_start = on_start or (lambda name: None)
         self.on_tap = on_tap or (lambda binary, tap, stderr: None)
@@ -82,6 +102,8 @@ class Runner:
         self.positions: dict[str, int] = {}  # test -> kernel log position of its RUN marker
         self.first_test: int | None = None  # kernel log position of the first RUN marker
         self.last_test_end: int | None = None  # ... and of the last test's END marker
+        # tests that hung: (test, where, tids of tasks SIGKILL could not end)
+        self.hung: list[tuple[str, str, list[str]]] = []
 
     def run(self, selection: Selection) -> list[TestRecord]:
         records: list[TestRecord] = []
@@ -90,12 +112,15 @@ class Runner:
         self.finish()
         return records
 
-    def _emit(self, rec: TestRecord, out: list[TestRecord]) -> None:
+    def _emit(self, rec: TestRecord, out: list[TestRecord], hang: Hang | None = None) -> None:
         """Record a finished test, with the kernel reports logged while it ran:
         a test that passed in userspace but made the kernel WARN has failed.
         The test's part of the kernel log lies between the RUN and END markers
-        run-tests wrote to /dev/kmsg around it."""
+        run-tests wrote to /dev/kmsg around it.  A test that hung gets the
+        stacks of its blocked tasks from the dump ``hang`` asked for."""
         start = self.target.kernel_log_find(_marker("RUN", rec.name), self.log_pos)
+        if start is not None and hang is not None:
+            self._note_hang(rec, hang, start)
         if start is not None:
             end = None
             # only a test that ended normally has an END marker on its way
@@ -119,6 +144,31 @@ class Runner:
                     rec.reason = f"kernel {found[0].kind} during the test: {found[0].title}"
         out.append(rec)
         self.on_result(rec)
+
+    def _note_hang(self, rec: TestRecord, hang: Hang, start: int) -> None:
+        """The stacks of the test's blocked tasks, from the dump that ends at
+        hang.token's marker: in its log and its kernel reports; where the
+        first one waits leads its reason."""
+        dump = None
+        deadline = time.monotonic() + DUMP_WAIT
+        while dump is None and time.monotonic() < deadline:
+            dump = self.target.kernel_log_find(_marker("DUMP", hang.token), start)
+            if dump is None:
+                time.sleep(0.05)
+        tasks = self.target.kernel_blocked_tasks(start, dump) if dump is not None else []
+        mine = [t for t in tasks if (m := _PID_IN_TITLE.search(t.title)) and m.group(1) in hang.blocked]
+        where = mine[0].signature if mine else ""
+        if mine:
+            self.splats += [(rec.name, t) for t in mine]
+            rec.log = clean(rec.log + "\n" + "\n".join(f"--- kernel {t.kind}: {t.title} ---\n{t.text}" for t in mine))
+            rec.reason = f"{where}: {rec.reason}"
+        elif hang.blocked:
+            rec.reason += f" (tasks asleep in the kernel: {', '.join(f'{c}:{t}' for t, c in hang.blocked.items())}; " \
+                          "their stacks did not reach the kernel log)"
+        if hang.unkillable:
+            rec.reason += (f"; SIGKILL did not end {', '.join(f'{c}:{t}' for t, c in hang.unkillable.items())} "
+                           "(asleep in the kernel): the tests after it ran in the same boot")
+        self.hung.append((rec.name, where, sorted(hang.unkillable)))
 
     def finish(self) -> list[tuple[str, Splat]]:
         """Every kernel report of the pass with what it is attributed to: a
@@ -160,7 +210,7 @@ class Runner:
         without a result died.  The two streams may arrive in any order."""
         parser = TapParser()
         started: dict[str, float] = {}
-        state: dict = {"pid": None, "overrun": None}
+        state: dict = {"pid": None, "overrun": None, "stall": None}
         wanted = set(names)
         reported: set[str] = set()
         exits: dict[str, int] = {}
@@ -178,6 +228,10 @@ class Runner:
                 why = f"{binary} died (status {rc}) while this test ran" if rc is not None else \
                     f"{binary} ended without reporting this test"
                 self._emit(TestRecord(name, "fail", dur, "\n".join(case.log) if case else "", why, binary), out)
+            elif case.status == "fail" and any(RE_KSFT_TIMEOUT.match(line) for line in case.log):
+                # kselftest's own alarm ended it: it did not finish either
+                self._emit(TestRecord(name, "timeout", dur, "\n".join(case.log),
+                                      "killed by kselftest's own per-test alarm", binary), out)
             else:
                 self._emit(TestRecord(name, case.status, dur, "\n".join(case.log), case.reason, binary), out)
 
@@ -208,6 +262,11 @@ class Runner:
             if line.startswith("harness-pid ") and state["pid"] is None:
                 state["pid"] = line.split()[1]
                 return
+            m = re.fullmatch(r"harness-stall (\d+) (\S+)", line)
+            if m:  # from run-tests' watcher: a task of the running test does not run at all
+                if state["stall"] is None and parser.current:
+                    state["stall"] = (parser.current, m.group(1), m.group(2))
+                return
             m = re.fullmatch(r"harness-exit (\S+) (-?\d+)", line)
             if m:
                 name = m.group(1)
@@ -225,13 +284,19 @@ class Runner:
 
         def overrun() -> bool:
             cur = parser.current
+            if state["stall"] is not None:
+                state["overrun"] = state["stall"][0]
+                return True
             if cur and time.monotonic() - started.get(cur, time.monotonic()) > self.per_test_timeout:
                 state["overrun"] = cur
                 return True
             return False
 
         layout = self.target.layout
-        argv = [layout.run_tests, f"{layout.selftest_dir}/{binary}", *names]
+        argv = [layout.run_tests, "-l", str(int(self.per_test_timeout) + KSFT_ALARM_MARGIN)]
+        if self.stall_s:
+            argv += ["-s", str(max(1, round(self.stall_s)))]
+        argv += [f"{layout.selftest_dir}/{binary}", *names]
         budget = self.per_test_timeout * len(names) + 60
         res = self._exec(argv, budget, on_line, on_err, overrun)
         self.on_tap(binary, "\n".join(tap_lines) + "\n", "\n".join(err_lines) + "\n")
@@ -262,21 +327,30 @@ class Runner:
             return left
         if res.timed_out or res.lost:
             cur = state["overrun"] or cur
+            hang = None
             if res.lost and not self.target.reconnect():
                 self.dead = "the target stopped answering over SSH"
+            elif state["pid"] and state["overrun"]:
+                # the stacks of what it waits for, then the test and run-tests go
+                hang = self._stop_tree(state["pid"])
             elif state["pid"]:
                 # the remote process outlives a closed channel: end it and its children
                 self._exec([layout.killtree, state["pid"]], 30, None, None, None)
             if cur in left:
                 case = parser.cases.get(cur)
                 dur = time.monotonic() - started.get(cur, time.monotonic())
-                if state["overrun"]:
+                if state["stall"]:
+                    _, tid, comm = state["stall"]
+                    reason = f"no progress for {self.stall_s:.0f} s: {comm}:{tid} asleep in the kernel, not running"
+                    status = "timeout"
+                elif state["overrun"]:
                     reason = f"killed after the harness's {self.per_test_timeout:.0f} s per-test limit"
                     status = "timeout"
                 else:
                     reason = "the SSH connection was lost while the test ran"
                     status = "crash"
-                self._emit(TestRecord(cur, status, dur, "\n".join(case.log) if case else "", reason, binary), out)
+                self._emit(TestRecord(cur, status, dur, "\n".join(case.log) if case else "", reason, binary), out,
+                           hang=hang)
                 left.remove(cur)
             if not state["overrun"] and not res.lost:
                 # the whole batch overran its budget without a test to blame
@@ -291,6 +365,25 @@ class Runner:
             self._emit(TestRecord(n, "notrun", reason=f"run-tests exited with status {res.exit_status} "
                                                       "before running this test", log=tail, binary=binary), out)
         return []
+
+    def _stop_tree(self, pid: str) -> Hang | None:
+        """``hangcheck stop``: the stacks of every blocked task into the
+        kernel log, the test's tree killed, and what of it SIGKILL could not
+        end.  A target that cannot do even that is wedged."""
+        hang = Hang(secrets.token_hex(4))
+        res = self._exec([self.target.layout.hangcheck, "stop", pid, hang.token], 60, None, None, None)
+        if res.exit_status != 0:
+            if res.timed_out or res.lost:
+                self.dead = "the kernel is wedged: it did not end a hung test within 60 s"
+            else:  # no hangcheck on the target: kill as before
+                self._exec([self.target.layout.killtree, pid], 30, None, None, None)
+            return None
+        for line in res.text.splitlines():
+            kind, _, rest = line.partition(" ")
+            tid, _, comm = rest.partition(" ")
+            if kind in ("blocked", "unkillable") and tid.isdigit():
+                getattr(hang, kind)[tid] = comm
+        return hang
 
     def _exec(self, argv, timeout, on_line, on_err, check_stop):
         return self.target.run(argv, timeout, on_stdout_line=on_line, on_stderr_line=on_err, check_stop=check_stop)

@@ -22,6 +22,9 @@ class Layout:
     # its PID (for killtree) on stderr first
     run_tests: str = "/usr/libexec/iommufd-harness/run-tests"
     killtree: str = "/usr/libexec/iommufd-harness/killtree"  # ends a process and its children
+    # watches a test for tasks blocked in the kernel, and dumps their stacks
+    # before a test is killed; next to run-tests, which starts it
+    hangcheck: str = "/usr/libexec/iommufd-harness/hangcheck"
 
 
 IMAGE_LAYOUT = Layout()  # the guest image's (qemu-images/*/recipe.toml puts them there)
@@ -50,5 +53,8 @@ class Target(Protocol):
     def kernel_splats(self, since: int, until: int | None = None, final: bool = False) -> list[Splat]:
         """Kernel reports (WARN, BUG, KASAN, ...) that started in [since, until),
         each returned once."""
+
+    def kernel_blocked_tasks(self, since: int, until: int | None = None) -> list[Splat]:
+        """The blocked tasks of the last ``sysrq w`` dump in [since, until)."""
 
     def describe(self) -> dict: ...

@@ -84,7 +84,8 @@ class BoardTarget(ConsoleLog):
         self.client = SshClient(spec.host, spec.port, spec.user, spec.key, host_key)
         self._log_client = SshClient(spec.host, spec.port, spec.user, spec.key, host_key)
         self.remote = f"/tmp/iommufd-harness-{secrets.token_hex(4)}"
-        self.layout = Layout(f"{self.remote}/selftests", f"{self.remote}/run-tests", f"{self.remote}/killtree")
+        self.layout = Layout(f"{self.remote}/selftests", f"{self.remote}/run-tests", f"{self.remote}/killtree",
+                             f"{self.remote}/hangcheck")
         self.console = ConsoleWatcher(run_dir / "console.log")
         self._stop = threading.Event()
         self._reader: threading.Thread | None = None

@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness.parse.splats import Splat, SplatScanner
+from harness.parse.splats import Splat, SplatScanner, blocked_tasks
 
 
 @dataclass
@@ -96,3 +96,7 @@ class ConsoleLog:
 
     def kernel_splats(self, since, until=None, final=False):
         return self.console.claim(since, until, final)
+
+    def kernel_blocked_tasks(self, since, until=None):
+        self.console.poll()
+        return blocked_tasks(self.console.text[since:until], since)

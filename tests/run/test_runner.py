@@ -1,4 +1,7 @@
-from fakes import RUN_TESTS, LocalLifecycle, LocalTarget
+import re
+import time
+
+from fakes import HANGCHECK, RUN_TESTS, LocalLifecycle, LocalTarget
 
 from harness import suites
 from harness.parse.testlist import parse_list
@@ -16,7 +19,7 @@ def _run(bindir, names, limit=5.0, target=None):
 
 def test_lists_tests_from_the_binary(fake_selftests):
     names = list_tests(LocalTarget(fake_selftests), "iommufd")
-    tests = ["access_pin", "access_rw", "fails", "hangs", "dies", "warns", "flaky"]
+    tests = ["access_pin", "access_rw", "fails", "hangs", "stalls", "dies", "warns", "flaky"]
     assert names == [f"iommufd_ioas.{v}.{t}" for v in ("no_domain", "mock_domain") for t in tests] + [
         "iommufd.simple_close"]
 
@@ -37,11 +40,50 @@ def test_hanging_test_is_killed_and_the_rest_still_runs(fake_selftests):
     assert [(t.name, t.status) for t in records] == [
         (names[0], "pass"), (names[1], "timeout"), (names[2], "pass")]
     assert "per-test limit" in records[1].reason
-    assert any(cmd[0].endswith("killtree") for cmd in target.commands)
+    # the blocked stacks asked for, then the tree killed (hangcheck stop)
+    assert any(cmd[:2] == (HANGCHECK, "stop") for cmd in target.commands)
     # the hung process tree is gone
     import subprocess
     left = subprocess.run(["pgrep", "-f", f"{fake_selftests}/iommufd"], capture_output=True, text=True).stdout
     assert left.strip() == ""
+
+
+def test_a_test_whose_task_stops_running_is_a_timeout_after_the_window_not_the_limit(fake_selftests, tmp_path):
+    """run-tests' watcher sees a task of the test that does not run at all
+    for the window (here a stopped one: on a guest, one asleep in the kernel,
+    state D); the harness asks for the blocked stacks, kills the test, and
+    goes on with the next test long before the per-test limit."""
+    sysrq = tmp_path / "sysrq-trigger"
+    target = LocalTarget(fake_selftests, env={"HARNESS_STALL_STATES": "T", "HARNESS_SYSRQ": str(sysrq)})
+    names = ["iommufd_ioas.no_domain.stalls", "iommufd_ioas.no_domain.access_rw"]
+    seen = []
+    r = Runner(target, 60.0, seen.append, stall_s=1.0)
+    t0 = time.monotonic()
+    records = r.run(Selection({"iommufd": tuple(names)}, ()))
+    assert [(t.name, t.status) for t in records] == [(names[0], "timeout"), (names[1], "pass")]
+    assert time.monotonic() - t0 < 10  # two windows and the kill, not the 60 s limit
+    # no kernel here to print the stacks: the reason says so, naming the task
+    assert re.fullmatch(r"no progress for 1 s: iommufd:(\d+) asleep in the kernel, not running \(tasks asleep in "
+                        r"the kernel: iommufd:\1; their stacks did not reach the kernel log\)", records[0].reason)
+    assert sysrq.read_text() == "w\n"  # the kernel was asked for every blocked task's stack
+    stops = [cmd for cmd in target.commands if cmd[0] == HANGCHECK]
+    assert len(stops) == 1 and stops[0][1] == "stop"
+    assert r.hung == [(names[0], "", [])]  # SIGKILL ended it (a stopped task can die)
+    run_tests = [cmd for cmd in target.commands if cmd[0] == RUN_TESTS]
+    assert run_tests[0][1:5] == ("-l", "70", "-s", "1")  # kselftest's alarm after the harness's limit
+
+
+def test_kselftest_own_timeout_is_a_timeout(tmp_path):
+    """A test kselftest_harness's own alarm ended ("Test terminated by
+    timeout") did not finish: timeout, not fail."""
+    fake = tmp_path / "iommufd"
+    fake.write_text("#!/bin/sh\n"
+                    "echo 'TAP version 13'; echo '1..1'; echo \"#  RUN           $2 ...\"\n"
+                    "echo \"# $2: Test terminated by timeout\" >&2\n"
+                    "echo \"#          FAIL  $2\"; echo \"not ok 1 $2\"; exit 1\n")
+    fake.chmod(0o755)
+    _, records, _, _ = _run(tmp_path, ["iommufd_ioas.no_domain.access_rw"])
+    assert [(t.status, t.reason) for t in records] == [("timeout", "killed by kselftest's own per-test alarm")]
 
 
 def test_selftest_process_dying_blames_the_running_test(fake_selftests):
