@@ -263,10 +263,14 @@ def test_the_default_series_is_for_the_debian_612_tree_only_where_it_is_needed()
     from harness.pipeline import default_series
 
     series = patches.load(default_series())
-    assert [bool(p.rules[1].kernels) for p in series] == [True, True]
+    assert [bool(p.rules[1].kernels) for p in series] == [True, True, True]
     sel = series[0].rules[1]
     assert sel.kernels.contains("6.12.117") and not sel.kernels.contains("6.13-rc2")
     assert not series[1].rules[1].kernels.contains("6.6.60")
+    # kselftest's alarm patch: any tree with iommufd selftests, while its harness arms the alarm as 6.12's does
+    assert series[2].rules[1].kernels.contains("6.2") and series[2].rules[1].kernels.contains("6.18")
+    assert [(c.text, c.present) for c in series[2].rules[1].when] == [("alarm(t->timeout);", True),
+                                                                   ("KSFT_TEST_TIMEOUT", False)]
 
 
 def test_series_toml_rules_of_an_mbox_entry_hold_for_each_of_its_patches(tmp_path):
