@@ -1,10 +1,14 @@
 """Debug kernels: ``configs/debug/<name>.config``, chosen with ``--debug
 NAME[,NAME]`` (``lockdep``, ``kasan``, ...).  Their fragments go on top of the
 profile's, and each combination is built in a build directory of its own, so
-switching between them does not rebuild from scratch."""
+switching between them does not rebuild from scratch.  ``<name>.toml`` next
+to a fragment holds what the harness does differently on that kernel: its
+measured ``slowdown`` (per-test limits grow by it) and ``cmdline`` words."""
 
 from __future__ import annotations
 
+import math
+import tomllib
 from pathlib import Path
 
 from harness import data
@@ -31,9 +35,36 @@ def parse(specs: list[str] | tuple[str, ...]) -> tuple[str, ...]:
 
 
 def fragments(names: tuple[str, ...]) -> tuple[Path, ...]:
-    return tuple(directory() / f"{n}.config" for n in names)
+    """The debug kernels' fragments, and with any of them the line tables
+    (``configs/debuginfo.config``) that decode their traces to file:line."""
+    return tuple(directory() / f"{n}.config" for n in names) + \
+        ((data.folder("configs") / "debuginfo.config",) if names else ())
 
 
 def build_suffix(names: tuple[str, ...]) -> str:
     """"" for the default kernel, "+kasan+lockdep" for a debug one."""
     return "".join(f"+{n}" for n in names)
+
+
+def _facts(name: str) -> dict:
+    path = directory() / f"{name}.toml"
+    if not path.is_file():
+        return {}
+    try:
+        facts = tomllib.loads(path.read_text())
+        float(facts.get("slowdown", 1))
+        str(facts.get("cmdline", ""))
+    except (tomllib.TOMLDecodeError, TypeError, ValueError) as e:
+        raise InputError(f"{path} is invalid: {e}") from None
+    return facts
+
+
+def slowdown(names: tuple[str, ...]) -> float:
+    """How much slower the tests run on this debug kernel than on the
+    default one: the product of each option's measured factor."""
+    return math.prod(float(_facts(n).get("slowdown", 1)) for n in names)
+
+
+def cmdline(names: tuple[str, ...]) -> str:
+    """Kernel command-line words the debug kernel needs (``kasan_multi_shot``)."""
+    return " ".join(w for n in names if (w := str(_facts(n).get("cmdline", "")).strip()))

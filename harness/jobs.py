@@ -11,7 +11,7 @@ import shutil
 import time
 from pathlib import Path
 
-from harness import __version__, coverage, proc, profiles, suites
+from harness import __version__, coverage, debugkernels, proc, profiles, suites
 from harness.errors import EXIT_INTERRUPTED, HarnessError, InputError
 from harness.kconfig import fragments as kconfig
 from harness.parse.testlist import parse_list
@@ -189,7 +189,8 @@ def run_one(opts: Options, ui: Ui, results_path: Path, brief: str = "") -> tuple
             with pipe.up(pipe.target(prep, results_path, spec)) as lifecycle:
                 session = TestSession(lifecycle, suite, SessionOptions(opts.tests, opts.per_test_timeout,
                                                                        opts.continue_after_crash, opts.rerun_failed,
-                                                                       opts.repeat, opts.until_fail),
+                                                                       opts.repeat, opts.until_fail,
+                                                                       debugkernels.slowdown(opts.debug)),
                                       record, sink, ui, TestLists(pipe.work.cache, prep.kernel.selftests))
                 try:
                     if opts.coverage:

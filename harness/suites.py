@@ -26,7 +26,8 @@ class Suite:
     name: str
     description: str
     runs: tuple[SuiteRun, ...]
-    per_test_timeout: float
+    per_test_timeout: float  # seconds, on the default kernel under TCG
+    stall_s: float = 5.0  # a test task asleep in the kernel this long without running has hung
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,8 @@ def load(name: str, directory: Path = SUITE_DIR) -> Suite:
     try:
         doc = tomllib.loads(path.read_text())
         runs = tuple(SuiteRun(r["binary"], tuple(r["tests"])) for r in doc["run"])
-        return Suite(name, doc.get("description", ""), runs, float(doc.get("per_test_timeout", 120)))
+        return Suite(name, doc.get("description", ""), runs, float(doc.get("per_test_timeout", 120)),
+                     float(doc.get("stall_s", 5)))
     except (tomllib.TOMLDecodeError, KeyError, TypeError, ValueError) as e:
         raise InputError(f"suite {path} is invalid: {type(e).__name__}: {e}") from None
 

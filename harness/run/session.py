@@ -29,11 +29,22 @@ TAINT_OFF = re.compile(r"Disabling lock debugging due to kernel taint")
 @dataclass(frozen=True)
 class SessionOptions:
     tests: str | None = None  # --tests GLOB
-    per_test_timeout: float | None = None  # None: the suite's
+    per_test_timeout: float | None = None  # None: the suite's, times the kernel's slowdown
     continue_after_crash: bool = False
     rerun_failed: int = 0
     repeat: int = 1  # run the selection this many times in the same boot (repro --repeat)
     until_fail: bool = False  # ... stopping after the first attempt in which a test did not pass
+    slowdown: float = 1.0  # how much slower this kernel runs the tests than the default one (debug kernels)
+
+
+def limits(suite: suites.Suite, opts: SessionOptions) -> tuple[float, float]:
+    """The per-test limit and the hang window of a run: the suite's (for
+    the default kernel under TCG), grown by the kernel's measured slowdown;
+    the window by its square root (a blocked task waits for whoever holds
+    what it needs, slowed down less than the whole test), and never more
+    than half the limit.  --per-test-timeout sets the limit as it is."""
+    limit = opts.per_test_timeout or suite.per_test_timeout * opts.slowdown
+    return limit, min(suite.stall_s * opts.slowdown ** 0.5, limit / 2)
 
 
 def lockdep_stop(r: runner.Runner) -> tuple[str, str, int] | None:
@@ -74,6 +85,7 @@ class TestSession:
         self._ran: dict[int, dict[str, int]] = {}  # boot -> test -> RUN marker position in that boot's log
         # (boot, test, why, log position): where lockdep stopped checking
         self._lockdep: tuple[int, str, str, int] | None = None
+        self._stall: float | None = None  # the hang window (limits)
 
     def run(self) -> None:
         target = self.lifecycle.target
@@ -85,13 +97,15 @@ class TestSession:
             self.ui.warn(f"suite {suite.name}: no test matches {miss}")
         total = selection.count
         self.ui.info(f"running {total} tests of suite {suite.name}")
-        limit = self.opts.per_test_timeout or suite.per_test_timeout
+        limit, self._stall = limits(suite, self.opts)
+        self.record.kernel["limits"] = {"per_test_s": limit, "stall_s": round(self._stall, 1)}
         self._total = total
         todo = selection
         reboots = 0
         while True:
             r = runner.Runner(target, limit, self._add, on_tap=self.sink.save_tap,
-                              defer_unrun=self.opts.continue_after_crash and reboots < MAX_REBOOTS)
+                              defer_unrun=self.opts.continue_after_crash and reboots < MAX_REBOOTS,
+                              stall_s=self._stall)
             try:
                 r.run(todo)
             finally:
@@ -125,6 +139,10 @@ class TestSession:
             self.rerun_failed(selection, limit)
         for name, s in self.splats:
             self.ui.warn(f"kernel {s.kind} {outside_phase(name) or 'during ' + name}: {s.title}")
+        for h in self.record.kernel.get("hung", []):
+            if h["unkillable"]:
+                self.ui.warn(f"{h['test']} left {len(h['unkillable'])} task(s) asleep in the kernel that SIGKILL "
+                             "could not end; the tests after it ran in the same boot")
         off = self.record.kernel.get("lockdep_off")
         if off:
             self.ui.warn(f"lockdep turned itself off after the report in {off['test']}: "
@@ -149,6 +167,9 @@ class TestSession:
             unchecked = runner.unchecked_after(pos, self._ran.get(b, {}))
             self.record.kernel["lockdep_off"] = {"test": name, "title": why, "unchecked": unchecked}
         self._note_splats(r.splats)
+        for name, where, unkillable in r.hung:
+            self.record.kernel.setdefault("hung", []).append(
+                {"test": name, "boot": boot, "where": where, "unkillable": unkillable})
 
     def _note_splats(self, found: list) -> None:
         """The run's kernel reports for results.json: the first
@@ -169,7 +190,7 @@ class TestSession:
         died, or None."""
         rr = runner.Runner(self.lifecycle.target, limit, lambda rec: (
             self._add(rec) if rec.binary == KERNEL else into.setdefault(rec.name, []).append(rec)),
-            after_boot=False, since=self._log_pos)
+            after_boot=False, since=self._log_pos, stall_s=self._stall)
         try:
             rr.run(selection)
         finally:
