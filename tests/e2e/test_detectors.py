@@ -15,6 +15,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -81,6 +82,9 @@ def test_the_debug_kernel_catches_the_bug_in_the_test_that_hits_it(tmp_path, fix
     cmp = json.loads((results / "comparison.json").read_text())
     assert {r["name"] for r in cmp["regressions"]} == failed
     assert first in (results / "summary.md").read_text()
+    # the debug kernel has line tables: the report's trace decodes to file and line
+    decoded = rec["log"][rec["log"].index(f"--- decoded {kind} ---"):]
+    assert re.search(r"\(drivers/iommu/iommufd/device\.c:\d+\)", decoded), decoded[:3000]
     # lockdep stops checking at the first report (its own, or one that tainted the kernel)
     off = data["kernel"]["lockdep_off"]
     assert off["test"] == first and off["unchecked"] == names[names.index(first) + 1:], off
@@ -97,5 +101,26 @@ def test_without_the_detectors_the_same_bugs_pass_green(tmp_path):
     code, data = _run(tmp_path / "blind", *patches)
     assert code == 0 and data["verdict"] == "pass", data["errors"]
     assert data["kernel"]["debug"] == []
-    assert len(data["patches"]) == 2 + len(DETECTED)
+    assert len(data["patches"]) == len(list((REPO / "kernel-patches" / "default").glob("*.patch"))) + len(DETECTED)
     assert len(data["tests"]) == len(listed_tests("access")) and data["kernel"]["splats"] == []
+
+
+def test_the_debug_kernel_names_a_self_deadlock_before_the_test_hangs(tmp_path):
+    """The self-deadlock of deadlock-in-access-rw.patch (on the default
+    kernel: a timeout with the blocked stack and nothing else, see
+    test_faults.py): lockdep reports the recursive mutex_lock in the test
+    that takes it, before the task goes to sleep for ever; the harness's
+    hang window, grown with the debug kernel's slowdown, still ends it."""
+    hung, after = "iommufd_ioas.no_domain.access_rw", "iommufd_ioas.mock_domain.access_pin"
+    results = tmp_path / "deadlock"
+    code, data = _run(results, "--debug", DEBUG, "--patches", str(FIXTURES / "deadlock-in-access-rw.patch"),
+                      "--tests", f"{hung},{after}")
+    assert code == 1 and data["verdict"] == "fail"
+    assert [(t["name"], t["status"]) for t in data["tests"]] == [(hung, "timeout"), (after, "pass")]
+    rec = data["tests"][0]
+    assert rec["reason"].startswith("hung in iommufd_access_rw <- mutex_lock: no progress for "), rec["reason"]
+    assert "WARNING: possible recursive locking detected" in rec["log"]
+    kinds = {(s["test"], s["kind"]) for s in data["kernel"]["splats"]}
+    assert {(hung, "lockdep"), (hung, "hang")} <= kinds and {t for t, _ in kinds} == {hung}, kinds
+    assert data["kernel"]["limits"]["per_test_s"] == 30 * 3 * 10  # the access suite's, times lockdep's and KASAN's
+    assert data["kernel"]["lockdep_off"]["test"] == hung

@@ -99,6 +99,72 @@ def test_kernel_panic_at_boot_is_an_error_with_the_console(tmp_path):
     _no_qemu_left(results)
 
 
+DEADLOCK = FIXTURES / "deadlock-in-access-rw.patch"
+# the test that deadlocks, then one of another fixture's variant after it (it does not read one byte)
+HUNG, NEXT = "iommufd_ioas.no_domain.access_rw", "iommufd_ioas.mock_domain.access_pin"
+
+
+def test_a_deadlocked_test_is_a_timeout_with_the_stack_it_hangs_in(tmp_path):
+    """A self-deadlock on the one-byte iommufd_access_rw path: the test
+    sleeps in mutex_lock for ever, and SIGKILL cannot end it.  The default
+    kernel has no hung-task detector and says nothing; the harness sees a
+    task of the test that has not run for its window (5 s), asks the kernel
+    for the blocked stacks, and records the test as a timeout that names
+    where it hangs, within seconds (kselftest's own alarm would have called
+    it a plain failure after 30 s, with no stack).  The next test runs in the
+    same boot and passes.  The guest's kselftest alarm follows the harness's
+    limit (KSFT_TEST_TIMEOUT, the project's kselftest_harness patch)."""
+    results = tmp_path / "deadlock"
+    proc = subprocess.Popen(_argv(results, "--patches", str(DEADLOCK), "--tests", f"{HUNG},{NEXT}", "--keep-vm"),
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    lines: list[str] = []
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if line.strip().startswith("ssh "):
+                break
+        else:
+            raise AssertionError("the run ended before it held its VM:\n" + "".join(lines[-60:]))
+        data = _results(results)
+        assert data["verdict"] == "fail", data["errors"]
+        assert [(t["name"], t["status"]) for t in data["tests"]] == [(HUNG, "timeout"), (NEXT, "pass")]
+        hung = data["tests"][0]
+        assert re.fullmatch(r"hung in iommufd_access_rw <- mutex_lock: no progress for 5 s: iommufd:(\d+) asleep in "
+                            r"the kernel, not running; SIGKILL did not end iommufd:\1 \(asleep in the kernel\): the "
+                            r"tests after it ran in the same boot", hung["reason"]), hung["reason"]
+        assert hung["duration_s"] < 20, "a hang costs two windows and a dump, not a limit"
+        assert re.search(r"--- kernel hang: task iommufd:\d+ blocked \(state D\) ---\ntask:iommufd +state:D",
+                         hung["log"]) and re.search(r"\n __mutex_lock\S*\+0x", hung["log"])
+        assert [(s["test"], s["kind"], s["signature"]) for s in data["kernel"]["splats"]] == [
+            (HUNG, "hang", "hung in iommufd_access_rw <- mutex_lock")]  # the default kernel reports nothing itself
+        [h] = data["kernel"]["hung"]
+        assert (h["test"], h["where"], len(h["unkillable"])) == (HUNG, "hung in iommufd_access_rw <- mutex_lock", 1)
+        assert data["kernel"]["limits"] == {"per_test_s": 30.0, "stall_s": 5.0}
+        console = (results / "console.log").read_text()
+        assert "sysrq: Show Blocked State" in console and "Test terminated by timeout" not in console
+        # kselftest's own alarm: KSFT_TEST_TIMEOUT sets it (the run gives the guest its limit plus 10 s)
+        # (into a file: the task that stays asleep keeps whatever it was given open)
+        with _guest_ssh(results) as client:
+            t0 = time.monotonic()
+            _, out, _ = client.exec_command(f"cd /tmp && KSFT_TEST_TIMEOUT=2 /usr/lib/iommufd-harness/selftests/"
+                                            f"iommufd -r {HUNG} >ksft.out 2>&1 </dev/null; echo exit $?; cat ksft.out",
+                                            timeout=60)
+            text = out.read().decode()
+            elapsed = time.monotonic() - t0
+        assert text.startswith("exit 1\n") and f"# {HUNG}: Test terminated by timeout" in text, text
+        assert 2 <= elapsed < 15, elapsed
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            out, _ = proc.communicate(timeout=120)
+            lines.append(out)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        sys.stderr.write("".join(lines)[-10000:])
+    _no_qemu_left(results)
+
+
 def test_kernel_crash_during_a_test_is_attributed_to_it(tmp_path):
     results = tmp_path / "crash"
     res = _run(results, "--patches", str(FIXTURES / "crash-in-access-rw.patch"))

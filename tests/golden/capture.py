@@ -85,6 +85,11 @@ CAPTURES = (
     Capture("warn-panic-on-warn", (*fixture("warn-in-access-rw.patch"), "--cmdline", "panic_on_warn=1"),
             (r"Kernel panic - not syncing: kernel: panic_on_warn set",)),
     Capture("bug-in-access-rw", fixture("crash-in-access-rw.patch"), (r"kernel BUG at drivers/iommu/iommufd/",)),
+    # a test asleep in the kernel for ever: the harness's request for the blocked stacks (sysrq w)
+    Capture("deadlock", fixture("deadlock-in-access-rw.patch"),
+            (r"sysrq: Show Blocked State", r"task:iommufd +state:D", r"iommufd-harness: DUMP \w+",
+             r"iommufd-harness: END iommufd_ioas\.mock_domain\.access_pin 0"),
+            tests="iommufd_ioas.no_domain.access_rw,iommufd_ioas.mock_domain.access_pin"),
     Capture("panic-at-boot", fixture("panic-at-boot.patch"), (r"Kernel panic - not syncing: ",)),
     Capture("warn-at-boot", fixture("warn-at-boot.patch"), (r"fault fixture: warning in iommufd_init",),
             tests="iommufd_ioas.no_domain.access_rw"),
