@@ -8,29 +8,20 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
-import os
 import signal
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from harness import __version__, arches, data, debugkernels, jobs, profiles, suites
+from harness import __version__, arches, debugkernels, jobs, profiles, suites
 from harness.errors import EXIT_ERROR, EXIT_INTERRUPTED, HarnessError, InputError
 from harness.kconfig import fragments as kconfig
 from harness.pipeline import Options
+from harness.workdir import default_work
 from harness.ui import Ui
 
 if TYPE_CHECKING:
     from harness import lab
-
-
-def default_work() -> Path:
-    """$IOMMUFD_HARNESS_WORK, else ./work of the checkout the tool runs from,
-    else ./work in the current directory (an installed tool)."""
-    if "IOMMUFD_HARNESS_WORK" in os.environ:
-        return Path(os.environ["IOMMUFD_HARNESS_WORK"])
-    top = data.checkout()
-    return (top if top is not None else Path.cwd()) / "work"
 
 
 def _common(p: argparse.ArgumentParser, tests: bool = True) -> None:
@@ -69,8 +60,9 @@ def _common(p: argparse.ArgumentParser, tests: bool = True) -> None:
         g = p.add_argument_group("tests")
         g.add_argument("--suite", default=suites.DEFAULT_SUITE,
                        help=f"test plan from selftests/suites (default {suites.DEFAULT_SUITE}; see 'iommufd-harness suites')")
-        g.add_argument("--tests", metavar="GLOB",
-                       help="only tests whose fixture.variant.test name matches (fnmatch; several separated by ',')")
+        g.add_argument("--tests", metavar="GLOB", action="append",
+                       help="only tests whose fixture.variant.test name matches (fnmatch; several separated by ',', "
+                            "or the option repeated: they add up)")
         g.add_argument("--continue-after-crash", action="store_true",
                        help="when the kernel dies, reboot the VM and run the remaining tests (at most 3 reboots)")
         g.add_argument("--rerun-failed", type=int, default=0, metavar="N",
@@ -272,7 +264,7 @@ def options(args) -> Options:
         default_patches=not args.no_default_patches,
         profile=_profile(args),
         suite=getattr(args, "suite", suites.DEFAULT_SUITE),
-        tests=getattr(args, "tests", None),
+        tests=",".join(args.tests) if getattr(args, "tests", None) else None,
         results=getattr(args, "results", None),
         jobs=args.jobs,
         keep_vm=getattr(args, "keep_vm", False),

@@ -24,7 +24,7 @@ from harness.run.listings import TestLists
 from harness.run.session import SessionOptions, TestSession
 from harness.stages import patches, source
 from harness.ui import Ui
-from harness.workdir import WorkDir, WorkLock
+from harness.workdir import WorkDir, WorkLock, default_work
 
 
 def validate(opts: Options, tests: bool = True) -> None:
@@ -235,16 +235,24 @@ def run_one(opts: Options, ui: Ui, results_path: Path, brief: str = "") -> tuple
     gate = render_reports(ui, results_path, opts.baseline)
     summary_table(record, ui.out, verbose=opts.verbose)
     failing = [t for t in record.tests if t.status in ("fail", "timeout", "crash")]
+    work = work_arg(opts.work)
     for t in failing[:10]:
-        ui.out.print("reproduce: " + reproducer(opts.profile, opts.suite, t.name, record.inputs),
+        ui.out.print("reproduce: " + reproducer(opts.profile, opts.suite, t.name, record.inputs, work),
                      highlight=False, markup=False)
     if failing:
-        ui.out.print(f"repro: {repro_line(results_path)}  (the failing tests again; --repeat N, --until-fail, "
-                     "--shell)", highlight=False, markup=False)
+        ui.out.print(f"repro: {repro_line(results_path, work=work)}  (the failing tests again; --repeat N, "
+                     "--until-fail, --shell)", highlight=False, markup=False)
     ui.out.print(f"results: {results_path}", highlight=False, markup=False)
     if gate is not None:
         record.verdict = gate  # the exit code of a gated run is about change
     return record, interrupted
+
+
+def work_arg(work: Path) -> str | None:
+    """--work for a reproducer line: a pasted line must find this run's
+    builds, so a work dir that is not the default one is named."""
+    work = Path(work).expanduser().resolve()
+    return None if work == default_work().expanduser().resolve() else str(work)
 
 
 def render_reports(ui: Ui, results_path: Path, baseline: Path | None) -> str | None:

@@ -19,7 +19,17 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness import data
 from harness.errors import InputError
+
+
+def default_work() -> Path:
+    """$IOMMUFD_HARNESS_WORK, else ./work of the checkout the tool runs from,
+    else ./work in the current directory (an installed tool)."""
+    if "IOMMUFD_HARNESS_WORK" in os.environ:
+        return Path(os.environ["IOMMUFD_HARNESS_WORK"])
+    top = data.checkout()
+    return (top if top is not None else Path.cwd()) / "work"
 
 
 def sha256_file(path: Path) -> str:

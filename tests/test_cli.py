@@ -83,3 +83,12 @@ def test_profiles_with_one_name_runs_that_profile(tmp_path):
     assert res.returncode == 2 and "does not exist" in res.stderr
     data = json.loads((tmp_path / "res" / "results.json").read_text())
     assert data["profile"] == "arm64-smmuv3"
+
+
+def test_repeated_tests_options_add_up(tmp_path):
+    """--tests A --tests B selects both (it used to keep only the last)."""
+    from harness.cli import build_parser, options
+
+    args = build_parser().parse_args(["run", "--work", str(tmp_path), "--tests", "a.*", "--tests", "b.x,c.y"])
+    assert options(args).tests == "a.*,b.x,c.y"
+    assert options(build_parser().parse_args(["run", "--work", str(tmp_path)])).tests is None

@@ -7,13 +7,16 @@ import shlex
 from harness.reports.results import outside_phase
 
 
-def reproducer(profile: str, suite: str, test: str, inputs: dict | None = None) -> str:
+def reproducer(profile: str, suite: str, test: str, inputs: dict | None = None, work: str | None = None) -> str:
     """The command that runs ``test`` again on the same kernel and machine
     (for ``kernel.boot`` and the other reports outside any test, the suite):
     ``inputs`` as a run records them (``RunRecord.inputs``: kernel_src, rev,
-    commits, default_patches, patches, kconfig_add, fragments, config, debug, cmdline)."""
+    commits, default_patches, patches, kconfig_add, fragments, config, debug, cmdline); ``work``:
+    the run's --work when it was not the default one (its builds are there)."""
     i = inputs or {}
     args = [f"--profile {shlex.quote(profile)}", f"--suite {shlex.quote(suite)}"]
+    if work:
+        args.insert(0, f"--work {shlex.quote(str(work))}")
     if not outside_phase(test):  # a report at boot or between tests: the suite again reproduces it
         quoted = f"'{test}'" if "'" not in test else shlex.quote(test)  # quoted: no shell expands a name
         args.append(f"--tests {quoted}")
@@ -37,10 +40,12 @@ def reproducer(profile: str, suite: str, test: str, inputs: dict | None = None) 
     return "iommufd-harness run " + " ".join(args)
 
 
-def repro_line(results_dir: str, test: str | None = None) -> str:
+def repro_line(results_dir: str, test: str | None = None, work: str | None = None) -> str:
     """The short reproducer: the same kernel and machine, read back from the
     results dir (``iommufd-harness repro``)."""
     line = f"iommufd-harness repro {shlex.quote(str(results_dir))}"
+    if work:
+        line += f" --work {shlex.quote(str(work))}"
     if test:
         line += f" '{test}'" if "'" not in test else f" {shlex.quote(test)}"
     return line

@@ -41,3 +41,19 @@ def test_summary_md_reproduces_with_the_runs_inputs(tmp_path):
     md = render(run, None)
     assert (f"--tests 'iommufd_ioas.no_domain.access_rw' --patches {tmp_path / 'fix.patch'} "
             "--kconfig-add CONFIG_PROVE_LOCKING=y") in md
+
+
+def test_a_run_in_another_work_dir_is_reproduced_there(tmp_path, monkeypatch):
+    """Lines printed for a run with --work W name W (pasted, they would
+    otherwise rebuild everything in ./work); the default work dir is left out."""
+    from harness.jobs import work_arg
+    from harness.reports.repro import repro_line
+
+    monkeypatch.setenv("IOMMUFD_HARNESS_WORK", str(tmp_path / "default"))
+    assert work_arg(tmp_path / "default") is None
+    other = tmp_path / "my work"
+    assert work_arg(other) == str(other)
+    line = reproducer("x86_64-vtd", "access", "iommufd_ioas.mock_domain.access_pin", inputs(Options(work=other)),
+                      work_arg(other))
+    assert shlex.split(line)[2:4] == ["--work", str(other)]
+    assert shlex.split(repro_line("/r", work=work_arg(other))) == ["iommufd-harness", "repro", "/r", "--work", str(other)]
