@@ -9,6 +9,27 @@ console.log so splats are found and attributed exactly as for a VM), runs
 the tests and removes the directory again.  The board's host key must be in
 the known_hosts file given: a missing or changed key is an error, never
 accepted on the fly.
+
+console.log holds one line per /dev/kmsg record (``PRIO,SEQ,USEC,FLAGS;text``,
+PRIO = facility * 8 + level); the ``KEY=value`` dictionary lines that follow
+a record are left out.  A record of the kernel (facility 0) is written as
+the console prints it::
+
+    [   12.345678] WARNING: CPU: 0 PID: 1 at drivers/iommu/iommufd/main.c:578 ...
+
+A record user space wrote to /dev/kmsg (any other facility: the test
+markers of run-tests, the session marker, any daemon) carries its
+facility's name inside the brackets::
+
+    [   12.345678 user] iommufd-harness: RUN iommufd_ioas.no_domain.access_pin
+
+That line has no kernel timestamp, so the report detector
+(:mod:`harness.parse.splats`) takes it for user-space output, as it does a
+user-space line on a VM's serial console: it never starts a report and is
+left out of one, whatever its text says.  A timestamp inside such a message
+(which would start a kernel line there) is written with its ``[`` escaped as
+``\\x5b``, the way /dev/kmsg escapes bytes; markers are still found by
+their text anywhere in the line.
 """
 
 from __future__ import annotations
@@ -22,6 +43,7 @@ from pathlib import Path
 
 from harness import arches
 from harness.errors import HarnessError, InputError, TargetError
+from harness.parse.splat_lines import MIDLINE_STAMP
 from harness.targets.base import Layout
 from harness.targets.console import ConsoleLog, ConsoleWatcher
 from harness.targets.lifecycle import Lifecycle
@@ -29,6 +51,10 @@ from harness.targets.ssh import SshClient
 from harness.targets.verify import Expect, GuestInfo
 
 KMSG_RE = re.compile(r"^(\d+),(\d+),(\d+),[^;]*;(.*)$")
+KERNEL_FACILITY = 0
+# syslog's facility names (<syslog.h>), for records user space wrote
+FACILITIES = {1: "user", 2: "mail", 3: "daemon", 4: "auth", 5: "syslog", 6: "lpr", 7: "news", 8: "uucp", 9: "cron",
+              10: "authpriv", 11: "ftp", **{16 + i: f"local{i}" for i in range(8)}}
 
 
 @dataclass(frozen=True)
@@ -67,13 +93,39 @@ def pinned_host_key(known_hosts: Path, host: str, port: int) -> str:
     return f"{key.get_name()} {key.get_base64()}"
 
 
-def kmsg_to_console(line: str) -> str | None:
-    """A /dev/kmsg record as the console prints it: "[  sec.usec] message"."""
+@dataclass(frozen=True)
+class KmsgRecord:
+    """One /dev/kmsg record: ``PRIO,SEQ,USEC,FLAGS[,...];message``."""
+
+    facility: int
+    level: int
+    seq: int
+    usec: int
+    message: str
+
+    @property
+    def kernel(self) -> bool:
+        """Printed by the kernel (not written to /dev/kmsg by user space)."""
+        return self.facility == KERNEL_FACILITY
+
+
+def parse_kmsg(line: str) -> KmsgRecord | None:
+    """The record ``line`` is, or None (a continuation line " KEY=value", noise)."""
     m = KMSG_RE.match(line)
     if not m:
-        return None  # continuation lines (" KEY=value") and noise
-    usec = int(m.group(3))
-    return f"[{usec // 1_000_000:5d}.{usec % 1_000_000:06d}] {m.group(4)}"
+        return None
+    prio = int(m.group(1))
+    return KmsgRecord(prio >> 3, prio & 7, int(m.group(2)), int(m.group(3)), m.group(4))
+
+
+def console_line(rec: KmsgRecord) -> str:
+    """``rec`` as a line of console.log (the forms are in the module's docstring)."""
+    stamp = f"{rec.usec // 1_000_000:5d}.{rec.usec % 1_000_000:06d}"
+    if rec.kernel:
+        return f"[{stamp}] {rec.message}"
+    who = FACILITIES.get(rec.facility, f"facility{rec.facility}")
+    text = MIDLINE_STAMP.sub(lambda m: m.group().replace("[", "\\x5b", 1), rec.message)
+    return f"[{stamp} {who}] {text}"
 
 
 class BoardTarget(ConsoleLog):
@@ -108,14 +160,15 @@ class BoardTarget(ConsoleLog):
         seen = threading.Event()
 
         def on_line(line: str) -> None:
+            rec = parse_kmsg(line)
+            if rec is None:
+                return  # the KEY=value lines of the record before
             if not seen.is_set():
-                if marker in line:
+                if marker in rec.message:
                     seen.set()  # what came before belongs to earlier sessions
                 return
-            text = kmsg_to_console(line)
-            if text is not None:
-                with open(self.console.path, "a") as f:
-                    f.write(text + "\n")
+            with open(self.console.path, "a") as f:
+                f.write(console_line(rec) + "\n")
 
         def follow() -> None:
             try:
