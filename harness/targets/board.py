@@ -10,6 +10,12 @@ the tests and removes the directory again.  The board's host key must be in
 the known_hosts file given: a missing or changed key is an error, never
 accepted on the fly.
 
+How much of the kernel log is the run's: a kernel the harness just booted
+(a trial kernel, ``BoardTarget(..., from_boot=True)``) is the run's from its
+first record, so a report printed while it booted is there and attributed
+to the boot; the board's installed kernel has run earlier sessions, so its
+log is kept from this session's marker on.
+
 console.log holds one line per /dev/kmsg record (``PRIO,SEQ,USEC,FLAGS;text``,
 PRIO = facility * 8 + level); the ``KEY=value`` dictionary lines that follow
 a record are left out.  A record of the kernel (facility 0) is written as
@@ -129,9 +135,17 @@ def console_line(rec: KmsgRecord) -> str:
 
 
 class BoardTarget(ConsoleLog):
-    def __init__(self, spec: BoardSpec, run_dir: Path, name: str = "board"):
+    """A board over SSH.  ``from_boot``: the kernel was booted for this run
+    (a trial kernel), so its whole log is the run's, from its first record;
+    else (the installed kernel) only what follows this session's marker."""
+
+    def __init__(self, spec: BoardSpec, run_dir: Path, name: str = "board", from_boot: bool = False):
         self.spec = spec
         self.name = name
+        self.from_boot = from_boot
+        # the first record read from /dev/kmsg (the oldest the ring buffer
+        # held): 0 unless the start of the log was overwritten
+        self.first_seq: int | None = None
         host_key = pinned_host_key(spec.known_hosts, spec.host, spec.port)
         self.client = SshClient(spec.host, spec.port, spec.user, spec.key, host_key)
         self._log_client = SshClient(spec.host, spec.port, spec.user, spec.key, host_key)
@@ -163,10 +177,13 @@ class BoardTarget(ConsoleLog):
             rec = parse_kmsg(line)
             if rec is None:
                 return  # the KEY=value lines of the record before
+            if self.first_seq is None:
+                self.first_seq = rec.seq
             if not seen.is_set():
                 if marker in rec.message:
-                    seen.set()  # what came before belongs to earlier sessions
-                return
+                    seen.set()
+                if not self.from_boot:
+                    return  # what came before belongs to earlier sessions
             with open(self.console.path, "a") as f:
                 f.write(console_line(rec) + "\n")
 

@@ -455,8 +455,15 @@ class KexecLifecycle(BoardLifecycle):
         return [self.remote_dir]
 
     def _setup_target(self) -> BoardTarget:
-        self._board = target = BoardTarget(self.spec, self.run_dir, name=self.name)
+        """The trial kernel as a target: booted for this run, so its whole
+        kernel log is the run's, reports printed while it booted included."""
+        self._board = target = BoardTarget(self.spec, self.run_dir, name=self.name, from_boot=True)
         target.setup(self.files)
+        if target.first_seq:
+            self.say(f"board {self.entry.name}: warning: the trial kernel's log starts at record "
+                     f"{target.first_seq}, not 0: the records it printed first were overwritten in its ring "
+                     "buffer before the harness read them, so a report among them is not seen "
+                     "(a larger log_buf_len= on the board's command line keeps them)")
         want = self.expect.hugepages
         target.run(["sh", "-c", f"[ $(cat /proc/sys/vm/nr_hugepages) -ge {want} ] || "
                     f"echo {want} > /proc/sys/vm/nr_hugepages"], 60)
@@ -467,7 +474,8 @@ class KexecLifecycle(BoardLifecycle):
         self.guest.clear()
         self.guest.update(kind="board", board=self.entry.name, host=self.spec.host, kernel_release=info.kernel_release,
                           build_id=info.build_id, hugepages=info.hugepages, iommus=list(info.iommus), cpus=info.cpus,
-                          built_kernel_booted=info.build_id == self.trial.build_id, installed=installed)
+                          built_kernel_booted=info.build_id == self.trial.build_id, installed=installed,
+                          kernel_log_from_seq=self._board.first_seq if self._board else None)
         self.say(f"board up: {info.kernel_release}, IOMMUs: {', '.join(info.iommus) or 'none'}, "
                  f"{info.hugepages} huge pages")
 

@@ -1,5 +1,6 @@
-"""A board's kernel log over SSH (/dev/kmsg): what of it can be a kernel
-report.
+"""A board's kernel log over SSH (/dev/kmsg): how much of it is the run's,
+and what of it can be a kernel report.  The board is a fake behind a real
+SSH server on 127.0.0.1, serving /dev/kmsg the way a kernel does.
 
 Kernel records here are not typed by hand: they are rebuilt from a captured
 serial console (tests/golden/console/arm64-warn-at-boot.log, captured with
@@ -14,12 +15,24 @@ kernel headline).
 
 from __future__ import annotations
 
+import io
+import shlex
+import socket
+import threading
+import time
 from pathlib import Path
 
+import paramiko
+import pytest
+
+from harness.lab import BoardEntry
 from harness.parse.splats import scan
 from harness.parse.splat_lines import STAMP
-from harness.run.runner import _marker
-from harness.targets.board import console_line, parse_kmsg
+from harness.run.runner import Runner, _marker
+from harness.stages import image
+from harness.targets import deploy
+from harness.targets.board import BoardSpec, BoardTarget, console_line, parse_kmsg
+from harness.targets.verify import Expect, GuestInfo
 
 CAPTURED = Path(__file__).resolve().parents[1] / "golden" / "console" / "arm64-warn-at-boot.log"
 USER = 1  # LOG_USER: what the kernel gives a write to /dev/kmsg without a <N> prefix
@@ -86,3 +99,186 @@ def test_records_user_space_wrote_are_kept_but_never_a_kernel_report():
     assert len(lines) == len(stream) - 2
     assert "[    0.700000 user] iommufd-harness: RUN iommufd_ioas.no_domain.access_rw" in lines
     assert f"[    0.700002 daemon] \\x5b    1.000000] {QUOTED_WARN}" in lines
+
+
+# --- a fake board over SSH --------------------------------------------------------------
+
+
+class FakeBoard:
+    """What the harness's commands see on a board: /dev/kmsg (``cat`` gets
+    every record the ring buffer holds, then each new one; a write appends a
+    user-space record), files written with put.  Any other command succeeds
+    without doing anything."""
+
+    def __init__(self, root: Path, records: list[str]):
+        self.root = root
+        self.records = list(records)
+        self.changed = threading.Condition()
+        self.commands: list[list[str]] = []
+        self.files: dict[str, bytes] = {}
+        self.stopped = False
+
+    def write_kmsg(self, text: str) -> None:
+        with self.changed:
+            last = parse_kmsg(next(r for r in reversed(self.records) if parse_kmsg(r)))
+            self.records.append(record(USER, 4, last.seq + 1, last.usec + 1000, text))
+            self.changed.notify_all()
+
+    def serve(self, chan: paramiko.Channel, command: str) -> None:
+        argv = shlex.split(command)
+        self.commands.append(argv)
+        if argv == ["cat", "/dev/kmsg"]:
+            return self._follow(chan)
+        status = 0
+        if argv[:2] == ["sh", "-c"] and "> /dev/kmsg" in argv[2]:
+            self.write_kmsg(argv[4])
+        elif argv[:2] == ["sh", "-c"] and argv[2].startswith('cat > "$1"'):  # put
+            data = b""
+            while chunk := chan.recv(65536):
+                data += chunk
+            self.files[argv[4]] = data
+        chan.send_exit_status(status)
+        chan.close()
+
+    def _follow(self, chan: paramiko.Channel) -> None:
+        sent = 0
+        while not chan.closed and not self.stopped:
+            with self.changed:
+                self.changed.wait_for(lambda: len(self.records) > sent, timeout=0.1)
+                new = self.records[sent:]
+            if new:
+                try:
+                    chan.sendall("".join(r + "\n" for r in new).encode())
+                except OSError:
+                    return
+                sent += len(new)
+
+
+class _Server(paramiko.ServerInterface):
+    def __init__(self, allowed: paramiko.PKey, fake: FakeBoard):
+        self.allowed, self.fake = allowed, fake
+
+    def get_allowed_auths(self, username):
+        return "publickey"
+
+    def check_auth_publickey(self, username, key):
+        ok = username == "root" and key.get_base64() == self.allowed.get_base64()
+        return paramiko.AUTH_SUCCESSFUL if ok else paramiko.AUTH_FAILED
+
+    def check_channel_request(self, kind, chanid):
+        return paramiko.OPEN_SUCCEEDED if kind == "session" else paramiko.OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED
+
+    def check_channel_exec_request(self, channel, command):
+        threading.Thread(target=self._serve, args=(channel, command.decode()), daemon=True).start()
+        return True
+
+    def _serve(self, chan, command):
+        time.sleep(0.05)  # let the exec request's reply go out first, as a real server does
+        self.fake.serve(chan, command)
+
+
+@pytest.fixture
+def serve_board(tmp_path):
+    """``serve_board(records)`` -> (FakeBoard, BoardSpec) on a port of 127.0.0.1."""
+    keys = image.make_keys(tmp_path / "keys")
+    host = paramiko.Ed25519Key.from_private_key(io.StringIO(keys.host_private["openssh"].decode()))
+    client_key = paramiko.PKey.from_path(str(keys.client_private))
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(8)
+    port = sock.getsockname()[1]
+    (tmp_path / "known_hosts").write_text(f"[127.0.0.1]:{port} {keys.host_public}\n")
+    stop = threading.Event()
+    fakes: list[FakeBoard] = []
+
+    def start(records: list[str]) -> tuple[FakeBoard, BoardSpec]:
+        (tmp_path / "board").mkdir()
+        fake = FakeBoard(tmp_path / "board", records)
+        fakes.append(fake)
+
+        def accept_loop():
+            sock.settimeout(0.2)
+            while not stop.is_set():
+                try:
+                    conn, _ = sock.accept()
+                except OSError:
+                    continue
+                t = paramiko.Transport(conn)
+                t.add_server_key(host)
+                t.start_server(server=_Server(client_key, fake))
+
+        threading.Thread(target=accept_loop, daemon=True).start()
+        return fake, BoardSpec("127.0.0.1", port, "root", keys.client_private, tmp_path / "known_hosts")
+
+    yield start
+    stop.set()
+    for fake in fakes:
+        fake.stopped = True
+    sock.close()
+
+
+def kernel_reports(target: BoardTarget) -> list[tuple[str, str, str]]:
+    """What the runner makes of the reports in ``target``'s log when no test
+    ran yet, on a pass right after booting: (record, kind, title)."""
+    records = []
+    Runner(target, 5.0, records.append).finish()
+    return [(r.name, r.status, r.reason) for r in records]
+
+
+def test_a_trial_kernels_whole_log_is_the_runs_and_its_boot_warning_fails_kernel_boot(serve_board, tmp_path):
+    fake, spec = serve_board(boot_records() + [record(USER, 4, 999, 900000, QUOTED_WARN)])
+    target = BoardTarget(spec, tmp_path / "run", from_boot=True)
+    try:
+        target.setup({"run-tests": (CAPTURED, 0o755)})
+        log = target.console.path.read_text()
+        assert log.startswith("[    0.000000] Booting Linux on physical CPU 0x")
+        assert target.first_seq == 0 and "iommufd-harness: session /tmp/iommufd-harness-" in log
+        assert kernel_reports(target) == [("kernel.boot", "fail", f"kernel warning boot: {BOOT_WARN}")]
+        assert list(fake.files) == [f"{target.remote}/run-tests"]
+    finally:
+        target.close()
+
+
+def test_the_installed_kernels_log_is_the_runs_from_the_session_marker_on(serve_board, tmp_path):
+    fake, spec = serve_board(boot_records())
+    target = BoardTarget(spec, tmp_path / "run")
+    try:
+        target.setup({})
+        assert "Booting Linux" not in target.console.path.read_text()
+        fake.write_kmsg("iommufd-harness: RUN iommufd_ioas.no_domain.access_rw")
+        deadline = time.monotonic() + 10
+        while "RUN iommufd_ioas" not in target.console.path.read_text():
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert kernel_reports(target) == []
+    finally:
+        target.close()
+
+
+@pytest.mark.parametrize("first_seq", [0, 1234])
+def test_a_deployed_kernels_log_is_kept_from_its_first_record_and_a_lost_start_is_said(serve_board, tmp_path,
+                                                                                       first_seq):
+    """The lifecycle of a kernel the harness deployed follows its log from
+    the first record.  When its ring buffer had overwritten the first
+    records already, the run says so, and results.json records where its log
+    starts."""
+    fake, spec = serve_board(boot_records(first_seq))
+    entry = BoardEntry("m1", spec.host, spec.port, spec.user, spec.key, spec.known_hosts, "arm64", "kexec", None,
+                       "profile")
+    said: list[str] = []
+    trial = deploy.TrialKernel(CAPTURED, CAPTURED, "ab" * 20, None)
+    lc = deploy.KexecLifecycle(entry, {}, "arm64", tmp_path / "run", Expect("ab" * 20, "", 0), trial,
+                               state=None, run_id="r1", lab_path=tmp_path / "lab.toml", say=said.append)
+    lc.installed = deploy.Booted("6.1.0-57-arm64", "cd" * 20, "b1")
+    try:
+        target = lc._setup_target()
+        lc._verified(GuestInfo("6.12.117", "ab" * 20, 64, ("smmu3.0x9050000",), 2))
+        assert kernel_reports(target) == [("kernel.boot", "fail", f"kernel warning boot: {BOOT_WARN}")]
+    finally:
+        lc._board.close()
+    warned = [s for s in said if "warning: the trial kernel's log starts at record" in s]
+    if first_seq:
+        assert warned and "starts at record 1234, not 0" in warned[0], said
+    else:
+        assert warned == []
+    assert lc.guest["kernel_log_from_seq"] == first_seq
