@@ -36,6 +36,13 @@ left out of one, whatever its text says.  A timestamp inside such a message
 (which would start a kernel line there) is written with its ``[`` escaped as
 ``\\x5b``, the way /dev/kmsg escapes bytes; markers are still found by
 their text anywhere in the line.
+
+Test markers must not be lost: the kernel rate-limits writes to /dev/kmsg
+unless ``printk_devkmsg`` is ``on``.  A trial kernel gets
+``printk.devkmsg=on`` on its command line (:mod:`harness.targets.deploy`);
+on the installed kernel the harness sets the sysctl to ``on`` for the
+session and puts the old value back, and refuses a board whose command line
+fixed it to anything else.
 """
 
 from __future__ import annotations
@@ -61,6 +68,21 @@ KERNEL_FACILITY = 0
 # syslog's facility names (<syslog.h>), for records user space wrote
 FACILITIES = {1: "user", 2: "mail", 3: "daemon", 4: "auth", 5: "syslog", 6: "lpr", 7: "news", 8: "uucp", 9: "cron",
               10: "authpriv", 11: "ftp", **{16 + i: f"local{i}" for i in range(8)}}
+DEVKMSG_SYSCTL = "/proc/sys/kernel/printk_devkmsg"
+
+# One command at setup: the run's directory ($1), and writes to /dev/kmsg
+# never rate-limited ($2: the sysctl).  Prints printk_devkmsg as it was
+# (nothing on a kernel without it: those never rate-limit /dev/kmsg); exit
+# status 3: the kernel refused "on" (its command line fixed the value).
+PREPARE_SCRIPT = """mkdir -p "$1/selftests" || exit 1
+[ -e "$2" ] || exit 0
+old=$(cat "$2") || exit 1
+echo "$old"
+[ "$old" = on ] || echo on > "$2" || exit 3
+"""
+REFUSED = 3
+# ... and at close: the directory removed, printk_devkmsg as it was ($3, if it was changed)
+CLEANUP_SCRIPT = 'rm -rf "$1"; [ -z "$3" ] || echo "$3" > "$2"'
 
 
 @dataclass(frozen=True)
@@ -146,6 +168,7 @@ class BoardTarget(ConsoleLog):
         # the first record read from /dev/kmsg (the oldest the ring buffer
         # held): 0 unless the start of the log was overwritten
         self.first_seq: int | None = None
+        self._devkmsg_was: str | None = None  # printk_devkmsg before setup changed it
         host_key = pinned_host_key(spec.known_hosts, spec.host, spec.port)
         self.client = SshClient(spec.host, spec.port, spec.user, spec.key, host_key)
         self._log_client = SshClient(spec.host, spec.port, spec.user, spec.key, host_key)
@@ -164,10 +187,28 @@ class BoardTarget(ConsoleLog):
         self.client.connect()
         self.console.path.parent.mkdir(parents=True, exist_ok=True)
         self.console.path.write_text("")
+        self._prepare()
         self._start_kmsg()
-        self.client.run(["mkdir", "-p", f"{self.remote}/selftests"], 30)
         for rel, (local, mode) in files.items():
             self.client.put(f"{self.remote}/{rel}", local.read_bytes(), mode)
+
+    def _prepare(self) -> None:
+        """The run's directory, and printk_devkmsg ``on`` (the old value is
+        put back at close), in one command."""
+        host = self.spec.host
+        res = self.client.run(["sh", "-c", PREPARE_SCRIPT, "sh", self.remote, DEVKMSG_SYSCTL], 30)
+        old = res.text.strip()
+        if res.exit_status == REFUSED:
+            raise TargetError(f"{host}: {DEVKMSG_SYSCTL} is {old!r} and the board refused to set it to 'on' "
+                              f"({res.err_text.strip() or 'refused'}): a value the kernel command line gave cannot "
+                              f"be changed, and with {old!r} the kernel may drop the test markers the harness "
+                              "writes to /dev/kmsg", "boot the board with printk.devkmsg=on on its kernel command line")
+        if res.exit_status != 0:
+            why = res.err_text.strip() or ("connection lost" if res.lost else f"status {res.exit_status}")
+            raise TargetError(f"cannot prepare {self.remote} on {host}: {why}",
+                              "the tests need root on the board (to write /dev/kmsg and open /dev/iommu)")
+        if old and old != "on":
+            self._devkmsg_was = old
 
     def _start_kmsg(self) -> None:
         marker = f"iommufd-harness: session {self.remote}"
@@ -211,7 +252,8 @@ class BoardTarget(ConsoleLog):
         self._stop.set()
         try:
             if self.client.connected():
-                self.client.run(["rm", "-rf", self.remote], 60)
+                self.client.run(["sh", "-c", CLEANUP_SCRIPT, "sh", self.remote, DEVKMSG_SYSCTL,
+                                 self._devkmsg_was or ""], 60)
         finally:
             if self._reader is not None:
                 self._reader.join(10)

@@ -51,6 +51,15 @@ HOOK_DEV_VAR = "iommufd_harness_dev"
 HOOK_RUN = f"run {HOOK_VAR}"
 ONESHOT_MARK = "iommufd-harness: one-shot trial"
 UBOOT_UNSAFE = set("'\"$;\\\n`")
+# Writes to /dev/kmsg (the test markers) never rate-limited away; last on
+# the command line, so it wins over a value of the board's or --cmdline's
+DEVKMSG_ON = "printk.devkmsg=on"
+
+
+def trial_cmdline(board: str, extra: str) -> str:
+    """The trial kernel's command line: the board's (its /proc/cmdline, or
+    the lab file's), the run's ``--cmdline``, then ``DEVKMSG_ON``."""
+    return " ".join(x for x in (board, extra, DEVKMSG_ON) if x)
 
 
 def hook_env(uboot_dev: str, before: str = "") -> dict[str, str]:
@@ -388,7 +397,7 @@ class KexecLifecycle(BoardLifecycle):
                                   f"{self.lab_path} {entry.name}")
             cmdline = entry.cmdline if entry.cmdline is not None else \
                 c.run(["cat", "/proc/cmdline"], 30).text.strip()
-            cmdline = " ".join(x for x in (cmdline, self.extra_cmdline) if x)
+            cmdline = trial_cmdline(cmdline, self.extra_cmdline)
             c.run(["mkdir", "-p", self.remote_dir], 30)
             self.copied = True
             self._stage(c, cmdline)

@@ -1,6 +1,7 @@
 """A board's kernel log over SSH (/dev/kmsg): how much of it is the run's,
-and what of it can be a kernel report.  The board is a fake behind a real
-SSH server on 127.0.0.1, serving /dev/kmsg the way a kernel does.
+what of it can be a kernel report, and the test markers never rate-limited
+away.  The board is a fake behind a real SSH server on 127.0.0.1, serving
+/dev/kmsg and printk_devkmsg the way a kernel does.
 
 Kernel records here are not typed by hand: they are rebuilt from a captured
 serial console (tests/golden/console/arm64-warn-at-boot.log, captured with
@@ -18,6 +19,7 @@ from __future__ import annotations
 import io
 import shlex
 import socket
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -25,12 +27,13 @@ from pathlib import Path
 import paramiko
 import pytest
 
+from harness.errors import TargetError
 from harness.lab import BoardEntry
 from harness.parse.splats import scan
 from harness.parse.splat_lines import STAMP
 from harness.run.runner import Runner, _marker
 from harness.stages import image
-from harness.targets import deploy
+from harness.targets import board, deploy
 from harness.targets.board import BoardSpec, BoardTarget, console_line, parse_kmsg
 from harness.targets.verify import Expect, GuestInfo
 
@@ -107,13 +110,19 @@ def test_records_user_space_wrote_are_kept_but_never_a_kernel_report():
 class FakeBoard:
     """What the harness's commands see on a board: /dev/kmsg (``cat`` gets
     every record the ring buffer holds, then each new one; a write appends a
-    user-space record), files written with put.  Any other command succeeds
-    without doing anything."""
+    user-space record), printk_devkmsg (``locked``: fixed by the kernel's
+    command line, a write is refused as the kernel does, EINVAL), files
+    written with put.  The harness's setup and cleanup scripts run for real
+    (sh) against a file that stands for the sysctl; any other command
+    succeeds without doing anything."""
 
-    def __init__(self, root: Path, records: list[str]):
+    def __init__(self, root: Path, records: list[str], devkmsg: str = "ratelimit", locked: bool = False):
         self.root = root
         self.records = list(records)
         self.changed = threading.Condition()
+        self.sysctl = root / "printk_devkmsg"
+        self.sysctl.write_text(devkmsg + "\n")
+        self.locked = locked
         self.commands: list[list[str]] = []
         self.files: dict[str, bytes] = {}
         self.stopped = False
@@ -123,6 +132,10 @@ class FakeBoard:
             last = parse_kmsg(next(r for r in reversed(self.records) if parse_kmsg(r)))
             self.records.append(record(USER, 4, last.seq + 1, last.usec + 1000, text))
             self.changed.notify_all()
+
+    @property
+    def devkmsg(self) -> str:
+        return self.sysctl.read_text().strip()
 
     def serve(self, chan: paramiko.Channel, command: str) -> None:
         argv = shlex.split(command)
@@ -137,6 +150,15 @@ class FakeBoard:
             while chunk := chan.recv(65536):
                 data += chunk
             self.files[argv[4]] = data
+        elif argv[:2] == ["sh", "-c"] and argv[2] in (board.PREPARE_SCRIPT, board.CLEANUP_SCRIPT):
+            assert argv[5] == board.DEVKMSG_SYSCTL
+            # a sysctl the kernel refuses to write stands for the locked one
+            sysctl = "/proc/sys/kernel/osrelease" if self.locked else str(self.sysctl)
+            args = [str(self.root / argv[4].lstrip("/")), sysctl, *argv[6:]]
+            res = subprocess.run(["sh", "-c", argv[2], "sh", *args], capture_output=True, timeout=30)
+            chan.sendall(res.stdout)
+            chan.sendall_stderr(res.stderr)
+            status = res.returncode
         chan.send_exit_status(status)
         chan.close()
 
@@ -179,7 +201,7 @@ class _Server(paramiko.ServerInterface):
 
 @pytest.fixture
 def serve_board(tmp_path):
-    """``serve_board(records)`` -> (FakeBoard, BoardSpec) on a port of 127.0.0.1."""
+    """``serve_board(records, **kw)`` -> (FakeBoard, BoardSpec) on a port of 127.0.0.1."""
     keys = image.make_keys(tmp_path / "keys")
     host = paramiko.Ed25519Key.from_private_key(io.StringIO(keys.host_private["openssh"].decode()))
     client_key = paramiko.PKey.from_path(str(keys.client_private))
@@ -191,9 +213,9 @@ def serve_board(tmp_path):
     stop = threading.Event()
     fakes: list[FakeBoard] = []
 
-    def start(records: list[str]) -> tuple[FakeBoard, BoardSpec]:
+    def start(records: list[str], **kw) -> tuple[FakeBoard, BoardSpec]:
         (tmp_path / "board").mkdir()
-        fake = FakeBoard(tmp_path / "board", records)
+        fake = FakeBoard(tmp_path / "board", records, **kw)
         fakes.append(fake)
 
         def accept_loop():
@@ -255,6 +277,33 @@ def test_the_installed_kernels_log_is_the_runs_from_the_session_marker_on(serve_
         target.close()
 
 
+def test_printk_devkmsg_is_on_for_the_session_and_as_it_was_after(serve_board, tmp_path):
+    fake, spec = serve_board(boot_records(), devkmsg="ratelimit")
+    target = BoardTarget(spec, tmp_path / "run")
+    target.setup({})
+    assert fake.devkmsg == "on"
+    assert (fake.root / target.remote.lstrip("/") / "selftests").is_dir()
+    target.close()
+    assert fake.devkmsg == "ratelimit" and not (fake.root / target.remote.lstrip("/")).exists()
+    # the directory and the sysctl in one command each way
+    assert [a[2] for a in fake.commands if a[:2] == ["sh", "-c"] and "printk_devkmsg" in " ".join(a)] == \
+        [board.PREPARE_SCRIPT, board.CLEANUP_SCRIPT]
+
+
+def test_a_board_whose_command_line_fixed_printk_devkmsg_is_refused(serve_board, tmp_path):
+    fake, spec = serve_board(boot_records(), locked=True)
+    target = BoardTarget(spec, tmp_path / "run")
+    try:
+        with pytest.raises(TargetError) as e:
+            target.setup({})
+    finally:
+        target.close()
+    value = Path("/proc/sys/kernel/osrelease").read_text().strip()
+    assert f"/proc/sys/kernel/printk_devkmsg is {value!r} and the board refused to set it to 'on'" in e.value.message
+    assert "kernel command line" in e.value.message and "printk.devkmsg=on" in e.value.hint
+    assert ["cat", "/dev/kmsg"] not in fake.commands  # refused before anything else
+
+
 @pytest.mark.parametrize("first_seq", [0, 1234])
 def test_a_deployed_kernels_log_is_kept_from_its_first_record_and_a_lost_start_is_said(serve_board, tmp_path,
                                                                                        first_seq):
@@ -282,3 +331,33 @@ def test_a_deployed_kernels_log_is_kept_from_its_first_record_and_a_lost_start_i
     else:
         assert warned == []
     assert lc.guest["kernel_log_from_seq"] == first_seq
+
+
+def test_the_setup_script_turns_printk_devkmsg_on_and_the_cleanup_puts_it_back(tmp_path):
+    """The scripts themselves, under sh, on a file that stands for the sysctl."""
+    sysctl, remote = tmp_path / "printk_devkmsg", tmp_path / "run"
+
+    def sh(script: str, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["sh", "-c", script, "sh", *args], capture_output=True, text=True, timeout=30)
+
+    sysctl.write_text("ratelimit\n")
+    res = sh(board.PREPARE_SCRIPT, str(remote), str(sysctl))
+    assert (res.returncode, res.stdout) == (0, "ratelimit\n") and sysctl.read_text() == "on\n"
+    assert (remote / "selftests").is_dir()
+    assert sh(board.CLEANUP_SCRIPT, str(remote), str(sysctl), "ratelimit").returncode == 0
+    assert sysctl.read_text() == "ratelimit\n" and not remote.exists()
+    # on already: not written (a kernel whose command line fixed it to on, as
+    # a trial kernel's does, refuses any write)
+    sysctl.write_text("on\n")
+    written = sysctl.stat().st_mtime_ns
+    time.sleep(0.01)
+    assert sh(board.PREPARE_SCRIPT, str(remote), str(sysctl)).stdout == "on\n"
+    assert sysctl.stat().st_mtime_ns == written
+    assert sh(board.CLEANUP_SCRIPT, str(remote), str(sysctl), "").returncode == 0
+    assert sysctl.read_text() == "on\n"
+    # a kernel without the sysctl: nothing to do
+    res = sh(board.PREPARE_SCRIPT, str(remote), str(tmp_path / "absent"))
+    assert (res.returncode, res.stdout) == (0, "") and not (tmp_path / "absent").exists()
+    # a sysctl the kernel refuses to write
+    res = sh(board.PREPARE_SCRIPT, str(remote), "/proc/sys/kernel/osrelease")
+    assert res.returncode == board.REFUSED and res.stderr
