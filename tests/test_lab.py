@@ -261,6 +261,17 @@ def test_the_oneshot_script_is_a_u_boot_script_image():
     assert b'echo "iommufd-harness: one-shot trial r1"' in blob
 
 
+def test_the_trial_kernel_never_rate_limits_the_test_markers():
+    """printk.devkmsg=on comes last on the trial kernel's command line (the
+    last value wins), whatever the board's or --cmdline's say, and U-Boot's
+    script passes it on."""
+    assert deploy.trial_cmdline("console=ttyS2,1500000 printk.devkmsg=ratelimit", "iommu.strict=1") == \
+        "console=ttyS2,1500000 printk.devkmsg=ratelimit iommu.strict=1 printk.devkmsg=on"
+    assert deploy.trial_cmdline("", "") == "printk.devkmsg=on"
+    script = deploy.oneshot_script("r1", "/d", "Image", None, None, deploy.trial_cmdline("console=ttyAMA0", ""))
+    assert "setenv bootargs 'console=ttyAMA0 printk.devkmsg=on'" in script
+
+
 def test_oneshot_needs_u_boots_fat_partition_at_boot_read_write(tmp_path):
     e = lab.load(write(tmp_path, LAB)).board("m1")
     deploy.check_oneshot(e, "vfat rw,relatime,fmask=0022")

@@ -9,6 +9,40 @@ console.log so splats are found and attributed exactly as for a VM), runs
 the tests and removes the directory again.  The board's host key must be in
 the known_hosts file given: a missing or changed key is an error, never
 accepted on the fly.
+
+How much of the kernel log is the run's: a kernel the harness just booted
+(a trial kernel, ``BoardTarget(..., from_boot=True)``) is the run's from its
+first record, so a report printed while it booted is there and attributed
+to the boot; the board's installed kernel has run earlier sessions, so its
+log is kept from this session's marker on.
+
+console.log holds one line per /dev/kmsg record (``PRIO,SEQ,USEC,FLAGS;text``,
+PRIO = facility * 8 + level); the ``KEY=value`` dictionary lines that follow
+a record are left out.  A record of the kernel (facility 0) is written as
+the console prints it::
+
+    [   12.345678] WARNING: CPU: 0 PID: 1 at drivers/iommu/iommufd/main.c:578 ...
+
+A record user space wrote to /dev/kmsg (any other facility: the test
+markers of run-tests, the session marker, any daemon) carries its
+facility's name inside the brackets::
+
+    [   12.345678 user] iommufd-harness: RUN iommufd_ioas.no_domain.access_pin
+
+That line has no kernel timestamp, so the report detector
+(:mod:`harness.parse.splats`) takes it for user-space output, as it does a
+user-space line on a VM's serial console: it never starts a report and is
+left out of one, whatever its text says.  A timestamp inside such a message
+(which would start a kernel line there) is written with its ``[`` escaped as
+``\\x5b``, the way /dev/kmsg escapes bytes; markers are still found by
+their text anywhere in the line.
+
+Test markers must not be lost: the kernel rate-limits writes to /dev/kmsg
+unless ``printk_devkmsg`` is ``on``.  A trial kernel gets
+``printk.devkmsg=on`` on its command line (:mod:`harness.targets.deploy`);
+on the installed kernel the harness sets the sysctl to ``on`` for the
+session and puts the old value back, and refuses a board whose command line
+fixed it to anything else.
 """
 
 from __future__ import annotations
@@ -22,6 +56,7 @@ from pathlib import Path
 
 from harness import arches
 from harness.errors import HarnessError, InputError, TargetError
+from harness.parse.splat_lines import MIDLINE_STAMP
 from harness.targets.base import Layout
 from harness.targets.console import ConsoleLog, ConsoleWatcher
 from harness.targets.lifecycle import Lifecycle
@@ -29,6 +64,25 @@ from harness.targets.ssh import SshClient
 from harness.targets.verify import Expect, GuestInfo
 
 KMSG_RE = re.compile(r"^(\d+),(\d+),(\d+),[^;]*;(.*)$")
+KERNEL_FACILITY = 0
+# syslog's facility names (<syslog.h>), for records user space wrote
+FACILITIES = {1: "user", 2: "mail", 3: "daemon", 4: "auth", 5: "syslog", 6: "lpr", 7: "news", 8: "uucp", 9: "cron",
+              10: "authpriv", 11: "ftp", **{16 + i: f"local{i}" for i in range(8)}}
+DEVKMSG_SYSCTL = "/proc/sys/kernel/printk_devkmsg"
+
+# One command at setup: the run's directory ($1), and writes to /dev/kmsg
+# never rate-limited ($2: the sysctl).  Prints printk_devkmsg as it was
+# (nothing on a kernel without it: those never rate-limit /dev/kmsg); exit
+# status 3: the kernel refused "on" (its command line fixed the value).
+PREPARE_SCRIPT = """mkdir -p "$1/selftests" || exit 1
+[ -e "$2" ] || exit 0
+old=$(cat "$2") || exit 1
+echo "$old"
+[ "$old" = on ] || echo on > "$2" || exit 3
+"""
+REFUSED = 3
+# ... and at close: the directory removed, printk_devkmsg as it was ($3, if it was changed)
+CLEANUP_SCRIPT = 'rm -rf "$1"; [ -z "$3" ] || echo "$3" > "$2"'
 
 
 @dataclass(frozen=True)
@@ -67,19 +121,54 @@ def pinned_host_key(known_hosts: Path, host: str, port: int) -> str:
     return f"{key.get_name()} {key.get_base64()}"
 
 
-def kmsg_to_console(line: str) -> str | None:
-    """A /dev/kmsg record as the console prints it: "[  sec.usec] message"."""
+@dataclass(frozen=True)
+class KmsgRecord:
+    """One /dev/kmsg record: ``PRIO,SEQ,USEC,FLAGS[,...];message``."""
+
+    facility: int
+    level: int
+    seq: int
+    usec: int
+    message: str
+
+    @property
+    def kernel(self) -> bool:
+        """Printed by the kernel (not written to /dev/kmsg by user space)."""
+        return self.facility == KERNEL_FACILITY
+
+
+def parse_kmsg(line: str) -> KmsgRecord | None:
+    """The record ``line`` is, or None (a continuation line " KEY=value", noise)."""
     m = KMSG_RE.match(line)
     if not m:
-        return None  # continuation lines (" KEY=value") and noise
-    usec = int(m.group(3))
-    return f"[{usec // 1_000_000:5d}.{usec % 1_000_000:06d}] {m.group(4)}"
+        return None
+    prio = int(m.group(1))
+    return KmsgRecord(prio >> 3, prio & 7, int(m.group(2)), int(m.group(3)), m.group(4))
+
+
+def console_line(rec: KmsgRecord) -> str:
+    """``rec`` as a line of console.log (the forms are in the module's docstring)."""
+    stamp = f"{rec.usec // 1_000_000:5d}.{rec.usec % 1_000_000:06d}"
+    if rec.kernel:
+        return f"[{stamp}] {rec.message}"
+    who = FACILITIES.get(rec.facility, f"facility{rec.facility}")
+    text = MIDLINE_STAMP.sub(lambda m: m.group().replace("[", "\\x5b", 1), rec.message)
+    return f"[{stamp} {who}] {text}"
 
 
 class BoardTarget(ConsoleLog):
-    def __init__(self, spec: BoardSpec, run_dir: Path, name: str = "board"):
+    """A board over SSH.  ``from_boot``: the kernel was booted for this run
+    (a trial kernel), so its whole log is the run's, from its first record;
+    else (the installed kernel) only what follows this session's marker."""
+
+    def __init__(self, spec: BoardSpec, run_dir: Path, name: str = "board", from_boot: bool = False):
         self.spec = spec
         self.name = name
+        self.from_boot = from_boot
+        # the first record read from /dev/kmsg (the oldest the ring buffer
+        # held): 0 unless the start of the log was overwritten
+        self.first_seq: int | None = None
+        self._devkmsg_was: str | None = None  # printk_devkmsg before setup changed it
         host_key = pinned_host_key(spec.known_hosts, spec.host, spec.port)
         self.client = SshClient(spec.host, spec.port, spec.user, spec.key, host_key)
         self._log_client = SshClient(spec.host, spec.port, spec.user, spec.key, host_key)
@@ -99,24 +188,46 @@ class BoardTarget(ConsoleLog):
         self.client.connect()
         self.console.path.parent.mkdir(parents=True, exist_ok=True)
         self.console.path.write_text("")
+        self._prepare()
         self._start_kmsg()
-        self.client.run(["mkdir", "-p", f"{self.remote}/selftests"], 30)
         for rel, (local, mode) in files.items():
             self.client.put(f"{self.remote}/{rel}", local.read_bytes(), mode)
+
+    def _prepare(self) -> None:
+        """The run's directory, and printk_devkmsg ``on`` (the old value is
+        put back at close), in one command."""
+        host = self.spec.host
+        res = self.client.run(["sh", "-c", PREPARE_SCRIPT, "sh", self.remote, DEVKMSG_SYSCTL], 30)
+        old = res.text.strip()
+        if res.exit_status == REFUSED:
+            raise TargetError(f"{host}: {DEVKMSG_SYSCTL} is {old!r} and the board refused to set it to 'on' "
+                              f"({res.err_text.strip() or 'refused'}): a value the kernel command line gave cannot "
+                              f"be changed, and with {old!r} the kernel may drop the test markers the harness "
+                              "writes to /dev/kmsg", "boot the board with printk.devkmsg=on on its kernel command line")
+        if res.exit_status != 0:
+            why = res.err_text.strip() or ("connection lost" if res.lost else f"status {res.exit_status}")
+            raise TargetError(f"cannot prepare {self.remote} on {host}: {why}",
+                              "the tests need root on the board (to write /dev/kmsg and open /dev/iommu)")
+        if old and old != "on":
+            self._devkmsg_was = old
 
     def _start_kmsg(self) -> None:
         marker = f"iommufd-harness: session {self.remote}"
         seen = threading.Event()
 
         def on_line(line: str) -> None:
+            rec = parse_kmsg(line)
+            if rec is None:
+                return  # the KEY=value lines of the record before
+            if self.first_seq is None:
+                self.first_seq = rec.seq
             if not seen.is_set():
-                if marker in line:
-                    seen.set()  # what came before belongs to earlier sessions
-                return
-            text = kmsg_to_console(line)
-            if text is not None:
-                with open(self.console.path, "a") as f:
-                    f.write(text + "\n")
+                if marker in rec.message:
+                    seen.set()
+                if not self.from_boot:
+                    return  # what came before belongs to earlier sessions
+            with open(self.console.path, "a") as f:
+                f.write(console_line(rec) + "\n")
 
         def follow() -> None:
             try:
@@ -142,7 +253,8 @@ class BoardTarget(ConsoleLog):
         self._stop.set()
         try:
             if self.client.connected():
-                self.client.run(["rm", "-rf", self.remote], 60)
+                self.client.run(["sh", "-c", CLEANUP_SCRIPT, "sh", self.remote, DEVKMSG_SYSCTL,
+                                 self._devkmsg_was or ""], 60)
         finally:
             if self._reader is not None:
                 self._reader.join(10)

@@ -51,6 +51,15 @@ HOOK_DEV_VAR = "iommufd_harness_dev"
 HOOK_RUN = f"run {HOOK_VAR}"
 ONESHOT_MARK = "iommufd-harness: one-shot trial"
 UBOOT_UNSAFE = set("'\"$;\\\n`")
+# Writes to /dev/kmsg (the test markers) never rate-limited away; last on
+# the command line, so it wins over a value of the board's or --cmdline's
+DEVKMSG_ON = "printk.devkmsg=on"
+
+
+def trial_cmdline(board: str, extra: str) -> str:
+    """The trial kernel's command line: the board's (its /proc/cmdline, or
+    the lab file's), the run's ``--cmdline``, then ``DEVKMSG_ON``."""
+    return " ".join(x for x in (board, extra, DEVKMSG_ON) if x)
 
 
 def hook_env(uboot_dev: str, before: str = "") -> dict[str, str]:
@@ -388,7 +397,7 @@ class KexecLifecycle(BoardLifecycle):
                                   f"{self.lab_path} {entry.name}")
             cmdline = entry.cmdline if entry.cmdline is not None else \
                 c.run(["cat", "/proc/cmdline"], 30).text.strip()
-            cmdline = " ".join(x for x in (cmdline, self.extra_cmdline) if x)
+            cmdline = trial_cmdline(cmdline, self.extra_cmdline)
             c.run(["mkdir", "-p", self.remote_dir], 30)
             self.copied = True
             self._stage(c, cmdline)
@@ -455,8 +464,15 @@ class KexecLifecycle(BoardLifecycle):
         return [self.remote_dir]
 
     def _setup_target(self) -> BoardTarget:
-        self._board = target = BoardTarget(self.spec, self.run_dir, name=self.name)
+        """The trial kernel as a target: booted for this run, so its whole
+        kernel log is the run's, reports printed while it booted included."""
+        self._board = target = BoardTarget(self.spec, self.run_dir, name=self.name, from_boot=True)
         target.setup(self.files)
+        if target.first_seq:
+            self.say(f"board {self.entry.name}: warning: the trial kernel's log starts at record "
+                     f"{target.first_seq}, not 0: the records it printed first were overwritten in its ring "
+                     "buffer before the harness read them, so a report among them is not seen "
+                     "(a larger log_buf_len= on the board's command line keeps them)")
         want = self.expect.hugepages
         target.run(["sh", "-c", f"[ $(cat /proc/sys/vm/nr_hugepages) -ge {want} ] || "
                     f"echo {want} > /proc/sys/vm/nr_hugepages"], 60)
@@ -467,7 +483,8 @@ class KexecLifecycle(BoardLifecycle):
         self.guest.clear()
         self.guest.update(kind="board", board=self.entry.name, host=self.spec.host, kernel_release=info.kernel_release,
                           build_id=info.build_id, hugepages=info.hugepages, iommus=list(info.iommus), cpus=info.cpus,
-                          built_kernel_booted=info.build_id == self.trial.build_id, installed=installed)
+                          built_kernel_booted=info.build_id == self.trial.build_id, installed=installed,
+                          kernel_log_from_seq=self._board.first_seq if self._board else None)
         self.say(f"board up: {info.kernel_release}, IOMMUs: {', '.join(info.iommus) or 'none'}, "
                  f"{info.hugepages} huge pages")
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -221,6 +222,38 @@ def test_oneshot_happy_path_boots_the_built_kernel_once_through_u_boot(board, tm
     assert versions == [data["kernel"]["version"], board.installed["release"]]
     assert "Failed to load '/iommufd-harness/oneshot.scr'" in lines[mark + 1:]
     assert board.ssh("md5sum /boot/extlinux/extlinux.conf") == own
+    board.assert_back_home(path)
+
+
+def test_a_trial_kernel_that_warns_at_boot_fails_the_run_as_kernel_boot(board, tmp_path):
+    """Every test passes, but the trial kernel WARNed while it booted, long
+    before the harness connected: its kernel log is the run's from its first
+    record, so the run is red and the report is kernel.boot's, as on a VM.
+    The test markers are user-space records in console.log, never reports,
+    and the trial kernel's command line keeps them from being rate-limited."""
+    path = board.lab_file(tmp_path)
+    res = harness("run", "--lab", str(path), "--board", "qemu-board", "--work", str(WORK),
+                  "--results", str(tmp_path / "r"), "--suite", "access",
+                  "--patches", str(REPO / "tests" / "fixtures" / "kernel-patches" / "warn-at-boot.patch"))
+    data = json.loads((tmp_path / "r" / "results.json").read_text())
+    assert res.returncode == 1 and data["verdict"] == "fail", data["errors"]
+    assert data["guest"]["build_id"] == data["kernel"]["build_id"] and data["guest"]["built_kernel_booted"]
+    selftests = [t for t in data["tests"] if t["binary"] != "kernel"]
+    assert sorted(t["name"] for t in selftests) == sorted(listed_tests("access"))
+    assert {t["status"] for t in selftests} == {"pass"}
+    [boot] = [t for t in data["tests"] if t["binary"] == "kernel"]
+    assert boot["name"] == "kernel.boot" and boot["status"] == "fail"
+    assert boot["reason"].startswith("kernel warning boot: WARNING: CPU:")
+    assert "iommufd-harness fault fixture: warning in iommufd_init" in boot["log"]
+    assert [(s["test"], s["kind"]) for s in data["kernel"]["splats"]] == [("kernel.boot", "warning")]
+    assert data["guest"]["kernel_log_from_seq"] == 0
+    assert data["qemu"]["deploy"]["method"] == "kexec"
+    assert data["qemu"]["deploy"]["cmdline"].endswith(" printk.devkmsg=on")
+    console = (tmp_path / "r" / "console.log").read_text()
+    assert console.startswith("[    0.000000] ")  # the trial kernel's first record
+    for t in selftests:
+        assert re.search(rf"^\[ *\d+\.\d{{6}} user\] iommufd-harness: RUN {re.escape(t['name'])}$", console, re.M)
+    assert data["qemu"]["return"] == {**data["qemu"]["return"], "how": "reboot", "ok": True}
     board.assert_back_home(path)
 
 
