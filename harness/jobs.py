@@ -211,6 +211,7 @@ def run_one(opts: Options, ui: Ui, results_path: Path, brief: str = "") -> tuple
                         elif "partial" in record.coverage:
                             ui.warn(f"coverage is partial: {record.coverage['partial']}")
                 finally:
+                    record.decide()  # results.json has the verdict while a kept VM waits
                     sink.write(record)
                 if opts.shell:
                     shell(ui, lifecycle.ssh_command())
