@@ -5,10 +5,13 @@ from __future__ import annotations
 import os
 import selectors
 import shutil
+import socket
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 from harness.targets.base import IMAGE_LAYOUT
 from harness.targets.console import ConsoleWatcher
@@ -158,3 +161,65 @@ class LocalLifecycle(Lifecycle):
 def copy_fake_kernel(dest: Path) -> Path:
     shutil.copytree(FAKE_KERNEL, dest, symlinks=True)
     return dest
+
+
+def ssh_listener(host_key, server: Callable[[], object]) -> tuple[int, Callable[[], None]]:
+    """An in-process SSH server on a port of 127.0.0.1: every connection is
+    served by a new ``server()`` (a paramiko.ServerInterface).  Returns the
+    port and what stops it."""
+    import paramiko
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(8)
+    stop = threading.Event()
+
+    def accept_loop():
+        sock.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = sock.accept()
+            except OSError:
+                continue
+            t = paramiko.Transport(conn)
+            t.add_server_key(host_key)
+            t.start_server(server=server())
+
+    threading.Thread(target=accept_loop, daemon=True).start()
+
+    def close() -> None:
+        stop.set()
+        sock.close()
+
+    return sock.getsockname()[1], close
+
+
+def ssh_server_base():
+    """The base of the in-process SSH servers: root with one allowed key,
+    session channels, each exec request served by ``self._serve(channel,
+    command)`` in a thread of its own."""
+    import paramiko
+
+    class KeyServer(paramiko.ServerInterface):
+        def __init__(self, allowed: paramiko.PKey):
+            self.allowed = allowed
+
+        def get_allowed_auths(self, username):
+            return "publickey"
+
+        def check_auth_publickey(self, username, key):
+            ok = username == "root" and key.get_base64() == self.allowed.get_base64()
+            return paramiko.AUTH_SUCCESSFUL if ok else paramiko.AUTH_FAILED
+
+        def check_channel_request(self, kind, chanid):
+            return paramiko.OPEN_SUCCEEDED if kind == "session" else \
+                paramiko.OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED
+
+        def check_channel_exec_request(self, channel, command):
+            threading.Thread(target=self._serve, args=(channel, command.decode()), daemon=True).start()
+            return True
+
+        def _serve(self, chan, command: str) -> None:
+            raise NotImplementedError
+
+    return KeyServer

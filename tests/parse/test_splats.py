@@ -20,7 +20,7 @@ import pytest
 
 from harness.parse import splats
 from harness.parse.splat_lines import frames, hang_signature
-from harness.parse.splats import SplatScanner, group, scan, signature
+from harness.parse.splats import SplatScanner, blocked_tasks, group, scan, signature
 from harness.reports.decode import decode
 
 CONSOLE = Path(__file__).resolve().parents[1] / "golden" / "console"
@@ -251,6 +251,40 @@ def test_a_hung_task():
     assert "lkdtm_HUNG_TASK" in found[0].text
     # the same task reported again later is the same bug
     assert len(found) >= 2 and list(group(found)) == [found[0].signature]
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_a_deadlocked_test_s_blocked_task_and_where_it_hangs(arch):
+    """The default kernel reports nothing of a task asleep for ever in
+    mutex_lock; the stacks the harness asks for (sysrq w) are no report of
+    the kernel's, but give the hung task's stack and where it waits."""
+    text = load(f"{arch}-deadlock.log")
+    assert scan(text) == []
+    [task] = blocked_tasks(text)
+    assert task.kind == "hang" and not task.fatal
+    assert re.fullmatch(r"task iommufd:\d+ blocked \(state D\)", task.title)
+    assert task.signature == "hung in iommufd_access_rw <- mutex_lock"
+    lines = task.text.splitlines()
+    assert lines[0].startswith("task:iommufd ") and any(re.match(r" iommufd_access_rw\+0x", ln) for ln in lines)
+    assert text[task.start] == "[" and "iommufd-harness: DUMP" not in task.text
+    # the dump as it came: a chunk of the log that ends before the dump does finds nothing
+    assert blocked_tasks(text[:text.index("sysrq: Show Blocked State")]) == []
+
+
+@pytest.mark.parametrize("frames_in, where", [
+    (["__schedule", "schedule", "schedule_preempt_disabled", "__mutex_lock.constprop.0", "iommufd_access_rw"],
+     "hung in iommufd_access_rw <- mutex_lock"),
+    (["__switch_to", "__schedule", "schedule", "__mutex_lock", "mutex_lock_nested", "iommufd_access_rw"],
+     "hung in iommufd_access_rw <- mutex_lock"),
+    (["__schedule", "schedule", "rwsem_down_read_slowpath", "down_read", "iopt_unmap_iova"],
+     "hung in iopt_unmap_iova <- down_read"),
+    (["__schedule", "schedule", "schedule_timeout", "__wait_for_common", "wait_for_completion",
+      "iommufd_access_notify_unmap.cold"], "hung in iommufd_access_notify_unmap <- wait_for_completion"),
+    (["__schedule", "schedule"], None),
+    (["lkdtm_HUNG_TASK"], "hung in lkdtm_HUNG_TASK"),
+])
+def test_where_a_task_hangs(frames_in, where):
+    assert hang_signature(frames_in) == where
 
 
 def test_a_soft_lockup_and_the_rcu_stall_it_causes():

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import io
 import shlex
-import socket
 import subprocess
 import threading
 import time
@@ -26,6 +25,8 @@ from pathlib import Path
 
 import paramiko
 import pytest
+
+from fakes import ssh_listener, ssh_server_base
 
 from harness.errors import TargetError
 from harness.lab import BoardEntry
@@ -176,23 +177,10 @@ class FakeBoard:
                 sent += len(new)
 
 
-class _Server(paramiko.ServerInterface):
+class _Server(ssh_server_base()):
     def __init__(self, allowed: paramiko.PKey, fake: FakeBoard):
-        self.allowed, self.fake = allowed, fake
-
-    def get_allowed_auths(self, username):
-        return "publickey"
-
-    def check_auth_publickey(self, username, key):
-        ok = username == "root" and key.get_base64() == self.allowed.get_base64()
-        return paramiko.AUTH_SUCCESSFUL if ok else paramiko.AUTH_FAILED
-
-    def check_channel_request(self, kind, chanid):
-        return paramiko.OPEN_SUCCEEDED if kind == "session" else paramiko.OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED
-
-    def check_channel_exec_request(self, channel, command):
-        threading.Thread(target=self._serve, args=(channel, command.decode()), daemon=True).start()
-        return True
+        super().__init__(allowed)
+        self.fake = fake
 
     def _serve(self, chan, command):
         time.sleep(0.05)  # let the exec request's reply go out first, as a real server does
@@ -205,38 +193,19 @@ def serve_board(tmp_path):
     keys = image.make_keys(tmp_path / "keys")
     host = paramiko.Ed25519Key.from_private_key(io.StringIO(keys.host_private["openssh"].decode()))
     client_key = paramiko.PKey.from_path(str(keys.client_private))
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(8)
-    port = sock.getsockname()[1]
-    (tmp_path / "known_hosts").write_text(f"[127.0.0.1]:{port} {keys.host_public}\n")
-    stop = threading.Event()
     fakes: list[FakeBoard] = []
+    port, close = ssh_listener(host, lambda: _Server(client_key, fakes[-1]))
+    (tmp_path / "known_hosts").write_text(f"[127.0.0.1]:{port} {keys.host_public}\n")
 
     def start(records: list[str], **kw) -> tuple[FakeBoard, BoardSpec]:
         (tmp_path / "board").mkdir()
-        fake = FakeBoard(tmp_path / "board", records, **kw)
-        fakes.append(fake)
-
-        def accept_loop():
-            sock.settimeout(0.2)
-            while not stop.is_set():
-                try:
-                    conn, _ = sock.accept()
-                except OSError:
-                    continue
-                t = paramiko.Transport(conn)
-                t.add_server_key(host)
-                t.start_server(server=_Server(client_key, fake))
-
-        threading.Thread(target=accept_loop, daemon=True).start()
-        return fake, BoardSpec("127.0.0.1", port, "root", keys.client_private, tmp_path / "known_hosts")
+        fakes.append(FakeBoard(tmp_path / "board", records, **kw))
+        return fakes[-1], BoardSpec("127.0.0.1", port, "root", keys.client_private, tmp_path / "known_hosts")
 
     yield start
-    stop.set()
     for fake in fakes:
         fake.stopped = True
-    sock.close()
+    close()
 
 
 def kernel_reports(target: BoardTarget) -> list[tuple[str, str, str]]:

@@ -2,38 +2,27 @@
 
 from __future__ import annotations
 
-import socket
-import threading
 import time
 
 import paramiko
 import pytest
+
+from fakes import ssh_listener, ssh_server_base
 
 from harness.errors import TargetError
 from harness.stages import image
 from harness.targets.ssh import SshClient
 
 
-class _Server(paramiko.ServerInterface):
+class _Server(ssh_server_base()):
     def __init__(self, allowed: paramiko.PKey, behaviour: dict):
-        self.allowed = allowed
+        super().__init__(allowed)
         self.behaviour = behaviour
-
-    def get_allowed_auths(self, username):
-        return "publickey"
-
-    def check_auth_publickey(self, username, key):
-        ok = username == "root" and key.get_base64() == self.allowed.get_base64()
-        return paramiko.AUTH_SUCCESSFUL if ok else paramiko.AUTH_FAILED
-
-    def check_channel_request(self, kind, chanid):
-        return paramiko.OPEN_SUCCEEDED if kind == "session" else paramiko.OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED
 
     def check_channel_exec_request(self, channel, command):
         if self.behaviour.get("stall"):
             time.sleep(60)  # a machine that stopped: the request is never answered
-        threading.Thread(target=self._serve, args=(channel, command.decode()), daemon=True).start()
-        return True
+        return super().check_channel_exec_request(channel, command)
 
     def _serve(self, chan, command):
         time.sleep(0.05)  # let the exec request's reply go out first, as a real server does
@@ -64,26 +53,9 @@ def server(tmp_path):
     host = paramiko.Ed25519Key.from_private_key(__import__("io").StringIO(keys.host_private["openssh"].decode()))
     client_key = paramiko.PKey.from_path(str(keys.client_private))
     behaviour = {"served": 0}
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(8)
-    stop = threading.Event()
-
-    def accept_loop():
-        sock.settimeout(0.2)
-        while not stop.is_set():
-            try:
-                conn, _ = sock.accept()
-            except OSError:
-                continue
-            t = paramiko.Transport(conn)
-            t.add_server_key(host)
-            t.start_server(server=_Server(client_key, behaviour))
-
-    threading.Thread(target=accept_loop, daemon=True).start()
-    yield sock.getsockname()[1], keys, behaviour
-    stop.set()
-    sock.close()
+    port, close = ssh_listener(host, lambda: _Server(client_key, behaviour))
+    yield port, keys, behaviour
+    close()
 
 
 def test_many_commands_share_one_connection(server):
