@@ -29,6 +29,7 @@ from harness.targets.base import Target
 MARKER_WAIT = 3.0  # seconds to wait for a test's END marker to reach the kernel log
 DUMP_WAIT = 10.0  # ... and for the end of a blocked-task dump (a few dozen lines per task)
 KSFT_ALARM_MARGIN = 10  # kselftest's own alarm goes off this long after the harness's limit
+STOP_TIMEOUT = 60.0  # hangcheck stop (dump, kill): a target that cannot do it in this long is wedged
 _PID_IN_TITLE = re.compile(r":(\d+) blocked")
 
 
@@ -371,10 +372,10 @@ class Runner:
         kernel log, the test's tree killed, and what of it SIGKILL could not
         end.  A target that cannot do even that is wedged."""
         hang = Hang(secrets.token_hex(4))
-        res = self._exec([self.target.layout.hangcheck, "stop", pid, hang.token], 60, None, None, None)
+        res = self._exec([self.target.layout.hangcheck, "stop", pid, hang.token], STOP_TIMEOUT, None, None, None)
         if res.exit_status != 0:
             if res.timed_out or res.lost:
-                self.dead = "the kernel is wedged: it did not end a hung test within 60 s"
+                self.dead = f"the kernel is wedged: it did not end a hung test within {STOP_TIMEOUT:.0f} s"
             else:  # no hangcheck on the target: kill as before
                 self._exec([self.target.layout.killtree, pid], 30, None, None, None)
             return None

@@ -1,4 +1,6 @@
+import dataclasses
 import re
+import subprocess
 import time
 
 from fakes import HANGCHECK, RUN_TESTS, LocalLifecycle, LocalTarget
@@ -71,6 +73,26 @@ def test_a_test_whose_task_stops_running_is_a_timeout_after_the_window_not_the_l
     assert r.hung == [(names[0], "", [])]  # SIGKILL ended it (a stopped task can die)
     run_tests = [cmd for cmd in target.commands if cmd[0] == RUN_TESTS]
     assert run_tests[0][1:5] == ("-l", "70", "-s", "1")  # kselftest's alarm after the harness's limit
+
+
+def test_a_target_that_cannot_end_a_hung_test_is_wedged(fake_selftests, tmp_path, monkeypatch):
+    """When even the dump-and-kill command does not come back, the kernel is
+    wedged: the target is dead (with --continue-after-crash: rebooted) and
+    the rest is not run on it."""
+    from harness.run import runner
+
+    stuck = tmp_path / "hangcheck"
+    stuck.write_text("#!/bin/sh\nexec sleep 30\n")
+    stuck.chmod(0o755)
+    monkeypatch.setattr(runner, "STOP_TIMEOUT", 1.0)
+    target = LocalTarget(fake_selftests)
+    target.layout = dataclasses.replace(target.layout, hangcheck=str(stuck))
+    names = ["iommufd_ioas.no_domain.hangs", "iommufd_ioas.no_domain.access_rw"]
+    r, records, _, _ = _run(fake_selftests, names, limit=1.0, target=target)
+    assert [(t.name, t.status) for t in records] == [(names[0], "timeout"), (names[1], "notrun")]
+    assert r.dead == "the kernel is wedged: it did not end a hung test within 1 s"
+    assert records[1].reason == f"not run: {r.dead}"
+    subprocess.run(["pkill", "-f", f"{fake_selftests}/iommufd"])
 
 
 def test_kselftest_own_timeout_is_a_timeout(tmp_path):
