@@ -68,7 +68,8 @@ def _common(p: argparse.ArgumentParser, tests: bool = True) -> None:
         g.add_argument("--rerun-failed", type=int, default=0, metavar="N",
                        help="run failed tests again up to N times; one that then passes is reported flaky")
         g.add_argument("--per-test-timeout", type=float, metavar="S",
-                       help="wall-clock limit per test, enforced by the harness (default: the suite's)")
+                       help="wall-clock limit per test, enforced by the harness (default: the suite's, times "
+                            "the debug kernel's slowdown)")
 
 
 def _board_args(p: argparse.ArgumentParser) -> None:
