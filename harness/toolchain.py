@@ -76,10 +76,15 @@ class Toolchain:
     def ccache_env(self, tree: Path, build_dir: Path) -> dict[str, str]:
         """ccache's base dir for a build of ``tree`` in ``build_dir``: paths
         under it are hashed relative to the build dir, so another checkout
-        (another work dir with the same sources) hits the same cache."""
+        (another work dir with the same sources) hits the same cache.  A
+        debug kernel's objects carry line tables, whose compile directory
+        ccache would otherwise hash too (hash_dir): the directory named in
+        them may be another checkout's, and decoded traces name files
+        relative to the tree whatever it is (reports.decode)."""
         if not self.ccache:
             return {}
-        return {"CCACHE_BASEDIR": os.path.commonpath([tree.resolve(), build_dir.resolve()])}
+        return {"CCACHE_BASEDIR": os.path.commonpath([tree.resolve(), build_dir.resolve()]),
+                "CCACHE_NOHASHDIR": "1"}
 
     def make_argv(self, tree: Path, build_dir: Path | None = None, jobs: bool = False) -> list[str]:
         argv = ["make", "-C", str(tree), f"ARCH={self.kernel_arch}"]

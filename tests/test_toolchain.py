@@ -15,7 +15,7 @@ pytestmark = pytest.mark.skipif(shutil.which("ccache") is None or shutil.which("
                                 reason="needs ccache and gcc")
 
 
-def _compile(root: Path, cache: Path, key: str = "linux") -> str:
+def _compile(root: Path, cache: Path, key: str = "linux", flags: tuple[str, ...] = ()) -> str:
     """Compile and run a file that prints __FILE__ the way Kbuild compiles
     (absolute source path, -fmacro-prefix-map of the absolute tree, from the
     build dir), with the harness's make variables and environment."""
@@ -28,7 +28,7 @@ def _compile(root: Path, cache: Path, key: str = "linux") -> str:
     tc = Toolchain("x86_64")
     [kcflags] = [a.split("=", 1)[1] for a in tc.make_argv(tree, build_dir) if a.startswith("KCFLAGS=")]
     env = {"PATH": "/usr/bin:/bin", "CCACHE_DIR": str(cache), **tc.ccache_env(tree, build_dir)}
-    subprocess.run(["ccache", "gcc", f"-fmacro-prefix-map={tree}/=", kcflags, "-c", str(src), "-o", "where.o"],
+    subprocess.run(["ccache", "gcc", f"-fmacro-prefix-map={tree}/=", kcflags, *flags, "-c", str(src), "-o", "where.o"],
                    cwd=build_dir, env=env, check=True)
     subprocess.run(["gcc", "where.o", "-o", "where"], cwd=build_dir, check=True)
     return subprocess.run([str(build_dir / "where")], capture_output=True, text=True, check=True).stdout.strip()
@@ -38,6 +38,18 @@ def test_a_second_checkout_hits_the_cache_and_file_names_stay_right(tmp_path):
     cache = tmp_path / "cache"
     assert _compile(tmp_path / "one", cache) == "drivers/iommu/where.c"
     assert _compile(tmp_path / "two", cache) == "drivers/iommu/where.c"
+    stats = subprocess.run(["ccache", "--print-stats"], env={"CCACHE_DIR": str(cache), "PATH": "/usr/bin:/bin"},
+                           capture_output=True, text=True, check=True).stdout
+    counters = dict(line.split("\t") for line in stats.splitlines() if "\t" in line)
+    assert int(counters["direct_cache_hit"]) == 1 and int(counters["cache_miss"]) == 1
+
+
+def test_a_debug_kernel_s_objects_with_line_tables_are_shared_between_checkouts_too(tmp_path):
+    """-g puts the compile directory into the object; ccache would hash it
+    (and miss in every other checkout, e.g. CI's fresh clone) unless told not to."""
+    cache = tmp_path / "cache"
+    for checkout in ("one", "two"):
+        assert _compile(tmp_path / checkout, cache, flags=("-g", "-gdwarf-5")) == "drivers/iommu/where.c"
     stats = subprocess.run(["ccache", "--print-stats"], env={"CCACHE_DIR": str(cache), "PATH": "/usr/bin:/bin"},
                            capture_output=True, text=True, check=True).stdout
     counters = dict(line.split("\t") for line in stats.splitlines() if "\t" in line)

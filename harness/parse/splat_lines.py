@@ -159,6 +159,12 @@ def hang_signature(trace: list[str]) -> str | None:
     return None
 
 
+def tree_relative(path: str) -> str:
+    """A source path as the kernel tree names it (``drivers/...``): whatever
+    comes before its top-level directory is the build's."""
+    return _TREE_PATH.sub("", path)
+
+
 def signature(title: str, text: str = "") -> str:
     """``title`` with everything that differs between two sightings of the
     same bug removed (addresses, symbol offsets, CPU numbers, PIDs, durations,
@@ -172,7 +178,7 @@ def signature(title: str, text: str = "") -> str:
         for rx, repl in _SIG_SUBS:
             parts[i] = rx.sub(repl, parts[i])
     for i in range(1, len(parts), 2):  # ... odd parts are source locations: the tree's own path
-        parts[i] = _TREE_PATH.sub("", parts[i])
+        parts[i] = tree_relative(parts[i])
     sig = "".join(parts).strip()
     if text and not _SRC_LOC.search(title) and not re.search(r"\+0x[0-9a-f]+/", title):
         m = _RIP.search(text)

@@ -90,6 +90,11 @@ CAPTURES = (
             (r"sysrq: Show Blocked State", r"task:iommufd +state:D", r"iommufd-harness: DUMP \w+",
              r"iommufd-harness: END iommufd_ioas\.mock_domain\.access_pin 0"),
             tests="iommufd_ioas.no_domain.access_rw,iommufd_ioas.mock_domain.access_pin"),
+    # ... on the debug kernel: lockdep's report first, then the hang window's dump
+    Capture("deadlock-debug", (*DEBUG, *fixture("deadlock-in-access-rw.patch")),
+            (r"WARNING: possible recursive locking detected", r"sysrq: Show Blocked State",
+             r"iommufd-harness: DUMP \w+"),
+            tests="iommufd_ioas.no_domain.access_rw,iommufd_ioas.mock_domain.access_pin", arches=("x86_64",)),
     Capture("panic-at-boot", fixture("panic-at-boot.patch"), (r"Kernel panic - not syncing: ",)),
     Capture("warn-at-boot", fixture("warn-at-boot.patch"), (r"fault fixture: warning in iommufd_init",),
             tests="iommufd_ioas.no_domain.access_rw"),

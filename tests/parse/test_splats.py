@@ -514,6 +514,19 @@ def test_decode_runs_the_trees_script(tmp_path):
     assert f"args: {vmlinux} {tree}" in log.read_text() and "exit status 0" in log.read_text()
 
 
+def test_decoded_locations_are_named_as_the_tree_names_them(tmp_path):
+    """addr2line joins the object's compile directory (this build's, or
+    another checkout's: ccache shares objects) with the path the compiler
+    was given; the decoded trace names drivers/..., as the kernel does.
+    (The e2e test of the debug kernels decodes a real trace.)"""
+    tree, vmlinux = fake_tree(tmp_path, f'echo " iommufd_access_rw ({tmp_path}/linux/../linux/drivers/iommu/a.c:12 '
+                                        '/tmp/ci/work/trees/debian-6.12/build/x86_64+lockdep/../../src/'
+                                        'drivers/iommu/b.h:3)"\n')
+    [w] = scan(load("x86_64-warn-in-access-rw.log"))
+    out = decode(w, tree, vmlinux, tmp_path / "decode.log")
+    assert out == " iommufd_access_rw (drivers/iommu/a.c:12 drivers/iommu/b.h:3)\n"
+
+
 def test_decode_unavailable_or_failing_gives_none(tmp_path):
     [w] = scan(load("x86_64-warn-in-access-rw.log"))
     log = tmp_path / "decode.log"
