@@ -66,5 +66,5 @@ def slowdown(names: tuple[str, ...]) -> float:
 
 
 def cmdline(names: tuple[str, ...]) -> str:
-    """Kernel command-line words the debug kernel needs (``kasan_multi_shot``)."""
+    """Kernel command-line words the debug kernel needs (its ``cmdline`` fact)."""
     return " ".join(w for n in names if (w := str(_facts(n).get("cmdline", "")).strip()))

@@ -257,7 +257,7 @@ class Pipeline:
 
     def cmdline(self) -> str:
         """What the harness adds to the kernel command line: the debug
-        kernel's words (``kasan_multi_shot``), then --cmdline."""
+        kernel's words (configs/debug/*.toml), then --cmdline."""
         return " ".join(x for x in (debugkernels.cmdline(self.opts.debug), self.opts.extra_cmdline) if x)
 
     def make_image(self, prep: Prepared) -> image.BaseImage:

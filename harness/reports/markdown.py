@@ -19,7 +19,7 @@ from harness.errors import InputError, ToolMissing
 from harness.reports.baseline import Change, Comparison, NoExpectations, compare, is_flaky, load_baseline
 from harness.reports.junit import junit_xml
 from harness.reports.repro import repro_line, reproducer
-from harness.reports.results import BAD, STATUSES, RunRecord, TestRecord, outside_phase
+from harness.reports.results import BAD, ONE_SHOT, STATUSES, RunRecord, TestRecord, outside_phase
 from harness.reports.resultsdir import atomic_write
 
 MAX_FAILURES = 15  # failures shown with log lines; the rest are only counted
@@ -167,7 +167,7 @@ def _failures(run: RunRecord) -> list[str]:
     return out
 
 
-def _splats(splats: list, lockdep_off: dict | None = None, omitted: int = 0) -> list[str]:
+def _splats(splats: list, stopped: dict | None = None, omitted: int = 0) -> list[str]:
     items = [s for s in splats if isinstance(s, dict)]
     if not items:
         return []
@@ -189,12 +189,14 @@ def _splats(splats: list, lockdep_off: dict | None = None, omitted: int = 0) -> 
             out += ["", *("  " + ln for ln in block(shown).splitlines()), ""]
     if len(items) + omitted > MAX_SPLATS:
         out.append(f"- ... and {len(items) + omitted - MAX_SPLATS} more (see console.log)")
-    if lockdep_off and lockdep_off.get("unchecked"):
-        unchecked = lockdep_off["unchecked"]
-        out += ["", (f"lockdep turned itself off after the report in {code(lockdep_off.get('test') or '?')}: "
-                     f"{len(unchecked)} later test(s) ran without lock checking: "
-                     + ", ".join(code(n) for n in unchecked[:MAX_LIST])
-                     + (f" and {len(unchecked) - MAX_LIST} more" if len(unchecked) > MAX_LIST else ""))]
+    for key, (said, without) in ONE_SHOT.items():
+        off = (stopped or {}).get(key)
+        if off and off.get("unchecked"):
+            unchecked = off["unchecked"]
+            out += ["", (f"{said}: after the report in {code(off.get('test') or '?')}, "
+                         f"{len(unchecked)} later test(s) ran without {without}: "
+                         + ", ".join(code(n) for n in unchecked[:MAX_LIST])
+                         + (f" and {len(unchecked) - MAX_LIST} more" if len(unchecked) > MAX_LIST else ""))]
     return out
 
 
@@ -330,7 +332,7 @@ def render(run: RunRecord, comparison: Comparison | None, splats: list | None = 
     if comparison is not None:
         out += _comparison(comparison)
     out += _failures(run)
-    out += _splats(splats, run.kernel.get("lockdep_off"), int(run.kernel.get("splats_omitted") or 0))
+    out += _splats(splats, run.kernel, int(run.kernel.get("splats_omitted") or 0))
     out += _coverage(run.coverage)
     out += _repro(run, comparison)
     out += _provenance(run)

@@ -13,6 +13,10 @@ STATUSES = ("pass", "fail", "skip", "timeout", "crash", "notrun")
 # one per phase of the run, with this binary.
 KERNEL = "kernel"
 PHASES = {"boot": "kernel.boot", "between tests": "kernel.between_tests", "after tests": "kernel.after_tests"}
+# detectors that stop reporting after their first report in a boot, by their
+# results.json key (kernel.<key>): what the run says, what later tests ran without
+ONE_SHOT = {"lockdep_off": ("lockdep turned itself off", "lock checking"),
+            "kasan_off": ("KASAN reports only its first bug of a boot", "KASAN's reports")}
 
 
 def outside_phase(name: str | None) -> str | None:

@@ -13,7 +13,7 @@ from harness import suites
 from harness.errors import HarnessError
 from harness.parse.splats import Splat
 from harness.reports import baseline
-from harness.reports.results import BAD, KERNEL, RunRecord, TestRecord, clean, outside_phase
+from harness.reports.results import BAD, KERNEL, ONE_SHOT, RunRecord, TestRecord, clean, outside_phase
 from harness.reports.resultsdir import ResultsDir
 from harness.run import runner
 from harness.run.listings import TestLists
@@ -67,6 +67,22 @@ def lockdep_stop(r: runner.Runner) -> tuple[str, str, int] | None:
     return name, why, pos
 
 
+def kasan_stop(r: runner.Runner) -> tuple[str, str, int] | None:
+    """(test, why, log position) of KASAN's first report in the pass ``r``:
+    KASAN reports only the first bug of a boot (without kasan_multi_shot,
+    which would flood a console with one report per faulting access), so
+    the tests after it run with KASAN's reports off (KFENCE still samples)."""
+    first = next(((s.start, name, s.title) for name, s in r.splats if s.kind == "kasan"), None)
+    if first is None:
+        return None
+    pos, name, why = first
+    return name, why, pos
+
+
+# where each one-shot detector (reports.results.ONE_SHOT) stopped in a pass
+STOPS = {"lockdep_off": lockdep_stop, "kasan_off": kasan_stop}
+
+
 class TestSession:
     __test__ = False  # not a pytest class
 
@@ -83,8 +99,8 @@ class TestSession:
         self._total = 0
         self._log_pos = 0  # where the last pass stopped in the target's kernel log
         self._ran: dict[int, dict[str, int]] = {}  # boot -> test -> RUN marker position in that boot's log
-        # (boot, test, why, log position): where lockdep stopped checking
-        self._lockdep: tuple[int, str, str, int] | None = None
+        # STOPS key -> (boot, test, why, log position): where that detector stopped reporting
+        self._stopped: dict[str, tuple[int, str, str, int]] = {}
         self._stall: float | None = None  # the hang window (limits)
 
     def run(self) -> None:
@@ -143,10 +159,11 @@ class TestSession:
             if h["unkillable"]:
                 self.ui.warn(f"{h['test']} left {len(h['unkillable'])} task(s) asleep in the kernel that SIGKILL "
                              "could not end; the tests after it ran in the same boot")
-        off = self.record.kernel.get("lockdep_off")
-        if off:
-            self.ui.warn(f"lockdep turned itself off after the report in {off['test']}: "
-                         f"{len(off['unchecked'])} later test(s) ran without lock checking")
+        for key, (said, without) in ONE_SHOT.items():
+            off = self.record.kernel.get(key)
+            if off and off["unchecked"]:
+                self.ui.warn(f"{said}: after the report in {off['test']}, {len(off['unchecked'])} later test(s) "
+                             f"ran without {without}")
 
     def _add(self, rec: TestRecord) -> None:
         self.record.tests.append(rec)
@@ -154,18 +171,20 @@ class TestSession:
         self.ui.test_result(rec, len(self.record.tests), max(self._total, len(self.record.tests)))
 
     def _note_pass(self, r: runner.Runner) -> None:
-        """What a pass leaves for the record: its kernel reports, and whether
-        lockdep stopped checking (for the rest of the boot)."""
+        """What a pass leaves for the record: its kernel reports, and where a
+        one-shot detector (lockdep, KASAN) stopped reporting for the rest of
+        that boot, with the tests that ran after it unchecked."""
         boot = self.lifecycle.boots
         self._ran.setdefault(boot, {}).update(r.positions)
-        if self._lockdep is None:  # the run's first; a reboot turns lockdep on again
-            stop = lockdep_stop(r)
-            if stop is not None:
-                self._lockdep = (boot, *stop)
-        if self._lockdep is not None:
-            b, name, why, pos = self._lockdep
-            unchecked = runner.unchecked_after(pos, self._ran.get(b, {}))
-            self.record.kernel["lockdep_off"] = {"test": name, "title": why, "unchecked": unchecked}
+        for key, stop_of in STOPS.items():
+            if key not in self._stopped:  # the run's first; a reboot turns the detector on again
+                stop = stop_of(r)
+                if stop is not None:
+                    self._stopped[key] = (boot, *stop)
+            if key in self._stopped:
+                b, name, why, pos = self._stopped[key]
+                unchecked = runner.unchecked_after(pos, self._ran.get(b, {}))
+                self.record.kernel[key] = {"test": name, "title": why, "unchecked": unchecked}
         self._note_splats(r.splats)
         for name, where, unkillable in r.hung:
             self.record.kernel.setdefault("hung", []).append(

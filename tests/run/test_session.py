@@ -76,10 +76,11 @@ def test_a_rerun_finds_its_own_kernel_reports(fake_selftests, tmp_path):
     assert [(s["test"], s["kind"]) for s in record.kernel["splats"]] == [("iommufd_ioas.no_domain.warns", "warning")] * 2
 
 
-def test_tests_after_lockdeps_first_report_ran_without_lock_checking(fake_selftests, tmp_path):
-    """lockdep turns itself off after its first report: the run says which
-    later tests ran unchecked.  (The fake kernel's WARN stands in for a
-    lockdep report here.)"""
+def test_tests_after_lockdeps_or_kasans_first_report_ran_unchecked(fake_selftests, tmp_path):
+    """lockdep turns itself off after its first report, and KASAN reports
+    only the first bug of a boot: the run says which later tests ran
+    unchecked by which.  (The fake kernel's WARN stands in for a lockdep or
+    a KASAN report here.)"""
     import dataclasses
 
     from fakes import LocalTarget
@@ -91,25 +92,28 @@ def test_tests_after_lockdeps_first_report_ran_without_lock_checking(fake_selfte
 
     class LockdepTarget(LocalTarget):
         def kernel_splats(self, since, until=None, final=False):
-            return [dataclasses.replace(s, kind="lockdep") for s in super().kernel_splats(since, until, final)]
+            return [dataclasses.replace(s, kind=kind) for s in super().kernel_splats(since, until, final)]
 
     class Lc(LocalLifecycle):
         def _boot(self):
             return LockdepTarget(self.bindir)
 
-    lc = Lc(fake_selftests)
-    record = new_record(Options(work=tmp_path / "w"))
-    pick = "*.no_domain.access_pin,*.no_domain.warns,*.mock_domain.access_pin"
-    session = TestSession(lc, SUITE, SessionOptions(tests=pick), record, ResultsDir(tmp_path / "r"), Ui(quiet=True))
-    with lc:
-        lc.up()
-        session.run()
-    off = record.kernel["lockdep_off"]
-    assert off["test"] == "iommufd_ioas.no_domain.warns"
-    assert off["unchecked"] == ["iommufd_ioas.mock_domain.access_pin"]
-    from harness.reports.markdown import render
+    for kind, key, without in (("lockdep", "lockdep_off", "lock checking"), ("kasan", "kasan_off", "KASAN's reports")):
+        lc = Lc(fake_selftests)
+        record = new_record(Options(work=tmp_path / kind))
+        pick = "*.no_domain.access_pin,*.no_domain.warns,*.mock_domain.access_pin"
+        session = TestSession(lc, SUITE, SessionOptions(tests=pick), record, ResultsDir(tmp_path / kind / "r"),
+                              Ui(quiet=True))
+        with lc:
+            lc.up()
+            session.run()
+        off = record.kernel[key]
+        assert off["test"] == "iommufd_ioas.no_domain.warns"
+        assert off["unchecked"] == ["iommufd_ioas.mock_domain.access_pin"]
+        assert set(record.kernel) & {"lockdep_off", "kasan_off"} == {key}  # each detector for itself
+        from harness.reports.markdown import render
 
-    assert "1 later test(s) ran without lock checking: `iommufd_ioas.mock_domain.access_pin`" in render(record, None)
+        assert f"1 later test(s) ran without {without}: `iommufd_ioas.mock_domain.access_pin`" in render(record, None)
 
 
 class _Log:
