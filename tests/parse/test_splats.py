@@ -271,6 +271,20 @@ def test_a_deadlocked_test_s_blocked_task_and_where_it_hangs(arch):
     assert blocked_tasks(text[:text.index("sysrq: Show Blocked State")]) == []
 
 
+def test_a_deadlock_on_the_debug_kernel_one_bug_three_ways():
+    """lockdep names the recursive mutex_lock before the task sleeps; the
+    hung-task detector and the harness's dump then show the same task, and
+    both say where it hangs alike (the unwinder's "? " guesses left out)."""
+    text = load("x86_64-deadlock-debug.log")
+    found = scan(text)
+    assert [s.kind for s in found][:2] == ["lockdep", "hung_task"]
+    assert found[0].title == "WARNING: possible recursive locking detected"
+    assert found[1].signature == "hung in iommufd_access_rw <- mutex_lock"
+    [task] = blocked_tasks(text)
+    assert task.signature == found[1].signature and task.title.startswith("task iommufd:")
+    assert task.start > found[1].end  # the last dump, not the task block inside the hung-task report
+
+
 @pytest.mark.parametrize("frames_in, where", [
     (["__schedule", "schedule", "schedule_preempt_disabled", "__mutex_lock.constprop.0", "iommufd_access_rw"],
      "hung in iommufd_access_rw <- mutex_lock"),
