@@ -3,7 +3,7 @@ NAME[,NAME]`` (``lockdep``, ``kasan``, ...).  Their fragments go on top of the
 profile's, and each combination is built in a build directory of its own, so
 switching between them does not rebuild from scratch.  ``<name>.toml`` next
 to a fragment holds what the harness does differently on that kernel: its
-measured ``slowdown`` (per-test limits grow by it) and ``cmdline`` words."""
+measured ``slowdown`` (per-test limits grow by it)."""
 
 from __future__ import annotations
 
@@ -53,7 +53,6 @@ def _facts(name: str) -> dict:
     try:
         facts = tomllib.loads(path.read_text())
         float(facts.get("slowdown", 1))
-        str(facts.get("cmdline", ""))
     except (tomllib.TOMLDecodeError, TypeError, ValueError) as e:
         raise InputError(f"{path} is invalid: {e}") from None
     return facts
@@ -64,7 +63,3 @@ def slowdown(names: tuple[str, ...]) -> float:
     default one: the product of each option's measured factor."""
     return math.prod(float(_facts(n).get("slowdown", 1)) for n in names)
 
-
-def cmdline(names: tuple[str, ...]) -> str:
-    """Kernel command-line words the debug kernel needs (its ``cmdline`` fact)."""
-    return " ".join(w for n in names if (w := str(_facts(n).get("cmdline", "")).strip()))

@@ -255,11 +255,6 @@ class Pipeline:
 
     # -- target side ----------------------------------------------------------------
 
-    def cmdline(self) -> str:
-        """What the harness adds to the kernel command line: the debug
-        kernel's words (configs/debug/*.toml), then --cmdline."""
-        return " ".join(x for x in (debugkernels.cmdline(self.opts.debug), self.opts.extra_cmdline) if x)
-
     def make_image(self, prep: Prepared) -> image.BaseImage:
         with self.stage("image"):
             recipe = image.Recipe.load(prep.profile.recipe)
@@ -278,7 +273,7 @@ class Pipeline:
         """The run's VM, off; booting it adds the run's own SSH keys (in
         <work>/vm/<run>/) to the base image."""
         req = VmRequest(prep.profile, prep.kernel.image, base, results_dir, self.work.root / "vm" / results_dir.name,
-                        self.work.cache, self.opts.accel, self.opts.boot_timeout, self.cmdline())
+                        self.work.cache, self.opts.accel, self.opts.boot_timeout, self.opts.extra_cmdline)
         return VmLifecycle(req, self.expect(prep), guest=self.record.guest, machine=self.record.qemu,
                            say=self.ui.info)
 
@@ -360,7 +355,7 @@ class Pipeline:
         return lifecycle(entry, self.files_for_board(prep), prep.profile.arch, results_dir,
                          self.expect(prep), trial, self.lab.place(entry) or lab.LabState(self.lab.state),
                          results_dir.name,
-                         extra_cmdline=self.cmdline(), lab_path=self.lab.path, name=prep.profile.name,
+                         extra_cmdline=self.opts.extra_cmdline, lab_path=self.lab.path, name=prep.profile.name,
                          guest=self.record.guest, machine=self.record.qemu, say=self.ui.info)
 
     def target(self, prep: Prepared, results_dir: Path, spec: BoardSpec | None) -> Lifecycle:

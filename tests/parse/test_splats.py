@@ -285,22 +285,6 @@ def test_a_deadlock_on_the_debug_kernel_one_bug_three_ways():
     assert task.start > found[1].end  # the last dump, not the task block inside the hung-task report
 
 
-@pytest.mark.parametrize("frames_in, where", [
-    (["__schedule", "schedule", "schedule_preempt_disabled", "__mutex_lock.constprop.0", "iommufd_access_rw"],
-     "hung in iommufd_access_rw <- mutex_lock"),
-    (["__switch_to", "__schedule", "schedule", "__mutex_lock", "mutex_lock_nested", "iommufd_access_rw"],
-     "hung in iommufd_access_rw <- mutex_lock"),
-    (["__schedule", "schedule", "rwsem_down_read_slowpath", "down_read", "iopt_unmap_iova"],
-     "hung in iopt_unmap_iova <- down_read"),
-    (["__schedule", "schedule", "schedule_timeout", "__wait_for_common", "wait_for_completion",
-      "iommufd_access_notify_unmap.cold"], "hung in iommufd_access_notify_unmap <- wait_for_completion"),
-    (["__schedule", "schedule"], None),
-    (["lkdtm_HUNG_TASK"], "hung in lkdtm_HUNG_TASK"),
-])
-def test_where_a_task_hangs(frames_in, where):
-    assert hang_signature(frames_in) == where
-
-
 def test_a_soft_lockup_and_the_rcu_stall_it_causes():
     text = load("x86_64-soft-lockup.log")
     found = scan(text)
