@@ -82,7 +82,8 @@ def list_tests(target: Target, binary: str) -> list[str]:
 class Runner:
     def __init__(self, target: Target, per_test_timeout: float, on_result: Callable[[TestRecord], None],
                  on_start: Callable[[str], None] | None = None, on_tap: Callable[[str, str, str], None] | None = None,
-                 defer_unrun: bool = False, after_boot: bool = True, since: int = 0, stall_s: float | None = None):
+                 defer_unrun: bool = False, after_boot: bool = True, since: int = 0, stall_s: float | None = None,
+                 first_comm: int = 1):
         self.target = target
         self.per_test_timeout = per_test_timeout
         self.stall_s = stall_s  # a task of the test asleep in the kernel this long without running: a hang
@@ -105,6 +106,10 @@ class Runner:
         self.last_test_end: int | None = None  # ... and of the last test's END marker
         # tests that hung: (test, where, tids of tasks SIGKILL could not end)
         self.hung: list[tuple[str, str, list[str]]] = []
+        # each test's processes carry a name of their own (run-tests' -n):
+        # comm -> test, for the reports that name the task, not a marker
+        self.comms: dict[str, str] = {}
+        self.next_comm = first_comm
 
     def run(self, selection: Selection) -> list[TestRecord]:
         records: list[TestRecord] = []
@@ -263,6 +268,10 @@ class Runner:
             if line.startswith("harness-pid ") and state["pid"] is None:
                 state["pid"] = line.split()[1]
                 return
+            m = re.fullmatch(r"harness-comm (\S+) (\S+)", line)
+            if m:
+                self.comms[m.group(2)] = m.group(1)
+                return
             m = re.fullmatch(r"harness-stall (\d+) (\S+)", line)
             if m:  # from run-tests' watcher: a task of the running test does not run at all
                 if state["stall"] is None and parser.current:
@@ -297,7 +306,8 @@ class Runner:
         argv = [layout.run_tests, "-l", str(int(self.per_test_timeout) + KSFT_ALARM_MARGIN)]
         if self.stall_s:
             argv += ["-s", str(max(1, round(self.stall_s)))]
-        argv += [f"{layout.selftest_dir}/{binary}", *names]
+        argv += ["-n", str(self.next_comm), f"{layout.selftest_dir}/{binary}", *names]
+        self.next_comm += len(names)
         budget = self.per_test_timeout * len(names) + 60
         res = self._exec(argv, budget, on_line, on_err, overrun)
         self.on_tap(binary, "\n".join(tap_lines) + "\n", "\n".join(err_lines) + "\n")

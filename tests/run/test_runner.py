@@ -65,8 +65,11 @@ def test_a_test_whose_task_stops_running_is_a_timeout_after_the_window_not_the_l
     assert [(t.name, t.status) for t in records] == [(names[0], "timeout"), (names[1], "pass")]
     assert time.monotonic() - t0 < 10  # two windows and the kill, not the 60 s limit
     # no kernel here to print the stacks: the reason says so, naming the task
-    assert re.fullmatch(r"no progress for 1 s: iommufd:(\d+) asleep in the kernel, not running \(tasks asleep in "
-                        r"the kernel: iommufd:\1; their stacks did not reach the kernel log\)", records[0].reason)
+    # the test's processes are named after it (comm "iommufd#1"), as the kernel names them
+    assert re.fullmatch(r"no progress for 1 s: iommufd#1:(\d+) asleep in the kernel, not running \(tasks asleep in "
+                        r"the kernel: iommufd#1:\1; their stacks did not reach the kernel log\)", records[0].reason)
+    # ... unique in the boot: the binary started again for the test after the hung one counts on
+    assert r.comms == {"iommufd#1": names[0], "iommufd#3": names[1]}
     assert sysrq.read_text() == "w\n"  # the kernel was asked for every blocked task's stack
     stops = [cmd for cmd in target.commands if cmd[0] == HANGCHECK]
     assert len(stops) == 1 and stops[0][1] == "stop"
