@@ -190,7 +190,8 @@ def run_one(opts: Options, ui: Ui, results_path: Path, brief: str = "") -> tuple
                 session = TestSession(lifecycle, suite, SessionOptions(opts.tests, opts.per_test_timeout,
                                                                        opts.continue_after_crash, opts.rerun_failed,
                                                                        opts.repeat, opts.until_fail,
-                                                                       debugkernels.slowdown(opts.debug)),
+                                                                       debugkernels.slowdown(opts.debug),
+                                                                       pipe.has_kmemleak(prep)),
                                       record, sink, ui, TestLists(pipe.work.cache, prep.kernel.selftests))
                 try:
                     if opts.coverage:

@@ -340,6 +340,7 @@ class Pipeline:
         files["run-tests"] = (recipe / "run-tests", 0o755)
         files["killtree"] = (recipe / "killtree", 0o755)
         files["hangcheck"] = (recipe / "hangcheck", 0o755)
+        files["leakcheck"] = (recipe / "leakcheck", 0o755)
         return files
 
     def trial_board(self, prep: Prepared, results_dir: Path) -> Lifecycle:
@@ -380,6 +381,14 @@ class Pipeline:
                 lifecycle.on_boot = lambda: proc.preload(*AFTER_BOOT)
                 lifecycle.up()
             yield lifecycle
+
+    @staticmethod
+    def has_kmemleak(prep: Prepared) -> bool:
+        """Whether the kernel was built with kmemleak (--debug kmemleak, or a
+        configuration that has it): then the run scans for leaks."""
+        cfg = prep.config.config if prep.config is not None else None
+        return cfg is not None and cfg.is_file() and \
+            config.kconfig.read_config(cfg).get("CONFIG_DEBUG_KMEMLEAK") == "y"
 
     def decode_splats(self, prep: Prepared, found: list[tuple[str | None, Splat]], limit: int = 5) -> None:
         """Symbolised call traces (scripts/decode_stacktrace.sh + vmlinux) for

@@ -27,6 +27,7 @@ FAKE_KERNEL = Path(__file__).resolve().parent / "fixtures" / "fake-kernel"
 KILLTREE_SCRIPT = REPO / "qemu-images" / "debian-bookworm" / "killtree"
 RUN_TESTS_SCRIPT = REPO / "qemu-images" / "debian-bookworm" / "run-tests"
 HANGCHECK_SCRIPT = REPO / "qemu-images" / "debian-bookworm" / "hangcheck"
+LEAKCHECK_SCRIPT = REPO / "qemu-images" / "debian-bookworm" / "leakcheck"
 
 
 class LocalTarget:
@@ -57,6 +58,8 @@ class LocalTarget:
             return str(RUN_TESTS_SCRIPT)
         if arg == HANGCHECK:
             return str(HANGCHECK_SCRIPT)
+        if arg == IMAGE_LAYOUT.leakcheck:
+            return str(LEAKCHECK_SCRIPT)
         return arg
 
     def run(self, argv, timeout, on_stdout_line=None, on_stderr_line=None, check_stop=None) -> ExecResult:
@@ -141,13 +144,15 @@ class LocalLifecycle(Lifecycle):
 
     kind = "local"
 
-    def __init__(self, bindir: Path, console: Path | None = None, crash_on: str | None = None):
+    def __init__(self, bindir: Path, console: Path | None = None, crash_on: str | None = None,
+                 env: dict[str, str] | None = None):
         super().__init__("local", Expect(None, "", 0))
-        self.bindir, self.console, self.crash_on = bindir, console, crash_on
+        self.bindir, self.console, self.crash_on, self.env = bindir, console, crash_on, env
         self.torn_down = 0
 
     def _boot(self):  # only the first boot's "kernel" has the crash
-        return LocalTarget(self.bindir, self.console, crash_on=self.crash_on if not self.boots else None)
+        return LocalTarget(self.bindir, self.console, crash_on=self.crash_on if not self.boots else None,
+                           env=self.env)
 
     _reboot = _boot
 

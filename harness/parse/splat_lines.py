@@ -137,6 +137,12 @@ def frames(text: str) -> list[str]:
     return [m.group(1) for line in text.splitlines() if (m := _FRAME_FUNC.match(line))]
 
 
+def plain(func: str) -> str:
+    """A function as its source names it: without the compiler's clone
+    suffixes (``.constprop.0``, ``.isra.0``, ``.cold``)."""
+    return _VARIANT.sub("", func)
+
+
 def _primitive(func: str) -> str:
     """"__mutex_lock.constprop.0" and "mutex_lock_nested" are mutex_lock."""
     name = _VARIANT.sub("", func).lstrip("_")

@@ -58,7 +58,8 @@ from harness.parse.splat_lines import (
 )
 
 KINDS = ("warning", "bug", "oops", "kasan", "kfence", "ubsan", "lockdep", "refcount", "lockup",
-         "rcu_stall", "hung_task", "panic", "hang")  # hang: a blocked task's stack, asked for (sysrq w)
+         "rcu_stall", "hung_task", "panic", "hang", "leak")
+# hang: a blocked task's stack, asked for (sysrq w); leak: an object kmemleak found unreferenced (parse.leaks)
 
 MAX_LINES = 200  # kernel lines in one report; a KASAN report is ~80, a lockdep one ~60
 GAP_S = 5.0  # a forward jump of the printk clock larger than this ends a report ...

@@ -7,10 +7,12 @@ goes to the record and the results directory the moment it is known."""
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass, replace
 
 from harness import suites
 from harness.errors import HarnessError
+from harness.parse import leaks
 from harness.parse.splats import Splat
 from harness.reports import baseline
 from harness.reports.results import BAD, KERNEL, ONE_SHOT, RunRecord, TestRecord, clean, outside_phase
@@ -22,6 +24,10 @@ from harness.ui import Ui
 
 MAX_REBOOTS = 3  # --continue-after-crash: at most this many reboots per run
 MAX_RECORDED_SPLATS = 100  # kernel reports listed in results.json
+# kmemleak reports an object only once it is this old (its MSECS_MIN_AGE,
+# 5 s, and a second of margin for the guest's clock under TCG)
+LEAK_MIN_AGE = 6.0
+LEAK_SCAN_TIMEOUT = 300.0  # two kmemleak scans of the guest's memory, on a debug kernel under TCG
 LOCKDEP_ON = re.compile(r"Lock dependency validator: Copyright")  # lockdep's banner at boot
 TAINT_OFF = re.compile(r"Disabling lock debugging due to kernel taint")
 
@@ -35,6 +41,7 @@ class SessionOptions:
     repeat: int = 1  # run the selection this many times in the same boot (repro --repeat)
     until_fail: bool = False  # ... stopping after the first attempt in which a test did not pass
     slowdown: float = 1.0  # how much slower this kernel runs the tests than the default one (debug kernels)
+    leak_scan: bool = False  # the kernel has kmemleak: scan after the suite and give each leak to its test
 
 
 def limits(suite: suites.Suite, opts: SessionOptions) -> tuple[float, float]:
@@ -102,6 +109,9 @@ class TestSession:
         # STOPS key -> (boot, test, why, log position): where that detector stopped reporting
         self._stopped: dict[str, tuple[int, str, str, int]] = {}
         self._stall: float | None = None  # the hang window (limits)
+        self._comms: dict[str, str] = {}  # the name (comm) each test's processes had -> the test
+        self._next_comm = 1
+        self._ended = time.monotonic()  # when the last pass ended
 
     def run(self) -> None:
         target = self.lifecycle.target
@@ -121,7 +131,7 @@ class TestSession:
         while True:
             r = runner.Runner(target, limit, self._add, on_tap=self.sink.save_tap,
                               defer_unrun=self.opts.continue_after_crash and reboots < MAX_REBOOTS,
-                              stall_s=self._stall)
+                              stall_s=self._stall, first_comm=self._next_comm)
             try:
                 r.run(todo)
             finally:
@@ -153,6 +163,8 @@ class TestSession:
             self.repeat(selection, limit)
         elif self.opts.rerun_failed:
             self.rerun_failed(selection, limit)
+        if self.opts.leak_scan and not r.dead:
+            self.scan_leaks()
         for name, s in self.splats:
             self.ui.warn(f"kernel {s.kind} {outside_phase(name) or 'during ' + name}: {s.title}")
         for h in self.record.kernel.get("hung", []):
@@ -176,6 +188,9 @@ class TestSession:
         that boot, with the tests that ran after it unchecked."""
         boot = self.lifecycle.boots
         self._ran.setdefault(boot, {}).update(r.positions)
+        self._comms.update(r.comms)
+        self._next_comm = r.next_comm
+        self._ended = time.monotonic()
         for key, stop_of in STOPS.items():
             if key not in self._stopped:  # the run's first; a reboot turns the detector on again
                 stop = stop_of(r)
@@ -189,6 +204,56 @@ class TestSession:
         for name, where, unkillable in r.hung:
             self.record.kernel.setdefault("hung", []).append(
                 {"test": name, "boot": boot, "where": where, "unkillable": unkillable})
+
+    def scan_leaks(self) -> None:
+        """kmemleak's scan after the suite: each unreferenced object goes to
+        the test whose process allocated it (by the task name run-tests gave
+        that test), failing it like any kernel report.  Objects other tasks
+        allocated (at boot, sshd, kernel threads) are counted, not blamed:
+        no test's process asked for them.  Only objects of this boot are
+        seen: a reboot (--continue-after-crash) starts kmemleak afresh."""
+        target = self.lifecycle.target
+        wait = max(0.0, LEAK_MIN_AGE - (time.monotonic() - self._ended))
+        self.ui.info(f"scanning for leaks (kmemleak){f', after {wait:.0f} s' if wait >= 1 else ''}")
+        res = target.run([target.layout.leakcheck, f"{wait:.1f}"], LEAK_SCAN_TIMEOUT + wait)
+        if res.exit_status != 0:
+            why = (f"the scan took longer than {LEAK_SCAN_TIMEOUT:.0f} s" if res.timed_out else
+                   "the connection was lost" if res.lost else
+                   (res.err_text.strip().splitlines() or [f"status {res.exit_status}"])[-1])
+            self.record.kernel["leaks"] = {"scanned": False, "why": why}
+            self.record.errors.append(f"no leak scan: {why}")
+            return
+        (self.sink.path / "kmemleak.txt").write_text(res.text)  # as kmemleak listed them, every one
+        found = leaks.parse(res.text)
+        by_test: dict[str, list[leaks.Leak]] = {}
+        for leak in found:
+            if leak.comm in self._comms:
+                by_test.setdefault(self._comms[leak.comm], []).append(leak)
+        self.record.kernel["leaks"] = {"scanned": True, "objects": len(found),
+                                       "in_tests": sum(map(len, by_test.values()))}
+        records = {t.name: i for i, t in enumerate(self.record.tests)}
+        splats = []
+        for name, mine in by_test.items():
+            reports = leaks.group(mine)
+            splats += [(name, s) for s, _ in reports]
+            if name not in records:
+                continue
+            rec = self.record.tests[records[name]]
+            first = reports[0][0].title
+            more = f" (and {len(reports) - 1} more)" if len(reports) > 1 else ""
+            log = clean(rec.log + "\n" + "\n".join(f"--- kernel leak: {s.title} ---\n" + "\n".join(o.text for o in objs)
+                                                    for s, objs in reports))
+            if rec.status in ("pass", "skip"):
+                rec = replace(rec, status="fail", reason=f"kernel leak during the test: {first}{more}", log=log)
+            else:
+                # it failed anyway: its own reason first
+                rec = replace(rec, reason="; ".join(filter(None, (rec.reason, f"kernel leak: {first}{more}"))), log=log)
+            self.record.tests[records[name]] = rec
+            self.sink.add(rec)
+        self._note_splats(splats)
+        if by_test:
+            self.ui.warn(f"kmemleak: {sum(map(len, by_test.values()))} unreferenced object(s) allocated by "
+                         f"{len(by_test)} test(s)")
 
     def _note_splats(self, found: list) -> None:
         """The run's kernel reports for results.json: the first

@@ -25,6 +25,8 @@ class Layout:
     # watches a test for tasks blocked in the kernel, and dumps their stacks
     # before a test is killed; next to run-tests, which starts it
     hangcheck: str = "/usr/libexec/iommufd-harness/hangcheck"
+    # scans for leaks on a kernel with kmemleak, after a suite
+    leakcheck: str = "/usr/libexec/iommufd-harness/leakcheck"
 
 
 IMAGE_LAYOUT = Layout()  # the guest image's (qemu-images/*/recipe.toml puts them there)

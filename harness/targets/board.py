@@ -174,7 +174,7 @@ class BoardTarget(ConsoleLog):
         self._log_client = SshClient(spec.host, spec.port, spec.user, spec.key, host_key)
         self.remote = f"/tmp/iommufd-harness-{secrets.token_hex(4)}"
         self.layout = Layout(f"{self.remote}/selftests", f"{self.remote}/run-tests", f"{self.remote}/killtree",
-                             f"{self.remote}/hangcheck")
+                             f"{self.remote}/hangcheck", f"{self.remote}/leakcheck")
         self.console = ConsoleWatcher(run_dir / "console.log")
         self._stop = threading.Event()
         self._reader: threading.Thread | None = None

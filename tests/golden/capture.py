@@ -1,4 +1,5 @@
-"""Capture the golden console logs of tests/golden/console/ from real runs.
+"""Capture the golden console logs of tests/golden/console/ (and the
+kmemleak reports of tests/golden/kmemleak/) from real runs.
 
 Every log there is the serial console of a real guest, written by QEMU
 (CRLF, printk timestamps, userspace output interleaved), booted by this
@@ -8,6 +9,10 @@ the kernel's own crash-test module (LKDTM) for the reports no iommufd bug
 of ours provokes (lockups, hung tasks, RCU stalls, refcount underflows).
 
     .venv/bin/python tests/golden/capture.py [--work DIR] [--arch x86_64|arm64] [NAME ...]
+
+A kmemleak report is what the harness's leak scan read from
+/sys/kernel/debug/kmemleak after the suite (the results dir's kmemleak.txt),
+on the debug kernel with kmemleak.
 
 Each capture checks that the report it is for is in the log before it
 replaces the golden file, so a capture can never silently keep a log that
@@ -32,10 +37,12 @@ import paramiko
 
 REPO = Path(__file__).resolve().parents[2]
 GOLDEN = REPO / "tests" / "golden" / "console"
+GOLDEN_KMEMLEAK = REPO / "tests" / "golden" / "kmemleak"
 FIXTURES = REPO / "tests" / "fixtures" / "kernel-patches"
 PROFILES = {"x86_64": "x86_64-vtd", "arm64": "arm64-smmuv3"}
 MAX_BYTES = 1_000_000  # a golden log is a few hundred lines, not a flood
 DEBUG = ("--debug", "lockdep,kasan")
+LEAKS = ("--debug", "kasan,kmemleak,lockdep")  # the e2e tests' debug kernel (test_detectors.py)
 # LKDTM (drivers/misc/lkdtm) on top of the debug kernel: one file, so an
 # incremental build; its reports come quickly with short watchdog limits.
 LKDTM = ("--kconfig-add", "CONFIG_LKDTM=y")
@@ -54,6 +61,12 @@ class Capture:
     commands: tuple[str, ...] = ()  # with commands: boot, run them over SSH, wait for expect
     tests: str | None = None  # --tests for a suite run
     arches: tuple[str, ...] = ("x86_64", "arm64")
+    output: str = "console.log"  # the file of the run's results dir that is the golden one
+
+    def golden(self, arch: str) -> Path:
+        if self.output == "kmemleak.txt":
+            return GOLDEN_KMEMLEAK / f"{arch}-{self.name}.txt"
+        return GOLDEN / f"{arch}-{self.name}.log"
 
 
 QUOTES = "; ".join(f"echo '{line}' > /dev/console" for line in (
@@ -116,6 +129,10 @@ CAPTURES = (
     Capture("clean-boot", (), (r"iommufd-harness: network up", r"iommufd-harness: facts release=\S+ cpus=\S+ "
                                r"hugepages=\d+ .* end", r"iommufd-harness: sshd started"),
             tests="iommufd_ioas.no_domain.access_rw"),
+    # what kmemleak lists after the access suite: a record leaked by every unpin
+    Capture("leak-in-access-unpin", (*LEAKS, *fixture("leak-in-access-unpin.patch")),
+            (r'unreferenced object 0x[0-9a-f]+ \(size \d+\):\n  comm "iommufd#\d+"', r"iopt_area_add_access\+0x"),
+            arches=("x86_64",), output="kmemleak.txt"),
     Capture("sysrq-crash", (), (r"sysrq: Trigger a crash", r"Kernel panic - not syncing: sysrq triggered crash"),
             commands=("(sleep 1; echo c > /proc/sysrq-trigger) </dev/null >/dev/null 2>&1 &",)),
 )
@@ -134,7 +151,7 @@ def run_suite(c: Capture, arch: str, work: Path, results: Path) -> Path:
     if c.tests:
         argv += ["--tests", c.tests]
     subprocess.run(argv, cwd=REPO)  # its verdict is the fixture's business; the console is ours
-    return results / "console.log"
+    return results / c.output
 
 
 def run_commands(c: Capture, arch: str, work: Path, results: Path, wait: float = 240) -> Path:
@@ -188,11 +205,12 @@ def capture(c: Capture, arch: str, work: Path) -> None:
     text = log.read_bytes().decode(errors="replace")
     missing = _missing(text, c.expect)
     if len(text) > MAX_BYTES:
-        raise SystemExit(f"{arch}-{c.name}: the console of {results} has {len(text)} characters: too much for a "
+        raise SystemExit(f"{arch}-{c.name}: the {c.output} of {results} has {len(text)} characters: too much for a "
                          "golden log (a flood of reports?)")
     if missing:
-        raise SystemExit(f"{arch}-{c.name}: the console of {results} does not show {missing}")
-    dest = GOLDEN / f"{arch}-{c.name}.log"
+        raise SystemExit(f"{arch}-{c.name}: the {c.output} of {results} does not show {missing}")
+    dest = c.golden(arch)
+    dest.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(log, dest)
     print(f"captured {dest.relative_to(REPO)} ({len(text.splitlines())} lines) from {results}", flush=True)
 

@@ -1,9 +1,16 @@
 """A suite on a lifecycle: a crash, the reboot for the tests left, and a
 target that cannot be rebooted."""
 
+import json
+from collections import Counter
+from pathlib import Path
+
 from fakes import LocalLifecycle
 
 from harness import suites
+from harness.parse import leaks
+from harness.run import session as session_mod
+from harness.targets.base import IMAGE_LAYOUT
 from harness.pipeline import Options, new_record
 from harness.reports.resultsdir import ResultsDir
 from harness.run.session import SessionOptions, TestSession
@@ -241,3 +248,74 @@ def test_folded_attempts_keep_the_worst_and_a_skip_is_not_a_failure():
     skipped = fold_attempts([t("skip", 1), t("pass", 2)])
     assert (skipped.status, skipped.reason) == ("skip", "1 of 2 attempts passed (skip, pass)")
     assert fold_attempts([t("pass", 1), t("pass", 2)]).duration_s == 2.0
+
+
+# -- leaks (kmemleak) -------------------------------------------------------------
+
+KMEMLEAK = Path(__file__).resolve().parents[1] / "golden" / "kmemleak" / "x86_64-leak-in-access-unpin.txt"
+THREE = "*.no_domain.access_pin,*.mock_domain.access_rw,*.mock_domain.fails"
+
+
+def _leak_session(tmp_path, fake_selftests, kmemleak: Path):
+    ctl = tmp_path / "kmemleak-ctl"
+    lc = LocalLifecycle(fake_selftests, env={"HARNESS_KMEMLEAK": str(kmemleak), "HARNESS_KMEMLEAK_CTL": str(ctl)})
+    record = new_record(Options(work=tmp_path / "w"))
+    sink = ResultsDir(tmp_path / "r")
+    session = TestSession(lc, SUITE, SessionOptions(tests=THREE, leak_scan=True), record, sink, Ui(quiet=True))
+    with lc:
+        lc.up()
+        session.run()
+    return session, record, ctl, lc
+
+
+def test_each_leak_goes_to_the_test_whose_process_allocated_it(fake_selftests, tmp_path, monkeypatch):
+    """The three tests' processes are iommufd#1..3 (run-tests names them),
+    as were the first three tests' of the captured run: their objects are
+    theirs; those of the captured run's later tests are no test's here."""
+    monkeypatch.setattr(session_mod, "LEAK_MIN_AGE", 0.0)
+    found = leaks.parse(KMEMLEAK.read_text())
+    per_comm = Counter(f.comm for f in found)
+    session, record, ctl, lc = _leak_session(tmp_path, fake_selftests, KMEMLEAK)
+    assert ctl.read_text() == "scan\nscan\n"  # kmemleak reports an object at its second scan
+    mine = [per_comm[f"iommufd#{i}"] for i in (1, 2, 3)]
+    assert all(mine) and sum(mine) < len(found)
+    assert [(t.name.rsplit(".", 1)[1], t.status) for t in record.tests] == [
+        ("access_pin", "fail"), ("access_rw", "fail"), ("fails", "fail")]
+    pin, rw, fails = record.tests
+    # one report per test and allocating function, counting its objects; the log has every object
+    per_test = {t.name: [f for f in found if f.comm == c] for t, c in zip(record.tests, ("iommufd#1", "iommufd#2",
+                                                                                          "iommufd#3"))}
+    for t in record.tests:
+        objs = per_test[t.name]
+        title = objs[0].splat().title if len(objs) == 1 else \
+            f"memory leak in iopt_area_add_access: {len(objs)} unreferenced objects, the first of {objs[0].size} " \
+            f"bytes (comm {objs[0].comm})"
+        assert t.log.count("unreferenced object 0x") == len(objs)
+        assert f"--- kernel leak: {title} ---" in t.log
+        # a test that failed anyway (here without a reason of its own) is not said to fail by the leak
+        assert t.reason == (f"kernel leak: {title}" if t is fails else f"kernel leak during the test: {title}")
+    assert record.kernel["leaks"] == {"scanned": True, "objects": len(found), "in_tests": sum(mine)}
+    assert [(n, s.kind, s.signature) for n, s in session.splats] == \
+        [(t.name, "leak", "memory leak in iopt_area_add_access") for t in record.tests]
+    # the whole list is kept, and the changed records reach progress.jsonl after the first ones
+    assert (tmp_path / "r" / "kmemleak.txt").read_text() == KMEMLEAK.read_text()
+    progress = [json.loads(line) for line in (tmp_path / "r" / "progress.jsonl").read_text().splitlines()]
+    assert [p["status"] for p in progress] == ["pass", "pass", "fail", "fail", "fail", "fail"]
+
+
+def test_no_kmemleak_on_the_target_is_said_not_a_pass(fake_selftests, tmp_path, monkeypatch):
+    monkeypatch.setattr(session_mod, "LEAK_MIN_AGE", 0.0)
+    session, record, ctl, lc = _leak_session(tmp_path, fake_selftests, tmp_path / "missing")
+    assert record.kernel["leaks"] == {"scanned": False, "why": f"no kmemleak: {tmp_path / 'missing'} is missing"}
+    assert record.errors == [f"no leak scan: no kmemleak: {tmp_path / 'missing'} is missing"]
+    assert [t.status for t in record.tests] == ["pass", "pass", "fail"]
+
+
+def test_a_kernel_without_kmemleak_is_not_scanned(fake_selftests, tmp_path):
+    lc = LocalLifecycle(fake_selftests)
+    session, record = _session(lc, tmp_path)
+    with lc:
+        lc.up()
+        session.run()
+        commands = lc.target.commands
+    assert not [c for c in commands if c[0] == IMAGE_LAYOUT.leakcheck] and "leaks" not in record.kernel
