@@ -1,13 +1,14 @@
-"""What the debug kernels are for, shown on the real kernel: three bugs of
-the kind iommufd really has (a lock-order inversion, an out-of-bounds read,
-sleeping under a spinlock), each in the access paths and each invisible to
-userspace.  Under ``--debug lockdep,kasan`` each one turns the gate red in
-exactly the test that hits it, with the detector's report in that test's log;
-on the default kernel, which lacks the detectors, the same three bugs pass
-green.  No false positives either: every other test of the suite passes on
-the debug kernel, and its boot is clean.  One debug build serves all of
-them: a fixture changes one file, so switching between them is an
-incremental build of that build directory.
+"""What the debug kernels are for, shown on the real kernel: bugs of the
+kind iommufd really has (a lock-order inversion, an out-of-bounds read,
+sleeping under a spinlock, a leaked pin record), each in the access paths
+and each invisible to userspace.  Under ``--debug kasan,kmemleak,lockdep``
+each one turns the gate red in exactly the tests that hit it, with the
+detector's report in that test's log; on the default kernel, which lacks the
+detectors, the same bugs pass green.  No false positives either: every other
+test of the suite passes on the debug kernel, its boot is clean, and the
+leak scan after each suite blames no test that leaked nothing.  One debug
+build serves all of them: a fixture changes one file, so switching between
+them is an incremental build of that build directory.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ REPO = Path(__file__).resolve().parents[2]
 WORK = Path(os.environ.get("IOMMUFD_HARNESS_WORK", REPO / "work"))
 FIXTURES = REPO / "tests" / "fixtures" / "kernel-patches"
 BASELINES = REPO / "selftests" / "baselines"
-DEBUG = "lockdep,kasan"
+DEBUG = "kasan,kmemleak,lockdep"
 
 pytestmark = pytest.mark.slow
 
@@ -95,19 +96,60 @@ def test_the_debug_kernel_catches_the_bug_in_the_test_that_hits_it(tmp_path, fix
     else:
         assert "kasan_off" not in data["kernel"]
     # the detectors really ran, and saw nothing else: the other tests and the boot are clean
-    assert data["kernel"]["debug"] == ["kasan", "lockdep"] and len(data["tests"]) == len(listed_tests("access"))
+    assert data["kernel"]["debug"] == ["kasan", "kmemleak", "lockdep"] and \
+        len(data["tests"]) == len(listed_tests("access"))
+    assert data["kernel"]["leaks"] == {"scanned": True, "objects": 0, "in_tests": 0}
     console = (results / "console.log").read_text()
     assert "Lock dependency validator" in console and "KernelAddressSanitizer initialized" in console
 
 
+LEAKING = ("iommufd_ioas.no_domain.access_pin", "iommufd_ioas.no_domain.access_pin_unmap",
+           "iommufd_mock_domain.one_domain.user_copy")
+NOT_LEAKING = ("iommufd_ioas.no_domain.access_rw_unaligned",)
+
+
+def test_the_debug_kernel_gives_each_leak_to_the_test_that_leaked_it(tmp_path):
+    """leak-in-access-unpin.patch leaks a pin record whenever an access
+    unpins a range: kmemleak's scan after the suite finds them, and each
+    one fails the test whose process allocated it; a test that pins
+    nothing (access_rw_unaligned) passes."""
+    results = tmp_path / "leak"
+    code, data = _run(results, "--debug", DEBUG, "--patches", str(FIXTURES / "leak-in-access-unpin.patch"),
+                      "--tests", ",".join(LEAKING + NOT_LEAKING))
+    assert code == 1 and data["verdict"] == "fail"
+    status = {t["name"]: t["status"] for t in data["tests"]}
+    assert status == {**{n: "fail" for n in LEAKING}, **{n: "pass" for n in NOT_LEAKING}}, status
+    for t in data["tests"]:
+        if t["name"] in LEAKING:
+            assert t["reason"].startswith("kernel leak during the test: memory leak in iopt_area_add_access: "
+                                          "unreferenced object of "), t["reason"]
+            assert "backtrace" in t["log"] and "iommufd_access_pin_pages" in t["log"]
+    # every object kmemleak listed was a test's: none from the boot, sshd or a kernel thread
+    leaks = data["kernel"]["leaks"]
+    assert leaks["scanned"] and leaks["objects"] == leaks["in_tests"] >= len(LEAKING), leaks
+    splats = data["kernel"]["splats"]
+    assert {s["test"] for s in splats} == set(LEAKING) and \
+        {(s["kind"], s["signature"]) for s in splats} == {("leak", "memory leak in iopt_area_add_access")}
+    assert len(splats) == leaks["in_tests"]
+    assert (results / "kmemleak.txt").read_text().count("unreferenced object ") == leaks["objects"]
+    # the allocation backtrace decodes to file and line
+    rec = next(t for t in data["tests"] if t["name"] == LEAKING[0])
+    decoded = rec["log"][rec["log"].index("--- decoded leak ---"):]
+    assert re.search(r"iopt_area_add_access\+0x\w+/0x\w+ \(drivers/iommu/iommufd/pages\.c:\d+\)", decoded), \
+        decoded[:3000]
+    assert LEAKING[0] in (results / "summary.md").read_text()
+
+
 def test_without_the_detectors_the_same_bugs_pass_green(tmp_path):
-    """The value of each detector: the default kernel runs all three broken
+    """The value of each detector: the default kernel runs all four broken
     access paths and the gate stays green."""
-    patches = [arg for f in sorted(DETECTED) for arg in ("--patches", str(FIXTURES / f))]
+    blind = [*sorted(DETECTED), "leak-in-access-unpin.patch"]
+    patches = [arg for f in blind for arg in ("--patches", str(FIXTURES / f))]
     code, data = _run(tmp_path / "blind", *patches)
     assert code == 0 and data["verdict"] == "pass", data["errors"]
     assert data["kernel"]["debug"] == []
-    assert len(data["patches"]) == len(list((REPO / "kernel-patches" / "default").glob("*.patch"))) + len(DETECTED)
+    assert len(data["patches"]) == len(list((REPO / "kernel-patches" / "default").glob("*.patch"))) + len(blind)
+    assert "leaks" not in data["kernel"]  # no kmemleak: no scan
     assert len(data["tests"]) == len(listed_tests("access")) and data["kernel"]["splats"] == []
 
 
@@ -128,5 +170,6 @@ def test_the_debug_kernel_names_a_self_deadlock_before_the_test_hangs(tmp_path):
     assert "WARNING: possible recursive locking detected" in rec["log"]
     kinds = {(s["test"], s["kind"]) for s in data["kernel"]["splats"]}
     assert {(hung, "lockdep"), (hung, "hang")} <= kinds and {t for t, _ in kinds} == {hung}, kinds
-    assert data["kernel"]["limits"]["per_test_s"] == 30 * 3 * 10  # the access suite's, times lockdep's and KASAN's
+    # the access suite's limit, times lockdep's, KASAN's and kmemleak's slowdown
+    assert data["kernel"]["limits"]["per_test_s"] == pytest.approx(30 * 3 * 10 * 1.2)
     assert data["kernel"]["lockdep_off"]["test"] == hung
