@@ -109,6 +109,7 @@ _SIG_SUBS: tuple[tuple[re.Pattern[str], str], ...] = tuple((re.compile(rx), repl
     (r"\bpid[:=] ?\d+", "pid N"),
     (r"(?<=\S)([:/])\d+(?=[\]/\s,)]|$)", r"\1N"),  # comm:pid, comm/pid
     (r"\[#\d+\]", "[#N]"),
+    (r"(?<=\w)#\d+\b", "#N"),  # a test's task name (run-tests' comm "iommufd#7")
     (r"\b\d+(?:\.\d+)?(?=\s?(?:s|ms|us|ns|secs?|seconds|jiffies)\b)", "N"),  # durations
     (r"\bt=\d+", "t=N"),
     (r"\s+", " "),
