@@ -272,23 +272,31 @@ def create(dest: Path, work: WorkDir, recipe: BoardRecipe | None = None, port: i
 
     base = image.build_base(image.ImageRequest(recipe.userland, recipe.arch, {}), work.images, work.cache, log)
     keys = image.make_keys(dest)  # the lab's key (id_ed25519) and the board's host key
-    port = port or free_port()
-    (dest / "known_hosts").write_text(f"[127.0.0.1]:{port} {keys.host_public}\n")
-    rel = [str(m.relative_to(moddir)) for m in modules]
-    (dest / "modules.load").write_text("".join(f"{r}\n" for r in rel))
-    extra = {f"/lib/modules/{release}/{r}": (m, 0o644) for m, r in zip(modules, rel)}
-    extra[f"/lib/modules/{release}/load"] = (dest / "modules.load", 0o644)
-    initrd = image.run_image(base, keys, dest, extra)
-    (dest / "extlinux.conf").write_text(
-        f"default installed\ntimeout 1\n\nlabel installed\n    kernel /vmlinuz-{release}\n"
-        f"    initrd /initrd.img-{release}\n    append {recipe.cmdline}\n")
-    _fat_disk(dest / "disk.img", int(recipe.machine.get("disk_mib", 256)),
-              {f"vmlinuz-{release}": vmlinuz[-1], f"initrd.img-{release}": initrd,
-               # as Debian installs it: a board's own config (lab kernel_config = "running")
-               f"config-{release}": kroot / "boot" / f"config-{release}",
-               "extlinux/extlinux.conf": dest / "extlinux.conf"}, log)
-    initrd.unlink()
-    _env_flash(dest, recipe, log)
+    try:
+        port = port or free_port()
+        (dest / "known_hosts").write_text(f"[127.0.0.1]:{port} {keys.host_public}\n")
+        rel = [str(m.relative_to(moddir)) for m in modules]
+        (dest / "modules.load").write_text("".join(f"{r}\n" for r in rel))
+        extra = {f"/lib/modules/{release}/{r}": (m, 0o644) for m, r in zip(modules, rel)}
+        extra[f"/lib/modules/{release}/load"] = (dest / "modules.load", 0o644)
+        initrd = dest / "initrd.cpio"  # what run_image writes
+        try:
+            image.run_image(base, keys, dest, extra)  # holds the board's private host key
+            (dest / "extlinux.conf").write_text(
+                f"default installed\ntimeout 1\n\nlabel installed\n    kernel /vmlinuz-{release}\n"
+                f"    initrd /initrd.img-{release}\n    append {recipe.cmdline}\n")
+            _fat_disk(dest / "disk.img", int(recipe.machine.get("disk_mib", 256)),
+                      {f"vmlinuz-{release}": vmlinuz[-1], f"initrd.img-{release}": initrd,
+                       # as Debian installs it: a board's own config (lab kernel_config = "running")
+                       f"config-{release}": kroot / "boot" / f"config-{release}",
+                       "extlinux/extlinux.conf": dest / "extlinux.conf"}, log)
+        finally:
+            initrd.unlink(missing_ok=True)
+        _env_flash(dest, recipe, log)
+    except BaseException:
+        # no board, so nothing may use its lab key: none is left behind
+        image.remove_keys(dest)
+        raise
     info = {"recipe": recipe.userland.name, "arch": recipe.arch, "port": port, "console_port": free_port(),
             "installed": {
         "package": kpkg, "deb": kdeb[kpkg].name, "release": release, "cmdline": recipe.cmdline,

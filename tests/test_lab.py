@@ -181,6 +181,54 @@ def test_the_qemu_board_lab_file_is_a_valid_lab(tmp_path):
     assert "qemu-board reset" in b.power_cycle and "qemu-board console" in b.console
 
 
+@pytest.mark.parametrize("fails", ["disk", "uboot", "interrupt"])
+def test_a_qemu_board_that_was_not_made_leaves_no_private_key(tmp_path, monkeypatch, fails):
+    """create writes the lab's private key (and an initrd holding the board's
+    host key) before the disk and U-Boot's environment are made: when those
+    fail there is no board for the key to reach, and neither is left."""
+    from harness.errors import ImageError
+    from harness.stages import image
+    from harness.stages.cpio import CpioWriter
+    from harness.workdir import WorkDir
+
+    def unpack(debs, root, log):
+        (root / "boot").mkdir(parents=True)
+        for name in ("vmlinuz-6.1.0-test", "config-6.1.0-test"):
+            (root / "boot" / name).write_text("")
+
+    def base(req, images, cache, log):
+        with open(tmp_path / "base.cpio", "wb") as f:
+            CpioWriter(f).close()
+        return image.BaseImage(tmp_path / "base.cpio", {}, True, req.recipe.ssh)
+
+    seen = {}
+
+    def disk(path, mib, files, log):
+        seen["initrd"] = files["initrd.img-6.1.0-test"].is_file()
+        seen["key"] = (dest / "id_ed25519").is_file()
+        if fails == "disk":
+            raise ImageError("mcopy failed")
+        if fails == "interrupt":
+            raise KeyboardInterrupt
+
+    def env_flash(dest, recipe, log):
+        raise ImageError("U-Boot did not print its prompt")
+
+    monkeypatch.setattr(qemuboard, "resolve_kernel_package", lambda pkg, arch, log: "linux-image-6.1.0-test")
+    monkeypatch.setattr(qemuboard.image, "fetch_packages", lambda pkgs, arch, cache, log: {pkgs[0]: Path("k.deb")})
+    monkeypatch.setattr(qemuboard.image, "unpack", unpack)
+    monkeypatch.setattr(qemuboard, "module_closure", lambda moddir, wanted: [])
+    monkeypatch.setattr(qemuboard.image, "build_base", base)
+    monkeypatch.setattr(qemuboard, "_fat_disk", disk)
+    monkeypatch.setattr(qemuboard, "_env_flash", env_flash)
+    dest = tmp_path / "qb"
+    with pytest.raises(KeyboardInterrupt if fails == "interrupt" else ImageError):
+        qemuboard.create(dest, WorkDir(tmp_path / "work"), port=2222)
+    assert seen == {"initrd": True, "key": True}  # the real files, while the disk was made
+    left = sorted(p.name for p in dest.iterdir())
+    assert not {"id_ed25519", "id_ed25519.pub", "initrd.cpio", "lab.toml", "board.json"} & set(left), left
+
+
 def test_the_qemu_board_modules_come_with_their_dependencies(tmp_path):
     """Each module after what it depends on (from .modinfo), built-in ones
     skipped, a missing one named."""
