@@ -322,6 +322,9 @@ class PlaceLock:
         self.held = True
         return self
 
+    def check(self) -> None:
+        """A place stays acquired until it is released: nothing can lapse."""
+
     def __exit__(self, *exc) -> None:
         if self.console is not None:
             self.console.stop()

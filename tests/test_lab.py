@@ -10,6 +10,7 @@ import multiprocessing
 import os
 import struct
 import subprocess
+import threading
 import time
 import zlib
 from pathlib import Path
@@ -131,6 +132,93 @@ def test_a_live_lock_is_renewed_past_its_lease(tmp_path):
     with lab.BoardLock(state, "m1", "long run", lease=0.8):
         time.sleep(1.6)
         assert state.lock_info("m1") is not None
+
+
+def _until_raises(check, limit: float = 10.0):
+    deadline = time.monotonic() + limit
+    while True:
+        try:
+            check()
+        except lab.LockLost as e:
+            return e
+        assert time.monotonic() < deadline, "the lost lock was never noticed"
+        time.sleep(0.05)
+
+
+def test_a_lock_another_holder_took_stops_the_run_at_its_next_check(tmp_path):
+    """A renewal that finds the lock not ours (released by 'lab release',
+    then taken by another run) ends the run's hold at once: check() raises,
+    naming the new holder, and leaving never drops that holder's lock."""
+    state = lab.LabState(tmp_path / "state")
+    with pytest.raises(lab.LockLost) as e:
+        with lab.BoardLock(state, "m1", "long run", lease=0.4) as lock:
+            lock.check()
+            assert state.release("m1") == ["lock dropped"]
+            assert state.try_lock("m1", "other", "someone else's nightly") is None
+            lost = _until_raises(lock.check)
+            assert "someone else's nightly" in lost.message and lost.voids_verdict
+            lock.check()
+    assert "lost its lock on board m1: another run holds it now" in e.value.message
+    assert "lab check" in e.value.hint
+    assert state.lock_info("m1")["what"] == "someone else's nightly"
+
+
+def test_renewals_that_fail_for_a_whole_lease_stop_the_run(tmp_path):
+    """The state directory gone (an NFS mount that went away): the renewals
+    fail, the lease covers a few misses, and once it would have expired the
+    next check() raises with the renewal's error."""
+    root = tmp_path / "state"
+    state = lab.LabState(root)
+    lease = 1.0
+    with pytest.raises(lab.LockLost) as e:
+        with lab.BoardLock(state, "m1", "long run", lease=lease) as lock:
+            root.rename(tmp_path / "away")
+            root.write_text("not a directory")  # every renewal fails in _guard
+            broken = time.monotonic()
+            lock.check()  # renewed within the lease: the run goes on
+            _until_raises(lock.check)
+            assert time.monotonic() - broken >= lease / 2, "a missed renewal is covered by the lease"
+            lock.check()
+    assert "could not be renewed" in e.value.message and f"cannot use the lab state directory {root}" in e.value.message
+    assert f"{root} is reachable" in e.value.hint
+
+
+def test_a_stuck_renewal_is_noticed_by_check_alone(tmp_path, monkeypatch):
+    """Renewals that never return (a hung filesystem) set nothing: check()
+    itself sees that no renewal held for a whole lease."""
+    state = lab.LabState(tmp_path / "state")
+    hang = threading.Event()
+    with lab.BoardLock(state, "m1", "long run", lease=0.4) as lock:
+        monkeypatch.setattr(state, "renew", lambda *a, **k: hang.wait(30))
+        e = _until_raises(lock.check)
+        assert "was not renewed for" in e.message and lock._lost is None
+        hang.set()
+
+
+def test_a_lab_run_that_lost_its_lock_stops_with_no_verdict(tmp_path, monkeypatch):
+    """The pipeline checks the lock at every stage boundary: a lease lost
+    while the board was probed stops the run before the source stage, exit
+    2, and the board's new holder keeps it."""
+    (tmp_path / "known_hosts").write_text("")
+    path = write(tmp_path, LAB)
+    state = lab.LabState(tmp_path / "lab.state")
+    monkeypatch.setattr(lab, "LEASE_S", 0.4)
+
+    def probe(entry, fetch_config=False, into=None):
+        state.release("m1")
+        assert state.try_lock("m1", "other", "someone else's nightly") is None
+        time.sleep(0.6)  # longer than the lease: lost, whether a renewal ran or not
+        return {"release": "6.1.0", "machine": "aarch64", "kexec": True}
+
+    monkeypatch.setattr(deploy, "probe", probe)
+    work = tmp_path / "w"
+    assert cli.main(["run", "--lab", str(path), "--board", "m1", "--work", str(work),
+                     "--results", str(tmp_path / "r")]) == 2
+    data = json.loads((tmp_path / "r" / "results.json").read_text())
+    assert data["verdict"] == "error" and "lost its lock on board m1" in data["errors"][0]
+    assert data["stages"] == {}
+    assert not list((work / "trees").glob("*/src"))  # nothing extracted, nothing built
+    assert state.lock_info("m1")["what"] == "someone else's nightly"
 
 
 def test_quarantine_refuses_runs_until_released(tmp_path):
