@@ -43,6 +43,7 @@ from harness.errors import HarnessError, InputError
 BOOT_METHODS = ("kexec", "oneshot", "installed")
 KERNEL_CONFIGS = ("running", "defconfig", "profile")
 LEASE_S = 120.0  # a lock not renewed for this long belongs to a holder that died
+GUARD_WAIT_S = 30.0  # how long one board's state file is waited for (held by another controller)
 
 
 class LabError(HarnessError):
@@ -187,15 +188,34 @@ class LabState:
     @contextmanager
     def _guard(self, board: str):
         """Mutual exclusion for reading and writing one board's state
-        (flock: local, and NFSv4 through its byte-range locks)."""
+        (flock: local, and NFSv4 through its byte-range locks), waited for
+        up to GUARD_WAIT_S: a holder never takes it for longer than a read
+        and a write, so one that keeps it is hung, or the NFS server is."""
+        path = self._file(board, "guard")
         try:
             self.root.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self._file(board, "guard"), os.O_RDWR | os.O_CREAT, 0o666)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
         except OSError as e:
             raise LabError(f"cannot use the lab state directory {self.root}: {e.strerror}",
                            "set 'state' in the lab file to a directory this user can write") from None
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            deadline = time.monotonic() + GUARD_WAIT_S
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        raise LabError(
+                            f"the lab state file {path} stayed locked for {GUARD_WAIT_S:g} s",
+                            "a process holds it and does not let go (a hung harness on a controller of this lab: "
+                            f"lslocks or fuser {path} on each of them shows it), or the file server of {self.root} "
+                            "does not answer; end that process or fix the mount, then run again") from None
+                    time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
+                except OSError as e:
+                    raise LabError(f"cannot lock the lab state file {path}: {e.strerror}",
+                                   f"put 'state' on a filesystem with working locks (local, NFSv4, or NFSv3 "
+                                   "with lockd)") from None
             yield
         finally:
             os.close(fd)

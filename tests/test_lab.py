@@ -10,6 +10,7 @@ import multiprocessing
 import os
 import struct
 import subprocess
+import sys
 import threading
 import time
 import zlib
@@ -219,6 +220,48 @@ def test_a_lab_run_that_lost_its_lock_stops_with_no_verdict(tmp_path, monkeypatc
     assert data["stages"] == {}
     assert not list((work / "trees").glob("*/src"))  # nothing extracted, nothing built
     assert state.lock_info("m1")["what"] == "someone else's nightly"
+
+
+def _flock_holder(path: Path, seconds: float) -> subprocess.Popen:
+    """Another process that holds ``path``'s flock for ``seconds``."""
+    code = ("import fcntl, os, sys, time\n"
+            "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o666)\n"
+            "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+            "print('held', flush=True)\n"
+            "time.sleep(float(sys.argv[2]))\n")
+    p = subprocess.Popen([sys.executable, "-c", code, str(path), str(seconds)], stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline() == "held\n"
+    return p
+
+
+def test_a_state_file_held_by_another_process_is_waited_for_then_refused(tmp_path, monkeypatch):
+    """The state file's flock is waited for (a holder that lets go within
+    the wait is no error), but not forever: one that keeps it fails the
+    lock with the file named and what to do."""
+    state = lab.LabState(tmp_path / "state")
+    guard = tmp_path / "state" / "m1.guard"
+    guard.parent.mkdir()
+    monkeypatch.setattr(lab, "GUARD_WAIT_S", 10.0)
+    brief = _flock_holder(guard, 0.5)
+    try:
+        t0 = time.monotonic()
+        assert state.try_lock("m1", "tok", "run") is None
+        assert time.monotonic() - t0 >= 0.3  # it did wait for the holder
+    finally:
+        brief.wait(10)
+    monkeypatch.setattr(lab, "GUARD_WAIT_S", 0.5)
+    hung = _flock_holder(guard, 60)
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(lab.LabError) as e:
+            state.renew("m1", "tok")
+        assert 0.5 <= time.monotonic() - t0 < 5
+    finally:
+        hung.kill()
+        hung.wait(10)
+    assert e.value.message == f"the lab state file {guard} stayed locked for 0.5 s"
+    assert f"lslocks or fuser {guard}" in e.value.hint
+    assert state.renew("m1", "tok")  # the holder is gone: the state is usable again
 
 
 def test_quarantine_refuses_runs_until_released(tmp_path):
