@@ -20,6 +20,7 @@ import json
 import os
 import re
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -31,7 +32,7 @@ from pathlib import Path
 from elftools.elf.elffile import ELFFile
 
 from harness import arches, data, proc
-from harness.errors import ImageError, InputError, TargetError
+from harness.errors import ImageError, InputError, TargetError, ToolMissing
 from harness.stages import image
 from harness.targets.qemu import free_port
 from harness.workdir import WorkDir
@@ -251,9 +252,29 @@ def _fat_disk(disk: Path, mib: int, files: dict[str, Path], log: Path) -> None:
                  what=f"copying {rel} to the board disk", env=env)
 
 
+# what create runs on this machine besides QEMU: the disk's partition table,
+# FAT file system and files, and U-Boot's environment
+CREATE_TOOLS = ("sfdisk", "mkfs.vfat", "mmd", "mcopy", "mkenvimage")
+
+
+def check_host(recipe: BoardRecipe) -> None:
+    """Everything create needs on this machine, checked before any work:
+    'make setup' installs only QEMU of it (the rest is for the tests' QEMU
+    lab board, 'make setup-test')."""
+    m = recipe.machine
+    missing = [proc.package_for(t) for t in (*CREATE_TOOLS, m["binary"]) if shutil.which(t) is None]
+    if not Path(m["firmware"]).is_file():
+        missing.append(m["firmware_package"])
+    if missing:
+        packages = " ".join(dict.fromkeys(missing))
+        raise ToolMissing(f"the QEMU lab board needs {packages}, not installed here",
+                          f"install them with: apt-get install {packages}  (or run 'make setup-test')")
+
+
 def create(dest: Path, work: WorkDir, recipe: BoardRecipe | None = None, port: int = 0) -> dict:
     """A new board in ``dest``: disk, keys, lab.toml.  Returns board.json."""
     recipe = recipe or BoardRecipe.load()
+    check_host(recipe)
     arch = arches.load(recipe.arch)
     dest.mkdir(parents=True, exist_ok=True)
     log = dest / "create.log"

@@ -345,6 +345,7 @@ def test_a_qemu_board_that_was_not_made_leaves_no_private_key(tmp_path, monkeypa
     def env_flash(dest, recipe, log):
         raise ImageError("U-Boot did not print its prompt")
 
+    monkeypatch.setattr(qemuboard, "check_host", lambda recipe: None)
     monkeypatch.setattr(qemuboard, "resolve_kernel_package", lambda pkg, arch, log: "linux-image-6.1.0-test")
     monkeypatch.setattr(qemuboard.image, "fetch_packages", lambda pkgs, arch, cache, log: {pkgs[0]: Path("k.deb")})
     monkeypatch.setattr(qemuboard.image, "unpack", unpack)
@@ -358,6 +359,34 @@ def test_a_qemu_board_that_was_not_made_leaves_no_private_key(tmp_path, monkeypa
     assert seen == {"initrd": True, "key": True}  # the real files, while the disk was made
     left = sorted(p.name for p in dest.iterdir())
     assert not {"id_ed25519", "id_ed25519.pub", "initrd.cpio", "lab.toml", "board.json"} & set(left), left
+
+
+def test_a_qemu_board_without_its_tools_names_their_packages_before_any_work(tmp_path, monkeypatch):
+    """'make setup' leaves the QEMU lab board's U-Boot and FAT tools out:
+    create names every package it misses at once, before it fetches or
+    writes anything (no key either)."""
+    import dataclasses
+    import shutil
+
+    from harness.errors import ToolMissing
+    from harness.workdir import WorkDir
+
+    have = shutil.which
+    monkeypatch.setattr(qemuboard.shutil, "which",
+                        lambda t: None if t in ("mcopy", "mmd", "mkenvimage") else have(t) or f"/usr/bin/{t}")
+
+    def fetch(*a):
+        raise AssertionError("fetched before the tools were checked")
+
+    monkeypatch.setattr(qemuboard, "resolve_kernel_package", fetch)
+    recipe = qemuboard.BoardRecipe.load()
+    recipe = dataclasses.replace(recipe, machine={**recipe.machine, "firmware": str(tmp_path / "u-boot.bin")})
+    dest = tmp_path / "qb"
+    with pytest.raises(ToolMissing) as e:
+        qemuboard.create(dest, WorkDir(tmp_path / "work"), recipe)
+    assert e.value.message == "the QEMU lab board needs mtools u-boot-tools u-boot-qemu, not installed here"
+    assert "apt-get install mtools u-boot-tools u-boot-qemu" in e.value.hint and "make setup-test" in e.value.hint
+    assert not dest.exists()
 
 
 def test_the_qemu_board_modules_come_with_their_dependencies(tmp_path):
