@@ -18,6 +18,7 @@ class HarnessError(Exception):
     """A failure the user can act on.  ``hint`` says what to do about it."""
 
     stage = "harness"
+    voids_verdict = False  # the tests' results do not count (the run ends with no verdict, exit 2)
 
     def __init__(self, message: str, hint: str | None = None, *, log: str | None = None):
         super().__init__(message)

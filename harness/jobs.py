@@ -176,6 +176,7 @@ def run_one(opts: Options, ui: Ui, results_path: Path, brief: str = "") -> tuple
     record = new_record(opts)
     sink = ResultsDir(results_path)
     interrupted = False
+    void = False  # the tests' results do not count (a lab run that lost its board's lock)
     try:
         if opts.compare_base:
             record.base = base_run(opts, ui, WorkDir(opts.work))
@@ -222,12 +223,15 @@ def run_one(opts: Options, ui: Ui, results_path: Path, brief: str = "") -> tuple
     except HarnessError as e:
         record.errors.append(e.render())
         ui.error(e.render())
+        void = e.voids_verdict
     except KeyboardInterrupt:
         interrupted = True
         record.errors.append("the run was interrupted")
         ui.error("interrupted: tearing down, writing what was collected")
     finally:
         record.decide()
+        if void:
+            record.verdict = "error"
         sink.write(record)
     if brief:
         render_reports(ui, results_path, None)

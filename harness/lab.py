@@ -43,12 +43,21 @@ from harness.errors import HarnessError, InputError
 BOOT_METHODS = ("kexec", "oneshot", "installed")
 KERNEL_CONFIGS = ("running", "defconfig", "profile")
 LEASE_S = 120.0  # a lock not renewed for this long belongs to a holder that died
+GUARD_WAIT_S = 30.0  # how long one board's state file is waited for (held by another controller)
 
 
 class LabError(HarnessError):
     """The lab refused the run (board locked, quarantined, unknown): no verdict."""
 
     stage = "lab"
+
+
+class LockLost(LabError):
+    """The run's lease on its board ended while the run went on (renewals
+    failed until it expired, or another holder has the lock): whatever the
+    board did since is not the run's, so the run has no verdict."""
+
+    voids_verdict = True
 
 
 @dataclass(frozen=True)
@@ -179,15 +188,34 @@ class LabState:
     @contextmanager
     def _guard(self, board: str):
         """Mutual exclusion for reading and writing one board's state
-        (flock: local, and NFSv4 through its byte-range locks)."""
+        (flock: local, and NFSv4 through its byte-range locks), waited for
+        up to GUARD_WAIT_S: a holder never takes it for longer than a read
+        and a write, so one that keeps it is hung, or the NFS server is."""
+        path = self._file(board, "guard")
         try:
             self.root.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self._file(board, "guard"), os.O_RDWR | os.O_CREAT, 0o666)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
         except OSError as e:
             raise LabError(f"cannot use the lab state directory {self.root}: {e.strerror}",
                            "set 'state' in the lab file to a directory this user can write") from None
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            deadline = time.monotonic() + GUARD_WAIT_S
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        raise LabError(
+                            f"the lab state file {path} stayed locked for {GUARD_WAIT_S:g} s",
+                            "a process holds it and does not let go (a hung harness on a controller of this lab: "
+                            f"lslocks or fuser {path} on each of them shows it), or the file server of {self.root} "
+                            "does not answer; end that process or fix the mount, then run again") from None
+                    time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
+                except OSError as e:
+                    raise LabError(f"cannot lock the lab state file {path}: {e.strerror}",
+                                   f"put 'state' on a filesystem with working locks (local, NFSv4, or NFSv3 "
+                                   "with lockd)") from None
             yield
         finally:
             os.close(fd)
@@ -278,17 +306,22 @@ def describe_lock(doc: dict) -> str:
 @dataclass
 class BoardLock:
     """The lock on one board for a whole run: taken (waiting up to ``wait``
-    seconds for its holder), renewed in the background, released on exit."""
+    seconds for its holder), renewed in the background, released on exit.
+    The renewals only take note when the lease is lost (not renewed for a
+    whole lease, or no longer ours); the run asks :meth:`check` before each
+    step and stops there."""
 
     state: LabState
     board: str
     what: str
     wait: float = 0.0
-    lease: float = LEASE_S
+    lease: float = field(default_factory=lambda: LEASE_S)
     say: object = None
     token: str = field(default_factory=lambda: secrets.token_hex(8))
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
+    _renewed: float = 0.0  # time.monotonic() of the last renewal that held (before it was asked)
+    _lost: str | None = None  # why the lease is not ours any more (set by the renewals)
 
     def __enter__(self) -> "BoardLock":
         q = self.state.quarantined(self.board)
@@ -298,6 +331,7 @@ class BoardLock:
         deadline = time.monotonic() + self.wait
         told = False
         while True:
+            asked = time.monotonic()
             held = self.state.try_lock(self.board, self.token, self.what, self.lease)
             if held is None:
                 break
@@ -309,19 +343,50 @@ class BoardLock:
                 self.say(f"board {self.board} is locked by {describe_lock(held)}: waiting")
                 told = True
             time.sleep(min(5.0, max(0.1, deadline - time.monotonic())))
+        self._renewed, self._lost = asked, None
         self._thread = threading.Thread(target=self._renew, name=f"lock-{self.board}", daemon=True)
         self._thread.start()
         return self
 
     def _renew(self) -> None:
         while not self._stop.wait(self.lease / 4):
+            asked = time.monotonic()
             try:
-                self.state.renew(self.board, self.token, self.lease)
-            except (OSError, LabError):
-                pass  # the next renewal tries again; the lease covers a few misses
+                ours = self.state.renew(self.board, self.token, self.lease)
+            except (OSError, LabError) as e:
+                # the next renewal tries again while the lease covers the misses
+                if asked - self._renewed >= self.lease:
+                    self._lost = (f"it could not be renewed for {asked - self._renewed:.0f} s, so its lease ran "
+                                  f"out: {getattr(e, 'message', None) or e}")
+                    return
+                continue
+            if not ours:
+                held = self.state.lock_info(self.board)
+                self._lost = ("another run holds it now: " + describe_lock(held) if held is not None
+                              else "its lock is gone (dropped by 'lab release', or expired)")
+                return
+            self._renewed = asked
 
-    def __exit__(self, *exc) -> None:
+    def check(self) -> None:
+        """Raise :class:`LockLost` if the run does not hold the board any
+        more: the renewals found it taken or gone, or none held for a whole
+        lease (also when the renewals themselves are stuck)."""
+        why = self._lost
+        if why is None and self._thread is not None and time.monotonic() - self._renewed >= self.lease:
+            why = f"it was not renewed for {time.monotonic() - self._renewed:.0f} s, so its lease ran out"
+        if why is not None:
+            raise LockLost(f"the run lost its lock on board {self.board}: {why}",
+                           "the run stopped there; see who holds the board (iommufd-harness lab check LAB) and "
+                           f"that the lab state directory {self.state.root} is reachable from this machine")
+
+    def __exit__(self, exc_type, exc, tb) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(5)
-        self.state.unlock(self.board, self.token)
+        try:
+            self.state.unlock(self.board, self.token)
+        except LabError:
+            if exc_type is None and self._lost is None:
+                raise
+            # the run already ends with why (the lost lock's state directory,
+            # most likely): that error is the one to see; the lease lapses

@@ -51,7 +51,8 @@ def client_binary() -> str:
     found = str(here) if here.is_file() else shutil.which("labgrid-client")
     if found is None:
         raise InputError("the lab names a labgrid place, but labgrid is not installed",
-                         "pip install 'iommufd-harness[labgrid]' (make setup installs it)")
+                         "pip install 'iommufd-harness[labgrid]' (in a checkout: .venv/bin/pip install -e "
+                         "'.[labgrid]'; make setup-test installs it)")
     return found
 
 
@@ -321,6 +322,9 @@ class PlaceLock:
         self.place.acquire(self.wait, self.say)
         self.held = True
         return self
+
+    def check(self) -> None:
+        """A place stays acquired until it is released: nothing can lapse."""
 
     def __exit__(self, *exc) -> None:
         if self.console is not None:

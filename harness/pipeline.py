@@ -109,6 +109,7 @@ class Pipeline:
         self.lab: lab.Lab | None = None
         self.entry: lab.BoardEntry | None = None  # --lab --board: the lab's board
         self.board_facts: dict | None = None  # what the lab board told before the build
+        self.lock = None  # --lab: the board's lock while the run holds it (lab.BoardLock, labgrid.PlaceLock)
         if opts.lab is not None:
             from harness import lab
 
@@ -117,6 +118,9 @@ class Pipeline:
 
     @contextlib.contextmanager
     def stage(self, name: str):
+        """One timed stage; with --lab, the board's lock is checked before
+        and after it (a run that lost its lease stops there)."""
+        self.check_lock()
         self.ui.stage(name)
         t0 = time.monotonic()
         try:
@@ -124,6 +128,12 @@ class Pipeline:
         finally:
             self.record.stages[name] = round(self.record.stages.get(name, 0.0) + time.monotonic() - t0, 3)
             self.ui.stage_done(name, self.record.stages[name])
+        self.check_lock()
+
+    def check_lock(self) -> None:
+        """With --lab: raise lab.LockLost if the run no longer holds its board."""
+        if self.lock is not None:
+            self.lock.check()
 
     # -- build side --------------------------------------------------------------
 
@@ -315,24 +325,28 @@ class Pipeline:
             lock = lab.BoardLock(lab.LabState(self.lab.state), self.entry.name, what, wait=self.opts.lock_wait,
                                  say=self.ui.info)
         with lock:
-            if place is not None:
-                followed = None
-                if self.entry.console is None:  # the lab file's own console command comes first
-                    followed = lock.follow_console(self.logs / "labgrid-console.log")
-                self.entry = place.resolve(self.entry, lock.console.log if lock.console else None)
-                self.ui.info(f"board {self.entry.name}: labgrid place {place.name} acquired "
-                             f"({self.entry.user}@{self.entry.host}:{self.entry.port})"
-                             + (f", its console followed (NetworkSerialPort {followed.get('host')}:"
-                                f"{followed.get('port')})" if followed else ""))
-            else:
-                self.ui.info(f"board {self.entry.name}: locked ({lab.holder_name()})")
-            self.record.guest["board"] = self.entry.name  # the lab's name for it (a merged matrix's cell)
-            facts = deploy.probe(self.entry, fetch_config=self.board_kernel() in ("running", "defconfig"),
-                                 into=self.logs)
-            self.board_facts = facts
-            self.ui.info(f"board {self.entry.name}: runs {facts['release']} ({facts['machine']}), "
-                         f"kexec {'yes' if facts['kexec'] else 'no'}")
-            yield
+            self.lock = lock
+            try:
+                if place is not None:
+                    followed = None
+                    if self.entry.console is None:  # the lab file's own console command comes first
+                        followed = lock.follow_console(self.logs / "labgrid-console.log")
+                    self.entry = place.resolve(self.entry, lock.console.log if lock.console else None)
+                    self.ui.info(f"board {self.entry.name}: labgrid place {place.name} acquired "
+                                 f"({self.entry.user}@{self.entry.host}:{self.entry.port})"
+                                 + (f", its console followed (NetworkSerialPort {followed.get('host')}:"
+                                    f"{followed.get('port')})" if followed else ""))
+                else:
+                    self.ui.info(f"board {self.entry.name}: locked ({lab.holder_name()})")
+                self.record.guest["board"] = self.entry.name  # the lab's name for it (a merged matrix's cell)
+                facts = deploy.probe(self.entry, fetch_config=self.board_kernel() in ("running", "defconfig"),
+                                     into=self.logs)
+                self.board_facts = facts
+                self.ui.info(f"board {self.entry.name}: runs {facts['release']} ({facts['machine']}), "
+                             f"kexec {'yes' if facts['kexec'] else 'no'}")
+                yield
+            finally:
+                self.lock = None  # released on the way out: nothing to check any more
 
     def files_for_board(self, prep: Prepared) -> dict[str, tuple[Path, int]]:
         recipe = prep.profile.recipe

@@ -30,21 +30,32 @@ PACKAGE_FOR_TOOL = {
     "sfdisk": "fdisk",
     "mkfs.vfat": "dosfstools",
     "mcopy": "mtools",
+    "mmd": "mtools",
     "kexec": "kexec-tools",
     "mkimage": "u-boot-tools",
     "mkenvimage": "u-boot-tools",
 }  # per-architecture tools (QEMU, cross compilers): see arches/
 
+# Tools only a lab's U-Boot boards (boot = "oneshot") and the QEMU lab board
+# (qemu-board) use: 'make setup' leaves their packages out, 'make
+# setup-test' installs them (the Makefile's APT_TEST_PACKAGES).
+NOT_IN_SETUP = frozenset({"sfdisk", "mkfs.vfat", "mcopy", "mmd", "mkimage", "mkenvimage"})
+
+
+def package_for(tool: str) -> str:
+    """The Debian package that provides ``tool``."""
+    from harness import arches
+
+    return PACKAGE_FOR_TOOL.get(tool) or arches.package_for_tool(tool) or tool
+
 
 def require_tool(name: str) -> str:
     path = shutil.which(name)
     if path is None:
-        from harness import arches
-
-        pkg = PACKAGE_FOR_TOOL.get(name) or arches.package_for_tool(name) or name
+        setup = "make setup-test" if name in NOT_IN_SETUP else "make setup"
         raise ToolMissing(
             f"'{name}' is not installed",
-            f"install it with: apt-get install {pkg}  (or run 'make setup')",
+            f"install it with: apt-get install {package_for(name)}  (or run '{setup}')",
         )
     return path
 

@@ -20,6 +20,7 @@ import json
 import os
 import re
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -31,7 +32,7 @@ from pathlib import Path
 from elftools.elf.elffile import ELFFile
 
 from harness import arches, data, proc
-from harness.errors import ImageError, InputError, TargetError
+from harness.errors import ImageError, InputError, TargetError, ToolMissing
 from harness.stages import image
 from harness.targets.qemu import free_port
 from harness.workdir import WorkDir
@@ -251,9 +252,29 @@ def _fat_disk(disk: Path, mib: int, files: dict[str, Path], log: Path) -> None:
                  what=f"copying {rel} to the board disk", env=env)
 
 
+# what create runs on this machine besides QEMU: the disk's partition table,
+# FAT file system and files, and U-Boot's environment
+CREATE_TOOLS = ("sfdisk", "mkfs.vfat", "mmd", "mcopy", "mkenvimage")
+
+
+def check_host(recipe: BoardRecipe) -> None:
+    """Everything create needs on this machine, checked before any work:
+    'make setup' installs only QEMU of it (the rest is for the tests' QEMU
+    lab board, 'make setup-test')."""
+    m = recipe.machine
+    missing = [proc.package_for(t) for t in (*CREATE_TOOLS, m["binary"]) if shutil.which(t) is None]
+    if not Path(m["firmware"]).is_file():
+        missing.append(m["firmware_package"])
+    if missing:
+        packages = " ".join(dict.fromkeys(missing))
+        raise ToolMissing(f"the QEMU lab board needs {packages}, not installed here",
+                          f"install them with: apt-get install {packages}  (or run 'make setup-test')")
+
+
 def create(dest: Path, work: WorkDir, recipe: BoardRecipe | None = None, port: int = 0) -> dict:
     """A new board in ``dest``: disk, keys, lab.toml.  Returns board.json."""
     recipe = recipe or BoardRecipe.load()
+    check_host(recipe)
     arch = arches.load(recipe.arch)
     dest.mkdir(parents=True, exist_ok=True)
     log = dest / "create.log"
@@ -272,23 +293,31 @@ def create(dest: Path, work: WorkDir, recipe: BoardRecipe | None = None, port: i
 
     base = image.build_base(image.ImageRequest(recipe.userland, recipe.arch, {}), work.images, work.cache, log)
     keys = image.make_keys(dest)  # the lab's key (id_ed25519) and the board's host key
-    port = port or free_port()
-    (dest / "known_hosts").write_text(f"[127.0.0.1]:{port} {keys.host_public}\n")
-    rel = [str(m.relative_to(moddir)) for m in modules]
-    (dest / "modules.load").write_text("".join(f"{r}\n" for r in rel))
-    extra = {f"/lib/modules/{release}/{r}": (m, 0o644) for m, r in zip(modules, rel)}
-    extra[f"/lib/modules/{release}/load"] = (dest / "modules.load", 0o644)
-    initrd = image.run_image(base, keys, dest, extra)
-    (dest / "extlinux.conf").write_text(
-        f"default installed\ntimeout 1\n\nlabel installed\n    kernel /vmlinuz-{release}\n"
-        f"    initrd /initrd.img-{release}\n    append {recipe.cmdline}\n")
-    _fat_disk(dest / "disk.img", int(recipe.machine.get("disk_mib", 256)),
-              {f"vmlinuz-{release}": vmlinuz[-1], f"initrd.img-{release}": initrd,
-               # as Debian installs it: a board's own config (lab kernel_config = "running")
-               f"config-{release}": kroot / "boot" / f"config-{release}",
-               "extlinux/extlinux.conf": dest / "extlinux.conf"}, log)
-    initrd.unlink()
-    _env_flash(dest, recipe, log)
+    try:
+        port = port or free_port()
+        (dest / "known_hosts").write_text(f"[127.0.0.1]:{port} {keys.host_public}\n")
+        rel = [str(m.relative_to(moddir)) for m in modules]
+        (dest / "modules.load").write_text("".join(f"{r}\n" for r in rel))
+        extra = {f"/lib/modules/{release}/{r}": (m, 0o644) for m, r in zip(modules, rel)}
+        extra[f"/lib/modules/{release}/load"] = (dest / "modules.load", 0o644)
+        initrd = dest / "initrd.cpio"  # what run_image writes
+        try:
+            image.run_image(base, keys, dest, extra)  # holds the board's private host key
+            (dest / "extlinux.conf").write_text(
+                f"default installed\ntimeout 1\n\nlabel installed\n    kernel /vmlinuz-{release}\n"
+                f"    initrd /initrd.img-{release}\n    append {recipe.cmdline}\n")
+            _fat_disk(dest / "disk.img", int(recipe.machine.get("disk_mib", 256)),
+                      {f"vmlinuz-{release}": vmlinuz[-1], f"initrd.img-{release}": initrd,
+                       # as Debian installs it: a board's own config (lab kernel_config = "running")
+                       f"config-{release}": kroot / "boot" / f"config-{release}",
+                       "extlinux/extlinux.conf": dest / "extlinux.conf"}, log)
+        finally:
+            initrd.unlink(missing_ok=True)
+        _env_flash(dest, recipe, log)
+    except BaseException:
+        # no board, so nothing may use its lab key: none is left behind
+        image.remove_keys(dest)
+        raise
     info = {"recipe": recipe.userland.name, "arch": recipe.arch, "port": port, "console_port": free_port(),
             "installed": {
         "package": kpkg, "deb": kdeb[kpkg].name, "release": release, "cmdline": recipe.cmdline,

@@ -1,5 +1,5 @@
 """A page as a real browser renders it: headless Chromium (Debian's
-package, installed by make setup) loads it from disk, runs its scripts, and
+package, installed by make setup-test) loads it from disk, runs its scripts, and
 the DOM after that is what tests read."""
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ class Dom(HTMLParser):
 
 def rendered(page: Path, fragment: str = "") -> Dom:
     browser = shutil.which("chromium")
-    assert browser, "chromium is not installed (make setup installs it)"
+    assert browser, "chromium is not installed (make setup-test installs it)"
     res = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000",
                           "--dump-dom", page.resolve().as_uri() + fragment], capture_output=True, text=True,
                          timeout=120)

@@ -10,6 +10,8 @@ import multiprocessing
 import os
 import struct
 import subprocess
+import sys
+import threading
 import time
 import zlib
 from pathlib import Path
@@ -133,6 +135,135 @@ def test_a_live_lock_is_renewed_past_its_lease(tmp_path):
         assert state.lock_info("m1") is not None
 
 
+def _until_raises(check, limit: float = 10.0):
+    deadline = time.monotonic() + limit
+    while True:
+        try:
+            check()
+        except lab.LockLost as e:
+            return e
+        assert time.monotonic() < deadline, "the lost lock was never noticed"
+        time.sleep(0.05)
+
+
+def test_a_lock_another_holder_took_stops_the_run_at_its_next_check(tmp_path):
+    """A renewal that finds the lock not ours (released by 'lab release',
+    then taken by another run) ends the run's hold at once: check() raises,
+    naming the new holder, and leaving never drops that holder's lock."""
+    state = lab.LabState(tmp_path / "state")
+    with pytest.raises(lab.LockLost) as e:
+        with lab.BoardLock(state, "m1", "long run", lease=0.4) as lock:
+            lock.check()
+            assert state.release("m1") == ["lock dropped"]
+            assert state.try_lock("m1", "other", "someone else's nightly") is None
+            lost = _until_raises(lock.check)
+            assert "someone else's nightly" in lost.message and lost.voids_verdict
+            lock.check()
+    assert "lost its lock on board m1: another run holds it now" in e.value.message
+    assert "lab check" in e.value.hint
+    assert state.lock_info("m1")["what"] == "someone else's nightly"
+
+
+def test_renewals_that_fail_for_a_whole_lease_stop_the_run(tmp_path):
+    """The state directory gone (an NFS mount that went away): the renewals
+    fail, the lease covers a few misses, and once it would have expired the
+    next check() raises with the renewal's error."""
+    root = tmp_path / "state"
+    state = lab.LabState(root)
+    lease = 1.0
+    with pytest.raises(lab.LockLost) as e:
+        with lab.BoardLock(state, "m1", "long run", lease=lease) as lock:
+            root.rename(tmp_path / "away")
+            root.write_text("not a directory")  # every renewal fails in _guard
+            broken = time.monotonic()
+            lock.check()  # renewed within the lease: the run goes on
+            _until_raises(lock.check)
+            assert time.monotonic() - broken >= lease / 2, "a missed renewal is covered by the lease"
+            lock.check()
+    assert "could not be renewed" in e.value.message and f"cannot use the lab state directory {root}" in e.value.message
+    assert f"{root} is reachable" in e.value.hint
+
+
+def test_a_stuck_renewal_is_noticed_by_check_alone(tmp_path, monkeypatch):
+    """Renewals that never return (a hung filesystem) set nothing: check()
+    itself sees that no renewal held for a whole lease."""
+    state = lab.LabState(tmp_path / "state")
+    hang = threading.Event()
+    with lab.BoardLock(state, "m1", "long run", lease=0.4) as lock:
+        monkeypatch.setattr(state, "renew", lambda *a, **k: hang.wait(30))
+        e = _until_raises(lock.check)
+        assert "was not renewed for" in e.message and lock._lost is None
+        hang.set()
+
+
+def test_a_lab_run_that_lost_its_lock_stops_with_no_verdict(tmp_path, monkeypatch):
+    """The pipeline checks the lock at every stage boundary: a lease lost
+    while the board was probed stops the run before the source stage, exit
+    2, and the board's new holder keeps it."""
+    (tmp_path / "known_hosts").write_text("")
+    path = write(tmp_path, LAB)
+    state = lab.LabState(tmp_path / "lab.state")
+    monkeypatch.setattr(lab, "LEASE_S", 0.4)
+
+    def probe(entry, fetch_config=False, into=None):
+        state.release("m1")
+        assert state.try_lock("m1", "other", "someone else's nightly") is None
+        time.sleep(0.6)  # longer than the lease: lost, whether a renewal ran or not
+        return {"release": "6.1.0", "machine": "aarch64", "kexec": True}
+
+    monkeypatch.setattr(deploy, "probe", probe)
+    work = tmp_path / "w"
+    assert cli.main(["run", "--lab", str(path), "--board", "m1", "--work", str(work),
+                     "--results", str(tmp_path / "r")]) == 2
+    data = json.loads((tmp_path / "r" / "results.json").read_text())
+    assert data["verdict"] == "error" and "lost its lock on board m1" in data["errors"][0]
+    assert data["stages"] == {}
+    assert not list((work / "trees").glob("*/src"))  # nothing extracted, nothing built
+    assert state.lock_info("m1")["what"] == "someone else's nightly"
+
+
+def _flock_holder(path: Path, seconds: float) -> subprocess.Popen:
+    """Another process that holds ``path``'s flock for ``seconds``."""
+    code = ("import fcntl, os, sys, time\n"
+            "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o666)\n"
+            "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+            "print('held', flush=True)\n"
+            "time.sleep(float(sys.argv[2]))\n")
+    p = subprocess.Popen([sys.executable, "-c", code, str(path), str(seconds)], stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline() == "held\n"
+    return p
+
+
+def test_a_state_file_held_by_another_process_is_waited_for_then_refused(tmp_path, monkeypatch):
+    """The state file's flock is waited for (a holder that lets go within
+    the wait is no error), but not forever: one that keeps it fails the
+    lock with the file named and what to do."""
+    state = lab.LabState(tmp_path / "state")
+    guard = tmp_path / "state" / "m1.guard"
+    guard.parent.mkdir()
+    monkeypatch.setattr(lab, "GUARD_WAIT_S", 10.0)
+    brief = _flock_holder(guard, 0.5)
+    try:
+        t0 = time.monotonic()
+        assert state.try_lock("m1", "tok", "run") is None
+        assert time.monotonic() - t0 >= 0.3  # it did wait for the holder
+    finally:
+        brief.wait(10)
+    monkeypatch.setattr(lab, "GUARD_WAIT_S", 0.5)
+    hung = _flock_holder(guard, 60)
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(lab.LabError) as e:
+            state.renew("m1", "tok")
+        assert 0.5 <= time.monotonic() - t0 < 5
+    finally:
+        hung.kill()
+        hung.wait(10)
+    assert e.value.message == f"the lab state file {guard} stayed locked for 0.5 s"
+    assert f"lslocks or fuser {guard}" in e.value.hint
+    assert state.renew("m1", "tok")  # the holder is gone: the state is usable again
+
+
 def test_quarantine_refuses_runs_until_released(tmp_path):
     state = lab.LabState(tmp_path / "state")
     state.quarantine("m1", "did not return to its installed kernel")
@@ -179,6 +310,83 @@ def test_the_qemu_board_lab_file_is_a_valid_lab(tmp_path):
     b = lab.load(tmp_path / "lab.toml").board("qemu-board")
     assert (b.host, b.port, b.boot, b.dtb, b.kernel_config) == ("127.0.0.1", 2222, "kexec", "firmware", "profile")
     assert "qemu-board reset" in b.power_cycle and "qemu-board console" in b.console
+
+
+@pytest.mark.parametrize("fails", ["disk", "uboot", "interrupt"])
+def test_a_qemu_board_that_was_not_made_leaves_no_private_key(tmp_path, monkeypatch, fails):
+    """create writes the lab's private key (and an initrd holding the board's
+    host key) before the disk and U-Boot's environment are made: when those
+    fail there is no board for the key to reach, and neither is left."""
+    from harness.errors import ImageError
+    from harness.stages import image
+    from harness.stages.cpio import CpioWriter
+    from harness.workdir import WorkDir
+
+    def unpack(debs, root, log):
+        (root / "boot").mkdir(parents=True)
+        for name in ("vmlinuz-6.1.0-test", "config-6.1.0-test"):
+            (root / "boot" / name).write_text("")
+
+    def base(req, images, cache, log):
+        with open(tmp_path / "base.cpio", "wb") as f:
+            CpioWriter(f).close()
+        return image.BaseImage(tmp_path / "base.cpio", {}, True, req.recipe.ssh)
+
+    seen = {}
+
+    def disk(path, mib, files, log):
+        seen["initrd"] = files["initrd.img-6.1.0-test"].is_file()
+        seen["key"] = (dest / "id_ed25519").is_file()
+        if fails == "disk":
+            raise ImageError("mcopy failed")
+        if fails == "interrupt":
+            raise KeyboardInterrupt
+
+    def env_flash(dest, recipe, log):
+        raise ImageError("U-Boot did not print its prompt")
+
+    monkeypatch.setattr(qemuboard, "check_host", lambda recipe: None)
+    monkeypatch.setattr(qemuboard, "resolve_kernel_package", lambda pkg, arch, log: "linux-image-6.1.0-test")
+    monkeypatch.setattr(qemuboard.image, "fetch_packages", lambda pkgs, arch, cache, log: {pkgs[0]: Path("k.deb")})
+    monkeypatch.setattr(qemuboard.image, "unpack", unpack)
+    monkeypatch.setattr(qemuboard, "module_closure", lambda moddir, wanted: [])
+    monkeypatch.setattr(qemuboard.image, "build_base", base)
+    monkeypatch.setattr(qemuboard, "_fat_disk", disk)
+    monkeypatch.setattr(qemuboard, "_env_flash", env_flash)
+    dest = tmp_path / "qb"
+    with pytest.raises(KeyboardInterrupt if fails == "interrupt" else ImageError):
+        qemuboard.create(dest, WorkDir(tmp_path / "work"), port=2222)
+    assert seen == {"initrd": True, "key": True}  # the real files, while the disk was made
+    left = sorted(p.name for p in dest.iterdir())
+    assert not {"id_ed25519", "id_ed25519.pub", "initrd.cpio", "lab.toml", "board.json"} & set(left), left
+
+
+def test_a_qemu_board_without_its_tools_names_their_packages_before_any_work(tmp_path, monkeypatch):
+    """'make setup' leaves the QEMU lab board's U-Boot and FAT tools out:
+    create names every package it misses at once, before it fetches or
+    writes anything (no key either)."""
+    import dataclasses
+    import shutil
+
+    from harness.errors import ToolMissing
+    from harness.workdir import WorkDir
+
+    have = shutil.which
+    monkeypatch.setattr(qemuboard.shutil, "which",
+                        lambda t: None if t in ("mcopy", "mmd", "mkenvimage") else have(t) or f"/usr/bin/{t}")
+
+    def fetch(*a):
+        raise AssertionError("fetched before the tools were checked")
+
+    monkeypatch.setattr(qemuboard, "resolve_kernel_package", fetch)
+    recipe = qemuboard.BoardRecipe.load()
+    recipe = dataclasses.replace(recipe, machine={**recipe.machine, "firmware": str(tmp_path / "u-boot.bin")})
+    dest = tmp_path / "qb"
+    with pytest.raises(ToolMissing) as e:
+        qemuboard.create(dest, WorkDir(tmp_path / "work"), recipe)
+    assert e.value.message == "the QEMU lab board needs mtools u-boot-tools u-boot-qemu, not installed here"
+    assert "apt-get install mtools u-boot-tools u-boot-qemu" in e.value.hint and "make setup-test" in e.value.hint
+    assert not dest.exists()
 
 
 def test_the_qemu_board_modules_come_with_their_dependencies(tmp_path):

@@ -64,3 +64,51 @@ def test_installed_wheel_works_from_any_directory(tmp_path):
     res = harness("run", "--profile", str(mine), "--kernel-src", str(elsewhere / "no-tree"))
     assert res.returncode == 2 and "kernel source" in res.stderr and "does not exist" in res.stderr, res.stderr
     assert (elsewhere / "work").is_dir()  # an installed tool works in ./work
+
+
+def _make_n(goal: str) -> tuple[set[str], list[str]]:
+    """What 'make GOAL' would do on a fresh machine (-B: as if nothing were
+    installed yet): the Debian packages it checks for, its pip installs."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}  # under make test
+    out = subprocess.run(["make", "-n", "-B", goal], cwd=REPO, capture_output=True, text=True, timeout=60,
+                         check=True, env=env).stdout
+    packages: set[str] = set()
+    for line in out.splitlines():
+        if "missing=$(for p in " in line:
+            packages |= set(line.split("missing=$(for p in ", 1)[1].split(";", 1)[0].split())
+    return packages, [line for line in out.splitlines() if "pip install" in line and "--upgrade pip" not in line]
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="no make")
+def test_make_run_installs_what_running_needs_and_make_test_the_rest():
+    """'make run' installs what the harness needs to run; the tests' extras
+    (Debian's 6.1 source, the QEMU lab board's U-Boot and FAT tools,
+    Chromium, pytest, labgrid) come with 'make test' / 'make bench' only,
+    and a tool the harness says 'make setup-test' installs is installed by
+    it, not by 'make setup'."""
+    from harness import proc
+
+    test_only = {"linux-source-6.1", "u-boot-qemu", "u-boot-tools", "mtools", "dosfstools", "fdisk", "chromium"}
+    lab_tools = {proc.PACKAGE_FOR_TOOL[t] for t in proc.NOT_IN_SETUP}
+    run_pkgs, run_pip = _make_n("run")
+    assert {"build-essential", "linux-source-6.12", "qemu-system-x86", "qemu-system-arm"} <= run_pkgs
+    assert not run_pkgs & (test_only | lab_tools)
+    assert run_pip == [".venv/bin/pip install -q -e ."]
+    for goal in ("test", "bench"):
+        pkgs, pip = _make_n(goal)
+        assert run_pkgs | test_only | lab_tools <= pkgs, goal
+        assert pip[-1] == ".venv/bin/pip install -q -e '.[test,labgrid]'", goal
+    assert _make_n("test-fast") == (set(), run_pip + [".venv/bin/pip install -q -e '.[test,labgrid]'"])
+
+
+def test_a_missing_tool_names_the_make_target_that_installs_it(monkeypatch):
+    from harness import proc
+    from harness.errors import ToolMissing
+
+    monkeypatch.setattr(proc.shutil, "which", lambda name: None)
+    with pytest.raises(ToolMissing) as e:
+        proc.require_tool("mkimage")
+    assert e.value.hint == "install it with: apt-get install u-boot-tools  (or run 'make setup-test')"
+    with pytest.raises(ToolMissing) as e:
+        proc.require_tool("flex")
+    assert e.value.hint == "install it with: apt-get install flex  (or run 'make setup')"

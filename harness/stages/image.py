@@ -311,8 +311,14 @@ def dropbear_ed25519(raw_private: bytes, public_line: str) -> bytes:
     return _ssh_string(b"ssh-ed25519") + _ssh_string(raw_private + public)
 
 
+# what make_keys writes into a run's directory (id_ed25519 is a private key)
+KEY_FILES = ("id_ed25519", "id_ed25519.pub", "known_hosts")
+
+
 def make_keys(run_dir: Path) -> SshKeys:
-    """A fresh client and host key pair for one run; the client key is 0600."""
+    """A fresh client and host key pair for one run; the client key is 0600.
+    Whoever makes them removes them (:func:`remove_keys`) when the machine
+    they reach is gone: a private key is never left behind."""
     run_dir.mkdir(parents=True, exist_ok=True)
     client_priv, _, client_pub = _ed25519_pair()
     host_priv, host_raw, host_pub = _ed25519_pair()
@@ -325,6 +331,17 @@ def make_keys(run_dir: Path) -> SshKeys:
     (run_dir / "known_hosts").write_text(f"[127.0.0.1]:* {host_pub}\n")
     host = {"openssh": host_priv, "dropbear": dropbear_ed25519(host_raw, host_pub)}
     return SshKeys(path, client_pub, host, host_pub)
+
+
+def remove_keys(run_dir: Path) -> None:
+    """Remove what :func:`make_keys` wrote into ``run_dir`` (whatever of it
+    is there), then ``run_dir`` itself if nothing else is left in it."""
+    for name in KEY_FILES:
+        (run_dir / name).unlink(missing_ok=True)
+    try:
+        run_dir.rmdir()
+    except OSError:
+        pass  # gone already, or holds something else
 
 
 def run_image(base: BaseImage, keys: SshKeys, run_dir: Path, extra: dict[str, tuple[Path, int]] | None = None

@@ -143,6 +143,9 @@ class VmLifecycle(Lifecycle):
                 shutil.rmtree(self._sock_dir, ignore_errors=True)
             if self._initrd is not None:
                 self._initrd.unlink(missing_ok=True)
+            # the run's private key, also when _boot failed after making it;
+            # a kept VM (--keep-vm, boot) is torn down only when its hold ends
+            image.remove_keys(self.req.vm_dir)
 
     def ssh_command(self) -> str:
         port = self.vms[-1].ssh_port if self.vms else 0

@@ -169,7 +169,7 @@ def test_linux_6_1_is_refused_in_seconds(tmp_path):
     assert code == 2 and time.monotonic() - t0 < 30
     assert "linux-source-6.1" in out and "appeared in Linux 6.2" in out and data["verdict"] == "error"
     tarball = Path("/usr/src/linux-source-6.1.tar.xz")
-    assert tarball.is_file(), "make setup installs linux-source-6.1"
+    assert tarball.is_file(), "make setup-test installs linux-source-6.1"
     subprocess.run(["tar", "-xf", str(tarball), "-C", str(tmp_path), "--wildcards", "linux-source-6.1/Makefile",
                     "linux-source-6.1/Kconfig", "linux-source-6.1/drivers/iommu/*"], check=True)
     tree = tmp_path / "linux-source-6.1"

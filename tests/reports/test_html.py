@@ -1,5 +1,5 @@
 """report.html in a real browser: headless Chromium (Debian's package,
-installed by make setup) loads the page from disk, runs its script, and the
+installed by make setup-test) loads the page from disk, runs its script, and the
 test reads what it rendered (the DOM after the script ran)."""
 
 from __future__ import annotations

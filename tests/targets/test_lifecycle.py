@@ -1,10 +1,13 @@
 """The target lifecycle: its states, the transitions allowed between them,
 and teardown whatever happens."""
 
+import contextlib
+
 import pytest
 
 from fakes import LocalLifecycle
 
+from harness import data
 from harness.errors import HarnessError, TargetError
 from harness.targets.lifecycle import TRANSITIONS, Lifecycle, LifecycleError, State
 from harness.targets.verify import Expect
@@ -106,6 +109,90 @@ def test_vm_teardown_stops_every_vm_it_started_and_cleans_up(tmp_path):
     lc.teardown()
     assert all(vm.stopped for vm in lc.vms)
     assert not lc._sock_dir.exists() and not lc._initrd.exists() and lc.state is State.OFF
+
+
+class _FakeQemu:
+    """QEMU for a VmLifecycle's own _boot: starts (or fails to), never runs."""
+
+    fail: BaseException | None = None
+
+    def __init__(self, boot):
+        self.req, self.version, self.argv, self.ssh_port = boot, "fake", ["qemu"], 2222
+
+    def start(self):
+        if self.fail is not None:
+            raise self.fail
+
+    def wait_for_sshd(self, connect):
+        pass
+
+    def failure(self):
+        return None
+
+    def stop(self):
+        pass
+
+
+class _FakeSsh:
+    connections = commands = 0
+
+    def __init__(self, host, port, user, key, host_key):
+        assert key.is_file(), "the client key is there while SSH needs it"
+
+    def connect(self):
+        pass
+
+    def close(self):
+        pass
+
+
+def _vm_with_real_keys(tmp_path, monkeypatch, fail=None):
+    """A VmLifecycle whose _boot makes the run's keys and initrd for real
+    (image.make_keys, image.run_image); only QEMU and SSH are fakes."""
+    from harness import profiles
+    from harness.stages import image
+    from harness.stages.cpio import CpioWriter
+    from harness.targets import vm
+    from harness.targets.vm import VmLifecycle, VmRequest
+
+    monkeypatch.setattr(vm.qemu, "QemuVM", type("Qemu", (_FakeQemu,), {"fail": fail}))
+    monkeypatch.setattr(vm, "SshClient", _FakeSsh)
+    with open(tmp_path / "base.cpio", "wb") as f:
+        CpioWriter(f).close()
+    ssh = image.Recipe.load(data.folder("qemu-images") / "debian-bookworm").ssh
+    base = image.BaseImage(tmp_path / "base.cpio", {}, False, ssh)
+    vm_dir = tmp_path / "work" / "vm" / "run"
+    return VmLifecycle(VmRequest(profiles.load("x86_64-vtd"), tmp_path / "bzImage", base, tmp_path, vm_dir,
+                                 tmp_path, accel="tcg"), Expect(None, "", 0)), vm_dir / "id_ed25519"
+
+
+@pytest.mark.parametrize("ending", ["normal", "error", "interrupt"])
+def test_the_runs_private_key_is_gone_after_teardown(tmp_path, monkeypatch, ending):
+    """Each VM run writes a fresh private key to <work>/vm/<run>/id_ed25519:
+    it is there while the VM is up (the ssh line --keep-vm prints names it;
+    a kept VM is held inside the lifecycle) and gone once it is torn down,
+    however the run ended."""
+    lc, key = _vm_with_real_keys(tmp_path, monkeypatch)
+    raised = {"normal": None, "error": RuntimeError("the tests blew up"), "interrupt": KeyboardInterrupt()}[ending]
+    with contextlib.suppress(RuntimeError, KeyboardInterrupt):
+        with lc:
+            lc.boot()
+            assert key.is_file() and f"-i {key} " in lc.ssh_command()
+            assert (key.parent / "known_hosts").is_file() and (key.parent / "initrd.cpio").is_file()
+            if raised is not None:
+                raise raised
+    assert lc.state is State.OFF
+    assert not key.exists() and not key.parent.exists(), list(key.parent.glob("*"))
+
+
+@pytest.mark.parametrize("fail", [TargetError("QEMU did not start"), KeyboardInterrupt()])
+def test_a_boot_that_fails_after_making_the_key_leaves_no_key(tmp_path, monkeypatch, fail):
+    lc, key = _vm_with_real_keys(tmp_path, monkeypatch, fail=fail)
+    with pytest.raises(type(fail)):
+        with lc:
+            lc.up()
+    assert lc.state is State.OFF and lc.boots == 0
+    assert not key.exists() and not key.parent.exists()
 
 
 def test_on_boot_runs_once_when_the_machine_was_told_to_boot(fake_selftests):
