@@ -70,6 +70,10 @@ def _common(p: argparse.ArgumentParser, tests: bool = True) -> None:
         g.add_argument("--per-test-timeout", type=float, metavar="S",
                        help="wall-clock limit per test, enforced by the harness (default: the suite's, times "
                             "the debug kernel's slowdown)")
+        g.add_argument("--parallel", type=int, default=1, metavar="N",
+                       help="run N tests at a time in the guest (each in a process of its own; kernel reports go "
+                            "to the test whose task they name): races between tests' access paths, for "
+                            "--debug kcsan, and a shorter suite on a multi-CPU guest (default 1)")
 
 
 def _board_args(p: argparse.ArgumentParser) -> None:
@@ -273,6 +277,7 @@ def options(args) -> Options:
         boot_timeout=args.boot_timeout,
         extra_cmdline=args.cmdline,
         per_test_timeout=getattr(args, "per_test_timeout", None),
+        parallel=_parallel(getattr(args, "parallel", 1)),
         kconfig_add=list(args.kconfig_add),
         debug=debugkernels.parse(args.debug),
         fragments=list(args.fragment),
@@ -288,6 +293,12 @@ def options(args) -> Options:
         verbose=getattr(args, "verbose", False),
         coverage=_coverage(args),
     )
+
+
+def _parallel(n: int) -> int:
+    if n < 1:
+        raise InputError(f"--parallel {n}: the number of tests at a time must be at least 1")
+    return n
 
 
 def _coverage(args) -> tuple[str, ...]:

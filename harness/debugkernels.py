@@ -3,7 +3,8 @@ NAME[,NAME]`` (``lockdep``, ``kasan``, ...).  Their fragments go on top of the
 profile's, and each combination is built in a build directory of its own, so
 switching between them does not rebuild from scratch.  ``<name>.toml`` next
 to a fragment holds what the harness does differently on that kernel: its
-measured ``slowdown`` (per-test limits grow by it)."""
+measured ``slowdown`` (per-test limits grow by it) and the debug kernels it
+``conflicts`` with (KCSAN and KASAN)."""
 
 from __future__ import annotations
 
@@ -31,6 +32,12 @@ def parse(specs: list[str] | tuple[str, ...]) -> tuple[str, ...]:
     if unknown:
         raise InputError(f"unknown debug kernel {', '.join(unknown)}",
                          f"available: {', '.join(available())} (configs/debug/*.config)")
+    for name in sorted(names):
+        clash = sorted(names & set(_facts(name).get("conflicts", [])))
+        if clash:
+            raise InputError(f"debug kernels {name} and {', '.join(clash)} cannot be combined",
+                             f"the kernel builds one of them at a time (configs/debug/{name}.toml); "
+                             "run them as two runs")
     return tuple(sorted(names))
 
 

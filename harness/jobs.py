@@ -128,6 +128,7 @@ def base_key(opts: Options, work: WorkDir) -> str:
            "tests": opts.tests, "kconfig_add": list(opts.kconfig_add),
            "fragments": [digest(f) for f in opts.fragments], "config": digest(opts.base_config),
            "debug": list(opts.debug), "cmdline": opts.extra_cmdline, "per_test_timeout": opts.per_test_timeout,
+           "parallel": opts.parallel,
            "continue_after_crash": opts.continue_after_crash, "rerun_failed": opts.rerun_failed,
            "harness": __version__}
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
@@ -192,7 +193,7 @@ def run_one(opts: Options, ui: Ui, results_path: Path, brief: str = "") -> tuple
                                                                        opts.continue_after_crash, opts.rerun_failed,
                                                                        opts.repeat, opts.until_fail,
                                                                        debugkernels.slowdown(opts.debug),
-                                                                       pipe.has_kmemleak(prep)),
+                                                                       pipe.has_kmemleak(prep), opts.parallel),
                                       record, sink, ui, TestLists(pipe.work.cache, prep.kernel.selftests))
                 try:
                     if opts.coverage:

@@ -62,6 +62,7 @@ class Options:
     boot_timeout: float = 300.0
     extra_cmdline: str = ""
     per_test_timeout: float | None = None
+    parallel: int = 1  # tests at a time in the guest
     kconfig_add: list[str] = field(default_factory=list)
     fragments: list[Path] = field(default_factory=list)
     base_config: Path | None = None

@@ -38,3 +38,13 @@ def test_a_bad_facts_file_is_named(tmp_path, monkeypatch):
     monkeypatch.setattr(debugkernels, "directory", lambda: tmp_path)
     with pytest.raises(InputError, match="odd.toml is invalid"):
         debugkernels.slowdown(("odd",))
+
+
+def test_debug_kernels_that_exclude_each_other_are_refused_by_name():
+    """KCSAN depends on !KASAN: asked for together, the run stops before
+    configuring, naming both (a config stage would only say a symbol did
+    not stick)."""
+    with pytest.raises(InputError, match="debug kernels kcsan and kasan cannot be combined"):
+        debugkernels.parse(["kasan,lockdep", "kcsan"])
+    assert debugkernels.parse(["kcsan,lockdep"]) == ("kcsan", "lockdep")
+    assert debugkernels.parse(["kasan,kmemleak,lockdep"]) == ("kasan", "kmemleak", "lockdep")

@@ -50,6 +50,7 @@ _HEADLINES: tuple[tuple[str, re.Pattern[str]], ...] = tuple((kind, re.compile(rx
     ("refcount", r"refcount_t: (?:underflow|saturated|addition on 0|decrement hit 0)"),
     ("kasan", r"BUG: KASAN: "),
     ("kfence", r"BUG: KFENCE: "),
+    ("kcsan", r"BUG: KCSAN: "),
     ("ubsan", r"UBSAN: [\w-]+ in "),
     ("lockup", r"(?:watchdog: )?BUG: soft lockup - CPU#\d+ stuck for "),
     ("lockup", r"(?:(?:NMI )?watchdog: )?Watchdog detected hard LOCKUP on cpu \d+"),
@@ -74,7 +75,7 @@ CONSEQUENCE = re.compile(
     r"|RCU Stall|\bOops\b")
 
 # Report kinds whose call trace is only a part: they end with a "=====" banner.
-BANNER_CLOSED = frozenset({"kasan", "kfence"})
+BANNER_CLOSED = frozenset({"kasan", "kfence", "kcsan"})
 # Kinds that a WARN-style "cut here" line introduces.
 CUT_HERE_KINDS = frozenset({"warning", "refcount", "bug", "ubsan"})
 

@@ -57,7 +57,7 @@ from harness.parse.splat_lines import (
     signature,
 )
 
-KINDS = ("warning", "bug", "oops", "kasan", "kfence", "ubsan", "lockdep", "refcount", "lockup",
+KINDS = ("warning", "bug", "oops", "kasan", "kfence", "kcsan", "ubsan", "lockdep", "refcount", "lockup",
          "rcu_stall", "hung_task", "panic", "hang", "leak")
 # hang: a blocked task's stack, asked for (sysrq w); leak: an object kmemleak found unreferenced (parse.leaks)
 

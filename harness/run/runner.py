@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 import secrets
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -31,6 +32,18 @@ DUMP_WAIT = 10.0  # ... and for the end of a blocked-task dump (a few dozen line
 KSFT_ALARM_MARGIN = 10  # kselftest's own alarm goes off this long after the harness's limit
 STOP_TIMEOUT = 60.0  # hangcheck stop (dump, kill): a target that cannot do it in this long is wedged
 _PID_IN_TITLE = re.compile(r":(\d+) blocked")
+# the task a kernel report is about: its dump_stack header, or KASAN's "by task"
+_REPORT_COMM = (re.compile(r"^CPU: \d+ (?:UID: \d+ )?PID: \d+ Comm: (\S+)", re.M),
+                re.compile(r"\bby task (\S+)/\d+"))
+
+
+def report_comm(text: str) -> str | None:
+    """The name (comm) of the task a kernel report names, or None."""
+    for rx in _REPORT_COMM:
+        m = rx.search(text)
+        if m:
+            return m.group(1)
+    return None
 
 
 @dataclass
@@ -83,7 +96,7 @@ class Runner:
     def __init__(self, target: Target, per_test_timeout: float, on_result: Callable[[TestRecord], None],
                  on_start: Callable[[str], None] | None = None, on_tap: Callable[[str, str, str], None] | None = None,
                  defer_unrun: bool = False, after_boot: bool = True, since: int = 0, stall_s: float | None = None,
-                 first_comm: int = 1):
+                 first_comm: int = 1, parallel: int = 1):
         self.target = target
         self.per_test_timeout = per_test_timeout
         self.stall_s = stall_s  # a task of the test asleep in the kernel this long without running: a hang
@@ -110,13 +123,84 @@ class Runner:
         # comm -> test, for the reports that name the task, not a marker
         self.comms: dict[str, str] = {}
         self.next_comm = first_comm
+        # --parallel: this many run-tests processes at a time, each over its
+        # own connection; their tests' kernel reports are attributed when all
+        # of them are done (by the task the report names, else by the one
+        # test whose markers enclose it), and only then recorded
+        self.parallel = max(1, parallel)
+        self._lock = threading.Lock()
+        self._pass_start = since
+        self._later: list[tuple[TestRecord, int | None, int | None]] = []
+        self._leftover: list[Splat] = []  # reports of a parallel pass that no single test explains
 
     def run(self, selection: Selection) -> list[TestRecord]:
         records: list[TestRecord] = []
         for binary, names in selection.tests.items():
-            records += self.run_binary(binary, list(names))
+            if self.parallel > 1 and len(names) > 1:
+                records += self.run_parallel(binary, list(names))
+            else:
+                records += self.run_binary(binary, list(names))
         self.finish()
         return records
+
+    def run_parallel(self, binary: str, names: list[str]) -> list[TestRecord]:
+        """``names`` in ``self.parallel`` lanes at once (round robin), each
+        lane a run-tests process of its own; the records, with their kernel
+        reports, in the order of ``names``."""
+        lanes = [names[i::self.parallel] for i in range(self.parallel) if names[i::self.parallel]]
+        outs: list[list[TestRecord]] = [[] for _ in lanes]
+        errors: list[BaseException] = []
+
+        def lane(i: int) -> None:
+            try:
+                outs[i] = self.run_binary(binary, lanes[i])
+            except BaseException as e:  # noqa: BLE001 - handed to the caller's thread
+                errors.append(e)
+                self.dead = self.dead or f"a test lane failed: {e}"
+
+        threads = [threading.Thread(target=lane, args=(i,), name=f"lane-{i}", daemon=True)
+                   for i in range(len(lanes))]
+        for t in threads:
+            t.start()
+        try:
+            for t in threads:
+                t.join()
+        finally:  # also on Ctrl-C: what the lanes recorded is kept
+            self._attribute_later(names)
+        if errors:
+            raise errors[0]
+        order = {n: i for i, n in enumerate(names)}
+        return sorted((r for out in outs for r in out), key=lambda r: order.get(r.name, len(order)))
+
+    def _attribute_later(self, names: list[str]) -> None:
+        """The kernel reports of a parallel pass, each given to the test
+        whose task it names (the comm run-tests gave that test), or else to
+        the one test whose RUN/END markers enclose it; then the pass's
+        records are recorded, in the order their tests were selected."""
+        order = {n: i for i, n in enumerate(names)}
+        later = sorted(self._later, key=lambda x: order.get(x[0].name, len(order)))
+        self._later = []
+        if not later:
+            return
+        mine: dict[str, list[Splat]] = {}
+        for s in self.target.kernel_splats(self._pass_start, None):
+            name = self.comms.get(report_comm(s.text) or "")
+            if name is None:
+                around = [r.name for r, start, end in later
+                          if start is not None and start <= s.start and (end is None or s.start < end)]
+                name = around[0] if len(around) == 1 else None
+            if name is None:
+                self._leftover.append(s)
+            else:
+                mine.setdefault(name, []).append(s)
+        for rec, start, end in later:
+            self._attach(rec, mine.get(rec.name, []))
+            if start is not None:
+                self.first_test = start if self.first_test is None else min(self.first_test, start)
+            if end is not None:
+                self.last_test_end = end if self.last_test_end is None else max(self.last_test_end, end)
+                self.log_pos = max(self.log_pos, end)
+            self.on_result(rec)
 
     def _emit(self, rec: TestRecord, out: list[TestRecord], hang: Hang | None = None) -> None:
         """Record a finished test, with the kernel reports logged while it ran:
@@ -124,7 +208,8 @@ class Runner:
         The test's part of the kernel log lies between the RUN and END markers
         run-tests wrote to /dev/kmsg around it.  A test that hung gets the
         stacks of its blocked tasks from the dump ``hang`` asked for."""
-        start = self.target.kernel_log_find(_marker("RUN", rec.name), self.log_pos)
+        start = self.target.kernel_log_find(_marker("RUN", rec.name),
+                                            self._pass_start if self.parallel > 1 else self.log_pos)
         if start is not None and hang is not None:
             self._note_hang(rec, hang, start)
         if start is not None:
@@ -136,20 +221,35 @@ class Runner:
                 if end is not None or time.monotonic() >= deadline:
                     break
                 time.sleep(0.01)  # the last test's marker is what the verdict waits for
+            self.positions[rec.name] = start
+            if self.parallel > 1:  # the other lanes' tests ran in the same stretch of the log
+                with self._lock:
+                    self._later.append((rec, start, end))
+                out.append(rec)
+                return
             found = self.target.kernel_splats(start, end)
             self.log_pos = end if end is not None else start
-            self.positions[rec.name] = start
             self.first_test = start if self.first_test is None else self.first_test
             self.last_test_end = end
-            if found:
-                self.splats += [(rec.name, s) for s in found]
-                rec.log = clean(rec.log + "\n" + "\n".join(
-                    f"--- kernel {s.kind}: {s.title} ---\n{s.text}" for s in found))
-                if rec.status in ("pass", "skip"):
-                    rec.status = "fail"
-                    rec.reason = f"kernel {found[0].kind} during the test: {found[0].title}"
+            self._attach(rec, found)
+        elif self.parallel > 1:
+            with self._lock:
+                self._later.append((rec, None, None))
+            out.append(rec)
+            return
         out.append(rec)
         self.on_result(rec)
+
+    def _attach(self, rec: TestRecord, found: list[Splat]) -> None:
+        """A test's kernel reports: in its log, and a test that passed in
+        userspace while the kernel complained has failed."""
+        if found:
+            self.splats += [(rec.name, s) for s in found]
+            rec.log = clean(rec.log + "\n" + "\n".join(
+                f"--- kernel {s.kind}: {s.title} ---\n{s.text}" for s in found))
+            if rec.status in ("pass", "skip"):
+                rec.status = "fail"
+                rec.reason = f"kernel {found[0].kind} during the test: {found[0].title}"
 
     def _note_hang(self, rec: TestRecord, hang: Hang, start: int) -> None:
         """The stacks of the test's blocked tasks, from the dump that ends at
@@ -181,7 +281,8 @@ class Runner:
         test, or (logged outside any test) the phase's own failed record,
         ``kernel.boot``, ``kernel.between_tests`` or ``kernel.after_tests``."""
         left: dict[str, list[Splat]] = {}
-        for s in self.target.kernel_splats(0, None, final=True):
+        leftover, self._leftover = self._leftover, []
+        for s in leftover + self.target.kernel_splats(0, None, final=True):
             where = phase(s.start, self.first_test, self.last_test_end, self.after_boot)
             left.setdefault(where, []).append(s)
         for where, found in left.items():
@@ -306,8 +407,9 @@ class Runner:
         argv = [layout.run_tests, "-l", str(int(self.per_test_timeout) + KSFT_ALARM_MARGIN)]
         if self.stall_s:
             argv += ["-s", str(max(1, round(self.stall_s)))]
-        argv += ["-n", str(self.next_comm), f"{layout.selftest_dir}/{binary}", *names]
-        self.next_comm += len(names)
+        with self._lock:
+            first, self.next_comm = self.next_comm, self.next_comm + len(names)
+        argv += ["-n", str(first), f"{layout.selftest_dir}/{binary}", *names]
         budget = self.per_test_timeout * len(names) + 60
         res = self._exec(argv, budget, on_line, on_err, overrun)
         self.on_tap(binary, "\n".join(tap_lines) + "\n", "\n".join(err_lines) + "\n")

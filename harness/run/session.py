@@ -42,6 +42,7 @@ class SessionOptions:
     until_fail: bool = False  # ... stopping after the first attempt in which a test did not pass
     slowdown: float = 1.0  # how much slower this kernel runs the tests than the default one (debug kernels)
     leak_scan: bool = False  # the kernel has kmemleak: scan after the suite and give each leak to its test
+    parallel: int = 1  # tests at a time (--parallel)
 
 
 def limits(suite: suites.Suite, opts: SessionOptions) -> tuple[float, float]:
@@ -131,7 +132,7 @@ class TestSession:
         while True:
             r = runner.Runner(target, limit, self._add, on_tap=self.sink.save_tap,
                               defer_unrun=self.opts.continue_after_crash and reboots < MAX_REBOOTS,
-                              stall_s=self._stall, first_comm=self._next_comm)
+                              stall_s=self._stall, first_comm=self._next_comm, parallel=self.opts.parallel)
             try:
                 r.run(todo)
             finally:
@@ -274,7 +275,8 @@ class TestSession:
         died, or None."""
         rr = runner.Runner(self.lifecycle.target, limit, lambda rec: (
             self._add(rec) if rec.binary == KERNEL else into.setdefault(rec.name, []).append(rec)),
-            after_boot=False, since=self._log_pos, stall_s=self._stall)
+            after_boot=False, since=self._log_pos, stall_s=self._stall, first_comm=self._next_comm,
+            parallel=self.opts.parallel)
         try:
             rr.run(selection)
         finally:

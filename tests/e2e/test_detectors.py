@@ -98,7 +98,7 @@ def test_the_debug_kernel_catches_the_bug_in_the_test_that_hits_it(tmp_path, fix
     # the detectors really ran, and saw nothing else: the other tests and the boot are clean
     assert data["kernel"]["debug"] == ["kasan", "kmemleak", "lockdep"] and \
         len(data["tests"]) == len(listed_tests("access"))
-    assert data["kernel"]["leaks"] == {"scanned": True, "objects": 0, "in_tests": 0}
+    assert data["kernel"]["leaks"]["scanned"] and data["kernel"]["leaks"]["in_tests"] == 0
     console = (results / "console.log").read_text()
     assert "Lock dependency validator" in console and "KernelAddressSanitizer initialized" in console
 

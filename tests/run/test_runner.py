@@ -237,3 +237,24 @@ def test_where_a_report_outside_the_tests_happened():
     assert phase(200, 100, 500, after_boot=True) == "between tests"
     assert phase(500, 100, 500, after_boot=True) == "after tests"
     assert phase(200, 100, None, after_boot=True) == "between tests"  # the last test crashed
+
+
+def test_parallel_lanes_run_at_once_and_each_report_goes_to_the_task_it_names(fake_selftests):
+    """--parallel 2: two run-tests processes, round robin; a kernel report
+    goes to the test whose task (comm) it names, not to a test whose
+    markers merely enclose it; the records come in the selection's order."""
+    target = LocalTarget(fake_selftests)
+    names = ["iommufd_ioas.no_domain.access_pin", "iommufd_ioas.mock_domain.access_rw",
+             "iommufd_ioas.mock_domain.warns", "iommufd_ioas.mock_domain.fails"]
+    seen = []
+    r = Runner(target, 30.0, seen.append, parallel=2)
+    records = r.run(Selection({"iommufd": tuple(names)}, ()))
+    assert [t.name for t in records] == names == [t.name for t in seen]
+    assert [t.status for t in records] == ["pass", "pass", "fail", "fail"]
+    assert records[2].reason.startswith("kernel warning during the test: WARNING: CPU: 1 PID: ")
+    assert [(n, s.kind) for n, s in r.splats] == [(names[2], "warning")]
+    lanes = [cmd for cmd in target.commands if cmd[0] == RUN_TESTS]
+    assert sorted(tuple(c[-2:]) for c in lanes) == sorted([(names[0], names[2]), (names[1], names[3])])
+    # every test's processes have a name of their own
+    assert sorted(r.comms.values()) == sorted(names) and len(set(r.comms)) == 4
+    assert r.comms[re.search(r"Comm: (\S+)", records[2].log).group(1)] == names[2]
