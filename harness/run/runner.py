@@ -212,8 +212,8 @@ class Runner:
                                             self._pass_start if self.parallel > 1 else self.log_pos)
         if start is not None and hang is not None:
             self._note_hang(rec, hang, start)
+        end = None
         if start is not None:
-            end = None
             # only a test that ended normally has an END marker on its way
             deadline = time.monotonic() + (MARKER_WAIT if rec.status in ("pass", "fail", "skip") else 0)
             while end is None:
@@ -222,21 +222,17 @@ class Runner:
                     break
                 time.sleep(0.01)  # the last test's marker is what the verdict waits for
             self.positions[rec.name] = start
-            if self.parallel > 1:  # the other lanes' tests ran in the same stretch of the log
-                with self._lock:
-                    self._later.append((rec, start, end))
-                out.append(rec)
-                return
+        if self.parallel > 1:  # the other lanes' tests ran in the same stretch of the log
+            with self._lock:
+                self._later.append((rec, start, end))
+            out.append(rec)
+            return
+        if start is not None:
             found = self.target.kernel_splats(start, end)
             self.log_pos = end if end is not None else start
             self.first_test = start if self.first_test is None else self.first_test
             self.last_test_end = end
             self._attach(rec, found)
-        elif self.parallel > 1:
-            with self._lock:
-                self._later.append((rec, None, None))
-            out.append(rec)
-            return
         out.append(rec)
         self.on_result(rec)
 

@@ -1,5 +1,6 @@
 import dataclasses
 import re
+from pathlib import Path
 import subprocess
 import time
 
@@ -258,3 +259,17 @@ def test_parallel_lanes_run_at_once_and_each_report_goes_to_the_task_it_names(fa
     # every test's processes have a name of their own
     assert sorted(r.comms.values()) == sorted(names) and len(set(r.comms)) == 4
     assert r.comms[re.search(r"Comm: (\S+)", records[2].log).group(1)] == names[2]
+
+
+def test_a_report_names_its_task_by_the_comm_of_its_header_or_kasans_by_task():
+    """The task a captured kernel report is about: the dump_stack header's
+    Comm (WARN, BUG, KASAN, lockdep), or KASAN's "by task" line alone."""
+    from harness.parse.splats import scan
+    from harness.run.runner import report_comm
+
+    golden = Path(__file__).resolve().parents[1] / "golden" / "console"
+    [kasan] = [s for s in scan((golden / "x86_64-kasan-oob.log").read_text()) if s.kind == "kasan"][:1]
+    assert report_comm(kasan.text) == "iommufd"
+    header = re.compile(r"^CPU: \d+ UID: \d+ PID: \d+ Comm: \S+.*$", re.M)
+    assert report_comm(header.sub("", kasan.text)) == "iommufd"  # from "by task iommufd/108"
+    assert report_comm("WARNING: no task named here") is None
