@@ -7,6 +7,7 @@ claimed by a test yet.  The reports and the panic come from one detector,
 from __future__ import annotations
 
 import re
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,9 @@ class ConsoleWatcher:
     markers: dict[str, float] = field(default_factory=dict)
     scanner: SplatScanner = field(default_factory=SplatScanner)
     pending: list[Splat] = field(default_factory=list)  # found, not yet claimed by a test
+    # parallel test lanes read the log from their own threads: one reader at a time,
+    # or two reads of the same bytes would each be appended (and scanned) once
+    lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
 
     @property
     def panic_at(self) -> int | None:
@@ -33,26 +37,33 @@ class ConsoleWatcher:
 
     def find(self, pattern: re.Pattern, since: int = 0) -> int | None:
         """Offset of the first match of ``pattern`` at or after ``since``."""
-        self.poll()
-        m = pattern.search(self.text, since)
-        return m.start() if m else None
+        with self.lock:
+            self.poll()
+            m = pattern.search(self.text, since)
+            return m.start() if m else None
 
     def claim(self, since: int, until: int | None = None, final: bool = False) -> list[Splat]:
         """The splats that started in [since, until) and were not claimed yet."""
-        self.poll()
-        self.pending += self.scanner.flush() if final else self.scanner.settle()
-        end = len(self.text) if until is None else until
-        mine = [s for s in self.pending if since <= s.start < end]
-        self.pending = [s for s in self.pending if s not in mine]
-        return mine
+        with self.lock:
+            self.poll()
+            self.pending += self.scanner.flush() if final else self.scanner.settle()
+            end = len(self.text) if until is None else until
+            mine = [s for s in self.pending if since <= s.start < end]
+            self.pending = [s for s in self.pending if s not in mine]
+            return mine
 
     def finish(self) -> None:
         """The log is complete (its writer is gone): the last line counts
         even without a newline, and every report in it is found."""
-        self.poll()
-        self.pending += self.scanner.flush()
+        with self.lock:
+            self.poll()
+            self.pending += self.scanner.flush()
 
     def poll(self) -> str:
+        with self.lock:
+            return self._poll()
+
+    def _poll(self) -> str:
         try:
             with open(self.path, "rb") as f:
                 f.seek(self.offset)

@@ -130,11 +130,11 @@ def test_a_deadlocked_test_is_a_timeout_with_the_stack_it_hangs_in(tmp_path):
         assert data["verdict"] == "fail", data["errors"]
         assert [(t["name"], t["status"]) for t in data["tests"]] == [(HUNG, "timeout"), (NEXT, "pass")]
         hung = data["tests"][0]
-        assert re.fullmatch(r"hung in iommufd_access_rw <- mutex_lock: no progress for 5 s: iommufd:(\d+) asleep in "
-                            r"the kernel, not running; SIGKILL did not end iommufd:\1 \(asleep in the kernel\): the "
+        assert re.fullmatch(r"hung in iommufd_access_rw <- mutex_lock: no progress for 5 s: (iommufd#1:\d+) asleep "
+                            r"in the kernel, not running; SIGKILL did not end \1 \(asleep in the kernel\): the "
                             r"tests after it ran in the same boot", hung["reason"]), hung["reason"]
         assert hung["duration_s"] < 20, "a hang costs two windows and a dump, not a limit"
-        assert re.search(r"--- kernel hang: task iommufd:\d+ blocked \(state D\) ---\ntask:iommufd +state:D",
+        assert re.search(r"--- kernel hang: task iommufd#1:\d+ blocked \(state D\) ---\ntask:iommufd#1 +state:D",
                          hung["log"]) and re.search(r"\n __mutex_lock\S*\+0x", hung["log"])
         assert [(s["test"], s["kind"], s["signature"]) for s in data["kernel"]["splats"]] == [
             (HUNG, "hang", "hung in iommufd_access_rw <- mutex_lock")]  # the default kernel reports nothing itself

@@ -1,6 +1,8 @@
 """Following a console log: where the kernel started to die comes from the
 same detector as the kernel reports."""
 
+import re
+
 from harness.targets.console import ConsoleWatcher
 
 
@@ -74,3 +76,38 @@ def test_a_boot_marker_read_in_two_pieces_is_seen(golden, tmp_path):
             f.write(text[cut:])
         w.poll()
         assert marker in w.markers, cut
+
+
+def test_lanes_reading_the_log_at_once_see_each_report_once(golden, tmp_path):
+    """--parallel: every lane's thread reads the log as it grows; each byte is
+    appended once and each report found once, whoever read it."""
+    import threading
+
+    text = (golden / "console" / "x86_64-warn-in-access-rw.log").read_bytes().decode()
+    log = tmp_path / "console.log"
+    log.write_text("")
+    w = ConsoleWatcher(log)
+    done = threading.Event()
+
+    def reader():
+        while not done.is_set():
+            w.find(re.compile("never printed"))
+
+    readers = [threading.Thread(target=reader) for _ in range(4)]
+    for t in readers:
+        t.start()
+    copies = 20
+    try:
+        for _ in range(copies):
+            for i in range(0, len(text), 211):
+                with open(log, "a") as f:
+                    f.write(text[i:i + 211])
+    finally:
+        done.set()
+        for t in readers:
+            t.join()
+    w.finish()
+    assert w.text == text * copies
+    one = len(ConsoleWatcher(log).claim(0, len(text), final=True))  # the reports of one copy
+    assert one >= 1
+    assert len(w.claim(0, None, final=True)) == one * copies
