@@ -244,7 +244,7 @@ def run_one(opts: Options, ui: Ui, results_path: Path, brief: str = "") -> tuple
     failing = [t for t in record.tests if t.status in ("fail", "timeout", "crash")]
     work = work_arg(opts.work)
     for t in failing[:10]:
-        ui.out.print("reproduce: " + reproducer(opts.profile, opts.suite, t.name, record.inputs, work),
+        ui.out.print("reproduce: " + reproducer(opts.profile, opts.suite, t.name, record.inputs, work, t.alongside),
                      highlight=False, markup=False)
     if failing:
         ui.out.print(f"repro: {repro_line(results_path, work=work)}  (the failing tests again; --repeat N, "
@@ -347,7 +347,11 @@ def repro_options(results_dir: Path, test: str | None, machine: Options) -> Opti
         failed = [t.name for t in run.tests if t.status in ("fail", "timeout", "crash")]
         if not failed:
             raise InputError(f"nothing failed in {results_dir}", "name the test to reproduce: repro DIR TEST")
-        tests = None if any(t.binary == "kernel" for t in run.tests if t.name in failed) else ",".join(failed)
+        if any(t.binary == "kernel" for t in run.tests if t.name in failed):
+            tests = None
+        else:  # a test of a parallel run again with the tests that ran alongside it: a race needs both
+            partners = [a for t in run.tests if t.name in failed for a in t.alongside]
+            tests = ",".join(dict.fromkeys(failed + (partners if i.get("parallel", 1) > 1 else [])))
     else:
         tests = test
 
@@ -372,7 +376,7 @@ def repro_options(results_dir: Path, test: str | None, machine: Options) -> Opti
         default_patches=i.get("default_patches", True), patches=[Path(p) for p in i.get("patches", [])],
         kconfig_add=list(i.get("kconfig_add", [])), fragments=[Path(f) for f in i.get("fragments", [])],
         base_config=path(i.get("config")), debug=tuple(i.get("debug", [])), extra_cmdline=i.get("cmdline", ""),
-        coverage=tuple(i.get("coverage", [])),
+        coverage=tuple(i.get("coverage", [])), parallel=int(i.get("parallel", 1)),
         profile=run.profile or machine.profile, suite=run.suite or machine.suite, tests=tests)
 
 

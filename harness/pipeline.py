@@ -429,7 +429,8 @@ def inputs(opts: Options) -> dict:
             "patches": [absolute(p) for p in opts.patches], "kconfig_add": list(opts.kconfig_add),
             "fragments": [absolute(f) for f in opts.fragments], "config": absolute(opts.base_config),
             "cmdline": opts.extra_cmdline, "debug": list(opts.debug),
-            **({"coverage": list(opts.coverage)} if opts.coverage else {})}
+            **({"coverage": list(opts.coverage)} if opts.coverage else {}),
+            **({"parallel": opts.parallel} if opts.parallel > 1 else {})}
 
 
 def new_record(opts: Options) -> RunRecord:

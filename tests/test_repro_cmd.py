@@ -58,3 +58,30 @@ def test_summary_names_the_repro_command(tmp_path, golden):
     run.results_dir = str(res)
     md = render(run, None)
     assert f"iommufd-harness repro {res}" in md and "--commits " + INPUTS["commits"] in md
+
+
+def test_a_test_of_a_parallel_run_is_reproduced_with_the_tests_that_ran_alongside_it(tmp_path, golden):
+    """A data race needs its partner: repro (and the printed reproducer)
+    runs a failed test of a --parallel run again with the tests of the other
+    lanes that ran while it did, in as many lanes; a serial run's stays alone."""
+    from harness.reports.repro import reproducer
+
+    data = json.loads((golden / "results-x86_64-vtd-full-fail.json").read_text())
+    failed = [t for t in data["tests"] if t["status"] == "fail"]
+    partner = next(t["name"] for t in data["tests"] if t["status"] == "pass")
+    for t in failed:
+        t["alongside"] = [partner]
+    data["inputs"] = {**INPUTS, "parallel": 2}
+    (tmp_path / "par").mkdir()
+    (tmp_path / "par" / "results.json").write_text(json.dumps(data))
+    opts = repro_options(tmp_path / "par", None, Options(work=tmp_path))
+    assert opts.parallel == 2
+    assert opts.tests.split(",") == [t["name"] for t in failed] + [partner]
+    line = reproducer("x86_64-vtd", "full", failed[0]["name"], data["inputs"], alongside=[partner])
+    assert f"--tests '{failed[0]['name']},{partner}'" in line and line.count("--parallel 2") == 1
+    run = RunRecord.from_json(data)
+    assert f"--tests '{failed[0]['name']},{partner}'" in render(run, None)
+    # the same run without --parallel: the test alone
+    assert repro_options(_results(tmp_path, golden), None, Options(work=tmp_path)).parallel == 1
+    alone = reproducer("x86_64-vtd", "full", failed[0]["name"], INPUTS, alongside=[partner])
+    assert f"--tests '{failed[0]['name']}'" in alone and "--parallel" not in alone

@@ -291,7 +291,9 @@ def _repro(run: RunRecord, cmp: Comparison | None) -> list[str]:
     names += [t.name for t in run.tests if t.status in ("fail", "timeout", "crash") and t.name not in names]
     if not names:
         return []
-    cmds = [reproducer(run.profile, run.suite, n, run.inputs) for n in names[:MAX_REPRO]]
+    alongside = {t.name: t.alongside for t in run.tests}
+    cmds = [reproducer(run.profile, run.suite, n, run.inputs, alongside=alongside.get(n, ()))
+            for n in names[:MAX_REPRO]]
     if not cmds:
         return []
     short = [repro_line(run.results_dir)] if run.results_dir and run.inputs else []

@@ -7,19 +7,26 @@ import shlex
 from harness.reports.results import outside_phase
 
 
-def reproducer(profile: str, suite: str, test: str, inputs: dict | None = None, work: str | None = None) -> str:
+def reproducer(profile: str, suite: str, test: str, inputs: dict | None = None, work: str | None = None,
+               alongside: list[str] | tuple[str, ...] = ()) -> str:
     """The command that runs ``test`` again on the same kernel and machine
     (for ``kernel.boot`` and the other reports outside any test, the suite):
     ``inputs`` as a run records them (``RunRecord.inputs``: kernel_src, rev,
-    commits, default_patches, patches, kconfig_add, fragments, config, debug, cmdline); ``work``:
-    the run's --work when it was not the default one (its builds are there)."""
+    commits, default_patches, patches, kconfig_add, fragments, config, debug, cmdline,
+    parallel); ``work``: the run's --work when it was not the default one (its
+    builds are there).  A test of a --parallel run is run again with the tests
+    that ran ``alongside`` it, in as many lanes: a race needs its partner."""
     i = inputs or {}
     args = [f"--profile {shlex.quote(profile)}", f"--suite {shlex.quote(suite)}"]
     if work:
         args.insert(0, f"--work {shlex.quote(str(work))}")
+    parallel = int(i.get("parallel") or 1)
     if not outside_phase(test):  # a report at boot or between tests: the suite again reproduces it
-        quoted = f"'{test}'" if "'" not in test else shlex.quote(test)  # quoted: no shell expands a name
+        names = ",".join([test, *alongside]) if parallel > 1 else test
+        quoted = f"'{names}'" if "'" not in names else shlex.quote(names)  # quoted: no shell expands a name
         args.append(f"--tests {quoted}")
+    if parallel > 1:
+        args.append(f"--parallel {parallel}")
     if i.get("kernel_src"):
         args.append(f"--kernel-src {shlex.quote(i['kernel_src'])}")
     if i.get("rev"):

@@ -45,6 +45,8 @@ class TestRecord:
     log: str = ""
     reason: str = ""
     binary: str = ""
+    # with --parallel: the tests of the other lanes that ran while this one did
+    alongside: list[str] = field(default_factory=list)
 
     def __post_init__(self):
         if self.status not in STATUSES:

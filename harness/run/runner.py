@@ -182,6 +182,10 @@ class Runner:
         self._later = []
         if not later:
             return
+        for rec, start, end in later:  # the tests whose stretches of the log overlap this one's
+            rec.alongside = [r.name for r, s, e in later if r is not rec and start is not None and s is not None
+                             and s < (end if end is not None else float("inf"))
+                             and start < (e if e is not None else float("inf"))]
         mine: dict[str, list[Splat]] = {}
         for s in self.target.kernel_splats(self._pass_start, None):
             name = self.comms.get(report_comm(s.text) or "")

@@ -259,6 +259,10 @@ def test_parallel_lanes_run_at_once_and_each_report_goes_to_the_task_it_names(fa
     # every test's processes have a name of their own
     assert sorted(r.comms.values()) == sorted(names) and len(set(r.comms)) == 4
     assert r.comms[re.search(r"Comm: (\S+)", records[2].log).group(1)] == names[2]
+    # what ran alongside a test is the other lane's, never its own lane's, and goes both ways
+    lane = {n: i % 2 for i, n in enumerate(names)}
+    for t in records:
+        assert all(lane[o] != lane[t.name] and t.name in records[names.index(o)].alongside for o in t.alongside)
 
 
 def test_a_report_names_its_task_by_the_comm_of_its_header_or_kasans_by_task():
