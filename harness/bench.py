@@ -11,7 +11,8 @@ For each profile and kernel (the default one and every ``--debug`` one):
   rebuild, against a bare QEMU boot of the same kernel, machine and image
   whose init runs the same tests and powers off; boot (to SSH, verified)
   and the suite are shown against the bare boot's time to init and its
-  tests;
+  tests; with ``--parallel N`` the same again with ``run --parallel N``,
+  against a bare boot whose init runs the tests in N shells at once;
 - edit -> verdict (``--edit``): one file of ``drivers/iommu/iommufd/``
   edited in a ``--kernel-src`` tree, then ``run`` to the verdict, against
   the same incremental ``make`` run directly plus the bare boot and tests;
@@ -222,9 +223,17 @@ def cold_build(work: Path, profile: str, debug: tuple[str, ...], repeat: int, tm
 # -- the bare boot -------------------------------------------------------------------
 
 
-def floor_init(tests: dict[str, list[str]], hugepages: int) -> bytes:
-    runs = "\n".join(f'for t in {" ".join(names)}; do {IMAGE_LAYOUT.selftest_dir}/{binary} -r "$t" '
-                     f'>> /tmp/tests.out 2>&1; done' for binary, names in tests.items())
+def floor_init(tests: dict[str, list[str]], hugepages: int, lanes: int = 1) -> bytes:
+    """The bare boot's init: the tests one after the other, or in ``lanes``
+    shells at once (round robin, as ``run --parallel`` splits them)."""
+    def lane(i: int) -> str:
+        return "\n".join(f'for t in {" ".join(names[i::lanes])}; do {IMAGE_LAYOUT.selftest_dir}/{binary} -r "$t" '
+                         f'>> /tmp/tests.{i}.out 2>&1; done' for binary, names in tests.items() if names[i::lanes])
+    if lanes == 1:
+        runs = lane(0)
+    else:
+        runs = "\n".join(f"(\n{lane(i)}\n) &" for i in range(lanes)) + "\nwait"
+    runs += "\ncat /tmp/tests.*.out > /tmp/tests.out"
     return f"""#!/bin/busybox sh
 /bin/busybox --install -s
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin
@@ -243,13 +252,14 @@ poweroff -f
 """.encode()
 
 
-def bare_boot(k: Kernel, tests: dict[str, list[str]], tmp: Path, accel: str) -> tuple[float, float]:
+def bare_boot(k: Kernel, tests: dict[str, list[str]], tmp: Path, accel: str,
+              lanes: int = 1) -> tuple[float, float]:
     """(seconds to init, seconds of the tests) of one bare boot."""
     initrd = tmp / "floor-initrd.cpio"
     with open(initrd, "wb") as f:
         f.write(k.base_image.read_bytes())
         w = CpioWriter(f)
-        w.file("/floor-init", floor_init(tests, k.profile.hugepages), 0o755)
+        w.file("/floor-init", floor_init(tests, k.profile.hugepages, lanes), 0o755)
         w.close()
     req = qemu.BootRequest(k.profile, k.image, initrd, tmp, accel, extra_cmdline="rdinit=/floor-init",
                            console_name="floor-console.log")
@@ -282,12 +292,17 @@ def bare_boot(k: Kernel, tests: dict[str, list[str]], tmp: Path, accel: str) -> 
 
 
 def no_change_runs(work: Path, profile: str, debug: tuple[str, ...], suite: str, repeat: int,
-                   tmp: Path) -> list[Figure]:
-    run_fig, boot_fig, suite_fig = Figure(f"run {suite} (no change)"), Figure("boot to SSH"), Figure(f"{suite} suite")
+                   tmp: Path, parallel: int = 1) -> list[Figure]:
+    """The no-change run; with ``parallel`` > 1 in that many lanes
+    (``--parallel``), against a bare boot whose init runs the same lanes."""
+    lanes = f", --parallel {parallel}" if parallel > 1 else ""
+    run_fig, boot_fig = Figure(f"run {suite} (no change{lanes})"), Figure("boot to SSH")
+    suite_fig = Figure(f"{suite} suite{lanes}")
     debug_args = ["--debug", ",".join(debug)] if debug else []
+    debug_args += ["--parallel", str(parallel)] if parallel > 1 else []
     k = prepare(work, profile, debug, [])
     for i in range(repeat):
-        results = tmp / f"run-{profile}-{'+'.join(debug) or 'default'}-{suite}-{i}"
+        results = tmp / f"run-{profile}-{'+'.join(debug) or 'default'}-{suite}-p{parallel}-{i}"
         elapsed, code = timed(harness_argv("run", "--quiet", "--work", work, "--results", results, "--profile",
                                            profile, "--suite", suite, *debug_args))
         data = results_of(results)
@@ -302,7 +317,7 @@ def no_change_runs(work: Path, profile: str, debug: tuple[str, ...], suite: str,
         tests: dict[str, list[str]] = {}
         for t in data["tests"]:
             tests.setdefault(t["binary"], []).append(t["name"])
-        to_init, testing = bare_boot(k, tests, tmp, data["qemu"]["accel"])
+        to_init, testing = bare_boot(k, tests, tmp, data["qemu"]["accel"], parallel)
         run_fig.floor.append(to_init + testing)
         boot_fig.floor.append(to_init)
         suite_fig.floor.append(testing)
@@ -554,6 +569,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cold", action="store_true", help="also time cold builds (long)")
     ap.add_argument("--no-build", action="store_true", help="skip the one-file build")
     ap.add_argument("--no-run", action="store_true", help="skip the no-change runs")
+    ap.add_argument("--parallel", type=int, default=1, metavar="N",
+                    help="also time the no-change runs with --parallel N, against a bare boot running the tests "
+                         "in N lanes")
     ap.add_argument("--no-default-kernel", action="store_true", help="measure only the --debug kernels")
     ap.add_argument("--edit", action="store_true",
                     help="also time the edit -> verdict loop on a --kernel-src tree against make + a bare boot "
@@ -592,6 +610,8 @@ def main(argv: list[str] | None = None) -> int:
                     figs.append(one_file_build(work, profile, debug, args.repeat, tmp))
                 for suite in (args.suite or ["access"]) if not args.no_run else []:
                     figs += no_change_runs(work, profile, debug, suite, args.repeat, tmp)
+                    if args.parallel > 1:
+                        figs += no_change_runs(work, profile, debug, suite, args.repeat, tmp, args.parallel)
                 if args.edit and not debug:
                     figs.append(edit_to_verdict(work, profile, (args.suite or ["access"])[0], args.repeat, tmp))
                 if args.compare_base and not debug:

@@ -430,7 +430,8 @@ def inputs(opts: Options) -> dict:
             "fragments": [absolute(f) for f in opts.fragments], "config": absolute(opts.base_config),
             "cmdline": opts.extra_cmdline, "debug": list(opts.debug),
             **({"coverage": list(opts.coverage)} if opts.coverage else {}),
-            **({"parallel": opts.parallel} if opts.parallel > 1 else {})}
+            **({"parallel": opts.parallel} if opts.parallel > 1 else {}),
+            **({"tests": opts.tests} if opts.tests else {})}
 
 
 def new_record(opts: Options) -> RunRecord:

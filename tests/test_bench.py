@@ -31,6 +31,14 @@ def test_the_bare_boot_runs_exactly_the_selected_tests_and_powers_off():
     assert init.rstrip().endswith("poweroff -f")
 
 
+def test_the_bare_boot_of_a_parallel_run_runs_the_same_lanes_at_once():
+    names = ["a.x.t1", "a.x.t2", "a.x.t3"]
+    init = bench.floor_init({"iommufd": names}, 64, lanes=2).decode()
+    first, second = (init.index(f"for t in {lane}; do ") for lane in ("a.x.t1 a.x.t3", "a.x.t2"))
+    assert init.count(") &") == 2 and first < init.index(") &") < second < init.index("\nwait\n")
+    assert init.index("\nwait\n") < init.index("cat /tmp/tests.*.out") < init.index(bench.FLOOR_DONE)
+
+
 def test_every_kernel_of_a_bench_run_gets_results_of_its_own(tmp_path, monkeypatch):
     """Two kernels measured in one run must not read each other's results."""
     seen = []

@@ -256,9 +256,14 @@ def compare(run: RunRecord, base: Baseline) -> Comparison:
             improvements.append(Change(t.name, before, t.status, kind, exp.reason, exp.link))
         else:
             regressions.append(Change(t.name, before, t.status, kind, t.reason))
-    disappeared = tuple(e.pattern for e in (*base.known, *base.tests) if e not in used)
+    # a run of some tests (--tests) misses only what it selected: the rest of
+    # the baseline, and the suite's count, were not asked for
+    globs = [g.strip() for g in str((run.inputs or {}).get("tests") or "").split(",") if g.strip()]
+    disappeared = tuple(e.pattern for e in (*base.known, *base.tests) if e not in used
+                        and (not globs or any(fnmatch.fnmatchcase(e.pattern, g) for g in globs)))
     return Comparison(base.source, tuple(regressions), tuple(improvements), tuple(known), tuple(flaky),
-                      disappeared, tuple(new), unchanged, len(run.tests), base.count, base.kernel, run_kernel(run))
+                      disappeared, tuple(new), unchanged, len(run.tests), None if globs else base.count,
+                      base.kernel, run_kernel(run))
 
 
 def mark_flaky(first: TestRecord, reruns: list[TestRecord]) -> TestRecord:

@@ -173,3 +173,38 @@ def test_the_debug_kernel_names_a_self_deadlock_before_the_test_hangs(tmp_path):
     # the access suite's limit, times lockdep's, KASAN's and kmemleak's slowdown
     assert data["kernel"]["limits"]["per_test_s"] == pytest.approx(30 * 3 * 10 * 1.2)
     assert data["kernel"]["lockdep_off"]["test"] == hung
+
+
+RACING = "iommufd_ioas.*.access_rw*"
+RACE = "BUG: KCSAN: data-race in iommufd_access_rw / iommufd_access_rw"
+
+
+def test_kcsan_sees_two_tests_race_only_when_they_run_at_once(tmp_path):
+    """race-in-access-rw.patch updates a global counter without a lock in
+    every iommufd_access_rw.  One test at a time never races with itself: on
+    the KCSAN kernel the access_rw tests pass one by one.  In two lanes
+    (--parallel 2) two processes' access_rw meet on two CPUs and KCSAN
+    reports the race, in a test that ran while a test of the other lane did;
+    the reproducer runs the two again, in two lanes."""
+    patch = ("--patches", str(FIXTURES / "race-in-access-rw.patch"), "--tests", RACING)
+    code, serial = _run(tmp_path / "serial", "--debug", "kcsan", *patch)
+    assert code == 0 and {t["status"] for t in serial["tests"]} == {"pass"}, serial["kernel"].get("splats")
+    assert serial["kernel"]["debug"] == ["kcsan"] and not serial["kernel"].get("splats")
+
+    results = tmp_path / "parallel"
+    code, data = _run(results, "--debug", "kcsan", "--parallel", "2", *patch)
+    assert code == 1 and data["verdict"] == "fail"
+    assert [t["name"] for t in data["tests"]] == [t["name"] for t in serial["tests"]]  # the selection's order
+    splats = data["kernel"]["splats"]
+    assert splats and {(s["kind"], s["signature"]) for s in splats} == {("kcsan", RACE)}, splats
+    failed = [t for t in data["tests"] if t["status"] != "pass"]
+    assert {t["name"] for t in failed} == {s["test"] for s in splats}
+    rec = failed[0]
+    assert rec["reason"] == f"kernel kcsan during the test: {RACE}"
+    # the other access: a test of the other lane that ran at the same time
+    names = [t["name"] for t in data["tests"]]
+    assert rec["alongside"] and all(names.index(o) % 2 != names.index(rec["name"]) % 2 for o in rec["alongside"])
+    decoded = rec["log"][rec["log"].index("--- decoded kcsan ---"):]
+    assert len(re.findall(r"\niommufd_access_rw \([^)]*drivers/iommu/iommufd/device\.c:\d+\)", decoded)) == 2
+    summary = (results / "summary.md").read_text()
+    assert f"--tests '{','.join([rec['name'], *rec['alongside']])}'" in summary and "--parallel 2" in summary

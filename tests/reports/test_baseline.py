@@ -71,6 +71,20 @@ def test_disappeared_test_fails_a_green_run():
     assert "1 test(s) disappeared" in c.reasons()
 
 
+def test_a_run_of_some_tests_misses_only_what_it_selected():
+    """--tests narrows the comparison: the baseline's other tests and the
+    suite's count were not asked for; a selected test that did not run has
+    still disappeared."""
+    run = _run({"f.a.t1": "pass"})
+    run.inputs = {"tests": "f.a.*"}
+    c = compare(run, from_run(_run(BASE), "prev"))
+    assert c.disappeared == ("f.a.t2",) and not c.count_dropped
+    run = _run({"f.a.t1": "pass", "f.a.t2": "pass"})
+    run.inputs = {"tests": "f.a.*, f.x.*"}
+    c = compare(run, from_run(_run(BASE), "prev"))
+    assert (c.disappeared, c.count_dropped, c.gate_verdict(run.verdict)) == ((), False, "pass")
+
+
 def test_more_skips_is_a_regression():
     run, c = _vs_previous({**BASE, "f.a.t1": "skip"})
     assert run.verdict == "pass"
