@@ -23,8 +23,9 @@ FOREIGN_ARCHES := $(shell $(ARCH_FACTS) foreign)
 # that it is refused, as too old for iommufd); U-Boot and FAT tools for the
 # QEMU lab board (qemu-images/qemu-board-arm64: 'qemu-board' and a lab's
 # boot = "oneshot" name what they miss when run without them); Chromium for
-# the test that renders report.html in a real browser.
-APT_TEST_PACKAGES := linux-source-6.1 u-boot-qemu u-boot-tools mtools dosfstools fdisk chromium
+# the test that renders report.html in a real browser; public-inbox for the
+# archive the gate's tests fetch series from (as b4 does from lore).
+APT_TEST_PACKAGES := linux-source-6.1 u-boot-qemu u-boot-tools mtools dosfstools fdisk chromium public-inbox
 
 HARNESS_ARGS ?=
 PYTEST_ARGS ?=
@@ -106,7 +107,7 @@ test: setup-test
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test-fast: setup-venv-test
-	$(BIN)/pytest -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/pytest -m "not slow and not mail" $(PYTEST_ARGS)
 
 bench: setup-test
 	$(BIN)/python -m harness.bench $(BENCH_ARGS)

@@ -144,6 +144,42 @@ def build_parser() -> argparse.ArgumentParser:
                    help="after the tests, keep the VM running and print how to SSH in (Ctrl-C ends it)")
     p.set_defaults(func=cmd_run)
 
+    p = sub.add_parser("gate", help="a series from the mailing list (message-id, lore link or mbox) on its "
+                                    "base: its verdict against the tree without it, as a reply in its thread",
+                       description="Fetches the series with b4 (the newest revision), applies it to its "
+                                   "base-commit in --kernel-src, runs it on the gate's debug kernel against the "
+                                   "same tree without it (--compare-base), and writes the reply (--reply-to) or "
+                                   "sends it (--smtp).  A gate config, --gate-config or <kernel-src>/"
+                                   "iommufd-gate.toml, may name [gate] profile, suite, debug, inbox, from, cc, "
+                                   "cc_list, reply_on_error and [gate.smtp].")
+    p.add_argument("series", metavar="SERIES",
+                   help="the series: a message-id (<id@host> or bare), a link into a public-inbox archive, or an "
+                        "mbox/maildir")
+    g = p.add_argument_group("series")
+    g.add_argument("--inbox", metavar="URL",
+                   help="the public-inbox archive of a message-id, its list URL (default: the config's, else "
+                        "https://lore.kernel.org/all)")
+    g.add_argument("--revision", type=int, metavar="N", help="this revision of the series (default: the newest)")
+    g.add_argument("--base", metavar="REV",
+                   help="the base when the series names no base-commit (default: the tree's HEAD, said so in "
+                        "the reply)")
+    g.add_argument("--gate-config", type=Path, metavar="FILE",
+                   help="the gate config (default: <kernel-src>/iommufd-gate.toml when it exists)")
+    g = p.add_argument_group("reply")
+    g.add_argument("--reply-to", type=Path, metavar="FILE.eml", help="write the reply to this file")
+    g.add_argument("--smtp", metavar="HOST[:PORT]",
+                   help="send the reply through this server (STARTTLS and login from the config's [gate.smtp])")
+    g.add_argument("--reply-on-error", action="store_true",
+                   help="also reply when there is no verdict (the series could not be fetched or applied, the "
+                        "kernel did not build or boot); by default the author is never mailed then")
+    g.add_argument("--cc", action="append", default=[], metavar="ADDR",
+                   help="also Cc this address (repeatable; the list the series came on is Cc'd by default)")
+    g.add_argument("--from", dest="sender", metavar="ADDR", help="From of the reply")
+    _common(p)
+    p.add_argument("--results", type=Path, metavar="DIR",
+                   help="where to write results (default: a new dir under <work>/results)")
+    p.set_defaults(func=cmd_gate)
+
     p = sub.add_parser("walk", help="apply a series one patch at a time, run the suite after each: which patch "
                                     "broke something")
     _common(p)
@@ -319,6 +355,15 @@ def cmd_run(args, ui: Ui) -> int:
             raise InputError(f"--profiles {args.profiles!r} names no profile",
                              f"pass profile names separated by commas; available: {', '.join(profiles.available())}")
     return jobs.run(opts, ui, matrix)
+
+
+def cmd_gate(args, ui: Ui) -> int:
+    from harness.mail import gate
+
+    req = gate.GateRequest(series=args.series, inbox=args.inbox, revision=args.revision, base=args.base,
+                           reply_to=args.reply_to, smtp=args.smtp, reply_on_error=args.reply_on_error,
+                           cc=list(args.cc), sender=args.sender, config=args.gate_config)
+    return gate.gate(req, options(args), ui)
 
 
 def cmd_walk(args, ui: Ui) -> int:

@@ -141,11 +141,12 @@ def test_the_debug_kernel_gives_each_leak_to_the_test_that_leaked_it(tmp_path):
 
 
 def test_without_the_detectors_the_same_bugs_pass_green(tmp_path):
-    """The value of each detector: the default kernel runs all four broken
-    access paths and the gate stays green."""
-    blind = [*sorted(DETECTED), "leak-in-access-unpin.patch"]
+    """The value of each detector: the default kernel runs all five broken
+    access paths, two tests at a time (the race's condition), and the gate
+    stays green."""
+    blind = [*sorted(DETECTED), "leak-in-access-unpin.patch", "race-in-access-rw.patch"]
     patches = [arg for f in blind for arg in ("--patches", str(FIXTURES / f))]
-    code, data = _run(tmp_path / "blind", *patches)
+    code, data = _run(tmp_path / "blind", "--parallel", "2", *patches)
     assert code == 0 and data["verdict"] == "pass", data["errors"]
     assert data["kernel"]["debug"] == []
     assert len(data["patches"]) == len(list((REPO / "kernel-patches" / "default").glob("*.patch"))) + len(blind)

@@ -1,0 +1,173 @@
+"""The gate's answer to a series, as kernel CI bots write them: an RFC 5322
+message in the series' thread, plain text of 72 columns, the verdict first,
+then what the series changed against its base, the kernel, how to
+reproduce, where the full results are."""
+
+from __future__ import annotations
+
+import email.utils
+import shlex
+import socket
+import textwrap
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+
+from harness import __version__
+from harness.mail.series import Mail, Series
+from harness.reports.results import RunRecord
+
+WIDTH = 72
+REPORT_LINES = 12  # of each new kernel report, its head
+MAX_LISTED = 20
+
+
+@dataclass
+class Outcome:
+    """What the gate found, as the reply tells it."""
+
+    verdict: str  # pass | fail | error (the gate's: fail = the series made something worse)
+    run: RunRecord | None  # the series' run (None: it never started)
+    base: RunRecord | None  # the base's run (compare-base)
+    base_commit: str
+    base_how: str  # "base-commit" | "--base" | "HEAD" (guessed)
+    regressions: list[dict] = field(default_factory=list)  # comparison.json's
+    disappeared: list[str] = field(default_factory=list)
+    error: str = ""  # why there is no verdict
+    reproduce: list[str] = field(default_factory=list)  # command lines
+    results: str = ""  # where the full results are
+    first_bad: tuple[int, str] | None = None  # (1-based patch number, subject) that broke it
+
+
+def _wrap(text: str, indent: str = "") -> list[str]:
+    return textwrap.wrap(text, WIDTH, initial_indent=indent, subsequent_indent=indent,
+                         break_long_words=False, break_on_hyphens=False) or [indent.rstrip()]
+
+
+def _cut(line: str) -> str:
+    return line if len(line) <= WIDTH else line[:WIDTH - 3] + "..."
+
+
+def _command(argv: str, indent: str = "  ") -> list[str]:
+    """A command line folded with backslashes so it pastes as it is."""
+    out, cur = [], indent
+    for word in shlex.split(argv):
+        w = shlex.quote(word)
+        if cur.strip() and len(cur) + 1 + len(w) > WIDTH - 2:
+            out.append(cur + " \\")
+            cur = indent + "    " + w
+        else:
+            cur = (cur + " " + w) if cur.strip() else cur + w
+    out.append(cur)
+    return out
+
+
+def new_reports(run: RunRecord | None, base: RunRecord | None) -> list[dict]:
+    """The series run's kernel reports whose signature the base run never showed."""
+    if run is None:
+        return []
+    seen = {s.get("signature") for s in (base.kernel.get("splats", []) if base else [])}
+    return [s for s in run.kernel.get("splats", []) if s.get("signature") not in seen]
+
+
+def _head(run: RunRecord, splat: dict) -> list[str]:
+    """The first lines of a report, from the log of the test it belongs to."""
+    title = splat.get("title", "")
+    for t in run.tests:
+        if t.name == splat.get("test") and title and title in t.log:
+            text = t.log[t.log.index(title):]
+            return [ln.rstrip() for ln in text.splitlines()[:REPORT_LINES]]
+    return [title]
+
+
+def first_name(sender: str) -> str:
+    name = email.utils.parseaddr(sender)[0].strip().strip('"')
+    return name.split()[0] if name else ""
+
+
+def body(series: Series, out: Outcome) -> str:
+    lines: list[str] = []
+    who = first_name(series.author)
+    lines += [f"Hi {who}," if who else "Hello,", ""]
+    what = f'v{series.revision} of "{series.subject}"'
+    if out.verdict == "pass":
+        lines += _wrap(f"iommufd-harness tested {what} on a real kernel: no regression against its base.")
+    elif out.verdict == "fail":
+        lines += _wrap(f"iommufd-harness tested {what} on a real kernel: the series REGRESSED against its base.")
+    else:
+        lines += _wrap(f"iommufd-harness could not test {what}: {out.error or 'no verdict'}. This says "
+                       "nothing about the series.")
+    lines.append("")
+    run, base = out.run, out.base
+    facts = [("verdict", {"pass": "PASS", "fail": "FAIL (regressed)"}.get(out.verdict, "ERROR (no verdict)"))]
+    how = {"base-commit": "its base-commit", "--base": "the base given to the gate",
+           "HEAD": "guessed: the tree's HEAD (the series names no base-commit)"}[out.base_how]
+    facts.append(("base", f"{out.base_commit[:12]} ({how})"))
+    if run is not None:
+        version = run.kernel.get("version") or "?"
+        debug = run.kernel.get("debug") or []
+        facts.append(("kernel", f"{version} + the series" + (f", debug: {', '.join(debug)}" if debug else "")))
+        facts.append(("machine", f"{run.profile}, suite {run.suite}"))
+        c = run.counts()
+        tested = f"{c['pass']} of {len(run.tests)} tests passed"
+        if base is not None:
+            tested += f" (base: {base.counts()['pass']} of {len(base.tests)})"
+        facts.append(("tests", tested))
+    for k, v in facts:
+        lines += textwrap.wrap(f"{k + ':':9}{v}", WIDTH, initial_indent="  ", subsequent_indent=" " * 11,
+                               break_long_words=False, break_on_hyphens=False)
+    if out.first_bad:
+        n, subject = out.first_bad
+        lines += [""] + _wrap(f"The first patch that breaks it is {n}/{len(series.patches)}: \"{subject}\".")
+    if out.regressions:
+        lines += ["", "New failures (against the base)", "-------------------------------"]
+        for r in out.regressions[:MAX_LISTED]:
+            lines.append(_cut(f"  {r['name']}: {r['before'] or 'new'} -> {r['after']}"))
+            if r.get("reason"):
+                lines += [_cut(ln) for ln in _wrap(r["reason"], "    ")[:3]]
+        if len(out.regressions) > MAX_LISTED:
+            lines.append(f"  ... and {len(out.regressions) - MAX_LISTED} more")
+    reports = new_reports(run, base)
+    if reports:
+        lines += ["", "New kernel reports", "------------------"]
+        for s in reports[:5]:
+            lines.append(_cut(f"  {s.get('kind')} in {s.get('test')}:"))
+            lines += [_cut("    " + ln) for ln in _head(run, s)]
+            lines.append("")
+        if len(reports) > 5:
+            lines.append(f"  ... and {len(reports) - 5} more")
+        while lines[-1] == "":
+            lines.pop()
+    if out.disappeared:
+        lines += ["", "Tests that no longer run", "------------------------"]
+        lines += [_cut(f"  {n}") for n in out.disappeared[:MAX_LISTED]]
+    if out.reproduce:
+        lines += ["", "Reproduce", "---------"]
+        for cmd in out.reproduce:
+            lines += _command(cmd)
+    if out.results:
+        lines += ["", "Full results (summary.md, results.json, console.log):"]
+        lines += [f"  {out.results}"]
+    lines += ["", "-- ", f"iommufd-harness {__version__} on {socket.gethostname()}"]
+    return "\n".join(lines) + "\n"
+
+
+def compose(series: Series, out: Outcome, sender: str, cc: list[str], under: Mail | None = None,
+            subject: str | None = None) -> EmailMessage:
+    """The reply, threaded under ``under`` (default: the cover letter, or
+    the first patch): To the author, Cc ``cc`` only."""
+    under = under or series.first
+    msg = EmailMessage()
+    msg["From"] = sender
+    msg["To"] = series.author
+    if cc:
+        msg["Cc"] = ", ".join(dict.fromkeys(cc))
+    base_subject = subject or under.subject
+    msg["Subject"] = base_subject if base_subject.lower().startswith("re:") else f"Re: {base_subject}"
+    msg["Date"] = email.utils.formatdate(localtime=True)
+    msg["Message-ID"] = email.utils.make_msgid("iommufd-harness", domain=email.utils.parseaddr(sender)[1]
+                                               .split("@")[-1] or None)
+    msg["In-Reply-To"] = f"<{under.msgid}>"
+    msg["References"] = " ".join(f"<{r}>" for r in [*under.references, under.msgid])
+    msg["X-Iommufd-Harness-Verdict"] = out.verdict
+    msg.set_content(body(series, out), cte="8bit" if any(ord(c) > 127 for c in body(series, out)) else "7bit")
+    return msg

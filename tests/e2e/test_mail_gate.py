@@ -1,0 +1,103 @@
+"""The gate on the mailing list, on the real kernel: a series posted to a
+real public-inbox archive (served on 127.0.0.1), fetched by its message-id
+with b4, built and booted on its base-commit in a git tree of the kernel,
+compared with the tree without it, and answered in its thread through a
+real SMTP server that delivers to the list.
+
+The series are this project's own commits in the git tree of test_trees
+(``series``: a harmless comment, then the regression of
+pin-more-than-8-pages-fails.patch), as ``git format-patch --cover-letter``
+makes them: v1 has both, v2 only the harmless one; v1 is gated with
+--revision 1, then v1's message-id alone gives v2.  The gate config keeps
+the default kernel, so the base run is the one test_trees' compare-base
+run caches."""
+
+from __future__ import annotations
+
+import email
+import json
+import subprocess
+import sys
+from email import policy
+from pathlib import Path
+
+import pytest
+
+from mailserver import LIST, Archive, SmtpServer, msgid_of, write_series
+from test_trees import BROKEN, GIT_ENV, REPO, WORK, make_repo
+
+pytestmark = [pytest.mark.slow, pytest.mark.mail]
+
+AUTHOR = "Alice Developer <alice@dev.localhost>"
+# Alice posts the project's commits (their author stays in the patches' in-body From)
+POSTER = {**GIT_ENV, "GIT_COMMITTER_NAME": "Alice Developer", "GIT_COMMITTER_EMAIL": "alice@dev.localhost"}
+SUBJECT = "iommufd: comment main.c, limit access pins"
+
+
+def _gate(tmp_path: Path, name: str, *args: str) -> tuple[int, str, Path]:
+    results = tmp_path / name
+    argv = [sys.executable, "-m", "harness", "gate", "--work", str(WORK), "--results", str(results), *args]
+    res = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=3600)
+    sys.stdout.write(res.stdout[-20000:])
+    sys.stderr.write(res.stderr[-20000:])
+    return res.returncode, res.stdout + res.stderr, results
+
+
+def test_the_gate_answers_each_revision_of_a_series_in_its_thread(tmp_path):
+    repo = make_repo(WORK / "e2e" / "linux-git")
+    v1 = write_series(repo, "main..series", tmp_path / "mail-v1", 1, AUTHOR, SUBJECT, "Two changes.", "main", POSTER)
+    v2 = write_series(repo, "main..series~1", tmp_path / "mail-v2", 2, AUTHOR, SUBJECT, "Only the comment.",
+                      "main", POSTER)
+    archive = Archive(tmp_path / "archive")
+    # both revisions before the server starts: public-inbox-httpd's search sees
+    # mail that arrives later only when it reopens its index (about 30 s)
+    for f in v1 + v2:
+        archive.deliver(f.read_bytes())
+    archive.start()
+    smtp = SmtpServer(archive).start()
+    config = tmp_path / "gate.toml"
+    config.write_text(f'[gate]\ninbox = "{archive.url}"\ndebug = []\nfrom = "iommufd-harness <gate@ci.localhost>"\n')
+    common = ["--kernel-src", str(repo), "--gate-config", str(config), "--smtp", f"127.0.0.1:{smtp.port}"]
+    try:
+        code, out, results = _gate(tmp_path, "v1", msgid_of(v1[0]), "--revision", "1", *common)
+        assert code == 1, out
+        data = json.loads((results / "results.json").read_text())
+        cmp_ = json.loads((results / "comparison.json").read_text())
+        assert {c["name"] for c in cmp_["regressions"]} == BROKEN
+        info = json.loads((results / "series.json").read_text())
+        main = subprocess.run(["git", "-C", str(repo), "rev-parse", "main"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+        assert (info["series"]["revision"], info["series"]["revisions"]) == (1, [1, 2])
+        assert (info["base"]["commit"], info["base"]["how"]) == (main, "base-commit")
+        assert info["series"]["message_ids"] == [msgid_of(f) for f in v1]
+        assert data["inputs"]["rev"] == main and data["base"]["verdict"] == "pass"
+        assert info["gate"]["verdict"] == "fail" and info["gate"]["reply"]["sent"] == f"127.0.0.1:{smtp.port}"
+        # the reply, in the thread as the archive serves it
+        [(_, rcpts, raw)] = smtp.received
+        assert sorted(rcpts) == ["alice@dev.localhost", LIST]
+        thread = archive.thread(msgid_of(v1[0]))
+        [mine] = [m for m in thread if m["Message-ID"].strip() == info["gate"]["reply"]["message_id"].join("<>")]
+        assert mine["In-Reply-To"].strip() == f"<{msgid_of(v1[0])}>"
+        assert mine["Subject"].strip() == f"Re: [PATCH v1 0/2] {SUBJECT}"
+        text = email.message_from_bytes(raw, policy=policy.default).get_content()
+        assert "REGRESSED" in " ".join(text.split()) and f"base:    {main[:12]} (its base-commit)" in text
+        assert all(f"  {n}: pass -> fail" in text for n in BROKEN)
+        assert "iommufd-harness gate" in text and str(results) in text
+        assert all(len(line) <= 72 for line in text.splitlines())
+        kept = email.message_from_bytes((results / "reply.eml").read_bytes(), policy=policy.default)
+        assert kept["Message-ID"].strip() == mine["Message-ID"].strip() and kept.get_content() == text.replace("\r\n", "\n")
+
+        # v2 drops the regression: named by v1's message-id, the gate takes the newest revision
+        code, out, results = _gate(tmp_path, "v2", msgid_of(v1[0]), *common)
+        assert code == 0, out
+        info = json.loads((results / "series.json").read_text())
+        assert (info["series"]["revision"], info["series"]["revisions"]) == (2, [1, 2])
+        assert info["series"]["message_ids"] == [msgid_of(f) for f in v2]
+        assert "base: cached" in out  # the same base as v1's: not run again
+        assert len(smtp.received) == 2
+        msg = email.message_from_bytes(smtp.received[1][2], policy=policy.default)
+        assert msg["In-Reply-To"] == f"<{msgid_of(v2[0])}>" and msg["X-Iommufd-Harness-Verdict"] == "pass"
+        assert "no regression against its base" in " ".join(msg.get_content().split())
+    finally:
+        smtp.stop()
+        archive.stop()
