@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shlex
 import smtplib
 import socket
 import ssl
@@ -21,7 +22,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness import debugkernels, profiles
+from harness import debugkernels, proc, profiles
 from harness.errors import EXIT_ERROR, EXIT_FAIL, EXIT_PASS, HarnessError, InputError
 from harness.mail import reply as replies
 from harness.mail.series import Series, fetch, parse_source
@@ -139,14 +140,12 @@ def prerequisites(tree: Path, base: str, patch_ids: list[str]) -> list[dict]:
     something else."""
     if not patch_ids:
         return []
-    import subprocess
-
-    log = source.git(tree, "log", "-p", "--no-merges", f"-n{PATCH_ID_DEPTH}", base, text=False,
+    log = source.git(tree, "log", "-p", "--no-merges", f"-n{PATCH_ID_DEPTH}", base,
                      what="reading the base's history for prerequisites")
-    res = subprocess.run(["git", "-C", str(tree), "patch-id", "--stable"], input=log, capture_output=True,
-                         timeout=600)
+    res = proc.run(["git", "-C", str(tree), "patch-id", "--stable"], stdin_text=log, timeout=600,
+                   split_stderr=True, error=InputError, what="git patch-id over the base's history")
     have = {}
-    for line in res.stdout.decode(errors="replace").splitlines():
+    for line in res.output.splitlines():
         pid, commit = (line.split() + ["", ""])[:2]
         have.setdefault(pid, commit)
     missing = [p for p in patch_ids if p not in have]
@@ -277,7 +276,7 @@ def _reproducer(req: GateRequest, src, opts: Options, tree: Path) -> str:
         words += ["--revision", str(req.revision)]
     words += ["--kernel-src", str(tree), "--profile", opts.profile, "--suite", opts.suite,
               "--debug", ",".join(opts.debug)]
-    return " ".join(__import__("shlex").quote(w) for w in words)
+    return " ".join(shlex.quote(w) for w in words)
 
 
 def _reply(req: GateRequest, cfg: GateConfig, series: Series, outcome, results: Path, ui: Ui) -> dict:

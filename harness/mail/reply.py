@@ -169,5 +169,6 @@ def compose(series: Series, out: Outcome, sender: str, cc: list[str], under: Mai
     msg["In-Reply-To"] = f"<{under.msgid}>"
     msg["References"] = " ".join(f"<{r}>" for r in [*under.references, under.msgid])
     msg["X-Iommufd-Harness-Verdict"] = out.verdict
-    msg.set_content(body(series, out), cte="8bit" if any(ord(c) > 127 for c in body(series, out)) else "7bit")
+    text = body(series, out)
+    msg.set_content(text, cte="8bit" if not text.isascii() else "7bit")
     return msg

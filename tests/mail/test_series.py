@@ -280,3 +280,15 @@ def test_the_reply_goes_through_starttls_and_a_login_whose_password_comes_from_t
     finally:
         smtp.stop()
     assert logins == [(b"ci", b"s3cret")] and len(smtp.received) == 1
+
+
+def test_prerequisites_are_found_in_the_base_history_or_refused(world):
+    repo = world["repo"]
+    show = subprocess.run(["git", "-C", str(repo), "show", "v1~1"], capture_output=True, check=True).stdout
+    pid = subprocess.run(["git", "-C", str(repo), "patch-id", "--stable"], input=show, capture_output=True,
+                         check=True).stdout.split()[0].decode()
+    tip = _git(repo, "rev-parse", "v1")
+    assert gate.prerequisites(repo, tip, [pid]) == [{"patch_id": pid, "commit": _git(repo, "rev-parse", "v1~1")}]
+    with pytest.raises(InputError, match=f"prerequisite patch\\(es\\) {'0' * 40} that the base"):
+        gate.prerequisites(repo, tip, ["0" * 40])
+    assert gate.prerequisites(repo, world["base"], []) == []
