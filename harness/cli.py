@@ -152,9 +152,20 @@ def build_parser() -> argparse.ArgumentParser:
                                    "sends it (--smtp).  A gate config, --gate-config or <kernel-src>/"
                                    "iommufd-gate.toml, may name [gate] profile, suite, debug, inbox, from, cc, "
                                    "cc_list, reply_on_error and [gate.smtp].")
-    p.add_argument("series", metavar="SERIES",
+    p.add_argument("series", metavar="SERIES", nargs="?",
                    help="the series: a message-id (<id@host> or bare), a link into a public-inbox archive, or an "
                         "mbox/maildir")
+    g = p.add_argument_group("polling the list (a cron or CI job)")
+    g.add_argument("--new", action="store_true",
+                   help="instead of SERIES: every series revision posted to the inbox since the last poll, each "
+                        "gated once (the newest revision of its series); a state file per inbox remembers them")
+    g.add_argument("--since", metavar="WHEN",
+                   help="with --new: look back to this time (2026-12-01, 2026-12-01T08:00, 3d, 12h; default: the "
+                        "last poll less an hour, a day on the first poll)")
+    g.add_argument("--state", type=Path, metavar="FILE",
+                   help="with --new: the state file (default: <work>/gate/<inbox>.json)")
+    g.add_argument("--list", dest="list_only", action="store_true",
+                   help="with --new: list what would be gated; gate nothing, change nothing")
     g = p.add_argument_group("series")
     g.add_argument("--inbox", metavar="URL",
                    help="the public-inbox archive of a message-id, its list URL (default: the config's, else "
@@ -360,9 +371,18 @@ def cmd_run(args, ui: Ui) -> int:
 def cmd_gate(args, ui: Ui) -> int:
     from harness.mail import gate
 
-    req = gate.GateRequest(series=args.series, inbox=args.inbox, revision=args.revision, base=args.base,
+    if args.new == bool(args.series):
+        raise InputError("gate takes a SERIES, or --new to poll the inbox, not both" if args.new else
+                         "gate needs a SERIES (message-id, link or mbox), or --new to poll the inbox",
+                         "see 'iommufd-harness gate --help'")
+    if not args.new and (args.since or args.state or args.list_only):
+        raise InputError("--since, --state and --list go with --new")
+    req = gate.GateRequest(series=args.series or "", inbox=args.inbox, revision=args.revision, base=args.base,
                            reply_to=args.reply_to, smtp=args.smtp, reply_on_error=args.reply_on_error,
                            cc=list(args.cc), sender=args.sender, config=args.gate_config)
+    if args.new:
+        return gate.gate_new(req, gate.PollRequest(since=args.since, state=args.state, list_only=args.list_only),
+                             options(args), ui)
     return gate.gate(req, options(args), ui)
 
 

@@ -14,6 +14,7 @@ and emergency maildir included)."""
 from __future__ import annotations
 
 import email
+import email.utils
 import os
 import re
 import signal
@@ -52,6 +53,12 @@ class Archive:
     def deliver(self, raw: bytes) -> str:
         """Import one mail as the list server would; its Message-ID."""
         msgid = email.message_from_bytes(raw, policy=policy.default)["Message-ID"].strip().strip("<>")
+        # the list's MTA stamps when it received the mail (public-inbox's rt:, which the gate's
+        # polls search by; without it the archive takes the Date: the author's commit date)
+        received = (f"Received: from localhost by lists.localhost with SMTP id {time.monotonic_ns():x};\r\n"
+                    f"\t{email.utils.formatdate()}\r\n").encode()
+        head, nl, rest = raw.partition(b"\n")
+        raw = head + nl + received + rest if head.startswith(b"From ") else received + raw
         res = subprocess.run(["public-inbox-mda"], input=raw, env={**self.env, "ORIGINAL_RECIPIENT": self.address},
                              capture_output=True)
         emergency = Path(self.env["PI_EMERGENCY"]) / "new"

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import shlex
 import smtplib
 import socket
@@ -196,10 +197,8 @@ def send(msg, server: str, cfg: Smtp | None) -> str:
     return f"{host}:{port_n}"
 
 
-def gate(req: GateRequest, opts: Options, ui: Ui) -> int:
-    from harness.jobs import run_one, validate
-    from harness.reports import markdown
-
+def _setup(req: GateRequest, opts: Options) -> tuple[Options, GateConfig, Path]:
+    """The gate's options (the tree, its config, the gate's kernel), checked."""
     if opts.patches or opts.commits or opts.rev:
         raise InputError("gate takes the series from SERIES: --patches, --commits and --rev do not apply",
                          "use 'run' to test patches of your own")
@@ -215,6 +214,19 @@ def gate(req: GateRequest, opts: Options, ui: Ui) -> int:
         debug=opts.debug or (cfg.debug if cfg.debug is not None else GATE_DEBUG),
         compare_base=True)
     profiles.load(opts.profile)
+    return opts, cfg, tree
+
+
+def gate(req: GateRequest, opts: Options, ui: Ui) -> int:
+    opts, cfg, tree = _setup(req, opts)
+    return _gate_series(req, opts, cfg, tree, ui)[0]
+
+
+def _gate_series(req: GateRequest, opts: Options, cfg: GateConfig, tree: Path, ui: Ui) -> tuple[int, dict]:
+    """Gate one series: (exit code, what series.json says)."""
+    from harness.jobs import run_one, validate
+    from harness.reports import markdown
+
     work = WorkDir(opts.work).prepare()
     results = results_dir_for(opts, work, "gate")
     results.mkdir(parents=True, exist_ok=True)
@@ -224,7 +236,7 @@ def gate(req: GateRequest, opts: Options, ui: Ui) -> int:
     ui.info(f"v{series.revision} of \"{series.subject}\" by {series.author}: {len(series.patches)} patch(es)"
             + (", with a cover letter" if series.cover else "") + f" (revisions seen: "
             f"{', '.join(f'v{r}' for r in series.revisions)})")
-    info = {"series": series.to_json(), "base": None, "prerequisites": [], "gate": {}}
+    info = {"series": series.to_json(), "base": None, "prerequisites": [], "gate": {}, "results": str(results)}
 
     def save() -> None:
         (results / "series.json").write_text(json.dumps(info, indent=2) + "\n")
@@ -260,12 +272,12 @@ def gate(req: GateRequest, opts: Options, ui: Ui) -> int:
                                   base_how=(info.get("base") or {}).get("how", "HEAD"), error=e.message,
                                   results=str(results))
         ui.error(e.render())
-    info["gate"] = {"verdict": outcome.verdict}
+    info["gate"] = {"verdict": outcome.verdict, **({"error": outcome.error} if outcome.error else {})}
     save()
     reply = _reply(req, cfg, series, outcome, results, ui)
     info["gate"]["reply"] = reply
     save()
-    return {"pass": EXIT_PASS, "fail": EXIT_FAIL}.get(outcome.verdict, EXIT_ERROR)
+    return {"pass": EXIT_PASS, "fail": EXIT_FAIL}.get(outcome.verdict, EXIT_ERROR), info
 
 
 def _reproducer(req: GateRequest, src, opts: Options, tree: Path) -> str:
@@ -301,3 +313,102 @@ def _reply(req: GateRequest, cfg: GateConfig, series: Series, outcome, results: 
     if req.reply_to is None and not req.smtp:
         done["not_sent"] = "neither --reply-to nor --smtp"
     return done
+
+
+@dataclass
+class PollRequest:
+    """``gate --new``: the inbox's new series, each gated once."""
+
+    since: str | None = None  # --since; default: the last poll (less a margin), else a day ago
+    state: Path | None = None  # --state; default: <work>/gate/<inbox>.json
+    list_only: bool = False  # --list: what would be gated, nothing run, the state untouched
+
+
+def gate_new(req: GateRequest, poll: PollRequest, opts: Options, ui: Ui) -> int:
+    """Poll the inbox: gate every series revision posted since the last poll
+    that the state file does not have; record each verdict as it comes.
+    Exit 2 if a series got no verdict, else 1 if one failed, else 0."""
+    import datetime as dt
+
+    from harness.mail import watch
+    from harness.mail.series import LORE
+
+    if req.revision is not None or req.reply_to is not None:
+        raise InputError("gate --new gates each new series as it is: --revision and --reply-to do not apply",
+                         "each series' reply is kept in its results dir (reply.eml); --smtp sends them")
+    opts, cfg, tree = _setup(req, opts)
+    inbox = (req.inbox or cfg.inbox or LORE).rstrip("/")
+    work = WorkDir(opts.work).prepare()
+    path = (poll.state.expanduser().resolve() if poll.state else watch.state_path(work.root, inbox))
+    root = opts.results.expanduser().resolve() if opts.results else None
+    if root is not None and root.exists() and any(root.iterdir()):
+        raise InputError(f"results dir {root} is not empty", "give a new directory to --results")
+    with watch.polling(path):
+        state = watch.State(path, inbox)
+        now = dt.datetime.now(dt.timezone.utc)
+        since = watch.since_of(state, poll.since, now)
+        ui.stage("poll")
+        postings = watch.starts(watch.feed(inbox, since))
+        new = [p for p in postings if not state.done(p.msgid)]
+        ui.info(f"{inbox}: {len(postings)} series revision(s) posted since {since:%Y-%m-%d %H:%M} UTC, "
+                f"{len(new)} to gate (state: {path})")
+        for p in new:
+            ui.info(f"  v{p.revision} {p.subject}  <{p.msgid}>  {p.author}")
+        if poll.list_only:
+            return EXIT_PASS
+        codes, gated, tried = [], [], set()
+        for i, p in enumerate(new, 1):
+            if state.done(p.msgid) or state.seen.get(p.msgid) in tried:
+                # gated in this poll, as the newer revision of an earlier message
+                ui.info(f"<{p.msgid}> was gated in this poll with its series: skipped")
+                continue
+            before = state.known(p.msgid) or {}
+            mailed_error = bool(before.get("reply_sent"))
+            # an error is mailed once (--reply-on-error), not by every poll that tries again
+            one = dataclasses.replace(req, series=p.msgid, inbox=inbox,
+                                      reply_on_error=req.reply_on_error and not mailed_error)
+            one_cfg = dataclasses.replace(cfg, reply_on_error=False) if mailed_error else cfg
+            slug = re.sub(r"[^A-Za-z0-9]+", "-", p.msgid).strip("-")[:60]
+            ropts = dataclasses.replace(opts, results=root / f"{i:02d}-{slug}" if root else None)
+            ui.stage(f"series {i}/{len(new)}")
+            at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+            try:
+                code, info = _gate_series(one, ropts, one_cfg, tree, ui)
+                error = (info.get("gate") or {}).get("error", "")
+            except KeyboardInterrupt:
+                state.save()
+                raise
+            except HarnessError as e:
+                ui.error(e.render())
+                code, info, error = EXIT_ERROR, {}, e.message
+            ser = info.get("series") or {}
+            verdict = (info.get("gate") or {}).get("verdict", "error")
+            key = (ser.get("message_ids") or [p.msgid])[0]
+            reply = (info.get("gate") or {}).get("reply") or {}
+            entry = {"revision": ser.get("revision", p.revision), "subject": ser.get("subject", p.subject),
+                     "author": ser.get("author", p.author), "posted": p.date, "gated": at, "verdict": verdict,
+                     "results": info.get("results"), "reply": reply.get("message_id"),
+                     "reply_sent": bool(reply.get("sent")) or mailed_error}
+            if verdict == "error":
+                entry["error"] = error
+                entry["attempts"] = (state.series.get(key, {}).get("attempts", 0) or 0) + 1
+            state.record(key, entry, list(ser.get("message_ids") or []))
+            tried.add(key)
+            if key != p.msgid:
+                state.record(p.msgid, {"revision": p.revision, "subject": p.subject, "posted": p.date,
+                                       "superseded_by": key}, [])
+            state.save()
+            codes.append(code)
+            gated.append({"message_id": p.msgid, **entry, "gated_as": key})
+        state.polled = now.isoformat(timespec="seconds")
+        state.save()
+    if root is not None:
+        root.mkdir(parents=True, exist_ok=True)
+        (root / "poll.json").write_text(json.dumps(
+            {"inbox": inbox, "since": since.isoformat(timespec="seconds"), "state": str(path), "gated": gated},
+            indent=2) + "\n")
+    for g in gated:
+        ui.info(f"{g['verdict'].upper():5} v{g['revision']} {g['subject']}  {g.get('results') or g.get('error', '')}")
+    if any(c == EXIT_ERROR for c in codes):
+        return EXIT_ERROR
+    return EXIT_FAIL if any(c == EXIT_FAIL for c in codes) else EXIT_PASS

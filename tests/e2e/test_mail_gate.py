@@ -8,7 +8,8 @@ The series are this project's own commits in the git tree of test_trees
 (``series``: a harmless comment, then the regression of
 pin-more-than-8-pages-fails.patch), as ``git format-patch --cover-letter``
 makes them: v1 has both, v2 only the harmless one; v1 is gated with
---revision 1, then v1's message-id alone gives v2.  The gate config keeps
+--revision 1, then v1's message-id alone gives v2; then ``gate --new``,
+polling the list twice, gates the series once (as v2).  The gate config keeps
 the default kernel, so the base run is the one test_trees' compare-base
 run caches."""
 
@@ -98,6 +99,20 @@ def test_the_gate_answers_each_revision_of_a_series_in_its_thread(tmp_path):
         msg = email.message_from_bytes(smtp.received[1][2], policy=policy.default)
         assert msg["In-Reply-To"] == f"<{msgid_of(v2[0])}>" and msg["X-Iommufd-Harness-Verdict"] == "pass"
         assert "no regression against its base" in " ".join(msg.get_content().split())
+
+        # a cron job polling the list: the first poll gates the series once (v1's cover, gated
+        # as v2; v2's cover is not gated again), the second finds nothing new
+        poll = [*common, "--new", "--state", str(tmp_path / "state.json")]
+        code, out, results = _gate(tmp_path, "poll1", *poll)
+        assert code == 0, out
+        gated = json.loads((results / "poll.json").read_text())["gated"]
+        assert [(g["message_id"], g["gated_as"], g["verdict"], g["revision"]) for g in gated] == [
+            (msgid_of(v1[0]), msgid_of(v2[0]), "pass", 2)]
+        assert len(smtp.received) == 3
+        assert email.message_from_bytes(smtp.received[2][2])["In-Reply-To"] == f"<{msgid_of(v2[0])}>"
+        code, out, results = _gate(tmp_path, "poll2", *poll)
+        assert code == 0 and "0 to gate" in out, out
+        assert json.loads((results / "poll.json").read_text())["gated"] == [] and len(smtp.received) == 3
     finally:
         smtp.stop()
         archive.stop()

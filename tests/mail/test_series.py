@@ -292,3 +292,68 @@ def test_prerequisites_are_found_in_the_base_history_or_refused(world):
     with pytest.raises(InputError, match=f"prerequisite patch\\(es\\) {'0' * 40} that the base"):
         gate.prerequisites(repo, tip, ["0" * 40])
     assert gate.prerequisites(repo, world["base"], []) == []
+
+
+def _poll(tmp_path: Path, world, *args: str) -> subprocess.CompletedProcess:
+    return _gate(tmp_path, "--new", "--inbox", world["archive"].url, "--kernel-src", str(world["repo"]),
+                 "--state", str(tmp_path / "state.json"), "--debug", "", *args)
+
+
+def test_new_lists_each_series_revision_posted_since_and_changes_nothing(world, tmp_path):
+    """--list: the cover letters of v1, v2 and the lost-base series (their
+    patches are not series of their own), oldest first; no state written."""
+    res = _poll(tmp_path, world, "--list")
+    assert res.returncode == 0, res.stderr
+    listed = [line.split("<")[1].split(">")[0] for line in res.stderr.splitlines() if line.startswith("      v")]
+    assert listed == [msgid_of(world[k][0]) for k in ("v1", "v2", "lost")]
+    assert "3 series revision(s) posted since" in res.stderr and "3 to gate" in res.stderr
+    assert not (tmp_path / "state.json").exists()
+    tomorrow = (__import__("datetime").date.today() + __import__("datetime").timedelta(days=1)).isoformat()
+    res = _poll(tmp_path, world, "--list", "--since", tomorrow)
+    assert res.returncode == 0 and "0 series revision(s)" in res.stderr, res.stderr
+
+
+def test_new_gates_each_revision_once_and_one_without_a_verdict_three_times_mailing_once(world, tmp_path):
+    """Poll 1 gates v1's cover as its newest revision, v2 (so v2 is not gated
+    again in that poll) and the lost-base series: neither has a verdict here
+    (the tree is no kernel; the base is missing), each mails its author once
+    (--reply-on-error).  Polls 2 and 3 try both again without mailing; poll 4
+    has nothing to gate."""
+    import json
+
+    smtp = SmtpServer().start()
+    v1, v2, lost = (msgid_of(world[k][0]) for k in ("v1", "v2", "lost"))
+    try:
+        for poll in (1, 2, 3, 4):
+            res = _poll(tmp_path, world, "--results", str(tmp_path / f"poll{poll}"), "--reply-on-error",
+                        "--smtp", f"127.0.0.1:{smtp.port}")
+            assert "Traceback" not in res.stderr
+            state = json.loads((tmp_path / "state.json").read_text())
+            if poll < 4:
+                assert res.returncode == 2, res.stderr
+                assert state["series"][v2]["attempts"] == poll and state["series"][lost]["attempts"] == poll
+                assert state["series"][v1] == {**state["series"][v1], "superseded_by": v2}
+                assert state["seen"][msgid_of(world["v2"][1])] == v2
+                gated = json.loads((tmp_path / f"poll{poll}" / "poll.json").read_text())["gated"]
+                assert [(g["message_id"], g["gated_as"], g["verdict"]) for g in gated] == [
+                    (v1, v2, "error"), (lost, lost, "error")]
+                assert "is not a Linux kernel tree" in state["series"][v2]["error"]
+                assert "is not in" in state["series"][lost]["error"]
+            else:
+                assert res.returncode == 0 and "0 to gate" in res.stderr, res.stderr
+            assert sorted(m[2].split(b"In-Reply-To: ")[1].split(b"\r\n")[0].strip(b"<>").decode()
+                          for m in smtp.received) == sorted([v2, lost]), f"poll {poll}"
+    finally:
+        smtp.stop()
+
+
+def test_new_refuses_a_second_poll_of_the_same_state_and_a_series_with_it(world, tmp_path):
+    from harness.mail import watch
+
+    with watch.polling(tmp_path / "state.json"):
+        res = _poll(tmp_path, world)
+    assert res.returncode == 2 and "another 'gate --new' is polling" in res.stderr, res.stderr
+    res = _gate(tmp_path, "--new", msgid_of(world["v1"][0]), "--kernel-src", str(world["repo"]))
+    assert res.returncode == 2 and "not both" in res.stderr
+    res = _gate(tmp_path, "--since", "3d", msgid_of(world["v1"][0]), "--kernel-src", str(world["repo"]))
+    assert res.returncode == 2 and "go with --new" in res.stderr
