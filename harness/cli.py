@@ -186,6 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--cc", action="append", default=[], metavar="ADDR",
                    help="also Cc this address (repeatable; the list the series came on is Cc'd by default)")
     g.add_argument("--from", dest="sender", metavar="ADDR", help="From of the reply")
+    g.add_argument("--no-walk", dest="walk", action="store_false",
+                   help="when a series of several patches fails, do not walk it (bisect from 6 patches on) to "
+                        "name the first patch that broke it in the reply and answer under that patch too")
     _common(p)
     p.add_argument("--results", type=Path, metavar="DIR",
                    help="where to write results (default: a new dir under <work>/results)")
@@ -379,7 +382,7 @@ def cmd_gate(args, ui: Ui) -> int:
         raise InputError("--since, --state and --list go with --new")
     req = gate.GateRequest(series=args.series or "", inbox=args.inbox, revision=args.revision, base=args.base,
                            reply_to=args.reply_to, smtp=args.smtp, reply_on_error=args.reply_on_error,
-                           cc=list(args.cc), sender=args.sender, config=args.gate_config)
+                           cc=list(args.cc), sender=args.sender, config=args.gate_config, walk=args.walk)
     if args.new:
         return gate.gate_new(req, gate.PollRequest(since=args.since, state=args.state, list_only=args.list_only),
                              options(args), ui)

@@ -141,8 +141,12 @@ def judge(step: Step, record: RunRecord, before: RunRecord | None, before_index:
     step.new_reports = sorted(_signatures(record) - _signatures(before))
 
 
-def walk(opts: Options, ui: Ui, bisect: bool = False) -> int:
+def walk(opts: Options, ui: Ui, bisect: bool = False, known: dict[int, Path] | None = None) -> int:
+    """Walk (or bisect) the series; ``known``: steps already run elsewhere
+    (their results dirs), taken as they are (the gate has run the base and
+    the whole series before it asks which patch)."""
     from harness import jobs
+    from harness.reports.markdown import load_run
 
     if not (opts.patches or opts.commits):
         raise InputError("walk needs a series", "pass it with --patches or --commits")
@@ -168,9 +172,15 @@ def walk(opts: Options, ui: Ui, bisect: bool = False) -> int:
         p = series.items[k - 1] if k else None
         step = Step(k, p.name if p else "", p.subject if p else "(the tree without the series)",
                     root / f"step-{k:02d}")
-        ui.out.print(f"walk: step {k}/{n}" + (f": {p.name}" if p else ": the base"), highlight=False, markup=False)
-        record, interrupted = jobs.run_one(step_options(opts, series, k, root), ui, step.results,
-                                           brief=f"step {k}")
+        if known and k in known:
+            step.results = Path(known[k])
+            ui.out.print(f"walk: step {k}/{n}: already run ({step.results})", highlight=False, markup=False)
+            record = load_run(step.results)
+        else:
+            ui.out.print(f"walk: step {k}/{n}" + (f": {p.name}" if p else ": the base"), highlight=False,
+                         markup=False)
+            record, interrupted = jobs.run_one(step_options(opts, series, k, root), ui, step.results,
+                                               brief=f"step {k}")
         if interrupted:  # a step cut short says nothing about its patch
             step.verdict, step.stage, step.error = "error", "interrupted", "the walk was interrupted"
             steps[k] = step

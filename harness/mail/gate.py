@@ -75,6 +75,7 @@ class GateRequest:
     cc: list[str] = field(default_factory=list)
     sender: str | None = None
     config: Path | None = None
+    walk: bool = True  # a failed series of several patches: which patch broke it
 
 
 def load_config(path: Path | None, tree: Path | None) -> GateConfig:
@@ -264,6 +265,13 @@ def _gate_series(req: GateRequest, opts: Options, cfg: GateConfig, tree: Path, u
             regressions=cmp.get("regressions", []), disappeared=cmp.get("disappeared", []),
             error=(record.errors[0].splitlines()[0] if record.errors else "") if verdict == "error" else "",
             reproduce=[_reproducer(req, src, opts, tree)], results=str(results))
+        if verdict == "fail" and len(series.patches) > 1 and req.walk and record.base:
+            info["walk"] = _which_patch(ropts, series, Path(record.base["results"]), results, ui)
+            save()
+            first = (info["walk"] or {}).get("first_broken")
+            if first:
+                outcome.first_bad = (first["patch"], series.patches[first["patch"] - 1].subject)
+                outcome.first_bad_broke = list(first["broke"])
     except InputError as e:
         if not (req.reply_on_error or cfg.reply_on_error):
             raise
@@ -277,6 +285,9 @@ def _gate_series(req: GateRequest, opts: Options, cfg: GateConfig, tree: Path, u
     reply = _reply(req, cfg, series, outcome, results, ui)
     info["gate"]["reply"] = reply
     save()
+    if outcome.first_bad:
+        info["gate"]["patch_reply"] = _reply(req, cfg, series, outcome, results, ui, patch=outcome.first_bad[0])
+        save()
     return {"pass": EXIT_PASS, "fail": EXIT_FAIL}.get(outcome.verdict, EXIT_ERROR), info
 
 
@@ -291,22 +302,61 @@ def _reproducer(req: GateRequest, src, opts: Options, tree: Path) -> str:
     return " ".join(shlex.quote(w) for w in words)
 
 
-def _reply(req: GateRequest, cfg: GateConfig, series: Series, outcome, results: Path, ui: Ui) -> dict:
-    """Write (and send) the reply; what was done with it, for series.json."""
+WALK_BISECT = 6  # from this many patches on, which patch broke the series is bisected, not walked
+
+
+def _which_patch(ropts: Options, series: Series, base_results: Path, results: Path, ui: Ui) -> dict | None:
+    """Walk the failed series (bisect a long one) on the same kernel: the
+    first patch that broke it.  The base and the whole series are the runs
+    the gate has made; a walk that cannot say leaves the verdict as it is."""
+    from harness import walk as walker
+
+    n = len(series.patches)
+    wopts = dataclasses.replace(ropts, compare_base=False, baseline=None, results=results / "walk")
+    ui.stage("which patch")
+    try:
+        code = walker.walk(wopts, ui, bisect=n >= WALK_BISECT, known={0: base_results, n: results})
+        data = json.loads((results / "walk" / "walk.json").read_text())
+    except (HarnessError, OSError, ValueError) as e:
+        ui.warn(f"which patch broke the series is not known: the walk failed ({e})")
+        return {"results": str(results / "walk"), "error": str(e), "first_broken": None}
+    first = data.get("first_broken")
+    out = {"results": str(results / "walk"), "bisect": n >= WALK_BISECT, "exit": code, "first_broken": None}
+    if first:
+        k = first["step"]
+        out["first_broken"] = {"patch": k, "of": n, "subject": series.patches[k - 1].subject,
+                               "message_id": series.patches[k - 1].msgid,
+                               "broke": next((s["broke"] + s["new_reports"] for s in data["steps"]
+                                              if s["index"] == k), [])}
+        ui.info(f"the first patch that breaks it: {k}/{n} {series.patches[k - 1].subject}")
+    return out
+
+
+def _reply(req: GateRequest, cfg: GateConfig, series: Series, outcome, results: Path, ui: Ui,
+           patch: int | None = None) -> dict:
+    """Write (and send) the reply, or with ``patch`` the short one under
+    that patch; what was done with it, for series.json."""
     sender = req.sender or cfg.sender or f"iommufd-harness <iommufd-harness@{socket.getfqdn() or 'localhost'}>"
     cc = (list_cc(series) if cfg.cc_list else []) + cfg.cc + req.cc
-    msg = replies.compose(series, outcome, sender, cc)
-    (results / "reply.eml").write_bytes(bytes(msg))
-    done: dict = {"message_id": str(msg["Message-ID"]).strip("<>"), "in_reply_to": series.first.msgid,
-                  "to": str(msg["To"]), "cc": cc, "file": str(results / "reply.eml")}
+    if patch is None:
+        msg, name, under = replies.compose(series, outcome, sender, cc), "reply.eml", series.first
+    else:
+        under = series.patches[patch - 1]
+        msg = replies.compose(series, outcome, sender, cc, under=under, text=replies.patch_body(series, outcome))
+        name = f"reply-patch-{patch}.eml"
+    (results / name).write_bytes(bytes(msg))
+    done: dict = {"message_id": str(msg["Message-ID"]).strip("<>"), "in_reply_to": under.msgid,
+                  "to": str(msg["To"]), "cc": cc, "file": str(results / name)}
     if outcome.verdict == "error" and not (req.reply_on_error or cfg.reply_on_error):
         done["not_sent"] = "no verdict (infrastructure): the author is not mailed without --reply-on-error"
         ui.warn(f"no verdict: the reply is not sent ({results / 'reply.eml'}); --reply-on-error sends it")
         return done
     if req.reply_to is not None:
-        req.reply_to.expanduser().write_bytes(bytes(msg))
-        done["written"] = str(req.reply_to)
-        ui.info(f"reply written: {req.reply_to}")
+        to = req.reply_to.expanduser()
+        to = to if patch is None else to.with_name(f"{to.stem}-patch-{patch}{to.suffix or '.eml'}")
+        to.write_bytes(bytes(msg))
+        done["written"] = str(to)
+        ui.info(f"reply written: {to}")
     if req.smtp:
         done["sent"] = send(msg, req.smtp, cfg.smtp)
         ui.info(f"reply sent through {done['sent']} to {msg['To']}" + (f", cc {msg['Cc']}" if cc else ""))

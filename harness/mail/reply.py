@@ -36,6 +36,7 @@ class Outcome:
     reproduce: list[str] = field(default_factory=list)  # command lines
     results: str = ""  # where the full results are
     first_bad: tuple[int, str] | None = None  # (1-based patch number, subject) that broke it
+    first_bad_broke: list[str] = field(default_factory=list)  # what it broke: "test: kind", report signatures
 
 
 def _wrap(text: str, indent: str = "") -> list[str]:
@@ -151,10 +152,33 @@ def body(series: Series, out: Outcome) -> str:
     return "\n".join(lines) + "\n"
 
 
+def patch_body(series: Series, out: Outcome) -> str:
+    """The short reply under the first patch that broke the series."""
+    n, _ = out.first_bad
+    who = first_name(series.author)
+    lines = [f"Hi {who}," if who else "Hello,", ""]
+    lines += _wrap(f"iommufd-harness walked v{series.revision} of \"{series.subject}\" one patch at a time on "
+                   f"the same kernel: this patch, {n}/{len(series.patches)}, is the first that breaks it; the "
+                   "patches before it test as the base does.")
+    if out.first_bad_broke:
+        lines += ["", "What it breaks:"]
+        lines += [_cut(f"  {b}") for b in out.first_bad_broke[:MAX_LISTED]]
+        if len(out.first_bad_broke) > MAX_LISTED:
+            lines.append(f"  ... and {len(out.first_bad_broke) - MAX_LISTED} more")
+    lines += [""] + _wrap("The full report, with the failures' reasons, the kernel reports and how to reproduce "
+                          "it, is the reply to " + ("the cover letter." if series.cover else "the first patch."))
+    if out.results:
+        lines += [""] + _wrap("The walk, step by step, is walk/summary.md in the full results:")
+        lines += [f"  {out.results}"]
+    lines += ["", "-- ", f"iommufd-harness {__version__} on {socket.gethostname()}"]
+    return "\n".join(lines) + "\n"
+
+
 def compose(series: Series, out: Outcome, sender: str, cc: list[str], under: Mail | None = None,
-            subject: str | None = None) -> EmailMessage:
+            subject: str | None = None, text: str | None = None) -> EmailMessage:
     """The reply, threaded under ``under`` (default: the cover letter, or
-    the first patch): To the author, Cc ``cc`` only."""
+    the first patch): To the author, Cc ``cc`` only; ``text`` instead of
+    the full report."""
     under = under or series.first
     msg = EmailMessage()
     msg["From"] = sender
@@ -169,6 +193,6 @@ def compose(series: Series, out: Outcome, sender: str, cc: list[str], under: Mai
     msg["In-Reply-To"] = f"<{under.msgid}>"
     msg["References"] = " ".join(f"<{r}>" for r in [*under.references, under.msgid])
     msg["X-Iommufd-Harness-Verdict"] = out.verdict
-    text = body(series, out)
+    text = body(series, out) if text is None else text
     msg.set_content(text, cte="8bit" if not text.isascii() else "7bit")
     return msg

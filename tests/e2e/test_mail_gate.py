@@ -8,7 +8,7 @@ The series are this project's own commits in the git tree of test_trees
 (``series``: a harmless comment, then the regression of
 pin-more-than-8-pages-fails.patch), as ``git format-patch --cover-letter``
 makes them: v1 has both, v2 only the harmless one; v1 is gated with
---revision 1, then v1's message-id alone gives v2; then ``gate --new``,
+--revision 1 (FAIL, and the walk names its second patch), then v1's message-id alone gives v2; then ``gate --new``,
 polling the list twice, gates the series once (as v2).  The gate config keeps
 the default kernel, so the base run is the one test_trees' compare-base
 run caches."""
@@ -73,8 +73,8 @@ def test_the_gate_answers_each_revision_of_a_series_in_its_thread(tmp_path):
         assert info["series"]["message_ids"] == [msgid_of(f) for f in v1]
         assert data["inputs"]["rev"] == main and data["base"]["verdict"] == "pass"
         assert info["gate"]["verdict"] == "fail" and info["gate"]["reply"]["sent"] == f"127.0.0.1:{smtp.port}"
-        # the reply, in the thread as the archive serves it
-        [(_, rcpts, raw)] = smtp.received
+        # the reply, in the thread as the archive serves it; a second one under the patch that broke it
+        [(_, rcpts, raw), (_, prcpts, praw)] = smtp.received
         assert sorted(rcpts) == ["alice@dev.localhost", LIST]
         thread = archive.thread(msgid_of(v1[0]))
         [mine] = [m for m in thread if m["Message-ID"].strip() == info["gate"]["reply"]["message_id"].join("<>")]
@@ -85,6 +85,18 @@ def test_the_gate_answers_each_revision_of_a_series_in_its_thread(tmp_path):
         assert all(f"  {n}: pass -> fail" in text for n in BROKEN)
         assert "iommufd-harness gate" in text and str(results) in text
         assert all(len(line) <= 72 for line in text.splitlines())
+        assert 'The first patch that breaks it is 2/2: "[PATCH v1 2/2]' in " ".join(text.split())
+        # which patch: the walk ran only step 1 (the comment); the base and the whole series were the gate's runs
+        walk = info["walk"]
+        assert (walk["first_broken"]["patch"], walk["first_broken"]["message_id"]) == (2, msgid_of(v1[2]))
+        assert sorted(p.name for p in (results / "walk").glob("step-*")) == ["step-01"]
+        under = email.message_from_bytes(praw, policy=policy.default)
+        assert sorted(prcpts) == sorted(rcpts) and under["In-Reply-To"].strip() == f"<{msgid_of(v1[2])}>"
+        assert under["Subject"].strip() == "Re: " + email.message_from_bytes(v1[2].read_bytes(), policy=policy.default)["Subject"].strip()
+        ptext = under.get_content()
+        assert "2/2, is the first that breaks it" in " ".join(ptext.split())
+        assert all(n in ptext for n in BROKEN) and all(len(line) <= 72 for line in ptext.splitlines())
+        assert info["gate"]["patch_reply"]["message_id"] in {m["Message-ID"].strip("<> ") for m in thread}
         kept = email.message_from_bytes((results / "reply.eml").read_bytes(), policy=policy.default)
         assert kept["Message-ID"].strip() == mine["Message-ID"].strip() and kept.get_content() == text.replace("\r\n", "\n")
 
@@ -95,8 +107,8 @@ def test_the_gate_answers_each_revision_of_a_series_in_its_thread(tmp_path):
         assert (info["series"]["revision"], info["series"]["revisions"]) == (2, [1, 2])
         assert info["series"]["message_ids"] == [msgid_of(f) for f in v2]
         assert "base: cached" in out  # the same base as v1's: not run again
-        assert len(smtp.received) == 2
-        msg = email.message_from_bytes(smtp.received[1][2], policy=policy.default)
+        assert len(smtp.received) == 3  # a pass has one reply
+        msg = email.message_from_bytes(smtp.received[2][2], policy=policy.default)
         assert msg["In-Reply-To"] == f"<{msgid_of(v2[0])}>" and msg["X-Iommufd-Harness-Verdict"] == "pass"
         assert "no regression against its base" in " ".join(msg.get_content().split())
 
@@ -108,11 +120,11 @@ def test_the_gate_answers_each_revision_of_a_series_in_its_thread(tmp_path):
         gated = json.loads((results / "poll.json").read_text())["gated"]
         assert [(g["message_id"], g["gated_as"], g["verdict"], g["revision"]) for g in gated] == [
             (msgid_of(v1[0]), msgid_of(v2[0]), "pass", 2)]
-        assert len(smtp.received) == 3
-        assert email.message_from_bytes(smtp.received[2][2])["In-Reply-To"] == f"<{msgid_of(v2[0])}>"
+        assert len(smtp.received) == 4
+        assert email.message_from_bytes(smtp.received[3][2])["In-Reply-To"] == f"<{msgid_of(v2[0])}>"
         code, out, results = _gate(tmp_path, "poll2", *poll)
         assert code == 0 and "0 to gate" in out, out
-        assert json.loads((results / "poll.json").read_text())["gated"] == [] and len(smtp.received) == 3
+        assert json.loads((results / "poll.json").read_text())["gated"] == [] and len(smtp.received) == 4
     finally:
         smtp.stop()
         archive.stop()
