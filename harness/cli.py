@@ -174,6 +174,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--base", metavar="REV",
                    help="the base when the series names no base-commit (default: the tree's HEAD, said so in "
                         "the reply)")
+    g.add_argument("--profiles", metavar="A,B,...",
+                   help="gate on each of these profiles (default: the config's profiles, else --profile)")
+    g.add_argument("--suites", metavar="A,B,...",
+                   help="and each of these suites (default: the config's suites, else --suite); the verdict is "
+                        "FAIL if the series regressed any of them")
     g.add_argument("--gate-config", type=Path, metavar="FILE",
                    help="the gate config (default: <kernel-src>/iommufd-gate.toml when it exists)")
     g = p.add_argument_group("reply")
@@ -382,11 +387,18 @@ def cmd_gate(args, ui: Ui) -> int:
         raise InputError("--since, --state and --list go with --new")
     req = gate.GateRequest(series=args.series or "", inbox=args.inbox, revision=args.revision, base=args.base,
                            reply_to=args.reply_to, smtp=args.smtp, reply_on_error=args.reply_on_error,
-                           cc=list(args.cc), sender=args.sender, config=args.gate_config, walk=args.walk)
+                           cc=list(args.cc), sender=args.sender, config=args.gate_config, walk=args.walk,
+                           profiles=_names(args.profiles), suites=_names(args.suites))
     if args.new:
-        return gate.gate_new(req, gate.PollRequest(since=args.since, state=args.state, list_only=args.list_only),
-                             options(args), ui)
+        from harness.mail import watch
+
+        return watch.gate_new(req, watch.PollRequest(since=args.since, state=args.state, list_only=args.list_only),
+                              options(args), ui)
     return gate.gate(req, options(args), ui)
+
+
+def _names(text: str | None) -> list[str]:
+    return [n.strip() for n in (text or "").split(",") if n.strip()]
 
 
 def cmd_walk(args, ui: Ui) -> int:

@@ -19,48 +19,22 @@ import shlex
 import smtplib
 import socket
 import ssl
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness import debugkernels, proc, profiles
+from harness import proc, profiles, suites
 from harness.errors import EXIT_ERROR, EXIT_FAIL, EXIT_PASS, HarnessError, InputError
 from harness.mail import reply as replies
+from harness.mail.config import GateConfig, Smtp, load_config  # noqa: F401 - the gate's config, re-exported
 from harness.mail.series import Series, fetch, parse_source
 from harness.pipeline import Options, results_dir_for
+from harness.reports.results import RunRecord
 from harness.stages import source
 from harness.ui import Ui
 from harness.workdir import WorkDir, WorkLock
 
 GATE_DEBUG = ("kasan", "kmemleak", "lockdep")  # what the gate runs unless told otherwise: the detectors' kernel
-CONFIG_NAME = "iommufd-gate.toml"  # kept next to the tree: <kernel-src>/iommufd-gate.toml
 PATCH_ID_DEPTH = 2000  # how far back from the base prerequisites are looked for
-
-
-@dataclass
-class Smtp:
-    host: str
-    port: int = 25
-    starttls: bool = False
-    user: str | None = None
-    password_env: str | None = None  # the password is read from this variable, never from a file
-    cafile: str | None = None  # the CA that signs the server's certificate (default: the system's)
-
-
-@dataclass
-class GateConfig:
-    """``[gate]`` of the maintainer's TOML (every key optional)."""
-
-    path: Path | None = None
-    profile: str | None = None
-    suite: str | None = None
-    debug: tuple[str, ...] | None = None
-    inbox: str | None = None
-    sender: str | None = None  # From of the reply
-    cc: list[str] = field(default_factory=list)  # besides the list, always
-    cc_list: bool = True  # Cc the list the series came on
-    reply_on_error: bool = False
-    smtp: Smtp | None = None
 
 
 @dataclass
@@ -76,49 +50,8 @@ class GateRequest:
     sender: str | None = None
     config: Path | None = None
     walk: bool = True  # a failed series of several patches: which patch broke it
-
-
-def load_config(path: Path | None, tree: Path | None) -> GateConfig:
-    """The gate config: ``path``, or <tree>/iommufd-gate.toml when it exists."""
-    if path is None and tree is not None and (Path(tree) / CONFIG_NAME).is_file():
-        path = Path(tree) / CONFIG_NAME
-    if path is None:
-        return GateConfig()
-    try:
-        doc = tomllib.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise InputError(f"gate config {path} does not exist") from None
-    except (OSError, tomllib.TOMLDecodeError) as e:
-        raise InputError(f"gate config {path} is not readable TOML: {e}") from None
-    g = doc.get("gate")
-    if not isinstance(g, dict):
-        raise InputError(f"gate config {path} has no [gate] table", "see README, The gate on the mailing list")
-    known = {"profile", "suite", "debug", "inbox", "from", "cc", "cc_list", "reply_on_error", "smtp"}
-    unknown = sorted(set(g) - known)
-    if unknown:
-        raise InputError(f"gate config {path}: unknown key(s) {', '.join(unknown)} in [gate]",
-                         f"the keys are {', '.join(sorted(known))}")
-    try:
-        smtp = None
-        if "smtp" in g:
-            s = dict(g["smtp"])
-            smtp = Smtp(host=str(s.pop("host")), port=int(s.pop("port", 25)), starttls=bool(s.pop("starttls", False)),
-                        user=s.pop("user", None), password_env=s.pop("password_env", None),
-                        cafile=s.pop("cafile", None))
-            if "password" in s:
-                raise InputError(f"gate config {path}: [gate.smtp] password is not read from a file",
-                                 "put it in an environment variable and name it: password_env = \"VAR\"")
-            if s:
-                raise InputError(f"gate config {path}: unknown key(s) {', '.join(sorted(s))} in [gate.smtp]")
-        debug = g.get("debug")
-        return GateConfig(
-            path=Path(path), profile=g.get("profile"), suite=g.get("suite"),
-            debug=debugkernels.parse([debug if isinstance(debug, str) else ",".join(debug)]) if debug is not None
-            else None,
-            inbox=g.get("inbox"), sender=g.get("from"), cc=list(g.get("cc", [])), cc_list=bool(g.get("cc_list", True)),
-            reply_on_error=bool(g.get("reply_on_error", False)), smtp=smtp)
-    except (KeyError, TypeError, ValueError) as e:
-        raise InputError(f"gate config {path} is invalid: {type(e).__name__}: {e}") from None
+    profiles: list[str] = field(default_factory=list)  # --profiles A,B (else the config's, else --profile)
+    suites: list[str] = field(default_factory=list)  # --suites A,B
 
 
 def resolve_base(tree: Path, series: Series, base: str | None) -> tuple[str, str]:
@@ -198,8 +131,10 @@ def send(msg, server: str, cfg: Smtp | None) -> str:
     return f"{host}:{port_n}"
 
 
-def _setup(req: GateRequest, opts: Options) -> tuple[Options, GateConfig, Path]:
-    """The gate's options (the tree, its config, the gate's kernel), checked."""
+def _setup(req: GateRequest, opts: Options) -> tuple[Options, GateConfig, Path, list[tuple[str, str]]]:
+    """The gate's options (the tree, its config, the gate's kernel) and its
+    cells (profile, suite): --profiles/--suites, else the config's, else
+    --profile/--suite; checked."""
     if opts.patches or opts.commits or opts.rev:
         raise InputError("gate takes the series from SERIES: --patches, --commits and --rev do not apply",
                          "use 'run' to test patches of your own")
@@ -208,25 +143,28 @@ def _setup(req: GateRequest, opts: Options) -> tuple[Options, GateConfig, Path]:
                          "give the tree the series was written against (its base-commit must be in it)")
     tree = Path(opts.kernel_src).expanduser().resolve()
     cfg = load_config(req.config, tree)
-    opts = dataclasses.replace(
-        opts, kernel_src=tree,
-        profile=opts.profile if opts.profile != Options.profile or not cfg.profile else cfg.profile,
-        suite=opts.suite if opts.suite != Options.suite or not cfg.suite else cfg.suite,
-        debug=opts.debug or (cfg.debug if cfg.debug is not None else GATE_DEBUG),
-        compare_base=True)
-    profiles.load(opts.profile)
-    return opts, cfg, tree
+    names = req.profiles or (cfg.profiles if opts.profile == Options.profile else []) or [opts.profile]
+    tests = req.suites or (cfg.suites if opts.suite == Options.suite else []) or [opts.suite]
+    cells = [(p, t) for p in dict.fromkeys(names) for t in dict.fromkeys(tests)]
+    opts = dataclasses.replace(opts, kernel_src=tree, profile=cells[0][0], suite=cells[0][1],
+                               debug=opts.debug or (cfg.debug if cfg.debug is not None else GATE_DEBUG),
+                               compare_base=True)
+    for name in dict.fromkeys(names):
+        profiles.load(name)
+    for name in dict.fromkeys(tests):
+        suites.load(name)
+    return opts, cfg, tree, cells
 
 
 def gate(req: GateRequest, opts: Options, ui: Ui) -> int:
-    opts, cfg, tree = _setup(req, opts)
-    return _gate_series(req, opts, cfg, tree, ui)[0]
+    opts, cfg, tree, cells = _setup(req, opts)
+    return _gate_series(req, opts, cfg, tree, cells, ui)[0]
 
 
-def _gate_series(req: GateRequest, opts: Options, cfg: GateConfig, tree: Path, ui: Ui) -> tuple[int, dict]:
+def _gate_series(req: GateRequest, opts: Options, cfg: GateConfig, tree: Path, cells: list[tuple[str, str]],
+                 ui: Ui) -> tuple[int, dict]:
     """Gate one series: (exit code, what series.json says)."""
     from harness.jobs import run_one, validate
-    from harness.reports import markdown
 
     work = WorkDir(opts.work).prepare()
     results = results_dir_for(opts, work, "gate")
@@ -252,21 +190,35 @@ def _gate_series(req: GateRequest, opts: Options, cfg: GateConfig, tree: Path, u
         save()
         ropts = dataclasses.replace(opts, rev=base, patches=[series.mbox], results=results)
         validate(ropts)
+        ran: list[tuple[replies.Cell, RunRecord, Options]] = []
         with WorkLock(work):
-            record, interrupted = run_one(ropts, ui, results)
-        if interrupted:
-            raise KeyboardInterrupt
-        cmp = json.loads((results / "comparison.json").read_text()) if (results / "comparison.json").is_file() \
-            else {}
-        base_rec = markdown.load_run(Path(record.base["results"])) if record.base else None
-        verdict = record.verdict if record.verdict in ("pass", "fail", "error") else "error"
+            for profile, suite in cells:
+                copts = dataclasses.replace(ropts, profile=profile, suite=suite)
+                where = results if len(cells) == 1 else results / f"{profile}-{suite}"
+                copts = dataclasses.replace(copts, results=where)
+                if len(cells) > 1:
+                    ui.stage(f"{profile}, suite {suite}")
+                record, interrupted = run_one(copts, ui, where)
+                if interrupted:
+                    raise KeyboardInterrupt
+                ran.append((_cell(record, profile, suite, where), record, copts))
+        verdicts = [c.verdict for c, _, _ in ran]
+        verdict = "fail" if "fail" in verdicts else ("error" if "error" in verdicts else "pass")
+        first_cell = ran[0][0]
         outcome = replies.Outcome(
-            verdict=verdict, run=record, base=base_rec, base_commit=base, base_how=how,
-            regressions=cmp.get("regressions", []), disappeared=cmp.get("disappeared", []),
-            error=(record.errors[0].splitlines()[0] if record.errors else "") if verdict == "error" else "",
-            reproduce=[_reproducer(req, src, opts, tree)], results=str(results))
-        if verdict == "fail" and len(series.patches) > 1 and req.walk and record.base:
-            info["walk"] = _which_patch(ropts, series, Path(record.base["results"]), results, ui)
+            verdict=verdict, run=first_cell.run, base=first_cell.base, base_commit=base, base_how=how,
+            regressions=first_cell.regressions, disappeared=first_cell.disappeared,
+            error=next((c.error for c, _, _ in ran if c.error), "") if verdict == "error" else "",
+            reproduce=[_reproducer(req, src, opts, tree, cells)], results=str(results),
+            cells=[c for c, _, _ in ran] if len(ran) > 1 else [])
+        if len(ran) > 1:
+            info["cells"] = [{"profile": c.profile, "suite": c.suite, "verdict": c.verdict, "results": c.results}
+                             for c, _, _ in ran]
+            _merge(results, ui)
+        failed = next(((c, r, o) for c, r, o in ran if c.verdict == "fail"), None)
+        if failed and len(series.patches) > 1 and req.walk and failed[1].base:
+            cell, record, copts = failed
+            info["walk"] = _which_patch(copts, series, Path(record.base["results"]), Path(cell.results), ui)
             save()
             first = (info["walk"] or {}).get("first_broken")
             if first:
@@ -291,14 +243,39 @@ def _gate_series(req: GateRequest, opts: Options, cfg: GateConfig, tree: Path, u
     return {"pass": EXIT_PASS, "fail": EXIT_FAIL}.get(outcome.verdict, EXIT_ERROR), info
 
 
-def _reproducer(req: GateRequest, src, opts: Options, tree: Path) -> str:
+def _cell(record: RunRecord, profile: str, suite: str, where: Path) -> "replies.Cell":
+    """One cell's outcome: its run, its base's, what the series changed."""
+    from harness.reports import markdown
+
+    cmp = json.loads((where / "comparison.json").read_text()) if (where / "comparison.json").is_file() else {}
+    base_rec = markdown.load_run(Path(record.base["results"])) if record.base else None
+    verdict = record.verdict if record.verdict in ("pass", "fail", "error") else "error"
+    return replies.Cell(profile, suite, verdict, record, base_rec, cmp.get("regressions", []),
+                        cmp.get("disappeared", []),
+                        (record.errors[0].splitlines()[0] if record.errors else "") if verdict == "error" else "",
+                        str(where))
+
+
+def _merge(results: Path, ui: Ui) -> None:
+    """summary.md, merged.json, junit.xml and kcidb.json over the cells, as
+    'report --merge' gives them."""
+    from harness.reports import merge as merge_reports
+
+    try:
+        merge_reports.write(merge_reports.cells([results]), results, warn=ui.warn)
+    except HarnessError as e:  # the cells' own results are written whatever happens here
+        ui.warn(f"the merged report was not written: {e.message}")
+
+
+def _reproducer(req: GateRequest, src, opts: Options, tree: Path, cells: list[tuple[str, str]]) -> str:
     words = ["iommufd-harness", "gate", f"<{src.msgid}>" if src.msgid else str(src.path)]
     if src.inbox and src.msgid:
         words += ["--inbox", src.inbox]
     if req.revision is not None:
         words += ["--revision", str(req.revision)]
-    words += ["--kernel-src", str(tree), "--profile", opts.profile, "--suite", opts.suite,
-              "--debug", ",".join(opts.debug)]
+    names, tests = list(dict.fromkeys(p for p, _ in cells)), list(dict.fromkeys(t for _, t in cells))
+    words += ["--kernel-src", str(tree), "--profiles" if len(names) > 1 else "--profile", ",".join(names),
+              "--suites" if len(tests) > 1 else "--suite", ",".join(tests), "--debug", ",".join(opts.debug)]
     return " ".join(shlex.quote(w) for w in words)
 
 
@@ -363,102 +340,3 @@ def _reply(req: GateRequest, cfg: GateConfig, series: Series, outcome, results: 
     if req.reply_to is None and not req.smtp:
         done["not_sent"] = "neither --reply-to nor --smtp"
     return done
-
-
-@dataclass
-class PollRequest:
-    """``gate --new``: the inbox's new series, each gated once."""
-
-    since: str | None = None  # --since; default: the last poll (less a margin), else a day ago
-    state: Path | None = None  # --state; default: <work>/gate/<inbox>.json
-    list_only: bool = False  # --list: what would be gated, nothing run, the state untouched
-
-
-def gate_new(req: GateRequest, poll: PollRequest, opts: Options, ui: Ui) -> int:
-    """Poll the inbox: gate every series revision posted since the last poll
-    that the state file does not have; record each verdict as it comes.
-    Exit 2 if a series got no verdict, else 1 if one failed, else 0."""
-    import datetime as dt
-
-    from harness.mail import watch
-    from harness.mail.series import LORE
-
-    if req.revision is not None or req.reply_to is not None:
-        raise InputError("gate --new gates each new series as it is: --revision and --reply-to do not apply",
-                         "each series' reply is kept in its results dir (reply.eml); --smtp sends them")
-    opts, cfg, tree = _setup(req, opts)
-    inbox = (req.inbox or cfg.inbox or LORE).rstrip("/")
-    work = WorkDir(opts.work).prepare()
-    path = (poll.state.expanduser().resolve() if poll.state else watch.state_path(work.root, inbox))
-    root = opts.results.expanduser().resolve() if opts.results else None
-    if root is not None and root.exists() and any(root.iterdir()):
-        raise InputError(f"results dir {root} is not empty", "give a new directory to --results")
-    with watch.polling(path):
-        state = watch.State(path, inbox)
-        now = dt.datetime.now(dt.timezone.utc)
-        since = watch.since_of(state, poll.since, now)
-        ui.stage("poll")
-        postings = watch.starts(watch.feed(inbox, since))
-        new = [p for p in postings if not state.done(p.msgid)]
-        ui.info(f"{inbox}: {len(postings)} series revision(s) posted since {since:%Y-%m-%d %H:%M} UTC, "
-                f"{len(new)} to gate (state: {path})")
-        for p in new:
-            ui.info(f"  v{p.revision} {p.subject}  <{p.msgid}>  {p.author}")
-        if poll.list_only:
-            return EXIT_PASS
-        codes, gated, tried = [], [], set()
-        for i, p in enumerate(new, 1):
-            if state.done(p.msgid) or state.seen.get(p.msgid) in tried:
-                # gated in this poll, as the newer revision of an earlier message
-                ui.info(f"<{p.msgid}> was gated in this poll with its series: skipped")
-                continue
-            before = state.known(p.msgid) or {}
-            mailed_error = bool(before.get("reply_sent"))
-            # an error is mailed once (--reply-on-error), not by every poll that tries again
-            one = dataclasses.replace(req, series=p.msgid, inbox=inbox,
-                                      reply_on_error=req.reply_on_error and not mailed_error)
-            one_cfg = dataclasses.replace(cfg, reply_on_error=False) if mailed_error else cfg
-            slug = re.sub(r"[^A-Za-z0-9]+", "-", p.msgid).strip("-")[:60]
-            ropts = dataclasses.replace(opts, results=root / f"{i:02d}-{slug}" if root else None)
-            ui.stage(f"series {i}/{len(new)}")
-            at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-            try:
-                code, info = _gate_series(one, ropts, one_cfg, tree, ui)
-                error = (info.get("gate") or {}).get("error", "")
-            except KeyboardInterrupt:
-                state.save()
-                raise
-            except HarnessError as e:
-                ui.error(e.render())
-                code, info, error = EXIT_ERROR, {}, e.message
-            ser = info.get("series") or {}
-            verdict = (info.get("gate") or {}).get("verdict", "error")
-            key = (ser.get("message_ids") or [p.msgid])[0]
-            reply = (info.get("gate") or {}).get("reply") or {}
-            entry = {"revision": ser.get("revision", p.revision), "subject": ser.get("subject", p.subject),
-                     "author": ser.get("author", p.author), "posted": p.date, "gated": at, "verdict": verdict,
-                     "results": info.get("results"), "reply": reply.get("message_id"),
-                     "reply_sent": bool(reply.get("sent")) or mailed_error}
-            if verdict == "error":
-                entry["error"] = error
-                entry["attempts"] = (state.series.get(key, {}).get("attempts", 0) or 0) + 1
-            state.record(key, entry, list(ser.get("message_ids") or []))
-            tried.add(key)
-            if key != p.msgid:
-                state.record(p.msgid, {"revision": p.revision, "subject": p.subject, "posted": p.date,
-                                       "superseded_by": key}, [])
-            state.save()
-            codes.append(code)
-            gated.append({"message_id": p.msgid, **entry, "gated_as": key})
-        state.polled = now.isoformat(timespec="seconds")
-        state.save()
-    if root is not None:
-        root.mkdir(parents=True, exist_ok=True)
-        (root / "poll.json").write_text(json.dumps(
-            {"inbox": inbox, "since": since.isoformat(timespec="seconds"), "state": str(path), "gated": gated},
-            indent=2) + "\n")
-    for g in gated:
-        ui.info(f"{g['verdict'].upper():5} v{g['revision']} {g['subject']}  {g.get('results') or g.get('error', '')}")
-    if any(c == EXIT_ERROR for c in codes):
-        return EXIT_ERROR
-    return EXIT_FAIL if any(c == EXIT_FAIL for c in codes) else EXIT_PASS

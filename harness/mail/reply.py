@@ -22,6 +22,21 @@ MAX_LISTED = 20
 
 
 @dataclass
+class Cell:
+    """One machine and suite the gate ran the series on."""
+
+    profile: str
+    suite: str
+    verdict: str  # pass | fail | error
+    run: RunRecord | None
+    base: RunRecord | None
+    regressions: list[dict] = field(default_factory=list)
+    disappeared: list[str] = field(default_factory=list)
+    error: str = ""
+    results: str = ""
+
+
+@dataclass
 class Outcome:
     """What the gate found, as the reply tells it."""
 
@@ -37,6 +52,7 @@ class Outcome:
     results: str = ""  # where the full results are
     first_bad: tuple[int, str] | None = None  # (1-based patch number, subject) that broke it
     first_bad_broke: list[str] = field(default_factory=list)  # what it broke: "test: kind", report signatures
+    cells: list[Cell] = field(default_factory=list)  # several machines/suites: each one (run, base... unused)
 
 
 def _wrap(text: str, indent: str = "") -> list[str]:
@@ -85,6 +101,60 @@ def first_name(sender: str) -> str:
     return name.split()[0] if name else ""
 
 
+VERDICTS = {"pass": "PASS", "fail": "FAIL (regressed)", "error": "ERROR (no verdict)"}
+
+
+def _facts(facts: list[tuple[str, str]]) -> list[str]:
+    lines = []
+    for k, v in facts:
+        lines += textwrap.wrap(f"{k + ':':9}{v}", WIDTH, initial_indent="  ", subsequent_indent=" " * 11,
+                               break_long_words=False, break_on_hyphens=False)
+    return lines
+
+
+def _cell_facts(cell: "Cell") -> list[tuple[str, str]]:
+    run, base = cell.run, cell.base
+    if run is None:
+        return []
+    version = run.kernel.get("version") or "?"
+    debug = run.kernel.get("debug") or []
+    c = run.counts()
+    tested = f"{c['pass']} of {len(run.tests)} tests passed"
+    if base is not None:
+        tested += f" (base: {base.counts()['pass']} of {len(base.tests)})"
+    return [("kernel", f"{version} + the series" + (f", debug: {', '.join(debug)}" if debug else "")),
+            ("machine", f"{run.profile}, suite {run.suite}"), ("tests", tested)]
+
+
+def _cell_findings(cell: "Cell") -> list[str]:
+    """New failures, new kernel reports, vanished tests of one cell."""
+    lines: list[str] = []
+    run, base = cell.run, cell.base
+    if cell.regressions:
+        lines += ["", "New failures (against the base)", "-------------------------------"]
+        for r in cell.regressions[:MAX_LISTED]:
+            lines.append(_cut(f"  {r['name']}: {r['before'] or 'new'} -> {r['after']}"))
+            if r.get("reason"):
+                lines += [_cut(ln) for ln in _wrap(r["reason"], "    ")[:3]]
+        if len(cell.regressions) > MAX_LISTED:
+            lines.append(f"  ... and {len(cell.regressions) - MAX_LISTED} more")
+    reports = new_reports(run, base)
+    if reports:
+        lines += ["", "New kernel reports", "------------------"]
+        for s in reports[:5]:
+            lines.append(_cut(f"  {s.get('kind')} in {s.get('test')}:"))
+            lines += [_cut("    " + ln) for ln in _head(run, s)]
+            lines.append("")
+        if len(reports) > 5:
+            lines.append(f"  ... and {len(reports) - 5} more")
+        while lines[-1] == "":
+            lines.pop()
+    if cell.disappeared:
+        lines += ["", "Tests that no longer run", "------------------------"]
+        lines += [_cut(f"  {n}") for n in cell.disappeared[:MAX_LISTED]]
+    return lines
+
+
 def body(series: Series, out: Outcome) -> str:
     lines: list[str] = []
     who = first_name(series.author)
@@ -98,49 +168,25 @@ def body(series: Series, out: Outcome) -> str:
         lines += _wrap(f"iommufd-harness could not test {what}: {out.error or 'no verdict'}. This says "
                        "nothing about the series.")
     lines.append("")
-    run, base = out.run, out.base
-    facts = [("verdict", {"pass": "PASS", "fail": "FAIL (regressed)"}.get(out.verdict, "ERROR (no verdict)"))]
+    facts = [("verdict", VERDICTS.get(out.verdict, VERDICTS["error"]))]
     how = {"base-commit": "its base-commit", "--base": "the base given to the gate",
            "HEAD": "guessed: the tree's HEAD (the series names no base-commit)"}[out.base_how]
     facts.append(("base", f"{out.base_commit[:12]} ({how})"))
-    if run is not None:
-        version = run.kernel.get("version") or "?"
-        debug = run.kernel.get("debug") or []
-        facts.append(("kernel", f"{version} + the series" + (f", debug: {', '.join(debug)}" if debug else "")))
-        facts.append(("machine", f"{run.profile}, suite {run.suite}"))
-        c = run.counts()
-        tested = f"{c['pass']} of {len(run.tests)} tests passed"
-        if base is not None:
-            tested += f" (base: {base.counts()['pass']} of {len(base.tests)})"
-        facts.append(("tests", tested))
-    for k, v in facts:
-        lines += textwrap.wrap(f"{k + ':':9}{v}", WIDTH, initial_indent="  ", subsequent_indent=" " * 11,
-                               break_long_words=False, break_on_hyphens=False)
+    cells = out.cells or [Cell("", "", out.verdict, out.run, out.base, out.regressions, out.disappeared)]
+    if len(cells) == 1:
+        facts += _cell_facts(cells[0])
+    lines += _facts(facts)
     if out.first_bad:
         n, subject = out.first_bad
         lines += [""] + _wrap(f"The first patch that breaks it is {n}/{len(series.patches)}: \"{subject}\".")
-    if out.regressions:
-        lines += ["", "New failures (against the base)", "-------------------------------"]
-        for r in out.regressions[:MAX_LISTED]:
-            lines.append(_cut(f"  {r['name']}: {r['before'] or 'new'} -> {r['after']}"))
-            if r.get("reason"):
-                lines += [_cut(ln) for ln in _wrap(r["reason"], "    ")[:3]]
-        if len(out.regressions) > MAX_LISTED:
-            lines.append(f"  ... and {len(out.regressions) - MAX_LISTED} more")
-    reports = new_reports(run, base)
-    if reports:
-        lines += ["", "New kernel reports", "------------------"]
-        for s in reports[:5]:
-            lines.append(_cut(f"  {s.get('kind')} in {s.get('test')}:"))
-            lines += [_cut("    " + ln) for ln in _head(run, s)]
-            lines.append("")
-        if len(reports) > 5:
-            lines.append(f"  ... and {len(reports) - 5} more")
-        while lines[-1] == "":
-            lines.pop()
-    if out.disappeared:
-        lines += ["", "Tests that no longer run", "------------------------"]
-        lines += [_cut(f"  {n}") for n in out.disappeared[:MAX_LISTED]]
+    if len(cells) == 1:
+        lines += _cell_findings(cells[0])
+    else:
+        for cell in cells:
+            head = f"{cell.profile}, suite {cell.suite}: {VERDICTS.get(cell.verdict, VERDICTS['error'])}"
+            lines += ["", head, "=" * min(len(head), WIDTH)]
+            lines += _facts(_cell_facts(cell) + ([("error", cell.error)] if cell.error else []))
+            lines += _cell_findings(cell)
     if out.reproduce:
         lines += ["", "Reproduce", "---------"]
         for cmd in out.reproduce:

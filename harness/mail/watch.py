@@ -15,6 +15,7 @@ its lock, so two polls of one inbox never gate the same series."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import fcntl
 import json
@@ -27,7 +28,12 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.errors import HarnessError, InputError
+from harness.errors import EXIT_ERROR, EXIT_FAIL, EXIT_PASS, HarnessError, InputError
+from harness.mail import gate
+from harness.mail.series import LORE
+from harness.pipeline import Options
+from harness.ui import Ui
+from harness.workdir import WorkDir
 
 ATOM = "{http://www.w3.org/2005/Atom}"
 THR = "{http://purl.org/syndication/thread/1.0}"
@@ -230,3 +236,97 @@ def parse_since(text: str, now: dt.datetime) -> dt.datetime:
         raise InputError(f"--since {text!r} is not a time", "give 2026-12-01, 2026-12-01T08:00, 3d, 12h or 30m") \
             from None
     return when if when.tzinfo else when.replace(tzinfo=dt.timezone.utc)
+
+
+@dataclass
+class PollRequest:
+    """``gate --new``: the inbox's new series, each gated once."""
+
+    since: str | None = None  # --since; default: the last poll (less a margin), else a day ago
+    state: Path | None = None  # --state; default: <work>/gate/<inbox>.json
+    list_only: bool = False  # --list: what would be gated, nothing run, the state untouched
+
+
+def gate_new(req: "gate.GateRequest", poll: PollRequest, opts: Options, ui: Ui) -> int:
+    """Poll the inbox: gate every series revision posted since the last poll
+    that the state file does not have; record each verdict as it comes.
+    Exit 2 if a series got no verdict, else 1 if one failed, else 0."""
+    if req.revision is not None or req.reply_to is not None:
+        raise InputError("gate --new gates each new series as it is: --revision and --reply-to do not apply",
+                         "each series' reply is kept in its results dir (reply.eml); --smtp sends them")
+    opts, cfg, tree, cells = gate._setup(req, opts)
+    inbox = (req.inbox or cfg.inbox or LORE).rstrip("/")
+    work = WorkDir(opts.work).prepare()
+    path = (poll.state.expanduser().resolve() if poll.state else state_path(work.root, inbox))
+    root = opts.results.expanduser().resolve() if opts.results else None
+    if root is not None and root.exists() and any(root.iterdir()):
+        raise InputError(f"results dir {root} is not empty", "give a new directory to --results")
+    with polling(path):
+        state = State(path, inbox)
+        now = dt.datetime.now(dt.timezone.utc)
+        since = since_of(state, poll.since, now)
+        ui.stage("poll")
+        postings = starts(feed(inbox, since))
+        new = [p for p in postings if not state.done(p.msgid)]
+        ui.info(f"{inbox}: {len(postings)} series revision(s) posted since {since:%Y-%m-%d %H:%M} UTC, "
+                f"{len(new)} to gate (state: {path})")
+        for p in new:
+            ui.info(f"  v{p.revision} {p.subject}  <{p.msgid}>  {p.author}")
+        if poll.list_only:
+            return EXIT_PASS
+        codes, gated, tried = [], [], set()
+        for i, p in enumerate(new, 1):
+            if state.done(p.msgid) or state.seen.get(p.msgid) in tried:
+                # gated in this poll, as the newer revision of an earlier message
+                ui.info(f"<{p.msgid}> was gated in this poll with its series: skipped")
+                continue
+            before = state.known(p.msgid) or {}
+            mailed_error = bool(before.get("reply_sent"))
+            # an error is mailed once (--reply-on-error), not by every poll that tries again
+            one = dataclasses.replace(req, series=p.msgid, inbox=inbox,
+                                      reply_on_error=req.reply_on_error and not mailed_error)
+            one_cfg = dataclasses.replace(cfg, reply_on_error=False) if mailed_error else cfg
+            slug = re.sub(r"[^A-Za-z0-9]+", "-", p.msgid).strip("-")[:60]
+            ropts = dataclasses.replace(opts, results=root / f"{i:02d}-{slug}" if root else None)
+            ui.stage(f"series {i}/{len(new)}")
+            at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+            try:
+                code, info = gate._gate_series(one, ropts, one_cfg, tree, cells, ui)
+                error = (info.get("gate") or {}).get("error", "")
+            except KeyboardInterrupt:
+                state.save()
+                raise
+            except HarnessError as e:
+                ui.error(e.render())
+                code, info, error = EXIT_ERROR, {}, e.message
+            ser = info.get("series") or {}
+            verdict = (info.get("gate") or {}).get("verdict", "error")
+            key = (ser.get("message_ids") or [p.msgid])[0]
+            reply = (info.get("gate") or {}).get("reply") or {}
+            entry = {"revision": ser.get("revision", p.revision), "subject": ser.get("subject", p.subject),
+                     "author": ser.get("author", p.author), "posted": p.date, "gated": at, "verdict": verdict,
+                     "results": info.get("results"), "reply": reply.get("message_id"),
+                     "reply_sent": bool(reply.get("sent")) or mailed_error}
+            if verdict == "error":
+                entry["error"] = error
+                entry["attempts"] = (state.series.get(key, {}).get("attempts", 0) or 0) + 1
+            state.record(key, entry, list(ser.get("message_ids") or []))
+            tried.add(key)
+            if key != p.msgid:
+                state.record(p.msgid, {"revision": p.revision, "subject": p.subject, "posted": p.date,
+                                       "superseded_by": key}, [])
+            state.save()
+            codes.append(code)
+            gated.append({"message_id": p.msgid, **entry, "gated_as": key})
+        state.polled = now.isoformat(timespec="seconds")
+        state.save()
+    if root is not None:
+        root.mkdir(parents=True, exist_ok=True)
+        (root / "poll.json").write_text(json.dumps(
+            {"inbox": inbox, "since": since.isoformat(timespec="seconds"), "state": str(path), "gated": gated},
+            indent=2) + "\n")
+    for g in gated:
+        ui.info(f"{g['verdict'].upper():5} v{g['revision']} {g['subject']}  {g.get('results') or g.get('error', '')}")
+    if any(c == EXIT_ERROR for c in codes):
+        return EXIT_ERROR
+    return EXIT_FAIL if any(c == EXIT_FAIL for c in codes) else EXIT_PASS

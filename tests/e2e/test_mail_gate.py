@@ -8,7 +8,7 @@ The series are this project's own commits in the git tree of test_trees
 (``series``: a harmless comment, then the regression of
 pin-more-than-8-pages-fails.patch), as ``git format-patch --cover-letter``
 makes them: v1 has both, v2 only the harmless one; v1 is gated with
---revision 1 (FAIL, and the walk names its second patch), then v1's message-id alone gives v2; then ``gate --new``,
+--revision 1 (FAIL, and the walk names its second patch), then v1's message-id alone gives v2 (on two machines); then ``gate --new``,
 polling the list twice, gates the series once (as v2).  The gate config keeps
 the default kernel, so the base run is the one test_trees' compare-base
 run caches."""
@@ -100,10 +100,16 @@ def test_the_gate_answers_each_revision_of_a_series_in_its_thread(tmp_path):
         kept = email.message_from_bytes((results / "reply.eml").read_bytes(), policy=policy.default)
         assert kept["Message-ID"].strip() == mine["Message-ID"].strip() and kept.get_content() == text.replace("\r\n", "\n")
 
-        # v2 drops the regression: named by v1's message-id, the gate takes the newest revision
-        code, out, results = _gate(tmp_path, "v2", msgid_of(v1[0]), *common)
+        # v2 drops the regression: named by v1's message-id, the gate takes the newest revision;
+        # on two machines, each with a section in the reply
+        code, out, results = _gate(tmp_path, "v2", msgid_of(v1[0]), *common,
+                                   "--profiles", "x86_64-vtd,x86_64-virtio-iommu")
         assert code == 0, out
         info = json.loads((results / "series.json").read_text())
+        assert [(c["profile"], c["verdict"]) for c in info["cells"]] == [("x86_64-vtd", "pass"),
+                                                                        ("x86_64-virtio-iommu", "pass")]
+        assert all((results / f"{p}-access" / "results.json").is_file() for p in ("x86_64-vtd", "x86_64-virtio-iommu"))
+        assert (results / "merged.json").is_file() and (results / "summary.md").is_file()
         assert (info["series"]["revision"], info["series"]["revisions"]) == (2, [1, 2])
         assert info["series"]["message_ids"] == [msgid_of(f) for f in v2]
         assert "base: cached" in out  # the same base as v1's: not run again
@@ -111,6 +117,8 @@ def test_the_gate_answers_each_revision_of_a_series_in_its_thread(tmp_path):
         msg = email.message_from_bytes(smtp.received[2][2], policy=policy.default)
         assert msg["In-Reply-To"] == f"<{msgid_of(v2[0])}>" and msg["X-Iommufd-Harness-Verdict"] == "pass"
         assert "no regression against its base" in " ".join(msg.get_content().split())
+        assert [ln for ln in msg.get_content().splitlines() if ln.endswith(": PASS")] == [
+            "x86_64-vtd, suite access: PASS", "x86_64-virtio-iommu, suite access: PASS"]
 
         # a cron job polling the list: the first poll gates the series once (v1's cover, gated
         # as v2; v2's cover is not gated again), the second finds nothing new

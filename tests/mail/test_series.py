@@ -165,6 +165,30 @@ def test_the_reply_threads_under_the_cover_and_reaches_the_archive_through_smtp(
                                                                        msg["Message-ID"])
 
 
+def test_a_reply_over_several_machines_has_a_section_per_machine_in_the_order_run(world, tmp_path, golden):
+    """One cell regressed, one gave no verdict: the series FAILs (a
+    regression is a verdict), and each cell says its own, in order."""
+    import json
+
+    s = fetch(parse_source(msgid_of(world["v2"][0]), world["archive"].url), None, tmp_path / "a")
+    fail = RunRecord.from_json(json.loads((golden / "results-x86_64-vtd-full-fail.json").read_text()))
+    broken = RunRecord.from_json(json.loads((golden / "results-arm64-smmuv3-access-build-error.json").read_text()))
+    failed = [t for t in fail.tests if t.status != "pass"]
+    cells = [reply.Cell("x86_64-vtd", "full", "fail", fail, None,
+                        [{"name": t.name, "before": "pass", "after": t.status, "reason": t.reason} for t in failed]),
+             reply.Cell("arm64-smmuv3", "access", "error", broken, None, error=broken.errors[0].splitlines()[0])]
+    out = reply.Outcome("fail", fail, None, world["base"], "base-commit", cells=cells)
+    text = reply.compose(s, out, "ci <ci@ci.localhost>", []).get_content()
+    heads = [ln for ln in text.splitlines() if ln.endswith(("FAIL (regressed)", "ERROR (no verdict)"))
+             and "suite" in ln]
+    assert heads == ["x86_64-vtd, suite full: FAIL (regressed)", "arm64-smmuv3, suite access: ERROR (no verdict)"]
+    x86, arm = text.split(heads[0])[1].split(heads[1])
+    assert failed[0].name in x86 and failed[0].name not in arm
+    assert "error:" in arm and "build" in arm.lower()
+    assert "REGRESSED" in text.split("\n\n")[1]
+    assert all(len(line) <= reply.WIDTH for line in text.splitlines()), max(text.splitlines(), key=len)
+
+
 def _gate(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     import sys
 
@@ -215,8 +239,14 @@ def test_the_gate_config_and_its_refusals(tmp_path):
     cfg.write_text('[gate]\n[gate.smtp]\nhost = "h"\npassword = "secret"\n')
     with pytest.raises(InputError, match="password is not read from a file"):
         gate.load_config(cfg, None)
-    cfg.write_text('[gate]\nprofiles = ["x86_64-vtd"]\n')
-    with pytest.raises(InputError, match=r"unknown key\(s\) profiles in \[gate\]"):
+    cfg.write_text('[gate]\nprofiles = ["x86_64-vtd", "arm64-smmuv3"]\nsuite = "access"\n')
+    c = gate.load_config(cfg, None)
+    assert (c.profiles, c.suites) == (["x86_64-vtd", "arm64-smmuv3"], ["access"])
+    cfg.write_text('[gate]\nprofile = "x86_64-vtd"\nprofiles = ["arm64-smmuv3"]\n')
+    with pytest.raises(InputError, match="both profile and profiles"):
+        gate.load_config(cfg, None)
+    cfg.write_text('[gate]\nmachines = ["x86_64-vtd"]\n')
+    with pytest.raises(InputError, match=r"unknown key\(s\) machines in \[gate\]"):
         gate.load_config(cfg, None)
     assert gate.GATE_DEBUG == ("kasan", "kmemleak", "lockdep")
 
