@@ -473,8 +473,8 @@ def lab_board_runs(work: Path, suite: str, repeat: int, tmp: Path) -> list[Figur
                                    log=str(res))
             run.harness.append(elapsed)
             deployed.harness.append(data["stages"]["boot"])
-            back.harness.append(data["qemu"]["return"]["seconds"])
-            trial_boots.append(data["qemu"]["deploy"]["wait_s"])
+            back.harness.append(data["board"]["return"]["seconds"])
+            trial_boots.append(data["board"]["deploy"]["wait_s"])
             # the floor: the same kexec by hand, then a plain reboot of the installed kernel
             t0 = time.monotonic()
             c = deploy.client(entry)
@@ -505,7 +505,7 @@ def lab_board_runs(work: Path, suite: str, repeat: int, tmp: Path) -> list[Figur
             elapsed, code = timed(harness_argv("run", "--quiet", "--work", work, "--lab", oneshot_lab,
                                                "--board", "qemu-board", "--suite", suite, "--results", res))
             data = results_of(res)
-            if code != 0 or data["qemu"]["deploy"].get("method") != "oneshot":
+            if code != 0 or data["board"]["deploy"].get("method") != "oneshot":
                 raise HarnessError(f"bench: the oneshot lab board run did not pass (exit {code}): "
                                    f"{data.get('errors')}", log=str(res))
             oneshot.harness.append(elapsed)
@@ -535,10 +535,10 @@ def lab_board_runs(work: Path, suite: str, repeat: int, tmp: Path) -> list[Figur
                                "qemu-board", "--suite", suite, "--results", res,
                                "--cmdline", "panic=0 rdinit=/nonexistent init=/nonexistent"))
             data = results_of(res)
-            if not data.get("qemu", {}).get("return", {}).get("ok"):
+            if not data.get("board", {}).get("return", {}).get("ok"):
                 raise HarnessError(f"bench: the hanging trial kernel was not rolled back: {data.get('errors')}",
                                    log=str(res))
-            hang.harness.append(data["qemu"]["deploy"]["wait_s"] + data["qemu"]["return"]["seconds"])
+            hang.harness.append(data["board"]["deploy"]["wait_s"] + data["board"]["return"]["seconds"])
             # the budget: twice the normal trial boot, plus a power cycle to SSH
             boot_id = ssh("cat /proc/sys/kernel/random/boot_id").text.strip()
             t0 = time.monotonic()

@@ -372,7 +372,7 @@ class Pipeline:
                          self.expect(prep), trial, self.lab.place(entry) or lab.LabState(self.lab.state),
                          results_dir.name,
                          extra_cmdline=self.opts.extra_cmdline, lab_path=self.lab.path, name=prep.profile.name,
-                         guest=self.record.guest, machine=self.record.qemu, say=self.ui.info)
+                         guest=self.record.guest, machine=self.record.board, say=self.ui.info)
 
     def target(self, prep: Prepared, results_dir: Path, spec: BoardSpec | None) -> Lifecycle:
         """The lifecycle the options ask for: a board with --board, else a VM."""

@@ -1,9 +1,14 @@
+import os
 import sys
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+# every results.json a test's run writes (in this process or a harness it starts) is checked
+# against results.schema.json: a record that breaks the contract turns that test red
+os.environ["IOMMUFD_HARNESS_CHECK_RESULTS"] = "1"
 
 from fakes import FAKE_KERNEL, copy_fake_kernel  # noqa: E402
 

@@ -53,6 +53,7 @@ def test_installed_wheel_works_from_any_directory(tmp_path):
                if p.is_file() and "__pycache__" not in p.parts and p.name != "__init__.py"}
     missing = sorted(set(f for f in tracked if not f.endswith("README.md")) - shipped)
     assert not missing, f"data files missing from the wheel: {missing}"
+    assert (target / "harness/reports/results.schema.json").is_file()  # results.json's contract ships
     res = harness("profiles")
     assert res.returncode == 0, res.stderr
     assert {line.split()[0] for line in res.stdout.splitlines()} >= {"x86_64-vtd", "arm64-smmuv3", "board-arm64"}

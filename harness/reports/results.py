@@ -3,12 +3,21 @@ its provenance, and the verdict (schema of results.json in docs/results.md)."""
 
 from __future__ import annotations
 
+import json
+import os
 import re
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 from harness.errors import EXIT_ERROR, EXIT_FAIL, EXIT_PASS
 
 STATUSES = ("pass", "fail", "skip", "timeout", "crash", "notrun")
+# results.json's version: bumped on every incompatible change (a field removed, renamed, moved or
+# retyped); results.schema.json next to this file is its contract, docs/results.md says what it means
+SCHEMA = 2
+SCHEMA_FILE = Path(__file__).with_name("results.schema.json")
+CHECK_ENV = "IOMMUFD_HARNESS_CHECK_RESULTS"  # set (the tests set it): every results.json written is validated
+BOARD_KEYS = ("deploy", "return")  # schema 1 kept a lab board's under qemu
 # Kernel reports logged outside any test are failed records of their own,
 # one per phase of the run, with this binary.
 KERNEL = "kernel"
@@ -63,7 +72,8 @@ class RunRecord:
     tests: list[TestRecord] = field(default_factory=list)
     kernel: dict = field(default_factory=dict)
     patches: list[dict] = field(default_factory=list)
-    qemu: dict = field(default_factory=dict)
+    qemu: dict = field(default_factory=dict)  # the VM (empty for a board)
+    board: dict = field(default_factory=dict)  # a lab board's deploy and return (empty for a VM)
     image: dict = field(default_factory=dict)
     guest: dict = field(default_factory=dict)
     stages: dict[str, float] = field(default_factory=dict)
@@ -99,13 +109,35 @@ class RunRecord:
     def to_json(self) -> dict:
         data = asdict(self)
         data["counts"] = self.counts()
-        data["schema"] = 1
+        data["schema"] = SCHEMA
         return data
 
     @classmethod
     def from_json(cls, data: dict) -> "RunRecord":
+        """A results.json of this schema or an older one (read as this one)."""
         data = dict(data)
         data.pop("counts", None)
-        data.pop("schema", None)
+        version = data.pop("schema", 1)
+        if not isinstance(version, int) or version > SCHEMA:
+            raise ValueError(f"its schema is {version!r}; this iommufd-harness reads schemas 1 to {SCHEMA} "
+                             "(a newer iommufd-harness wrote it: read it with that one)")
+        if version < 2:  # a lab board's deploy and return were under qemu
+            qemu = dict(data.get("qemu") or {})
+            data["board"] = {k: qemu.pop(k) for k in BOARD_KEYS if k in qemu}
+            data["qemu"] = qemu
         tests = [TestRecord(**t) for t in data.pop("tests", [])]
         return cls(tests=tests, **data)
+
+
+def validate(data: dict) -> list[str]:
+    """What in ``data`` (a results.json) breaks results.schema.json: one
+    line per problem, the first 20; none when it holds."""
+    import jsonschema  # a dependency of kcidb-io
+
+    validator = jsonschema.Draft202012Validator(json.loads(SCHEMA_FILE.read_text()))
+    problems = sorted(validator.iter_errors(data), key=lambda e: list(map(str, e.absolute_path)))
+    return [f"{'/'.join(map(str, e.absolute_path)) or '(top)'}: {e.message[:300]}" for e in problems[:20]]
+
+
+def checking() -> bool:
+    return bool(os.environ.get(CHECK_ENV))

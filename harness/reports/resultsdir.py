@@ -14,7 +14,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 from harness.reports.junit import junit_xml
-from harness.reports.results import RunRecord, TestRecord
+from harness.errors import HarnessError
+from harness.reports.results import RunRecord, TestRecord, checking, validate
 
 
 def atomic_write(path: Path, text: str) -> None:
@@ -48,5 +49,12 @@ class ResultsDir:
 
     def write(self, run: RunRecord) -> None:
         run.results_dir = str(self.path)
-        atomic_write(self.path / "results.json", json.dumps(run.to_json(), indent=2) + "\n")
+        data = run.to_json()
+        atomic_write(self.path / "results.json", json.dumps(data, indent=2) + "\n")
+        if checking():  # written first: a record that breaks the contract is still kept
+            problems = validate(data)
+            if problems:
+                raise HarnessError(f"{self.path / 'results.json'} breaks results.schema.json:\n  "
+                                   + "\n  ".join(problems),
+                                   "fix the writer, or change the schema (and its number) and docs/results.md")
         atomic_write(self.path / "junit.xml", junit_xml(run))

@@ -210,9 +210,9 @@ def test_oneshot_happy_path_boots_the_built_kernel_once_through_u_boot(board, tm
     assert data["guest"]["build_id"] == data["kernel"]["build_id"] and data["guest"]["built_kernel_booted"]
     assert sorted(t["name"] for t in data["tests"]) == sorted(listed_tests("access"))
     assert {t["status"] for t in data["tests"]} == {"pass"}
-    deploy_info = data["qemu"]["deploy"]
+    deploy_info = data["board"]["deploy"]
     assert deploy_info["method"] == "oneshot" and deploy_info["script_consumed"]
-    assert data["qemu"]["return"] == {**data["qemu"]["return"], "how": "reboot", "ok": True}
+    assert data["board"]["return"] == {**data["board"]["return"], "how": "reboot", "ok": True}
     # U-Boot ran the run's script exactly once; it booted the trial kernel, and
     # the boot after it (the return) found no script and was the board's own
     lines = [x.rstrip("\r") for x in board.console_since(before).splitlines()]
@@ -247,13 +247,13 @@ def test_a_trial_kernel_that_warns_at_boot_fails_the_run_as_kernel_boot(board, t
     assert "iommufd-harness fault fixture: warning in iommufd_init" in boot["log"]
     assert [(s["test"], s["kind"]) for s in data["kernel"]["splats"]] == [("kernel.boot", "warning")]
     assert data["guest"]["kernel_log_from_seq"] == 0
-    assert data["qemu"]["deploy"]["method"] == "kexec"
-    assert data["qemu"]["deploy"]["cmdline"].endswith(" printk.devkmsg=on")
+    assert data["board"]["deploy"]["method"] == "kexec"
+    assert data["board"]["deploy"]["cmdline"].endswith(" printk.devkmsg=on")
     console = (tmp_path / "r" / "console.log").read_text()
     assert console.startswith("[    0.000000] ")  # the trial kernel's first record
     for t in selftests:
         assert re.search(rf"^\[ *\d+\.\d{{6}} user\] iommufd-harness: RUN {re.escape(t['name'])}$", console, re.M)
-    assert data["qemu"]["return"] == {**data["qemu"]["return"], "how": "reboot", "ok": True}
+    assert data["board"]["return"] == {**data["board"]["return"], "how": "reboot", "ok": True}
     board.assert_back_home(path)
 
 
@@ -273,7 +273,7 @@ def test_a_trial_kernel_that_panics_is_deploy_failed_and_rolled_back(board, tmp_
     assert "U-Boot ran the one-shot script" in err
     assert "Kernel panic" in err  # the board's console, from the trial kernel's boot
     assert data["tests"] == [] and data["verdict"] == "error"  # infrastructure, never a test failure
-    assert data["qemu"]["return"]["how"] == "rebooted by itself" and data["qemu"]["return"]["ok"]
+    assert data["board"]["return"]["how"] == "rebooted by itself" and data["board"]["return"]["ok"]
     assert "Kernel panic" in (tmp_path / "r" / "logs" / "board-console.log").read_text()
     board.assert_back_home(path)
 
@@ -434,10 +434,10 @@ def test_a_trial_kernel_that_hangs_on_a_labgrid_place_is_power_cycled_back(board
     assert "deploy failed: the trial kernel did not answer" in err
     assert f"its console followed (NetworkSerialPort 127.0.0.1:{place.console_port})" in res.stderr
     # the console ends the wait, not the boot timeout, and is in the error
-    assert data["qemu"]["deploy"]["wait_s"] < board.entry().boot_timeout, data["qemu"]
+    assert data["board"]["deploy"]["wait_s"] < board.entry().boot_timeout, data["qemu"]
     assert "Kernel panic - not syncing: Requested init /nonexistent failed" in err
     assert "---[ end Kernel panic" in (tmp_path / "r" / "logs" / "board-console.log").read_text()
-    assert data["qemu"]["return"]["how"] == "power cycle" and data["qemu"]["return"]["ok"]
+    assert data["board"]["return"]["how"] == "power cycle" and data["board"]["return"]["ok"]
     assert "power cycle" in res.stderr and took < 600  # said while it happens
     # the whole run's console: the trial kernel's panic, then the installed kernel after the power cycle
     whole = (tmp_path / "r" / "logs" / "labgrid-console.log").read_text(errors="replace")
@@ -519,8 +519,8 @@ def test_three_nights_name_the_regression_the_night_it_started_and_its_fix(board
     assert any(i.startswith("smmu3.") for i in data["guest"]["iommus"])
     names = sorted(t["name"] for t in data["tests"])
     assert names == sorted(listed_tests("access"))  # the same source lists the same tests on any arch
-    assert data["qemu"]["deploy"]["method"] == "kexec"
-    assert data["qemu"]["return"] == {**data["qemu"]["return"], "how": "reboot", "ok": True,
+    assert data["board"]["deploy"]["method"] == "kexec"
+    assert data["board"]["return"] == {**data["board"]["return"], "how": "reboot", "ok": True,
                                       "release": board.installed["release"]}
     # the trial kernel's log, followed over SSH, brackets every test
     console = (root / "n1" / cells["board qemu-board access"] / "console.log").read_text()
@@ -530,7 +530,7 @@ def test_three_nights_name_the_regression_the_night_it_started_and_its_fix(board
     for night in ("n1", "n2", "n3"):
         data = json.loads((root / night / cells["board qemu-board access"] / "results.json").read_text())
         assert data["guest"]["build_id"] == data["kernel"]["build_id"] and data["guest"]["built_kernel_booted"]
-        assert data["qemu"]["return"]["ok"] and data["guest"]["board"] == "qemu-board"
+        assert data["board"]["return"]["ok"] and data["guest"]["board"] == "qemu-board"
     # the cells merged anywhere else give the night's verdict
     again = harness("report", "--merge", *(str(root / "n2" / d) for d in cells.values()),
                     "--out", str(tmp_path / "m"))

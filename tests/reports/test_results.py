@@ -31,7 +31,7 @@ def test_results_json_and_junit_agree(tmp_path):
     r = _record("pass", "fail", "skip", "crash")
     r.tests[2].reason = "no hugepages"
     r.kernel = {"version": "6.12.117", "source": "linux-source-6.12", "build_id": "ab" * 20}
-    r.patches = [{"name": "0001-x.patch", "subject": "x", "sha256": "0" * 64}]
+    r.patches = [{"name": "0001-x.patch", "subject": "x", "sha256": "0" * 64, "status": "applied"}]
     r.decide()
     d = ResultsDir(tmp_path / "res")
     for t in r.tests:
