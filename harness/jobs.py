@@ -15,7 +15,7 @@ from harness import __version__, coverage, debugkernels, proc, profiles, suites
 from harness.errors import EXIT_INTERRUPTED, HarnessError, InputError
 from harness.kconfig import fragments as kconfig
 from harness.parse.testlist import parse_list
-from harness.pipeline import Options, Pipeline, Prepared, default_series, new_record, results_dir_for
+from harness.pipeline import Options, Pipeline, Prepared, default_series, keep_inputs, new_record, results_dir_for
 from harness.reports.repro import repro_line, reproducer
 from harness.reports.results import RunRecord
 from harness.reports.resultsdir import ResultsDir
@@ -176,6 +176,8 @@ def run_one(opts: Options, ui: Ui, results_path: Path, brief: str = "") -> tuple
     line of summary starting with it (a base run, a step of a walk)."""
     record = new_record(opts)
     sink = ResultsDir(results_path)
+    if opts.patches or opts.fragments or opts.base_config:
+        record.inputs["kept"] = keep_inputs(opts, results_path)
     interrupted = False
     void = False  # the tests' results do not count (a lab run that lost its board's lock)
     try:
@@ -355,8 +357,18 @@ def repro_options(results_dir: Path, test: str | None, machine: Options) -> Opti
     else:
         tests = test
 
-    def path(p: str | None) -> Path | None:
-        return Path(p) if p else None
+    kept = i.get("kept") or {}
+
+    def path(p: str | None, kind: str = "", at: int = 0) -> Path | None:
+        """The recorded path, or the results dir's copy of it when it is gone
+        (a results dir reproduced on another machine)."""
+        if not p:
+            return None
+        copies = kept.get(kind)
+        copy = copies[at] if isinstance(copies, list) and at < len(copies) else copies
+        if not Path(p).exists() and isinstance(copy, str) and (Path(results_dir) / copy).exists():
+            return Path(results_dir).resolve() / copy
+        return Path(p)
 
     rev = i.get("rev")
     recorded = run.kernel.get("git") or {}
@@ -373,10 +385,14 @@ def repro_options(results_dir: Path, test: str | None, machine: Options) -> Opti
                                  "put the tree back (or commit what ran and use --rev), then repro again")
     return dataclasses.replace(
         machine, kernel_src=path(i.get("kernel_src")), rev=rev, commits=i.get("commits"),
-        default_patches=i.get("default_patches", True), patches=[Path(p) for p in i.get("patches", [])],
-        kconfig_add=list(i.get("kconfig_add", [])), fragments=[Path(f) for f in i.get("fragments", [])],
-        base_config=path(i.get("config")), debug=tuple(i.get("debug", [])), extra_cmdline=i.get("cmdline", ""),
+        default_patches=i.get("default_patches", True),
+        patches=[path(p, "patches", n) for n, p in enumerate(i.get("patches", []))],
+        kconfig_add=list(i.get("kconfig_add", [])),
+        fragments=[path(f, "fragments", n) for n, f in enumerate(i.get("fragments", []))],
+        base_config=path(i.get("config"), "config"), debug=tuple(i.get("debug", [])),
+        extra_cmdline=i.get("cmdline", ""),
         coverage=tuple(i.get("coverage", [])), parallel=int(i.get("parallel", 1)),
+        board=i.get("board") or machine.board, lab=path(i.get("lab")) or machine.lab,
         profile=run.profile or machine.profile, suite=run.suite or machine.suite, tests=tests)
 
 

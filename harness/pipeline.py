@@ -14,6 +14,7 @@ import datetime as dt
 import os
 import platform
 import secrets
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -251,6 +252,7 @@ class Pipeline:
             for line in cfg.overrides:
                 self.ui.info(f"config: {line}")
             self.record.kernel.update(config_sha256=cfg.sha256, debug=list(opts.debug))
+            shutil.copy2(cfg.config, self.logs.parent / "kernel.config")  # the .config the kernel was built with
         if until == "config":
             return Prepared(tree, tuple(series), cfg, None, tc, profile, creq)
         with self.stage("build"):
@@ -431,7 +433,46 @@ def inputs(opts: Options) -> dict:
             "cmdline": opts.extra_cmdline, "debug": list(opts.debug),
             **({"coverage": list(opts.coverage)} if opts.coverage else {}),
             **({"parallel": opts.parallel} if opts.parallel > 1 else {}),
+            # a board: USER@HOST[:PORT], or with the lab file that names it its name
+            **({"board": opts.board} if opts.board else {}), **({"lab": absolute(opts.lab)} if opts.lab else {}),
             **({"tests": opts.tests} if opts.tests else {})}
+
+
+KEPT = "inputs"  # <results>/inputs/: copies of the run's patches, fragments and --config
+
+
+def keep_inputs(opts: Options, results: Path) -> dict:
+    """Copy what defines the kernel besides the tree (the --patches files or
+    directories, the --fragment files, --config) into ``results``/inputs/,
+    so the results dir reproduces the run elsewhere (``repro`` falls back on
+    them when the recorded paths are gone); their paths, relative to
+    ``results``, for ``inputs["kept"]``."""
+    import shutil
+
+    kept: dict = {"patches": [], "fragments": []}
+
+    def copy(src: Path, kind: str, i: int) -> str | None:
+        src = src.expanduser()
+        rel = Path(KEPT) / kind / f"{i}-{src.name}"
+        dest = results / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            if src.is_dir():
+                shutil.copytree(src, dest, dirs_exist_ok=True)
+            elif src.is_file():
+                shutil.copy2(src, dest)
+            else:
+                return None
+        except OSError:
+            return None
+        return str(rel)
+
+    for kind, paths in (("patches", opts.patches), ("fragments", opts.fragments)):
+        for i, p in enumerate(paths):
+            kept[kind].append(copy(Path(p), kind, i))
+    if opts.base_config is not None:
+        kept["config"] = copy(Path(opts.base_config), "config", 0)
+    return kept
 
 
 def new_record(opts: Options) -> RunRecord:

@@ -85,3 +85,49 @@ def test_a_test_of_a_parallel_run_is_reproduced_with_the_tests_that_ran_alongsid
     assert repro_options(_results(tmp_path, golden), None, Options(work=tmp_path)).parallel == 1
     alone = reproducer("x86_64-vtd", "full", failed[0]["name"], INPUTS, alongside=[partner])
     assert f"--tests '{failed[0]['name']}'" in alone and "--parallel" not in alone
+
+
+def test_a_results_dir_keeps_its_inputs_and_repro_takes_the_copies_when_the_originals_are_gone(tmp_path, golden):
+    """keep_inputs copies the series (a file and a quilt directory), the
+    fragments and --config into the results dir; repro uses a copy only
+    where the recorded path no longer exists."""
+    from harness.pipeline import inputs, keep_inputs
+
+    mine = tmp_path / "mine"
+    (mine / "quilt").mkdir(parents=True)
+    (mine / "fix.patch").write_text("--- a/x\n+++ b/x\n")
+    (mine / "quilt" / "series").write_text("one.patch\n")
+    (mine / "quilt" / "one.patch").write_text("--- a/y\n+++ b/y\n")
+    (mine / "x.config").write_text("CONFIG_X=y\n")
+    (mine / "full.config").write_text("CONFIG_Y=y\n")
+    opts = Options(work=tmp_path / "w", patches=[mine / "fix.patch", mine / "quilt"], fragments=[mine / "x.config"],
+                   base_config=mine / "full.config")
+    res = _results(tmp_path, golden, inputs={**inputs(opts), "kept": None})
+    kept = keep_inputs(opts, res)
+    data = json.loads((res / "results.json").read_text())
+    data["inputs"]["kept"] = kept
+    (res / "results.json").write_text(json.dumps(data))
+    assert kept == {"patches": ["inputs/patches/0-fix.patch", "inputs/patches/1-quilt"],
+                    "fragments": ["inputs/fragments/0-x.config"], "config": "inputs/config/0-full.config"}
+    assert (res / "inputs/patches/1-quilt/one.patch").read_text() == "--- a/y\n+++ b/y\n"
+    # the originals still there: they are what runs
+    again = repro_options(res, None, Options(work=tmp_path / "w"))
+    assert again.patches == [mine / "fix.patch", mine / "quilt"] and again.base_config == mine / "full.config"
+    # moved elsewhere, the originals gone: the copies
+    import shutil
+
+    shutil.move(res, tmp_path / "elsewhere")
+    (mine / "fix.patch").unlink()
+    shutil.rmtree(mine / "quilt")
+    (mine / "full.config").unlink()
+    again = repro_options(tmp_path / "elsewhere", None, Options(work=tmp_path / "w"))
+    where = (tmp_path / "elsewhere").resolve()
+    assert again.patches == [where / "inputs/patches/0-fix.patch", where / "inputs/patches/1-quilt"]
+    assert again.fragments == [mine / "x.config"]  # still there: the original
+    assert again.base_config == where / "inputs/config/0-full.config"
+
+
+def test_repro_of_a_lab_board_run_goes_to_that_board(tmp_path, golden):
+    res = _results(tmp_path, golden, inputs={**INPUTS, "lab": "/lab/lab.toml", "board": "odroid-1"})
+    opts = repro_options(res, None, Options(work=tmp_path / "w"))
+    assert (opts.lab, opts.board) == (Path("/lab/lab.toml"), "odroid-1")

@@ -13,7 +13,7 @@ def reproducer(profile: str, suite: str, test: str, inputs: dict | None = None, 
     (for ``kernel.boot`` and the other reports outside any test, the suite):
     ``inputs`` as a run records them (``RunRecord.inputs``: kernel_src, rev,
     commits, default_patches, patches, kconfig_add, fragments, config, debug, cmdline,
-    parallel); ``work``: the run's --work when it was not the default one (its
+    parallel, lab, board); ``work``: the run's --work when it was not the default one (its
     builds are there).  A test of a --parallel run is run again with the tests
     that ran ``alongside`` it, in as many lanes: a race needs its partner."""
     i = inputs or {}
@@ -44,6 +44,10 @@ def reproducer(profile: str, suite: str, test: str, inputs: dict | None = None, 
         args.append(f"--debug {','.join(i['debug'])}")
     if i.get("cmdline"):
         args.append(f"--cmdline {shlex.quote(i['cmdline'])}")
+    if i.get("lab"):
+        args.append(f"--lab {shlex.quote(i['lab'])}")
+    if i.get("board"):
+        args.append(f"--board {shlex.quote(i['board'])}")
     return "iommufd-harness run " + " ".join(args)
 
 

@@ -100,3 +100,31 @@ def test_kernel_warning_at_boot_fails_the_verdict_attributed_to_boot(tmp_path):
     assert "kernel.boot" in (tmp_path / "boot" / "summary.md").read_text()
     kcidb = json.loads((tmp_path / "boot" / "kcidb.json").read_text())
     assert any(t["path"] == "kselftest.iommu.kernel.boot" and t["status"] == "FAIL" for t in kcidb["tests"])
+
+
+def test_a_results_dir_moved_elsewhere_reproduces_its_failure_without_the_original_patch(tmp_path):
+    """A CI artifact: the results dir of a patched run, copied to another
+    path, the patch file it was run with deleted; 'repro' on the copy runs
+    the copy of the patch it kept, and the same test fails the same way."""
+    import hashlib
+    import shutil
+
+    mine = tmp_path / "series" / "warn.patch"
+    mine.parent.mkdir()
+    shutil.copy(FIXTURES / "warn-in-access-rw.patch", mine)
+    code, data, _ = _run(tmp_path / "warn", "--patches", str(mine))
+    assert code == 1
+    moved = tmp_path / "artifact" / "warn"
+    shutil.copytree(tmp_path / "warn", moved)
+    shutil.rmtree(tmp_path / "warn")
+    shutil.rmtree(mine.parent)
+    # the .config the kernel was built with is kept too
+    assert hashlib.sha256((moved / "kernel.config").read_bytes()).hexdigest() == data["kernel"]["config_sha256"]
+    res = subprocess.run([sys.executable, "-m", "harness", "repro", str(moved), "--work", str(WORK), "--results",
+                          str(tmp_path / "again")], cwd=REPO, capture_output=True, text=True, timeout=3600)
+    assert res.returncode == 1, res.stderr[-3000:]
+    again = json.loads((tmp_path / "again" / "results.json").read_text())
+    assert [t["name"] for t in again["tests"] if t["status"] != "pass"] == ["iommufd_ioas.no_domain.access_rw"]
+    assert again["inputs"]["patches"] == [str(moved / "inputs" / "patches" / "0-warn.patch")]
+    assert again["kernel"]["build_id"] == data["kernel"]["build_id"]
+    assert [s["kind"] for s in again["kernel"]["splats"]] == ["warning"]

@@ -28,6 +28,17 @@ def test_every_input_is_in_the_line(tmp_path):
     assert argv.index(str(tmp_path / "a.patch")) < argv.index(str(tmp_path / "b series"))
 
 
+def test_a_lab_board_run_is_reproduced_on_that_board(tmp_path):
+    """Without --lab/--board the line would run a board profile on a VM."""
+    lab = tmp_path / "lab.toml"
+    opts = Options(work=tmp_path, profile="board-arm64", board="odroid-1", lab=lab)
+    argv = shlex.split(reproducer("board-arm64", "access", "iommufd_ioas.no_domain.access_rw", inputs(opts)))
+    pairs = list(zip(argv, argv[1:]))
+    assert ("--lab", str(lab)) in pairs and ("--board", "odroid-1") in pairs
+    line = reproducer("board-arm64", "access", "x", inputs(Options(work=tmp_path, board="root@10.0.0.2:2222")))
+    assert line.endswith("--board root@10.0.0.2:2222") and "--lab" not in line
+
+
 def test_a_plain_run_has_a_plain_line(tmp_path):
     line = reproducer("x86_64-vtd", "access", "iommufd_ioas.mock_domain.access_pin", inputs(Options(work=tmp_path)))
     assert line == ("iommufd-harness run --profile x86_64-vtd --suite access "
