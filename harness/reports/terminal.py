@@ -29,7 +29,9 @@ def summary_table(run: RunRecord, console=None, verbose: bool = False) -> None:
 
     console = console or Console(stderr=False)
     title = f"iommufd-harness: suite {run.suite} on {run.profile} (kernel {run.kernel.get('version', '?')})"
-    shown = [t for t in run.tests if verbose or t.status != "pass"]
+    # what did not pass first, in run order; with ``verbose`` the passing tests after them
+    shown = [t for t in run.tests if t.status != "pass"] + ([t for t in run.tests if t.status == "pass"]
+                                                            if verbose else [])
     if shown:
         table = Table(title=title, show_lines=False)
         table.add_column("test")

@@ -32,6 +32,9 @@ def test_failures_first_passing_tests_only_when_verbose(golden):
     assert "verdict: FAIL" in out and "186 pass, 4 fail" in out
     verbose = _render(run, verbose=True)
     assert all(name in verbose for name in passing + failing)
+    # failures first, also when every test is listed
+    at = {name: re.search(rf"{re.escape(name)}\s", verbose).start() for name in passing + failing}
+    assert max(at[n] for n in failing) < min(at[n] for n in passing)
 
 
 def test_a_green_run_is_one_line_and_the_verdict(golden):
@@ -48,3 +51,5 @@ def test_kernel_reports_are_listed_after_the_failures(golden):
     out = _render(run)
     assert "kernel reports: 7" in out and f"warning in {run.tests[0].name}: WARNING: CPU: 1 PID: 4" in out
     assert "PID: 5" not in out and "... and 2 more" in out
+    failing = [t.name for t in run.tests if t.status != "pass"]
+    assert out.index("kernel reports: 7") > max(out.index(name) for name in failing)
