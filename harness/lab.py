@@ -322,6 +322,7 @@ class BoardLock:
     _thread: threading.Thread | None = None
     _renewed: float = 0.0  # time.monotonic() of the last renewal that held (before it was asked)
     _lost: str | None = None  # why the lease is not ours any more (set by the renewals)
+    _failure: str | None = None  # the last renewal's error, until one holds again
 
     def __enter__(self) -> "BoardLock":
         q = self.state.quarantined(self.board)
@@ -355,6 +356,7 @@ class BoardLock:
                 ours = self.state.renew(self.board, self.token, self.lease)
             except (OSError, LabError) as e:
                 # the next renewal tries again while the lease covers the misses
+                self._failure = str(getattr(e, "message", None) or e)
                 if asked - self._renewed >= self.lease:
                     self._lost = (f"it could not be renewed for {asked - self._renewed:.0f} s, so its lease ran "
                                   f"out: {getattr(e, 'message', None) or e}")
@@ -365,7 +367,7 @@ class BoardLock:
                 self._lost = ("another run holds it now: " + describe_lock(held) if held is not None
                               else "its lock is gone (dropped by 'lab release', or expired)")
                 return
-            self._renewed = asked
+            self._renewed, self._failure = asked, None
 
     def check(self) -> None:
         """Raise :class:`LockLost` if the run does not hold the board any
@@ -373,7 +375,10 @@ class BoardLock:
         lease (also when the renewals themselves are stuck)."""
         why = self._lost
         if why is None and self._thread is not None and time.monotonic() - self._renewed >= self.lease:
-            why = f"it was not renewed for {time.monotonic() - self._renewed:.0f} s, so its lease ran out"
+            failure = self._failure  # the renewals' last error, when they failed rather than hung
+            why = (f"it could not be renewed for {time.monotonic() - self._renewed:.0f} s, so its lease ran out: "
+                   f"{failure}" if failure else
+                   f"it was not renewed for {time.monotonic() - self._renewed:.0f} s, so its lease ran out")
         if why is not None:
             raise LockLost(f"the run lost its lock on board {self.board}: {why}",
                            "the run stopped there; see who holds the board (iommufd-harness lab check LAB) and "

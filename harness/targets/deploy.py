@@ -35,9 +35,16 @@ from harness.targets.verify import Expect, GuestInfo
 
 REMOTE_ROOT = "/boot/iommufd-harness"
 POLL_S = 2.0
-PANIC_MARK = "Kernel panic - not syncing"
 PANIC_REBOOT = "Rebooting in"  # panic=N > 0: it reboots by itself
 PANIC_END = "---[ end Kernel panic"  # printed after it, when it does not reboot
+
+
+def first_panic(text: str):
+    """The first panic on a console, as the one detector (parse.splats)
+    reads it, or None."""
+    from harness.parse import splats
+
+    return next((s for s in splats.scan(text) if s.kind == "panic"), None)
 
 # --- oneshot: the hook a lab puts in a board's U-Boot environment, once ---------------
 # U-Boot reads the partition mounted at /boot on the board; paths below are
@@ -310,10 +317,10 @@ class KexecLifecycle(BoardLifecycle):
             if not (watch_panic and self.entry.console) or told:
                 return False
             text = self._console_new()
-            at = text.find(PANIC_MARK)
-            if at < 0:
+            panic = first_panic(text)
+            if panic is None:
                 return False
-            tail = text[at:]
+            tail = text[panic.start:]
             if PANIC_REBOOT in tail:
                 self.say(f"board {self.entry.name}: the trial kernel panicked "
                          f"({time.monotonic() - t_wait:.0f} s in) and reboots by itself")
@@ -375,7 +382,8 @@ class KexecLifecycle(BoardLifecycle):
         log.parent.mkdir(parents=True, exist_ok=True)
         log.write_text(text)
         rows = text.splitlines()
-        panic = next((i for i, r in enumerate(rows) if PANIC_MARK in r), None)
+        found = first_panic(text)
+        panic = text[:found.start].count("\n") if found is not None else None
         shown = rows[max(0, panic - lines + 10):panic + 10] if panic is not None else rows[-lines:]
         return (f"\n--- the board's console since the trial kernel was started ({len(shown)} of {len(rows)} lines, all in {log}) ---\n"
                 + "\n".join(shown))
