@@ -28,11 +28,10 @@ import hashlib
 import io
 import json
 import shutil
-import subprocess
 import sys
 from pathlib import Path, PurePosixPath
 
-from harness import data
+from harness import data, proc
 from harness.errors import HarnessError, InputError, ToolMissing
 from harness.stages.patches import Patch
 
@@ -162,11 +161,9 @@ def gcovr(objects: Path, tree: Path, build_dir: Path, dirs: tuple[str, ...], gco
             *[a for d in dirs for a in ("--filter", f"{tree}/{d}/")],
             "--json", str(out / "coverage.json"), "--cobertura", str(out / "cobertura.xml"),
             "--html-details", str(out / "index.html"), "--txt-summary", str(objects)]  # objects: where to search
-    res = subprocess.run(argv, capture_output=True, text=True, timeout=900)
-    log.parent.mkdir(parents=True, exist_ok=True)
-    log.write_text("$ " + " ".join(argv) + "\n" + res.stdout + res.stderr)
-    if res.returncode != 0 or not (out / "coverage.json").is_file():
-        tail = (res.stderr.strip().splitlines() or ["?"])[-1]
+    res = proc.run(argv, timeout=900, log=log)
+    if res.returncode != 0 or res.timed_out or not (out / "coverage.json").is_file():
+        tail = (res.output.strip().splitlines() or ["?"])[-1]
         raise CoverageError(f"gcovr could not make the coverage report: {tail}", log=str(log))
     return json.loads((out / "coverage.json").read_text())
 

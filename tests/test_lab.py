@@ -585,3 +585,33 @@ def test_a_board_that_answers_only_in_part_is_not_taken_for_a_kernel(monkeypatch
     want_id = elfinfo.build_id_from_notes(here) if here else None
     assert (got.release, got.build_id, got.boot_id) == ("6.1.0-57-arm64", want_id, "b1e2")
     assert len(asked) == 5 and {tuple(a) for a in asked} == {("sh", "-c", deploy.BOOTED_SCRIPT)}
+
+
+def test_the_lab_files_console_and_power_commands_are_killed_whole_at_their_limit(tmp_path, monkeypatch):
+    """A console or power command that leaves a child behind (a client that
+    never exits, in the background) is ended with everything it started at
+    its limit; what the console printed by then is kept."""
+    import types
+
+    from harness.targets import deploy
+
+    monkeypatch.setattr(deploy.KexecLifecycle, "CONSOLE_TIMEOUT", 1.0)
+    monkeypatch.setattr(deploy.KexecLifecycle, "POWER_TIMEOUT", 1.0)
+    pidfile = tmp_path / "child.pid"
+    lc = object.__new__(deploy.KexecLifecycle)  # only the lab file's commands are exercised
+    lc.run_dir = tmp_path
+    lc.say = lambda text: None
+    lc.entry = types.SimpleNamespace(name="b", console=f"echo booting; sleep 600 & echo $! > {pidfile}; wait",
+                                     power_cycle=f"sleep 600 & echo $! > {pidfile}.2; wait")
+    t0 = time.monotonic()
+    assert lc._console_text() == "booting\n"
+    assert lc._power_cycle() is False
+    assert time.monotonic() - t0 < 10
+    for f in (pidfile, Path(f"{pidfile}.2")):
+        pid = int(f.read_text())
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and Path(f"/proc/{pid}").exists() and \
+                Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z":
+            time.sleep(0.05)
+        assert not Path(f"/proc/{pid}").exists() or Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z", pid
+    assert "sleep 600" in (tmp_path / "logs" / "power-cycle.log").read_text()

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import gzip
 import shlex
-import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
@@ -112,11 +111,10 @@ def compile_script(text: str) -> bytes:
     with tempfile.TemporaryDirectory(prefix="iommufd-harness-uboot-") as tmp:
         src, out = Path(tmp) / "oneshot.cmd", Path(tmp) / "oneshot.scr"
         src.write_text(text)
-        res = subprocess.run(["mkimage", "-A", "arm64", "-O", "linux", "-T", "script", "-C", "none",
-                              "-n", "iommufd-harness one-shot", "-d", str(src), str(out)],
-                             capture_output=True, text=True, timeout=60)
-        if res.returncode != 0:
-            raise DeployError(f"mkimage could not make the one-shot script: {res.stderr.strip()}")
+        res = proc.run(["mkimage", "-A", "arm64", "-O", "linux", "-T", "script", "-C", "none",
+                        "-n", "iommufd-harness one-shot", "-d", str(src), str(out)], timeout=60)
+        if res.returncode != 0 or res.timed_out:
+            raise DeployError(f"mkimage could not make the one-shot script: {res.output.strip()[-500:]}")
         return out.read_bytes()
 
 
@@ -281,6 +279,8 @@ class KexecLifecycle(BoardLifecycle):
     kernel."""
 
     kind = "board"
+    CONSOLE_TIMEOUT = 30.0  # the lab file's console command: what it printed by then
+    POWER_TIMEOUT = 120.0  # the lab file's power_cycle command
 
     def __init__(self, entry: BoardEntry, files, arch: str, run_dir: Path, expect: Expect, trial: TrialKernel,
                  state, run_id: str, extra_cmdline: str = "", lab_path: Path | None = None,
@@ -352,12 +352,10 @@ class KexecLifecycle(BoardLifecycle):
     def _console_text(self) -> str:
         if not self.entry.console:
             return ""
-        try:
-            res = subprocess.run(self.entry.console, shell=True, capture_output=True, text=True, timeout=30,
-                                 errors="replace")
-        except subprocess.TimeoutExpired:
-            return ""
-        return res.stdout
+        # the lab file's command, through the one gateway: a console client that hangs is killed
+        # with everything it started
+        res = proc.run(["sh", "-c", self.entry.console], timeout=self.CONSOLE_TIMEOUT, split_stderr=True)
+        return res.output  # what it printed before it was killed too
 
     def _console_new(self) -> str:
         """What the console printed since the trial kernel was started."""
@@ -524,11 +522,9 @@ class KexecLifecycle(BoardLifecycle):
         if not self.entry.power_cycle:
             return False
         self.say(f"board {self.entry.name}: power cycle ({self.entry.power_cycle})")
-        try:
-            res = subprocess.run(self.entry.power_cycle, shell=True, capture_output=True, text=True, timeout=120)
-        except subprocess.TimeoutExpired:
-            return False
-        return res.returncode == 0
+        res = proc.run(["sh", "-c", self.entry.power_cycle], timeout=self.POWER_TIMEOUT,
+                       log=self.run_dir / "logs" / "power-cycle.log")
+        return res.returncode == 0 and not res.timed_out
 
     def _return(self) -> None:
         """Back to the installed kernel, checked by its build-id; the trial
