@@ -27,13 +27,20 @@ FAKE_KERNEL = Path(__file__).resolve().parent / "fixtures" / "fake-kernel"
 KILLTREE_SCRIPT = REPO / "qemu-images" / "debian-bookworm" / "killtree"
 RUN_TESTS_SCRIPT = REPO / "qemu-images" / "debian-bookworm" / "run-tests"
 HANGCHECK_SCRIPT = REPO / "qemu-images" / "debian-bookworm" / "hangcheck"
+# a real kernel's panic (a console captured by tests/golden/capture.py), what a
+# "kernel" that dies prints to the fake console
+_SYSRQ_LOG = Path(__file__).resolve().parent / "golden" / "console" / "arm64-sysrq-crash.log"
+PANIC = "".join(line for line in _SYSRQ_LOG.read_text().splitlines(keepends=True)
+                if line.startswith("[") and float(line[1:13]) >= 4.48)
 LEAKCHECK_SCRIPT = REPO / "qemu-images" / "debian-bookworm" / "leakcheck"
 
 
 class LocalTarget:
     """Runs the guest's commands as host processes: selftest paths map to
-    ``bindir``, killtree to the image's own script.  ``dead`` simulates a
-    machine that went away."""
+    ``bindir``, killtree to the image's own script.  Its "kernel" dies as a
+    VM's does, by a panic on its console that the harness's detector finds
+    (``panic()``, or ``crash_on``: when that test starts); ``dead`` is a
+    machine that went away without one."""
 
     name = "local"
     layout = IMAGE_LAYOUT
@@ -78,7 +85,7 @@ class LocalTarget:
         open_streams = 2
         timed_out = False
         while open_streams:
-            if time.monotonic() - start > timeout or self.dead or (check_stop and check_stop()):
+            if time.monotonic() - start > timeout or self.failure() or (check_stop and check_stop()):
                 timed_out = True
                 break
             for key, _ in sel.select(0.1):
@@ -94,16 +101,16 @@ class LocalTarget:
                 for line in lines:
                     text = line.decode(errors="replace")
                     if self.crash_on and kind == "out" and f"RUN           {self.crash_on} " in text:
-                        self.dead = "the guest kernel panicked"
+                        self.panic()
                     if cb:
                         cb(text)
         status = None
-        if self.dead:  # the "machine" is gone, and its processes with it
+        if self.failure():  # the "machine" is gone, and its processes with it
             os.killpg(p.pid, 9)
             p.wait()
-        if not timed_out and not self.dead:
+        if not timed_out and not self.failure():
             status = p.wait()
-            if self.dead:
+            if self.failure():
                 status = None
             elif status < 0:
                 status = 128 - status
@@ -113,11 +120,20 @@ class LocalTarget:
         return ExecResult(argv, status, data_all["out"], data_all["err"], timed_out, False,
                           time.monotonic() - start)
 
+    def panic(self) -> None:
+        """The "kernel" panics: a real panic report on its console."""
+        with open(self.console, "a") as f:
+            f.write(PANIC)
+
     def failure(self):
-        return self.dead
+        """As a VM's: a panic the console's detector found, or the machine gone."""
+        if self.dead:
+            return self.dead
+        self.watcher.poll()
+        return "the guest kernel panicked" if self.watcher.panic_at is not None else None
 
     def reconnect(self):
-        return self.dead is None
+        return self.failure() is None
 
     def console_excerpt(self, lines=60):
         return "fake console"
