@@ -83,6 +83,7 @@ def run(
     stdin_text: str | None = None,
     split_stderr: bool = False,
     on_output=None,
+    idle_timeout: float | None = None,
 ) -> Completed:
     """Run ``argv`` in a process group of its own, with a wall-clock
     ``timeout`` that kills the whole group.
@@ -92,7 +93,9 @@ def run(
     ``split_stderr`` ``output`` is stdout alone and stderr is ``stderr``.
     With ``error`` set, a non-zero exit or a timeout raises that error class
     naming ``what`` and the log path.  ``on_output(data)`` sees every chunk
-    of output as it arrives (a progress display).
+    of output as it arrives (a progress display).  ``idle_timeout``: the
+    group is killed (``timed_out``) also when it prints nothing for that
+    long.
     """
     argv = [str(a) for a in argv]
     full_env = dict(os.environ)
@@ -125,7 +128,7 @@ def run(
     if stdin_text is not None:
         _feed(proc, stdin_text)
     try:
-        _communicate(proc, timeout, logf, chunks if keep_output else None, err_chunks, on_output)
+        _communicate(proc, timeout, logf, chunks if keep_output else None, err_chunks, on_output, idle_timeout)
     except subprocess.TimeoutExpired:
         timed_out = True
         _kill_group(proc)
@@ -151,27 +154,35 @@ def run(
     return result
 
 
-def _communicate(proc, timeout, logf, chunks, err_chunks, on_output=None) -> None:
+def _communicate(proc, timeout, logf, chunks, err_chunks, on_output=None, idle_timeout=None) -> None:
     """Copy the output to the log (and ``chunks``; stderr, when it has a pipe
     of its own, to ``err_chunks``) until EOF, then wait for the exit; raises
-    TimeoutExpired when ``timeout`` runs out."""
+    TimeoutExpired when ``timeout`` runs out, or ``idle_timeout`` passes
+    without output."""
     import selectors
     import time
 
     deadline = None if timeout is None else time.monotonic() + timeout
+    last = time.monotonic()
     sel = selectors.DefaultSelector()
     sel.register(proc.stdout, selectors.EVENT_READ, chunks)
     if proc.stderr is not None:
         sel.register(proc.stderr, selectors.EVENT_READ, err_chunks)
     while sel.get_map():
-        left = None if deadline is None else deadline - time.monotonic()
+        now = time.monotonic()
+        left = None if deadline is None else deadline - now
         if left is not None and left <= 0:
             raise subprocess.TimeoutExpired(proc.args, timeout)
+        if idle_timeout is not None:
+            if now - last >= idle_timeout:
+                raise subprocess.TimeoutExpired(proc.args, idle_timeout)
+            left = idle_timeout - (now - last) if left is None else min(left, idle_timeout - (now - last))
         for key, _ in sel.select(timeout=left if left is None else min(left, 1.0)):
             data = os.read(key.fileobj.fileno(), 65536)
             if not data:
                 sel.unregister(key.fileobj)
                 continue
+            last = time.monotonic()
             if logf:
                 logf.write(data)
             if key.data is not None:

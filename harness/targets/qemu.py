@@ -96,11 +96,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def probe_kvm(arch: Arch, binary: str, kernel: Path, cache: Path, timeout: float = 20.0) -> tuple[str, str]:
+KVM_PROBE_IDLE = 5.0  # a kernel under KVM prints its first lines within a second; nested KVM prints nothing
+
+
+def probe_kvm(arch: Arch, binary: str, kernel: Path, cache: Path, timeout: float = 20.0,
+              idle: float = KVM_PROBE_IDLE) -> tuple[str, str]:
     """('kvm'|'tcg', why): does KVM really boot a kernel here?  Nested KVM can
     hang in early boot, so ``binary`` boots ``kernel`` without an initrd on the
     architecture's probe machine and waits (bounded) for it to reach the
-    root-fs panic.  Cached per host."""
+    root-fs panic, giving up as soon as the console stays silent for
+    ``idle`` seconds.  Cached per host."""
     if not os.access("/dev/kvm", os.R_OK | os.W_OK):
         return "tcg", "/dev/kvm is not usable"
     ident = f"{os.uname().release} {binary_identity(binary)}"
@@ -115,11 +120,14 @@ def probe_kvm(arch: Arch, binary: str, kernel: Path, cache: Path, timeout: float
             "-accel", "kvm", "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
             "-m", "512M", "-serial", "stdio", "-kernel", str(kernel),
             "-append", f"console={arch.console} panic=-1"]
-    res = proc.run(argv, timeout=timeout)
+    t0 = time.monotonic()
+    res = proc.run(argv, timeout=timeout, idle_timeout=idle)
     if "Kernel panic" in res.output or "Run /init" in res.output:
         accel, why = "kvm", "KVM booted a test kernel"
     elif res.timed_out:
-        accel, why = "tcg", f"KVM did not boot a test kernel within {timeout:.0f} s (nested KVM?)"
+        accel, why = "tcg", (f"KVM did not boot a test kernel: its console was silent for {idle:.0f} s "
+                             f"(nested KVM?)" if time.monotonic() - t0 < timeout - 1 else
+                             f"KVM did not boot a test kernel within {timeout:.0f} s (nested KVM?)")
     else:
         accel, why = "tcg", f"KVM failed: {res.output.strip().splitlines()[-1:] or ['no output']}"
     cache.mkdir(parents=True, exist_ok=True)

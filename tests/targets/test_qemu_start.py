@@ -123,6 +123,28 @@ def test_the_kvm_probe_is_cached_until_the_qemu_binary_changes(tmp_path):
     assert runs.read_text().count("run") == 2
 
 
+@pytest.mark.skipif(not os.access("/dev/kvm", os.R_OK | os.W_OK), reason="no usable /dev/kvm")
+@pytest.mark.parametrize("prints", ["", "qemu-system-x86_64: warning: host doesn't support requested feature\n"],
+                         ids=["silent", "one-warning"])
+def test_a_kvm_that_hangs_silently_is_given_up_on_when_the_console_goes_quiet(tmp_path, prints):
+    """Nested KVM that never boots prints nothing (or one QEMU warning, as
+    here): the probe decides after the idle window, not the whole limit,
+    and a kernel that keeps printing is given its time."""
+    fake = tmp_path / "qemu-system-x86_64"
+    fake.write_text(f"#!/bin/sh\ncat <<'END'\n{prints}END\nsleep 60\n" if prints else "#!/bin/sh\nsleep 60\n")
+    fake.chmod(0o755)
+    arch = arches.load("x86_64")
+    t0 = time.monotonic()
+    accel, why = qemu.probe_kvm(arch, str(fake), Path("/k/bzImage"), tmp_path / "cache", timeout=20, idle=1.0)
+    assert (accel, time.monotonic() - t0 < 5) == ("tcg", True), why
+    assert "silent for 1 s" in why
+    slow = tmp_path / "slow" / "qemu-system-x86_64"
+    slow.parent.mkdir()
+    slow.write_text("#!/bin/sh\nfor i in 1 2 3 4; do echo booting; sleep 0.5; done\necho 'Run /init as init process'\n")
+    slow.chmod(0o755)
+    assert qemu.probe_kvm(arch, str(slow), Path("/k/bzImage"), tmp_path / "cache2", timeout=20, idle=1.0)[0] == "kvm"
+
+
 def _server(behaviour):
     """A one-connection TCP server on 127.0.0.1 doing ``behaviour(conn)``; its port."""
     import socket
