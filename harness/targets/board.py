@@ -333,4 +333,6 @@ class BoardLifecycle(Lifecycle):
             self._board.close()
 
     def ssh_command(self) -> str:
-        return f"ssh -p {self.spec.port} {self.spec.user}@{self.spec.host}"
+        from harness.targets.ssh import command_line
+
+        return command_line(self.spec.user, self.spec.host, self.spec.port, self.spec.key, self.spec.known_hosts)

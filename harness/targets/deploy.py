@@ -595,9 +595,6 @@ class KexecLifecycle(BoardLifecycle):
             finally:
                 c.close()
 
-    def ssh_command(self) -> str:
-        return f"ssh -p {self.spec.port} -i {self.spec.key} {self.spec.user}@{self.spec.host}"
-
 
 class OneshotLifecycle(KexecLifecycle):
     """``boot = "oneshot"``: the trial kernel, its dtb and a one-shot U-Boot

@@ -82,6 +82,18 @@ class SshLost(TargetError):
     pass
 
 
+def command_line(user: str, host: str, port: int, key: Path | str | None = None,
+                 known_hosts: Path | str | None = None) -> str:
+    """How a person reaches a target with OpenSSH (--keep-vm, boot, a
+    board): the run's key and, with ``known_hosts``, the host key it pinned,
+    checked strictly."""
+    words = ["ssh", *(["-i", str(key)] if key else []), "-p", str(port)]
+    if known_hosts:
+        words += ["-o", f"UserKnownHostsFile={known_hosts}", "-o", "StrictHostKeyChecking=yes"]
+    words.append(f"{user}@{host}")
+    return " ".join(shlex.quote(w) for w in words)
+
+
 def quote(argv: Sequence[str]) -> str:
     return " ".join(shlex.quote(str(a)) for a in argv)
 

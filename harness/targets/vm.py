@@ -148,7 +148,9 @@ class VmLifecycle(Lifecycle):
             image.remove_keys(self.req.vm_dir)
 
     def ssh_command(self) -> str:
+        from harness.targets.ssh import command_line
+
         port = self.vms[-1].ssh_port if self.vms else 0
-        return (f"ssh -i {self._keys.client_private if self._keys else '?'} -p {port} -o UserKnownHostsFile={self.req.vm_dir / 'known_hosts'} "
-                f"-o StrictHostKeyChecking=yes root@127.0.0.1")
+        return command_line("root", "127.0.0.1", port, self._keys.client_private if self._keys else "?",
+                            self.req.vm_dir / "known_hosts")
 

@@ -151,3 +151,17 @@ def test_paramiko_loads_without_invoke():
             "print([m for m in sys.modules if m.split('.')[0] == 'invoke' and sys.modules[m] is not None])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_the_line_a_person_pastes_reaches_the_target_as_the_harness_does():
+    """One way to say it for VMs and boards: the run's key, the port, the
+    host key pinned and checked strictly; paths with spaces quoted."""
+    import shlex
+
+    from harness.targets.ssh import command_line
+
+    line = command_line("root", "10.0.0.2", 2222, "/home/ci/my keys/id", "/w/known_hosts")
+    argv = shlex.split(line)
+    assert argv == ["ssh", "-i", "/home/ci/my keys/id", "-p", "2222", "-o", "UserKnownHostsFile=/w/known_hosts",
+                    "-o", "StrictHostKeyChecking=yes", "root@10.0.0.2"]
+    assert command_line("u", "h", 22) == "ssh -p 22 u@h"
