@@ -123,6 +123,10 @@ def send(msg, server: str, cfg: Smtp | None) -> str:
                                      f"{smtp_cfg.password_env or '(password_env not set)'} is not set")
                 s.login(smtp_cfg.user, password)
             refused = s.send_message(msg, to_addrs=rcpts)
+    except smtplib.SMTPRecipientsRefused as e:
+        why = "; ".join(f"{a}: {code} {text.decode(errors='replace')}" for a, (code, text) in e.recipients.items())
+        raise HarnessError(f"{host}:{port_n} refused recipient(s) {why}",
+                           "the reply is in the results dir (reply.eml); send it by hand or gate again") from None
     except (OSError, smtplib.SMTPException) as e:
         raise HarnessError(f"sending the reply through {host}:{port_n} failed: {e}",
                            "the reply is in the results dir (reply.eml); send it by hand or gate again") from None

@@ -191,6 +191,7 @@ def fetch(source: Source, revision: int | None, out: Path) -> Series:
                 raise InputError(f"could not fetch <{source.msgid}> from {source.inbox}: {e}",
                                  "check the message-id and --inbox (the archive's list URL)") from None
             if not msgs:
+                _answers(source.inbox)
                 raise InputError(f"{source.inbox} has no message <{source.msgid}> ({_last_lines(log, 1)})",
                                  "check the message-id, and --inbox (the archive's list URL)")
             msgs = _other_revisions(b4, source, msgs, 1)  # newer ones: the newest is the default
@@ -226,6 +227,24 @@ def fetch(source: Source, revision: int | None, out: Path) -> Series:
             author_email=lser.fromemail, cover=cover, patches=[_mail(p) for p in lser.patches[1:]],
             base_commit=lser.base_commit or _base_in(first), prerequisite_patch_ids=list(lser.prereq_patch_ids or []),
             change_id=lser.change_id, mbox=mbox)
+
+
+def _answers(inbox: str | None) -> None:
+    """An InputError if the archive at ``inbox`` does not answer at all (so
+    a message it lacks is not blamed on the message-id)."""
+    import urllib.error
+    import urllib.request
+
+    if not inbox:
+        return
+    try:
+        with urllib.request.urlopen(inbox.rstrip("/") + "/", timeout=30):
+            pass
+    except urllib.error.HTTPError:
+        return  # it answers (a 404 for the list is b4's to explain)
+    except (OSError, ValueError) as e:
+        raise InputError(f"could not fetch from the inbox {inbox}: it does not answer ({e})",
+                         "check --inbox (the archive's list URL) and that the server is up") from None
 
 
 def _other_revisions(b4, source: Source, msgs: list, direction: int) -> list:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import email
 import json
+import os
 import subprocess
 import sys
 from email import policy
@@ -44,15 +45,39 @@ def _gate(tmp_path: Path, name: str, *args: str) -> tuple[int, str, Path]:
     return res.returncode, res.stdout + res.stderr, results
 
 
+def _unapplied(repo: Path) -> str:
+    """A branch whose last commit does not apply to main without the one
+    before it (its context is that commit's line); made once."""
+    have = subprocess.run(["git", "-C", str(repo), "rev-parse", "-q", "--verify", "refs/heads/unapplied"],
+                          capture_output=True, text=True)
+    if have.returncode == 0:
+        return "unapplied~1..unapplied"
+    git = lambda *a: subprocess.run(["git", "-C", str(repo), *a], check=True, capture_output=True,  # noqa: E731
+                                    env={**os.environ, **GIT_ENV})
+    git("checkout", "-q", "-b", "unapplied", "main")
+    main_c = repo / "drivers/iommu/iommufd/main.c"
+    try:
+        for line in ("/* iommufd-harness: first */", "/* iommufd-harness: second */"):
+            text = main_c.read_text().replace("/* iommufd-harness: first */\n", "")
+            main_c.write_text(text + line + "\n")
+            git("commit", "-q", "-am", f"iommufd: {line[20:-3]} comment")
+    finally:
+        git("checkout", "-q", "main")
+    return "unapplied~1..unapplied"
+
+
 def test_the_gate_answers_each_revision_of_a_series_in_its_thread(tmp_path):
     repo = make_repo(WORK / "e2e" / "linux-git")
     v1 = write_series(repo, "main..series", tmp_path / "mail-v1", 1, AUTHOR, SUBJECT, "Two changes.", "main", POSTER)
     v2 = write_series(repo, "main..series~1", tmp_path / "mail-v2", 2, AUTHOR, SUBJECT, "Only the comment.",
                       "main", POSTER)
+    # a patch posted against main that needs a commit main does not have
+    stale = write_series(repo, _unapplied(repo), tmp_path / "mail-stale", 1, AUTHOR, "iommufd: a stale comment",
+                         "Written on a tree you do not have.", "main", POSTER)
     archive = Archive(tmp_path / "archive")
-    # both revisions before the server starts: public-inbox-httpd's search sees
+    # every series before the server starts: public-inbox-httpd's search sees
     # mail that arrives later only when it reopens its index (about 30 s)
-    for f in v1 + v2:
+    for f in v1 + v2 + stale:
         archive.deliver(f.read_bytes())
     archive.start()
     smtp = SmtpServer(archive).start()
@@ -60,6 +85,11 @@ def test_the_gate_answers_each_revision_of_a_series_in_its_thread(tmp_path):
     config.write_text(f'[gate]\ninbox = "{archive.url}"\ndebug = []\nfrom = "iommufd-harness <gate@ci.localhost>"\n')
     common = ["--kernel-src", str(repo), "--gate-config", str(config), "--smtp", f"127.0.0.1:{smtp.port}"]
     try:
+        # a series that does not apply on its base: no verdict, nobody mailed
+        code, out, results = _gate(tmp_path, "stale", msgid_of(stale[0]), *common)
+        assert code == 2 and "does not apply" in out and "Traceback" not in out, out
+        assert smtp.received == [] and json.loads((results / "series.json").read_text())["gate"]["verdict"] == "error"
+
         code, out, results = _gate(tmp_path, "v1", msgid_of(v1[0]), "--revision", "1", *common)
         assert code == 1, out
         data = json.loads((results / "results.json").read_text())
@@ -123,16 +153,19 @@ def test_the_gate_answers_each_revision_of_a_series_in_its_thread(tmp_path):
         # a cron job polling the list: the first poll gates the series once (v1's cover, gated
         # as v2; v2's cover is not gated again), the second finds nothing new
         poll = [*common, "--new", "--state", str(tmp_path / "state.json")]
+        # (the stale series has no verdict: exit 2, and the next poll tries it again)
         code, out, results = _gate(tmp_path, "poll1", *poll)
-        assert code == 0, out
+        assert code == 2, out
         gated = json.loads((results / "poll.json").read_text())["gated"]
         assert [(g["message_id"], g["gated_as"], g["verdict"], g["revision"]) for g in gated] == [
-            (msgid_of(v1[0]), msgid_of(v2[0]), "pass", 2)]
+            (msgid_of(v1[0]), msgid_of(v2[0]), "pass", 2), (msgid_of(stale[0]), msgid_of(stale[0]), "error", 1)]
         assert len(smtp.received) == 4
         assert email.message_from_bytes(smtp.received[3][2])["In-Reply-To"] == f"<{msgid_of(v2[0])}>"
         code, out, results = _gate(tmp_path, "poll2", *poll)
-        assert code == 0 and "0 to gate" in out, out
-        assert json.loads((results / "poll.json").read_text())["gated"] == [] and len(smtp.received) == 4
+        assert code == 2 and "1 to gate" in out, out
+        gated = json.loads((results / "poll.json").read_text())["gated"]
+        assert [(g["message_id"], g["attempts"]) for g in gated] == [(msgid_of(stale[0]), 2)]
+        assert len(smtp.received) == 4
     finally:
         smtp.stop()
         archive.stop()

@@ -6,6 +6,8 @@ series' thread as the archive serves it."""
 from __future__ import annotations
 
 import email
+import email.message
+import email.utils
 import os
 import subprocess
 from email import policy
@@ -68,12 +70,19 @@ def world(tmp_path_factory):
     _git(repo, "branch", "-q", "-D", "elsewhere")
     _git(repo, "reflog", "expire", "--expire=now", "--all")
     _git(repo, "gc", "-q", "--prune=now")
+    # a question on the list: a thread with no patch in it
+    question = email.message.EmailMessage()
+    question["From"], question["To"], question["Subject"] = AUTHOR, LIST, "iommufd: how is access_rw locked?"
+    question["Message-ID"] = email.utils.make_msgid("question", "dev.localhost")
+    question["Date"] = email.utils.formatdate()
+    question.set_content("Which lock does iommufd_access_rw() take first?\n")
     archive = Archive(root / "archive")
     for f in v1 + v2 + lost:
         archive.deliver(f.read_bytes())
+    archive.deliver(bytes(question))
     archive.start()
     yield {"root": root, "repo": repo, "base": base, "archive": archive, "v1": v1, "v2": v2, "lost": lost,
-           "subject": subject}
+           "subject": subject, "question": question["Message-ID"].strip("<>")}
     archive.stop()
 
 
@@ -387,3 +396,63 @@ def test_new_refuses_a_second_poll_of_the_same_state_and_a_series_with_it(world,
     assert res.returncode == 2 and "not both" in res.stderr
     res = _gate(tmp_path, "--since", "3d", msgid_of(world["v1"][0]), "--kernel-src", str(world["repo"]))
     assert res.returncode == 2 and "go with --new" in res.stderr
+
+
+def _refusing_smtp():
+    """A real SMTP server that refuses every recipient (550)."""
+    from aiosmtpd.controller import Controller
+
+    from mailserver import free_port
+
+    class Refuse:
+        async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+            return "550 5.1.1 no such user here"
+
+    port = free_port()
+    ctl = Controller(Refuse(), hostname="127.0.0.1", port=port)
+    ctl.start()
+    return ctl, port
+
+
+@pytest.mark.parametrize("case", ["unknown message-id", "no patches in the thread", "unreachable inbox",
+                                  "refusing smtp"])
+def test_bad_input_is_a_clear_error_exit_2_and_no_mail(world, tmp_path, case):
+    """Each: exit 2, a message naming what is wrong and what to do, no
+    traceback, nobody mailed; with --new, nothing recorded as gated."""
+    import json
+
+    from mailserver import free_port
+
+    smtp = SmtpServer().start()
+    refusing, rport = _refusing_smtp()
+    inbox, series, extra = world["archive"].url, msgid_of(world["v2"][0]), ["--smtp", f"127.0.0.1:{smtp.port}"]
+    if case == "unknown message-id":
+        series = "no-such-series@nowhere.localhost"
+    elif case == "no patches in the thread":
+        series = world["question"]
+    elif case == "unreachable inbox":
+        inbox = f"http://127.0.0.1:{free_port()}/iommu"
+    else:  # the lost series has no verdict; --reply-on-error makes it mail, and the server refuses
+        series, extra = msgid_of(world["lost"][0]), ["--smtp", f"127.0.0.1:{rport}", "--reply-on-error"]
+    try:
+        res = _gate(tmp_path, series, "--inbox", inbox, "--kernel-src", str(world["repo"]), "--results",
+                    str(tmp_path / "r"), *extra)
+        assert res.returncode == 2, res.stderr
+        assert "Traceback" not in res.stderr and "error" in res.stderr and "hint:" in res.stderr, res.stderr
+        expect = {"unknown message-id": "has no message <no-such-series@nowhere.localhost>",
+                  "no patches in the thread": "holds no patch series",
+                  "unreachable inbox": "could not fetch",
+                  "refusing smtp": "refused recipient"}[case]
+        assert expect in res.stderr, res.stderr
+        assert smtp.received == []
+        if case == "refusing smtp":  # the reply is kept, to send by hand
+            assert (tmp_path / "r" / "reply.eml").is_file() and "send it by hand" in res.stderr
+        if case == "unreachable inbox":
+            res = _gate(tmp_path, "--new", "--inbox", inbox, "--kernel-src", str(world["repo"]), "--state",
+                        str(tmp_path / "state.json"))
+            assert res.returncode == 2 and "does not answer" in res.stderr and "Traceback" not in res.stderr
+            assert not (tmp_path / "state.json").exists()
+    finally:
+        smtp.stop()
+        refusing.stop()
+
