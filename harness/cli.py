@@ -494,120 +494,22 @@ def cmd_list_tests(args, ui: Ui) -> int:
 
 
 def cmd_lab_check(args, ui: Ui) -> int:
-    from harness import lab, labgrid
+    from harness import labcmd
 
-    the_lab = lab.load(args.lab_file)
-    names = [args.name] if args.name else sorted(the_lab.boards)
-    state = lab.LabState(the_lab.state)
-    bad = 0
-
-    def say(text: str) -> None:
-        ui.out.print(text, highlight=False, markup=False)
-
-    for name in names:
-        entry = the_lab.board(name)
-        place = the_lab.place(entry)
-        if place is None:
-            say(f"{name}: {entry.user}@{entry.host}:{entry.port} ({entry.arch}, boot {entry.boot})")
-            q = state.quarantined(name)
-            held = state.lock_info(name)
-            say("  quarantined: " + (f"since {q.get('since')}: {q.get('reason')}" if q else "no"))
-            say("  locked: " + (lab.describe_lock(held) if held else "no"))
-            bad += _check_board(entry, say) + (1 if q else 0)
-            continue
-        say(f"{name}: labgrid place {place.name} at {place.coordinator} ({entry.arch}, boot {entry.boot})")
-        try:
-            shown = place.show()
-        except HarnessError as e:
-            bad += 1
-            say(f"  reachable: no: {e.message}")
-            continue
-        q = place.quarantined(name, shown)
-        holder = place.acquired_by(shown)
-        say("  quarantined: " + (f"since {q.get('since')}: {q.get('reason')}" if q else "no"))
-        say("  locked: " + (f"acquired by {holder} (labgrid)" if holder else "no"))
-        if q:
-            bad += 1
-        if holder:
-            say("  reachable: not checked while the place is acquired")
-            continue
-        try:
-            with labgrid.PlaceLock(place, name):
-                port = place.serial_port() if entry.console is None else None
-                console = (f"labgrid NetworkSerialPort {port.get('host')}:{port.get('port')} (read through its "
-                           "SerialDriver for a run)" if port else None)
-                bad += _check_board(place.resolve(entry), say, console)
-        except HarnessError as e:
-            bad += 1
-            say(f"  reachable: no: {e.message}")
-    return EXIT_ERROR if bad else 0
-
-
-def _check_board(entry: lab.BoardEntry, say, console: str | None = None) -> int:
-    """lab check's probe of one board; 1 if it cannot do what the lab says."""
-    from harness.targets import deploy
-
-    try:
-        f = deploy.probe(entry, enforce=False)
-    except HarnessError as e:
-        say(f"  reachable: no: {e.message}")
-        return 1
-    say(f"  reachable: yes at {entry.user}@{entry.host}:{entry.port} (host key matches {entry.known_hosts})")
-    say(f"  kernel: {f['release']} ({f['machine']}), build-id {f['build_id'] or 'unknown'}")
-    fs = f["boot_fs"].split()
-    oneshot = deploy.oneshot_ready(f["boot_fs"])
-    can = {"installed": True, "kexec": f["kexec"], "oneshot": oneshot}
-    shown = {"oneshot": "oneshot (if its U-Boot has the hook: README, Real boards)"}
-    say(f"  boot methods: {', '.join(shown.get(m, m) for m, ok in can.items() if ok)}")
-    say(f"  U-Boot boot files: {', '.join(f['uboot_files']) or 'none under /boot'}")
-    console = console or (f"the lab's command: {entry.console}" if entry.console else None)
-    say(f"  console: {console or 'none (a trial kernel that hangs is found by its boot timeout only)'}")
-    if not oneshot:
-        say(f"  oneshot: no: /boot is {' '.join(fs[:2]) or 'not mounted'}, it needs U-Boot's FAT partition "
-            "there, read-write")
-    bad = 0
-    if not can[entry.boot]:
-        bad = 1
-        say(f"  the lab says boot = \"{entry.boot}\", which this board cannot do")
-    if f["kexec"] and f["gic_its"] and not f["efi"]:
-        say("  note: a GICv3 ITS without EFI: its LPI tables are not reserved across kexec, and a trial kernel "
-            "may be overwritten where they are; prefer oneshot")
-    return bad
+    return labcmd.check(args.lab_file, args.name, ui)
 
 
 def cmd_lab_release(args, ui: Ui) -> int:
-    from harness import lab
+    from harness import labcmd
 
-    the_lab = lab.load(args.lab_file)
-    entry = the_lab.board(args.name)
-    place = the_lab.place(entry)
-    done = place.unquarantine(args.name) if place is not None else lab.LabState(the_lab.state).release(args.name)
-    ui.out.print(f"{args.name}: {', '.join(done) if done else 'was neither quarantined nor locked'}",
-                 highlight=False, markup=False)
-    return 0
+    return labcmd.release(args.lab_file, args.name, ui)
 
 
 def cmd_qemu_board(args, ui: Ui) -> int:
-    from harness import qemuboard
-    from harness.workdir import WorkDir
+    from harness import labcmd
 
-    dest = args.dir.expanduser().resolve()
-    if args.board_command == "create":
-        info = qemuboard.create(dest, WorkDir(args.work.expanduser().resolve()), port=args.port)
-        ui.out.print(f"board in {dest}: installed kernel {info['installed']['release']}, SSH on "
-                     f"127.0.0.1:{info['port']}, serial console on 127.0.0.1:{info['console_port']} (raw TCP)",
-                     highlight=False, markup=False)
-        ui.out.print(f"lab file: {dest / 'lab.toml'}; start it: iommufd-harness qemu-board start {dest}",
-                     highlight=False, markup=False)
-        return 0
-    if args.board_command == "start":
-        return qemuboard.start(dest)
-    if args.board_command == "reset":
-        qemuboard.reset(dest)
-        return 0
-    qemuboard.load(dest)
-    sys.stdout.write(qemuboard.console(dest))
-    return 0
+    return labcmd.qemu_board(args.board_command, args.dir, getattr(args, "work", None), getattr(args, "port", None),
+                             ui)
 
 
 def cmd_profiles(args, ui: Ui) -> int:

@@ -112,6 +112,9 @@ def test_the_gate_answers_each_revision_of_a_series_in_its_thread(tmp_path):
         assert mine["In-Reply-To"].strip() == f"<{msgid_of(v1[0])}>"
         assert mine["Subject"].strip() == f"Re: [PATCH v1 0/2] {SUBJECT}"
         text = email.message_from_bytes(raw, policy=policy.default).get_content()
+        if os.environ.get("IOMMUFD_HARNESS_CAPTURE_REPLY"):  # docs/gate-reply.txt is made this way
+            Path(os.environ["IOMMUFD_HARNESS_CAPTURE_REPLY"]).write_bytes(
+                b"\n\n".join(m.replace(b"\r\n", b"\n") for m in (raw, praw)))
         assert "REGRESSED" in " ".join(text.split()) and f"base:    {main[:12]} (its base-commit)" in text
         assert all(f"  {n}: pass -> fail" in text for n in BROKEN)
         assert "iommufd-harness gate" in text and str(results) in text
