@@ -67,6 +67,12 @@ class TargetError(HarnessError):
     stage = "target"
 
 
+class LabError(HarnessError):
+    """The lab refused the run (board locked, quarantined, unknown): no verdict."""
+
+    stage = "lab"
+
+
 class ToolMissing(HarnessError):
     stage = "host"
 

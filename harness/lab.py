@@ -38,18 +38,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness import arches
-from harness.errors import HarnessError, InputError
+from harness.errors import InputError, LabError  # noqa: F401 - LabError: the lab's refusals
+from harness.targets.board import BoardEntry  # noqa: F401 - a lab file's board, as lab users name it
 
 BOOT_METHODS = ("kexec", "oneshot", "installed")
 KERNEL_CONFIGS = ("running", "defconfig", "profile")
 LEASE_S = 120.0  # a lock not renewed for this long belongs to a holder that died
 GUARD_WAIT_S = 30.0  # how long one board's state file is waited for (held by another controller)
-
-
-class LabError(HarnessError):
-    """The lab refused the run (board locked, quarantined, unknown): no verdict."""
-
-    stage = "lab"
 
 
 class LockLost(LabError):
@@ -58,28 +53,6 @@ class LockLost(LabError):
     board did since is not the run's, so the run has no verdict."""
 
     voids_verdict = True
-
-
-@dataclass(frozen=True)
-class BoardEntry:
-    name: str
-    host: str
-    port: int
-    user: str
-    key: Path
-    known_hosts: Path
-    arch: str
-    boot: str
-    dtb: str | None  # a .dtb path under arch/<arch>/boot/dts, "firmware", or None (no dtb)
-    kernel_config: str
-    initrd: str | None = None  # a file on the board passed to the trial kernel (kexec)
-    cmdline: str | None = None  # the trial kernel's; None: the running kernel's /proc/cmdline
-    reboot: str = "reboot"  # how the board is asked to go back to its installed kernel
-    power_cycle: str | None = None
-    console: str | None = None
-    boot_timeout: float = 300.0  # trial boot (and return) until SSH answers
-    profile: str = ""  # the harness profile for the board's architecture
-    labgrid: str | None = None  # a labgrid place (host, port, user, power from it)
 
 
 @dataclass(frozen=True)

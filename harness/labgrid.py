@@ -37,9 +37,13 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from harness.errors import InputError
-from harness.lab import BoardEntry, LabError, LabState
+from harness.errors import InputError, LabError
+from harness.targets.board import BoardEntry
+
+if TYPE_CHECKING:  # the lab hands its state in: the quarantine's reason, next to the tag
+    from harness.lab import LabState
 
 QUARANTINE_TAG = "iommufd_harness_quarantine"
 DEFAULT_COORDINATOR = "127.0.0.1:20408"

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.reports import merge
+from harness.reports.html import by_test  # noqa: F401 - grouped as report.html shows them
 from harness.reports.markdown import code, esc
 from harness.reports.results import BAD
 
@@ -57,6 +58,10 @@ class History:
 
     def to_json(self) -> dict:
         return {"schema": 1, "nights": [n.name for n in self.nights], "changes": self.changes, "tests": self.tests}
+
+    def summary_head(self) -> list[str]:
+        """What leads the night's summary.md (see :func:`markdown`)."""
+        return markdown(self)
 
 
 def nights(root: Path, last: int, tonight: Path | None = None) -> list[Night]:
@@ -156,18 +161,6 @@ def changes(h: History) -> dict:
             if name not in now:
                 out["vanished"].append({"cell": cname, "test": name, "was": b.status, "since": prev.name})
     return out
-
-
-def by_test(changed: list[dict]) -> list[dict]:
-    """Broke or fixed, one entry per test that changed the same way, with
-    every cell it did that on (a regression on three cells is one line)."""
-    out: dict[tuple, dict] = {}
-    for x in changed:
-        g = out.setdefault((x["test"], x["was"], x["is"]),
-                           {"test": x["test"], "was": x["was"], "is": x["is"], "cells": [], "reason": ""})
-        g["cells"].append(x["cell"])
-        g["reason"] = g["reason"] or x.get("reason", "")
-    return list(out.values())
 
 
 def markdown(h: History) -> list[str]:

@@ -61,7 +61,6 @@ def page_data(cells: list[tuple[str, Path, RunRecord]], dest: Path, verdict: str
                                                  r["name"]))
     data = {"verdict": verdict, "cells": out_cells, "tests": rows, "statuses": list(STATUSES), "bad": sorted(BAD)}
     if history is not None:  # harness.reports.history.History: a strip per result, the changes on top
-        from harness.reports.history import by_test
         index = {name: str(i) for i, (name, _, _) in enumerate(cells)}
         strips: dict[str, dict] = {}
         for t in history.tests:
@@ -202,3 +201,15 @@ def render(cells: list[tuple[str, Path, RunRecord]], dest: Path, verdict: str, h
             '<div id="changes"></div>\n<div id="detail"></div>\n<h2>Tests</h2>\n<table id="matrix"></table>\n'
             f'<script type="application/json" id="data">{data}</script>\n<script>{SCRIPT}</script>\n'
             "</body></html>\n")
+
+
+def by_test(changed: list[dict]) -> list[dict]:
+    """Broke or fixed, one entry per test that changed the same way, with
+    every cell it did that on (a regression on three cells is one line)."""
+    out: dict[tuple, dict] = {}
+    for x in changed:
+        g = out.setdefault((x["test"], x["was"], x["is"]),
+                           {"test": x["test"], "was": x["was"], "is": x["is"], "cells": [], "reason": ""})
+        g["cells"].append(x["cell"])
+        g["reason"] = g["reason"] or x.get("reason", "")
+    return list(out.values())

@@ -393,7 +393,7 @@ def rerender(results_dir: Path, baseline: Path | None, artifacts_url: str | None
     atomic_write(results_dir / "summary.md", md)
     atomic_write(results_dir / "junit.xml", junit_xml(run))
     from harness.reports import html
-    from harness.reports.merge import Cell
+    from harness.reports.results import Cell
 
     name = Cell("", results_dir, run).default_name()
     atomic_write(results_dir / "report.html",

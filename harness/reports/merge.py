@@ -29,33 +29,10 @@ from harness.errors import EXIT_ERROR, EXIT_FAIL, EXIT_PASS, InputError, ToolMis
 from harness.reports import html
 from harness.reports.junit import junit_xml
 from harness.reports.markdown import block, code, esc, failure_lines, load_run
-from harness.reports.results import BAD, STATUSES, RunRecord
+from harness.reports.results import BAD, STATUSES, Cell, RunRecord  # noqa: F401 - Cell: merge's unit
 from harness.reports.resultsdir import atomic_write
 
 VERDICT_ORDER = ("pass", "fail", "error")  # the worse one wins
-
-
-@dataclass
-class Cell:
-    name: str  # profile or board, suite, debug kernel: unique in the merge
-    path: Path
-    run: RunRecord
-
-    @property
-    def where(self) -> str:
-        """What it ran on: the board for a board run, else the profile."""
-        g = self.run.guest
-        # a run that failed before its board was up knows only the board's name
-        if g.get("kind") == "board" or g.get("board"):
-            return f"board {g.get('board') or g.get('host') or '?'}"
-        return self.run.profile or "?"
-
-    @property
-    def debug(self) -> str:
-        return "+".join((self.run.inputs or {}).get("debug") or [])
-
-    def default_name(self) -> str:
-        return " ".join(x for x in (self.where, self.run.suite or "?", self.debug) if x)
 
 
 def find_results(paths: list[Path]) -> list[Path]:
@@ -203,10 +180,8 @@ def write(cs: list[Cell], dest: Path, warn=None, history=None) -> str:
     h = history(dest) if history is not None else None
     md = summary(cs)
     if h is not None:
-        from harness.reports.history import markdown as history_md
-
         head, _, rest = md.partition("\n\n")
-        md = head + "\n\n" + "\n".join(history_md(h)) + "\n" + rest
+        md = head + "\n\n" + "\n".join(h.summary_head()) + "\n" + rest
     atomic_write(dest / "summary.md", md)
     atomic_write(dest / "junit.xml", junit(cs))
     atomic_write(dest / "report.html", html.render([(c.name, c.path, c.run) for c in cs], dest, verdict(cs),

@@ -141,3 +141,29 @@ def validate(data: dict) -> list[str]:
 
 def checking() -> bool:
     return bool(os.environ.get(CHECK_ENV))
+
+
+@dataclass
+class Cell:
+    """A run as one cell of a merge, a matrix or a night: its name, its
+    results dir, its record."""
+
+    name: str  # profile or board, suite, debug kernel: unique in the merge
+    path: Path
+    run: RunRecord
+
+    @property
+    def where(self) -> str:
+        """What it ran on: the board for a board run, else the profile."""
+        g = self.run.guest
+        # a run that failed before its board was up knows only the board's name
+        if g.get("kind") == "board" or g.get("board"):
+            return f"board {g.get('board') or g.get('host') or '?'}"
+        return self.run.profile or "?"
+
+    @property
+    def debug(self) -> str:
+        return "+".join((self.run.inputs or {}).get("debug") or [])
+
+    def default_name(self) -> str:
+        return " ".join(x for x in (self.where, self.run.suite or "?", self.debug) if x)

@@ -86,6 +86,31 @@ CLEANUP_SCRIPT = 'rm -rf "$1"; [ -z "$3" ] || echo "$3" > "$2"'
 
 
 @dataclass(frozen=True)
+class BoardEntry:
+    """A board as a lab file describes it (harness.lab reads the file):
+    how to reach it, boot a trial kernel on it and bring it back."""
+
+    name: str
+    host: str
+    port: int
+    user: str
+    key: Path
+    known_hosts: Path
+    arch: str
+    boot: str
+    dtb: str | None  # a .dtb path under arch/<arch>/boot/dts, "firmware", or None (no dtb)
+    kernel_config: str
+    initrd: str | None = None  # a file on the board passed to the trial kernel (kexec)
+    cmdline: str | None = None  # the trial kernel's; None: the running kernel's /proc/cmdline
+    reboot: str = "reboot"  # how the board is asked to go back to its installed kernel
+    power_cycle: str | None = None
+    console: str | None = None
+    boot_timeout: float = 300.0  # trial boot (and return) until SSH answers
+    profile: str = ""  # the harness profile for the board's architecture
+    labgrid: str | None = None  # a labgrid place (host, port, user, power from it)
+
+
+@dataclass(frozen=True)
 class BoardSpec:
     host: str
     port: int

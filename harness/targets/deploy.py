@@ -27,8 +27,7 @@ from pathlib import Path
 
 from harness import elfinfo, proc
 from harness.errors import HarnessError, TargetError
-from harness.lab import BoardEntry
-from harness.targets.board import BoardLifecycle, BoardSpec, BoardTarget, pinned_host_key
+from harness.targets.board import BoardEntry, BoardLifecycle, BoardSpec, BoardTarget, pinned_host_key
 from harness.targets.ssh import SshClient, SshLost
 from harness.targets.verify import Expect, GuestInfo
 
