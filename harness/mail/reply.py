@@ -131,11 +131,15 @@ def _cell_findings(cell: "Cell") -> list[str]:
     lines: list[str] = []
     run, base = cell.run, cell.base
     if cell.regressions:
+        from harness.reports.terminal import first_failure_line
+
+        logs = {t.name: t.log for t in run.tests} if run is not None else {}
         lines += ["", "New failures (against the base)", "-------------------------------"]
         for r in cell.regressions[:MAX_LISTED]:
             lines.append(_cut(f"  {r['name']}: {r['before'] or 'new'} -> {r['after']}"))
-            if r.get("reason"):
-                lines += [_cut(ln) for ln in _wrap(r["reason"], "    ")[:3]]
+            why = r.get("reason") or first_failure_line(logs.get(r["name"], ""))  # the test's own words
+            if why:
+                lines += [_cut(ln) for ln in _wrap(why, "    ")[:3]]
         if len(cell.regressions) > MAX_LISTED:
             lines.append(f"  ... and {len(cell.regressions) - MAX_LISTED} more")
     reports = new_reports(run, base)
