@@ -76,6 +76,13 @@ def phase(pos: int, first_test: int | None, last_test_end: int | None, after_boo
     return "between tests"
 
 
+def _since(started: dict[str, float], name: str) -> float:
+    """Seconds since ``name`` started (0 for a test never seen starting:
+    ``now - started.get(name, now)``, with one now)."""
+    now = time.monotonic()
+    return now - started.get(name, now)
+
+
 def _marker(kind: str, name: str) -> re.Pattern:
     return re.compile(rf"iommufd-harness: {kind} {re.escape(name)}(?=[ \r\n])")
 
@@ -328,7 +335,7 @@ class Runner:
 
         def record(name: str, died: bool = False) -> None:
             case = parser.cases.get(name)
-            dur = time.monotonic() - started.get(name, time.monotonic())
+            dur = _since(started, name)
             reported.add(name)
             if died or case is None or case.status is None:
                 rc = exits.get(name)
@@ -398,7 +405,7 @@ class Runner:
             if state["stall"] is not None:
                 state["overrun"] = state["stall"][0]
                 return True
-            if cur and time.monotonic() - started.get(cur, time.monotonic()) > self.per_test_timeout:
+            if cur and _since(started, cur) > self.per_test_timeout:
                 state["overrun"] = cur
                 return True
             return False
@@ -434,7 +441,7 @@ class Runner:
             if cur is not None:
                 case = parser.cases.get(cur)
                 log = ("\n".join(case.log) + "\n" if case else "") + "--- console ---\n" + self.target.console_excerpt(80)
-                dur = time.monotonic() - started.get(cur, time.monotonic())
+                dur = _since(started, cur)
                 self._emit(TestRecord(cur, "crash", dur, log, failure, binary), out)
                 left.remove(cur)
             return left
@@ -451,7 +458,7 @@ class Runner:
                 self._exec([layout.killtree, state["pid"]], 30, None, None, None)
             if cur in left:
                 case = parser.cases.get(cur)
-                dur = time.monotonic() - started.get(cur, time.monotonic())
+                dur = _since(started, cur)
                 if state["stall"]:
                     _, tid, comm = state["stall"]
                     reason = f"no progress for {self.stall_s:.0f} s: {comm}:{tid} asleep in the kernel, not running"

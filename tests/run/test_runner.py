@@ -277,3 +277,13 @@ def test_a_report_names_its_task_by_the_comm_of_its_header_or_kasans_by_task():
     header = re.compile(r"^CPU: \d+ UID: \d+ PID: \d+ Comm: \S+.*$", re.M)
     assert report_comm(header.sub("", kasan.text)) == "iommufd"  # from "by task iommufd/108"
     assert report_comm("WARNING: no task named here") is None
+
+
+def test_a_test_never_seen_starting_lasted_zero_seconds_not_a_hair_below():
+    """The machine dying as a test begins: its duration is 0, which
+    results.schema.json requires (now - started.get(name, now) read the
+    clock twice and came out negative)."""
+    from harness.run.runner import _since
+
+    assert all(_since({}, "t") == 0.0 for _ in range(1000))
+    assert _since({"t": time.monotonic() - 5}, "t") >= 5
