@@ -369,7 +369,7 @@ def cmd_run(args, ui: Ui) -> int:
     opts = options(args)
     matrix = None
     if args.profiles is not None:
-        matrix = [p.strip() for p in args.profiles.split(",") if p.strip()]
+        matrix = _names(args.profiles)
         if not matrix:
             raise InputError(f"--profiles {args.profiles!r} names no profile",
                              f"pass profile names separated by commas; available: {', '.join(profiles.available())}")
