@@ -229,22 +229,29 @@ def fetch(source: Source, revision: int | None, out: Path) -> Series:
             change_id=lser.change_id, mbox=mbox)
 
 
-def _answers(inbox: str | None) -> None:
-    """An InputError if the archive at ``inbox`` does not answer at all (so
-    a message it lacks is not blamed on the message-id)."""
+def inbox_get(url: str, timeout: float = 60) -> tuple[int, bytes]:
+    """(HTTP status, body) of a GET from a public-inbox archive; an
+    InputError when the server does not answer at all."""
     import urllib.error
     import urllib.request
 
-    if not inbox:
-        return
+    req = urllib.request.Request(url, headers={"User-Agent": "iommufd-harness"})
     try:
-        with urllib.request.urlopen(inbox.rstrip("/") + "/", timeout=30):
-            pass
-    except urllib.error.HTTPError:
-        return  # it answers (a 404 for the list is b4's to explain)
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
     except (OSError, ValueError) as e:
-        raise InputError(f"could not fetch from the inbox {inbox}: it does not answer ({e})",
+        raise InputError(f"could not fetch from the inbox {url.split('?')[0]}: it does not answer ({e})",
                          "check --inbox (the archive's list URL) and that the server is up") from None
+
+
+def _answers(inbox: str | None) -> None:
+    """An InputError if the archive at ``inbox`` does not answer at all (so
+    a message it lacks is not blamed on the message-id); an HTTP error is
+    an answer (a 404 for the list is b4's to explain)."""
+    if inbox:
+        inbox_get(inbox.rstrip("/") + "/", timeout=30)
 
 
 def _other_revisions(b4, source: Source, msgs: list, direction: int) -> list:

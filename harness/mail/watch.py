@@ -21,16 +21,14 @@ import fcntl
 import json
 import os
 import re
-import urllib.error
 import urllib.parse
-import urllib.request
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 
 from harness.errors import EXIT_ERROR, EXIT_FAIL, EXIT_PASS, HarnessError, InputError
 from harness.mail import gate
-from harness.mail.series import LORE
+from harness.mail.series import LORE, inbox_get
 from harness.pipeline import Options
 from harness.ui import Ui
 from harness.workdir import WorkDir
@@ -65,18 +63,6 @@ def _msgid_of(href: str) -> str:
     return urllib.parse.unquote(parts[-1]) if parts else ""
 
 
-def _get(url: str, timeout: float = 60) -> tuple[int, bytes]:
-    req = urllib.request.Request(url, headers={"User-Agent": "iommufd-harness"})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
-            return r.status, r.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read()
-    except (OSError, ValueError) as e:
-        raise InputError(f"the inbox {url.split('?')[0]} does not answer: {e}",
-                         "check --inbox (the archive's list URL) and that the server is up") from None
-
-
 def feed(inbox: str, since: dt.datetime) -> list[tuple[str, str, str, str, str | None]]:
     """(message-id, subject, author, date, in-reply-to) of every message the
     archive received since ``since``, oldest first."""
@@ -85,7 +71,7 @@ def feed(inbox: str, since: dt.datetime) -> list[tuple[str, str, str, str, str |
     out: dict[str, tuple] = {}
     for page in range(MAX_PAGES):
         url = base + "?" + urllib.parse.urlencode({"q": query, "x": "A", "o": page * PAGE, "l": PAGE})
-        status, body = _get(url)
+        status, body = inbox_get(url)
         if status == 404:  # public-inbox: "[No results found]"
             break
         if status != 200:
