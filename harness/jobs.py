@@ -186,11 +186,10 @@ def run_one(opts: Options, ui: Ui, results_path: Path, brief: str = "") -> tuple
             opts = dataclasses.replace(opts, baseline=Path(record.base["results"]))
         pipe = Pipeline(opts, ui, record, results_path / "logs")
         suite = suites.load(opts.suite)
-        spec = pipe.board_spec()
-        with pipe.lab_board(f"run {results_path}"):
+        with pipe.held(f"run {results_path}"):
             prep = pipe.prepare()
             session = None
-            with pipe.up(pipe.target(prep, results_path, spec)) as lifecycle:
+            with pipe.up(pipe.target(prep, results_path)) as lifecycle:
                 session = TestSession(lifecycle, suite, SessionOptions(opts.tests, opts.per_test_timeout,
                                                                        opts.continue_after_crash, opts.rerun_failed,
                                                                        opts.repeat, opts.until_fail,
@@ -401,7 +400,7 @@ def prepare(opts: Options, ui: Ui, until: str = "build") -> Prepared:
     work = WorkDir(opts.work).prepare()
     with WorkLock(work):
         pipe = Pipeline(opts, ui, new_record(opts), work.root / "logs")
-        with pipe.lab_board(f"{until} only"):  # a lab board's own config needs the board
+        with pipe.held(f"{until} only"):  # a lab board's own config needs the board
             return pipe.prepare(until=until)
 
 
@@ -413,7 +412,7 @@ def boot(opts: Options, ui: Ui) -> int:
     with WorkLock(work):
         pipe = Pipeline(opts, ui, record, results_path / "logs")
         prep = pipe.prepare()
-        lifecycle = pipe.target(prep, results_path, None)
+        lifecycle = pipe.target(prep, results_path)
         try:
             with pipe.up(lifecycle):
                 ui.out.print(f"console log: {results_path / 'console.log'}", highlight=False)

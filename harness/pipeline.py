@@ -3,8 +3,9 @@
 This module only wires the stages together: each stage takes a small request
 and returns a small result, and the pipeline times it, records provenance in
 the run's record and hands the result to the next stage.  The target side is
-a :class:`~harness.targets.lifecycle.Lifecycle` (a QEMU VM or a board); what
-a subcommand does with all this is in :mod:`harness.jobs`.
+a :class:`~harness.targets.lifecycle.Lifecycle`: the run's QEMU VM, or what
+a :class:`~harness.targets.place.Place` (a board: :mod:`harness.lab.place`)
+gives; what a subcommand does with all this is in :mod:`harness.jobs`.
 """
 
 from __future__ import annotations
@@ -25,18 +26,17 @@ from harness.errors import HarnessError, InputError
 from harness.reports.results import RunRecord, clean
 from harness.stages import build, config, image, patches, source
 from harness.targets.lifecycle import Lifecycle
+from harness.targets.place import KernelFor, Place, TargetRequest
 from harness.targets.verify import Expect
 from harness.targets.vm import VmLifecycle, VmRequest
 from harness.toolchain import Toolchain
 from harness.ui import Ui
 from harness.workdir import WorkDir
 
-# Boards, labs and report decoding are imported where they are used: a VM run
+# Boards and report decoding are imported where they are used: a VM run
 # starts its VM before it needs any of them.
 if TYPE_CHECKING:
-    from harness import lab
     from harness.parse.splats import Splat
-    from harness.targets.board import BoardLifecycle, BoardSpec
 
 # What a run needs once its target is up, loaded while it boots: SSH, the
 # KCIDB validator, the report writers and the terminal summary.
@@ -108,21 +108,19 @@ class Pipeline:
         self.rev: str | None = opts.rev  # the commit the tree is (--rev, or the base of --commits)
         self.series_files: list[str] = []  # what the series under test touches
         self.coverage_dirs: tuple[str, ...] = ()
-        self.lab: lab.Lab | None = None
-        self.entry: lab.BoardEntry | None = None  # --lab --board: the lab's board
-        self.board_facts: dict | None = None  # what the lab board told before the build
-        self.lock = None  # --lab: the board's lock while the run holds it (lab.BoardLock, labgrid.PlaceLock)
-        if opts.lab is not None:
-            from harness import lab
+        self.place: Place = Place()  # the run's VM: nothing to ask
+        if opts.board or opts.lab:
+            from harness.lab import place
 
-            self.lab = lab.load(opts.lab)
-            self.entry = self.lab.board(opts.board or "")
+            self.place = place.for_options(opts.board or "", opts.lab, opts.board_key, opts.known_hosts,
+                                           opts.lock_wait, record, logs, say=ui.info)
+        self.kernel_for = KernelFor()  # what the place asks of the kernel (after the source stage)
 
     @contextlib.contextmanager
     def stage(self, name: str):
-        """One timed stage; with --lab, the board's lock is checked before
-        and after it (a run that lost its lease stops there)."""
-        self.check_lock()
+        """One timed stage; the place (a lab's board: its lock) is checked
+        before and after it (a run that lost its lease stops there)."""
+        self.place.check()
         self.ui.stage(name)
         t0 = time.monotonic()
         try:
@@ -130,12 +128,12 @@ class Pipeline:
         finally:
             self.record.stages[name] = round(self.record.stages.get(name, 0.0) + time.monotonic() - t0, 3)
             self.ui.stage_done(name, self.record.stages[name])
-        self.check_lock()
+        self.place.check()
 
-    def check_lock(self) -> None:
-        """With --lab: raise lab.LockLost if the run no longer holds its board."""
-        if self.lock is not None:
-            self.lock.check()
+    def held(self, what: str):
+        """The place held for the whole run (a lab board: locked, probed); a
+        no-op for a VM."""
+        return self.place.held(what)
 
     # -- build side --------------------------------------------------------------
 
@@ -162,50 +160,18 @@ class Pipeline:
     def config_request(self, tree: source.SourceTree, profile: profiles.Profile, tc: Toolchain,
                        build_dir: Path, kconfig_generation: str = "") -> config.ConfigRequest:
         frag_tree = tree.path / "tools/testing/selftests/iommu/config"
-        base, fragments, base_config, lsmod = "tinyconfig", profile.fragments, self.opts.base_config, None
-        if self.board_kernel() in ("running", "defconfig"):
-            # the board's own kernel (or the arch's defconfig) with what the
-            # board has loaded built in, plus the board fragments
-            fragments = profile.board_fragments
-            lsmod = self.board_facts["lsmod_file"]
-            if self.board_kernel() == "running" and base_config is None:
-                base_config = self.board_facts["config_file"]
-            base = "defconfig"
+        k = self.kernel_for
+        fragments = profile.fragments if k.fragments is None else k.fragments
+        base_config = self.opts.base_config or k.base_config
         return config.ConfigRequest(
-            tree.path, build_dir, tc, base, fragments, tuple(self.opts.kconfig_add),
+            tree.path, build_dir, tc, k.base, fragments, tuple(self.opts.kconfig_add),
             tree_fragments=(frag_tree,) if frag_tree.is_file() else (),
             user_fragments=tuple(self.opts.fragments), base_config=base_config,
             kconfig_generation=kconfig_generation,
             # the gcov core is in every kernel: --coverage only profiles a
             # few directories, an incremental rebuild of the same build dir
             debug_fragments=debugkernels.fragments(self.opts.debug) + (coverage.fragment(),),
-            lsmod=lsmod)
-
-    def board_kernel(self) -> str | None:
-        """How the lab board's trial kernel is configured (None: no trial kernel)."""
-        if self.entry is None or self.entry.boot == "installed":
-            return None
-        return self.entry.kernel_config
-
-    def build_flavour(self, profile: profiles.Profile) -> str:
-        flavour = profile.arch + debugkernels.build_suffix(self.opts.debug)
-        if self.board_kernel() in ("running", "defconfig"):
-            flavour += f"+board-{self.entry.name}"  # a config of its own: a build dir of its own
-        return flavour
-
-    def dtb_target(self, tree: source.SourceTree, profile: profiles.Profile) -> tuple[str, ...]:
-        """The board's dtb as a make target, checked against the tree."""
-        dtb = self.entry.dtb if self.board_kernel() else None
-        if not dtb or dtb == "firmware":
-            return ()
-        srcarch = arches.load(profile.arch).srcarch
-        dts = tree.path / "arch" / srcarch / "boot/dts" / (dtb.removesuffix(".dtb") + ".dts")
-        if not dtb.endswith(".dtb") or not dts.is_file():
-            raise InputError(f"board {self.entry.name}: dtb {dtb!r} is not in this tree (no "
-                             f"arch/{srcarch}/boot/dts/{dts.name} under {dts.parent.relative_to(tree.path)})",
-                             f"fix 'dtb' in {self.lab.path}: a path under arch/{srcarch}/boot/dts ending in .dtb, "
-                             "or \"firmware\" for the board's own")
-        return (dtb,)
+            lsmod=k.lsmod)
 
     def prepare(self, until: str = "build") -> Prepared:
         opts = self.opts
@@ -244,8 +210,10 @@ class Pipeline:
         generation = source.bump_generation(tree.path, changed)
         kconfig_generation = source.bump_generation(tree.path, [p for p in changed if source.is_kconfig(p)],
                                                     source.KCONFIG_GENERATION_FILE)
-        build_dir = self.work.tree_build(tree.origin.key, self.build_flavour(profile))
-        dtbs = self.dtb_target(tree, profile)
+        self.kernel_for = self.place.kernel(profile, tree.path, arches.load(profile.arch).srcarch)
+        flavour = profile.arch + debugkernels.build_suffix(opts.debug) + self.kernel_for.flavour
+        build_dir = self.work.tree_build(tree.origin.key, flavour)
+        dtbs = self.kernel_for.make_targets
         with self.stage("config"):
             creq = self.config_request(tree, profile, tc, build_dir, kconfig_generation)
             cfg = config.configure(creq, self.logs / "config.log")
@@ -278,8 +246,8 @@ class Pipeline:
             self.ui.info(("built" if base.rebuilt else "cached:") + f" {base.path.name}")
             return base
 
-    def expect(self, prep: Prepared, any_kernel: bool = False) -> Expect:
-        return Expect(None if any_kernel else prep.kernel.build_id, prep.profile.iommu, prep.profile.hugepages,
+    def expect(self, prep: Prepared) -> Expect:
+        return Expect(prep.kernel.build_id, prep.profile.iommu, prep.profile.hugepages,
                       prep.profile.qemu.smp if prep.profile.qemu is not None else None)
 
     def vm(self, prep: Prepared, base: image.BaseImage, results_dir: Path) -> VmLifecycle:
@@ -290,98 +258,12 @@ class Pipeline:
         return VmLifecycle(req, self.expect(prep), guest=self.record.guest, machine=self.record.qemu,
                            say=self.ui.info)
 
-    def board(self, prep: Prepared, spec: BoardSpec, results_dir: Path) -> BoardLifecycle:
-        """A board that keeps its own kernel, off; the selftests and helper
-        scripts built here are copied there at boot."""
-        from harness.targets.board import BoardLifecycle
-
-        return BoardLifecycle(spec, self.files_for_board(prep), prep.profile.arch, results_dir,
-                              self.expect(prep, any_kernel=True), prep.kernel.build_id, name=prep.profile.name, guest=self.record.guest,
-                              say=self.ui.info)
-
-    def board_spec(self) -> BoardSpec | None:
-        """--board, checked (before anything is built)."""
-        if not self.opts.board:
-            return None
-        from harness.targets import deploy
-        from harness.targets.board import BoardSpec
-
-        if self.entry is not None:
-            return deploy.spec_of(self.entry)
-        return BoardSpec.parse(self.opts.board, self.opts.board_key, self.opts.known_hosts)
-
-    @contextlib.contextmanager
-    def lab_board(self, what: str):
-        """With --lab: the board locked for the whole run (and checked: not
-        quarantined, reachable with its pinned key, what it runs); a no-op
-        otherwise."""
-        if self.entry is None:
-            yield
-            return
-        from harness import lab, labgrid
-        from harness.targets import deploy
-
-        place = self.lab.place(self.entry)
-        if place is not None:
-            lock = labgrid.PlaceLock(place, self.entry.name, wait=self.opts.lock_wait, say=self.ui.info)
-        else:
-            lock = lab.BoardLock(lab.LabState(self.lab.state), self.entry.name, what, wait=self.opts.lock_wait,
-                                 say=self.ui.info)
-        with lock:
-            self.lock = lock
-            try:
-                if place is not None:
-                    followed = None
-                    if self.entry.console is None:  # the lab file's own console command comes first
-                        followed = lock.follow_console(self.logs / "labgrid-console.log")
-                    self.entry = place.resolve(self.entry, lock.console.log if lock.console else None)
-                    self.ui.info(f"board {self.entry.name}: labgrid place {place.name} acquired "
-                                 f"({self.entry.user}@{self.entry.host}:{self.entry.port})"
-                                 + (f", its console followed (NetworkSerialPort {followed.get('host')}:"
-                                    f"{followed.get('port')})" if followed else ""))
-                else:
-                    self.ui.info(f"board {self.entry.name}: locked ({lab.holder_name()})")
-                self.record.guest["board"] = self.entry.name  # the lab's name for it (a merged matrix's cell)
-                facts = deploy.probe(self.entry, fetch_config=self.board_kernel() in ("running", "defconfig"),
-                                     into=self.logs)
-                self.board_facts = facts
-                self.ui.info(f"board {self.entry.name}: runs {facts['release']} ({facts['machine']}), "
-                             f"kexec {'yes' if facts['kexec'] else 'no'}")
-                yield
-            finally:
-                self.lock = None  # released on the way out: nothing to check any more
-
-    def files_for_board(self, prep: Prepared) -> dict[str, tuple[Path, int]]:
-        recipe = prep.profile.recipe
-        files = {f"selftests/{n}": (p, 0o755) for n, p in prep.kernel.selftests.items()}
-        files["run-tests"] = (recipe / "run-tests", 0o755)
-        files["killtree"] = (recipe / "killtree", 0o755)
-        files["hangcheck"] = (recipe / "hangcheck", 0o755)
-        files["leakcheck"] = (recipe / "leakcheck", 0o755)
-        return files
-
-    def trial_board(self, prep: Prepared, results_dir: Path) -> Lifecycle:
-        """The lab board, off: booting it deploys the kernel built here."""
-        from harness import lab
-        from harness.targets import deploy
-
-        entry = self.entry
-        dtb = self.record.kernel.get("dtb")
-        trial = deploy.TrialKernel(prep.kernel.image, prep.kernel.vmlinux, prep.kernel.build_id,
-                                   prep.kernel.image.parents[0] / "dts" / dtb if dtb else None)
-        lifecycle = deploy.OneshotLifecycle if entry.boot == "oneshot" else deploy.KexecLifecycle
-        return lifecycle(entry, self.files_for_board(prep), prep.profile.arch, results_dir,
-                         self.expect(prep), trial, self.lab.place(entry) or lab.LabState(self.lab.state),
-                         results_dir.name,
-                         extra_cmdline=self.opts.extra_cmdline, lab_path=self.lab.path, name=prep.profile.name,
-                         guest=self.record.guest, machine=self.record.board, say=self.ui.info)
-
-    def target(self, prep: Prepared, results_dir: Path, spec: BoardSpec | None) -> Lifecycle:
-        """The lifecycle the options ask for: a board with --board, else a VM."""
-        if self.board_kernel():
-            return self.trial_board(prep, results_dir)
-        if spec is not None:
-            return self.board(prep, spec, results_dir)
+    def target(self, prep: Prepared, results_dir: Path) -> Lifecycle:
+        """The run's target, off: the place's (a board), else the run's VM."""
+        lifecycle = self.place.lifecycle(TargetRequest(prep.kernel, prep.profile, results_dir, self.expect(prep),
+                                                       self.record, self.opts.extra_cmdline, self.ui.info))
+        if lifecycle is not None:
+            return lifecycle
         if prep.profile.qemu is None:
             raise InputError(f"profile {self.opts.profile} is for real boards", "pass --board USER@HOST[:PORT]")
         return self.vm(prep, self.make_image(prep), results_dir)

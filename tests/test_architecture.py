@@ -9,8 +9,8 @@ from pathlib import Path
 
 HARNESS = Path(__file__).resolve().parent.parent / "harness"
 # the spine and the lab: what the packages below never import
-ABOVE = ("harness.cli", "harness.jobs", "harness.pipeline", "harness.walk", "harness.bench", "harness.nightly",
-         "harness.lab", "harness.labgrid", "harness.labcmd", "harness.qemuboard", "harness.mail")
+ABOVE = ("harness.cli", "harness.commands", "harness.jobs", "harness.pipeline", "harness.walk", "harness.bench", "harness.nightly",
+         "harness.lab", "harness.mail")
 BELOW = ("harness.stages", "harness.targets", "harness.run", "harness.parse", "harness.reports", "harness.kconfig")
 
 
@@ -87,3 +87,21 @@ def test_the_runner_knows_targets_by_their_interfaces_and_targets_do_not_know_th
                    if (_under(m, ("harness.targets",)) and _under(i, ("harness.run",)))
                    or (_under(m, ("harness.run",)) and _under(i, ("harness.targets",)) and i not in interfaces))
     assert not wrong, "\n".join(wrong)
+
+
+def test_the_pipeline_reaches_the_lab_only_through_its_place_and_only_cli_imports_the_commands():
+    """The pipeline asks for a target and does not know what a board is:
+    of the lab it imports harness.lab.place alone; the subcommands sit on
+    top of everything (only the command line imports them), and nothing
+    outside the lab imports the lab's insides but the commands."""
+    graph = _graph()
+    wrong = sorted(f"{m} imports {i}" for m, deps in graph.items() for i in deps
+                   if (m == "harness.pipeline" and _under(i, ("harness.lab",)) and i != "harness.lab.place")
+                   or (_under(i, ("harness.commands",)) and not _under(m, ("harness.cli", "harness.commands"))))
+    assert not wrong, "\n".join(wrong)
+
+
+def test_no_module_is_over_500_lines():
+    long = sorted(f"{f.relative_to(HARNESS.parent)}: {n} lines" for f in HARNESS.rglob("*.py")
+                  if (n := len(f.read_text().splitlines())) > 500)
+    assert not long, "\n".join(long)

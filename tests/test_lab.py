@@ -18,8 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from harness import cli, elfinfo, lab, qemuboard
-from harness.targets import deploy
+from harness import cli, elfinfo, lab
+from harness.lab import deploy, kexec, qemuboard
+from harness.lab import state as lab_state
 from harness.errors import InputError
 
 LAB = """
@@ -203,7 +204,7 @@ def test_a_lab_run_that_lost_its_lock_stops_with_no_verdict(tmp_path, monkeypatc
     (tmp_path / "known_hosts").write_text("")
     path = write(tmp_path, LAB)
     state = lab.LabState(tmp_path / "lab.state")
-    monkeypatch.setattr(lab, "LEASE_S", 0.4)
+    monkeypatch.setattr(lab_state, "LEASE_S", 0.4)
 
     def probe(entry, fetch_config=False, into=None):
         state.release("m1")
@@ -241,7 +242,7 @@ def test_a_state_file_held_by_another_process_is_waited_for_then_refused(tmp_pat
     state = lab.LabState(tmp_path / "state")
     guard = tmp_path / "state" / "m1.guard"
     guard.parent.mkdir()
-    monkeypatch.setattr(lab, "GUARD_WAIT_S", 10.0)
+    monkeypatch.setattr(lab_state, "GUARD_WAIT_S", 10.0)
     brief = _flock_holder(guard, 0.5)
     try:
         t0 = time.monotonic()
@@ -249,7 +250,7 @@ def test_a_state_file_held_by_another_process_is_waited_for_then_refused(tmp_pat
         assert time.monotonic() - t0 >= 0.3  # it did wait for the holder
     finally:
         brief.wait(10)
-    monkeypatch.setattr(lab, "GUARD_WAIT_S", 0.5)
+    monkeypatch.setattr(lab_state, "GUARD_WAIT_S", 0.5)
     hung = _flock_holder(guard, 60)
     try:
         t0 = time.monotonic()
@@ -513,7 +514,7 @@ def test_a_labgrid_board_needs_no_host_and_names_its_coordinator(tmp_path, monke
 
 def test_a_place_held_by_someone_is_refused_with_the_holder_named(tmp_path, monkeypatch):
     """What labgrid-client says when a place is taken (labgrid 24-26)."""
-    from harness import labgrid
+    from harness.lab import labgrid
 
     said = ("labgrid-client: Error: Place m1 is already acquired by ci-3/nightly. To work simultaneously, "
             "nightly can execute 'labgrid-client -p m1 allow ci-3/root' on ci-3.")
@@ -530,7 +531,6 @@ def test_a_place_held_by_someone_is_refused_with_the_holder_named(tmp_path, monk
 def test_the_qemu_board_serves_its_console_on_a_port_and_still_logs_it(tmp_path):
     """A labgrid exporter exports that port as a NetworkSerialPort; the log
     (qemu-board console, the e2e tests) keeps every boot either way."""
-    from harness import qemuboard
 
     served = qemuboard.console_chardev(tmp_path, {"console_port": 4321})
     assert served[0] == "-chardev" and served[1].startswith("socket,id=con0,host=127.0.0.1,port=4321,server=on,")
@@ -546,7 +546,6 @@ def test_a_board_that_answers_only_in_part_is_not_taken_for_a_kernel(monkeypatch
     an empty answer nor one cut short reads as "came back on another
     kernel" (the board would be quarantined, or a trial kernel taken for
     one that never ran); the wait tries again."""
-    from harness.targets import deploy
     from harness.targets.ssh import ExecResult, SshLost
 
     notes = Path("/sys/kernel/notes")
@@ -593,12 +592,11 @@ def test_the_lab_files_console_and_power_commands_are_killed_whole_at_their_limi
     its limit; what the console printed by then is kept."""
     import types
 
-    from harness.targets import deploy
 
-    monkeypatch.setattr(deploy.KexecLifecycle, "CONSOLE_TIMEOUT", 1.0)
-    monkeypatch.setattr(deploy.KexecLifecycle, "POWER_TIMEOUT", 1.0)
+    monkeypatch.setattr(kexec.KexecLifecycle, "CONSOLE_TIMEOUT", 1.0)
+    monkeypatch.setattr(kexec.KexecLifecycle, "POWER_TIMEOUT", 1.0)
     pidfile = tmp_path / "child.pid"
-    lc = object.__new__(deploy.KexecLifecycle)  # only the lab file's commands are exercised
+    lc = object.__new__(kexec.KexecLifecycle)  # only the lab file's commands are exercised
     lc.run_dir = tmp_path
     lc.say = lambda text: None
     lc.entry = types.SimpleNamespace(name="b", console=f"echo booting; sleep 600 & echo $! > {pidfile}; wait",

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from harness import lab, labgrid
+from harness import lab
+from harness.lab import labgrid
 from harness.targets.qemu import free_port
 
 BIN = Path(sys.executable).parent

@@ -54,6 +54,10 @@ def test_installed_wheel_works_from_any_directory(tmp_path):
     missing = sorted(set(f for f in tracked if not f.endswith("README.md")) - shipped)
     assert not missing, f"data files missing from the wheel: {missing}"
     assert (target / "harness/reports/results.schema.json").is_file()  # results.json's contract ships
+    # every package of the tool ships; the benchmark (a development tool) does not
+    packages = {str(d.relative_to(REPO)) for d in (REPO / "harness").rglob("__init__.py")}
+    wheel_packages = {str(d.relative_to(target)) for d in (target / "harness").rglob("__init__.py")}
+    assert packages - wheel_packages == {"harness/bench/__init__.py"}, packages - wheel_packages
     res = harness("profiles")
     assert res.returncode == 0, res.stderr
     assert {line.split()[0] for line in res.stdout.splitlines()} >= {"x86_64-vtd", "arm64-smmuv3", "board-arm64"}

@@ -22,14 +22,13 @@ import dataclasses
 import hashlib
 import json
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass
 from pathlib import Path
 
 from harness.errors import EXIT_ERROR, EXIT_FAIL, EXIT_PASS, InputError, ToolMissing
 from harness.reports import html
 from harness.reports.junit import junit_xml
 from harness.reports.markdown import block, code, esc, failure_lines, load_run
-from harness.reports.results import BAD, STATUSES, Cell, RunRecord  # noqa: F401 - Cell: merge's unit
+from harness.reports.results import BAD, STATUSES, Cell  # noqa: F401 - Cell: merge's unit
 from harness.reports.resultsdir import atomic_write
 
 VERDICT_ORDER = ("pass", "fail", "error")  # the worse one wins

@@ -19,10 +19,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from harness.errors import TargetError
 from harness.parse.splats import Splat
+from harness.run.attribute import phase, report_comm
 from harness.parse.tap import RE_KSFT_TIMEOUT, TapParser
-from harness.parse.testlist import parse_list
 from harness.reports.results import KERNEL, PHASES, TestRecord, clean
 from harness.suites import Selection
 from harness.targets.base import Target
@@ -32,18 +31,6 @@ DUMP_WAIT = 10.0  # ... and for the end of a blocked-task dump (a few dozen line
 KSFT_ALARM_MARGIN = 10  # kselftest's own alarm goes off this long after the harness's limit
 STOP_TIMEOUT = 60.0  # hangcheck stop (dump, kill): a target that cannot do it in this long is wedged
 _PID_IN_TITLE = re.compile(r":(\d+) blocked")
-# the task a kernel report is about: its dump_stack header, or KASAN's "by task"
-_REPORT_COMM = (re.compile(r"^CPU: \d+ (?:UID: \d+ )?PID: \d+ Comm: (\S+)", re.M),
-                re.compile(r"\bby task (\S+)/\d+"))
-
-
-def report_comm(text: str) -> str | None:
-    """The name (comm) of the task a kernel report names, or None."""
-    for rx in _REPORT_COMM:
-        m = rx.search(text)
-        if m:
-            return m.group(1)
-    return None
 
 
 @dataclass
@@ -57,25 +44,6 @@ class Hang:
     unkillable: dict[str, str] = field(default_factory=dict)
 
 
-
-def unchecked_after(report_pos: int, ran: dict[str, int]) -> list[str]:
-    """The tests (of ``ran``: name -> RUN marker position, one boot's kernel
-    log) that started after a report at ``report_pos``: after lockdep's first
-    report it turns itself off, so they ran without lock checking."""
-    return [name for name, pos in sorted(ran.items(), key=lambda kv: kv[1]) if pos > report_pos]
-
-
-def phase(pos: int, first_test: int | None, last_test_end: int | None, after_boot: bool) -> str:
-    """Where in a pass a kernel report at log position ``pos`` happened, when
-    no test's RUN/END markers enclose it: before the first test (at boot, on
-    a pass right after booting), after the last one, or between two."""
-    if first_test is None or pos < first_test:
-        return "boot" if after_boot else "between tests"
-    if last_test_end is not None and pos >= last_test_end:
-        return "after tests"
-    return "between tests"
-
-
 def _since(started: dict[str, float], name: str) -> float:
     """Seconds since ``name`` started (0 for a test never seen starting:
     ``now - started.get(name, now)``, with one now)."""
@@ -85,18 +53,6 @@ def _since(started: dict[str, float], name: str) -> float:
 
 def _marker(kind: str, name: str) -> re.Pattern:
     return re.compile(rf"iommufd-harness: {kind} {re.escape(name)}(?=[ \r\n])")
-
-
-def list_tests(target: Target, binary: str) -> list[str]:
-    path = f"{target.layout.selftest_dir}/{binary}"
-    res = target.run([path, "-l"], 60)
-    # kselftest_harness prints the table to stderr and exits with KSFT_SKIP (4)
-    if res.exit_status not in (0, 4):
-        raise TargetError(f"'{binary} -l' failed in the guest (status {res.exit_status}): {res.err_text[:500]}")
-    names = parse_list(res.err_text)
-    if not names:
-        raise TargetError(f"'{binary} -l' listed no tests:\n{res.err_text[:500]}")
-    return names
 
 
 class Runner:

@@ -17,7 +17,7 @@ from harness.parse.splats import Splat
 from harness.reports import baseline
 from harness.reports.results import BAD, KERNEL, ONE_SHOT, RunRecord, TestRecord, clean, outside_phase
 from harness.reports.resultsdir import ResultsDir
-from harness.run import runner
+from harness.run import attribute, listings, runner
 from harness.run.listings import TestLists
 from harness.targets.lifecycle import Lifecycle, State
 from harness.ui import Ui
@@ -117,7 +117,7 @@ class TestSession:
     def run(self) -> None:
         target = self.lifecycle.target
         suite = self.suite
-        available = {r.binary: self.lists.get(target, r.binary) if self.lists else runner.list_tests(target, r.binary)
+        available = {r.binary: self.lists.get(target, r.binary) if self.lists else listings.list_tests(target, r.binary)
                      for r in suite.runs}
         selection = suites.select(suite, available, self.opts.tests)
         for miss in selection.unmatched:
@@ -199,7 +199,7 @@ class TestSession:
                     self._stopped[key] = (boot, *stop)
             if key in self._stopped:
                 b, name, why, pos = self._stopped[key]
-                unchecked = runner.unchecked_after(pos, self._ran.get(b, {}))
+                unchecked = attribute.unchecked_after(pos, self._ran.get(b, {}))
                 self.record.kernel[key] = {"test": name, "title": why, "unchecked": unchecked}
         self._note_splats(r.splats)
         for name, where, unkillable in r.hung:

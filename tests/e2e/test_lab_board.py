@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from harness import lab, labgrid
-from harness.targets import deploy
+from harness import lab
+from harness.lab import deploy, labgrid
 
 from expected import PINNING_BROKEN, listed_tests  # tests/e2e/expected.py
 
@@ -411,7 +411,7 @@ def test_labgrid_place_held_by_another_user_is_refused_with_its_holder(board, pl
 
 def followers() -> list[str]:
     """The harness's labgrid console followers still running on this machine."""
-    res = subprocess.run(["pgrep", "-af", "harness.labgrid console"], capture_output=True, text=True)
+    res = subprocess.run(["pgrep", "-af", "harness.lab.labgrid console"], capture_output=True, text=True)
     return [x for x in res.stdout.splitlines() if "pgrep" not in x]
 
 

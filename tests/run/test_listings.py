@@ -6,7 +6,7 @@ import shutil
 from fakes import LocalTarget
 
 from harness.run.listings import TestLists
-from harness.run.runner import list_tests
+from harness.run.listings import list_tests
 
 
 def test_a_binary_listed_before_is_not_asked_again(fake_selftests, tmp_path):

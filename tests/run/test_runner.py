@@ -8,7 +8,8 @@ from fakes import HANGCHECK, RUN_TESTS, LocalLifecycle, LocalTarget
 
 from harness import suites
 from harness.parse.testlist import parse_list
-from harness.run.runner import Runner, list_tests
+from harness.run.listings import list_tests
+from harness.run.runner import Runner
 from harness.suites import Selection
 
 
@@ -230,7 +231,7 @@ def test_kernel_report_outside_any_test_is_a_failure_of_its_own(fake_selftests):
 
 
 def test_where_a_report_outside_the_tests_happened():
-    from harness.run.runner import phase
+    from harness.run.attribute import phase
 
     assert phase(10, None, None, after_boot=True) == "boot"  # no test ran
     assert phase(10, 100, 500, after_boot=True) == "boot"
@@ -269,7 +270,7 @@ def test_a_report_names_its_task_by_the_comm_of_its_header_or_kasans_by_task():
     """The task a captured kernel report is about: the dump_stack header's
     Comm (WARN, BUG, KASAN, lockdep), or KASAN's "by task" line alone."""
     from harness.parse.splats import scan
-    from harness.run.runner import report_comm
+    from harness.run.attribute import report_comm
 
     golden = Path(__file__).resolve().parents[1] / "golden" / "console"
     [kasan] = [s for s in scan((golden / "x86_64-kasan-oob.log").read_text()) if s.kind == "kasan"][:1]

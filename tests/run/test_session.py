@@ -92,7 +92,7 @@ def test_tests_after_lockdeps_or_kasans_first_report_ran_unchecked(fake_selftest
 
     from fakes import LocalTarget
 
-    from harness.run.runner import unchecked_after
+    from harness.run.attribute import unchecked_after
 
     assert unchecked_after(150, {"a": 100, "b": 200, "c": 300}) == ["b", "c"]
     assert unchecked_after(400, {"a": 100}) == []

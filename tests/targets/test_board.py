@@ -34,8 +34,8 @@ from harness.parse.splats import scan
 from harness.parse.splat_lines import STAMP
 from harness.run.runner import Runner, _marker
 from harness.stages import image
-from harness.targets import board, deploy
-from harness.targets.board import BoardSpec, BoardTarget, console_line, parse_kmsg
+from harness.lab import board, deploy, kexec
+from harness.lab.board import BoardSpec, BoardTarget, console_line, parse_kmsg
 from harness.targets.verify import Expect, GuestInfo
 
 CAPTURED = Path(__file__).resolve().parents[1] / "golden" / "console" / "arm64-warn-at-boot.log"
@@ -285,7 +285,7 @@ def test_a_deployed_kernels_log_is_kept_from_its_first_record_and_a_lost_start_i
                        "profile")
     said: list[str] = []
     trial = deploy.TrialKernel(CAPTURED, CAPTURED, "ab" * 20, None)
-    lc = deploy.KexecLifecycle(entry, {}, "arm64", tmp_path / "run", Expect("ab" * 20, "", 0), trial,
+    lc = kexec.KexecLifecycle(entry, {}, "arm64", tmp_path / "run", Expect("ab" * 20, "", 0), trial,
                                state=None, run_id="r1", lab_path=tmp_path / "lab.toml", say=said.append)
     lc.installed = deploy.Booted("6.1.0-57-arm64", "cd" * 20, "b1")
     try:

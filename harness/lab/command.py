@@ -17,7 +17,7 @@ def check(lab_file: Path, only: str | None, ui: Ui) -> int:
     probed: reachable, its kernel, the boot methods it can do, its console,
     quarantine and lock (``only``: that board); exit 2 if one cannot do what
     the lab says."""
-    from harness import labgrid
+    from harness.lab import labgrid
 
     the_lab = lab.load(lab_file)
     names = [only] if only else sorted(the_lab.boards)
@@ -68,7 +68,7 @@ def check(lab_file: Path, only: str | None, ui: Ui) -> int:
 
 def _check_board(entry: lab.BoardEntry, say, console: str | None = None) -> int:
     """lab check's probe of one board; 1 if it cannot do what the lab says."""
-    from harness.targets import deploy
+    from harness.lab import deploy
 
     try:
         f = deploy.probe(entry, enforce=False)
@@ -111,7 +111,7 @@ def release(lab_file: Path, name: str, ui: Ui) -> int:
 
 def qemu_board(command: str, where: Path, work: Path | None, port: int | None, ui: Ui) -> int:
     """``qemu-board create|start|reset|console DIR``."""
-    from harness import qemuboard
+    from harness.lab import qemuboard
     from harness.workdir import WorkDir
 
     dest = where.expanduser().resolve()

@@ -184,7 +184,7 @@ def parse_printenv(text: str) -> dict[str, str]:
 
 def hooked_env(env: dict[str, str], uboot_dev: str, before: str = "") -> dict[str, str]:
     """``env`` with the harness's one-shot hook in front of its bootcmd."""
-    from harness.targets import deploy
+    from harness.lab import deploy
 
     out = dict(env)
     out.update(deploy.hook_env(uboot_dev, before))

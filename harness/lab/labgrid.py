@@ -40,10 +40,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from harness.errors import InputError, LabError
-from harness.targets.board import BoardEntry
+from harness.lab.board import BoardEntry
 
 if TYPE_CHECKING:  # the lab hands its state in: the quarantine's reason, next to the tag
-    from harness.lab import LabState
+    from harness.lab.state import LabState
 
 QUARANTINE_TAG = "iommufd_harness_quarantine"
 DEFAULT_COORDINATOR = "127.0.0.1:20408"
@@ -212,7 +212,7 @@ class Place:
 
 class ConsoleFollower:
     """The place's serial console for the length of a run: a child process
-    (``python -m harness.labgrid console``) reads it through labgrid's
+    (``python -m harness.lab.labgrid console``) reads it through labgrid's
     SerialDriver and appends everything to ``log``, which the harness reads
     like a lab file's ``console`` command (the trial kernel's panic, the
     console in a deploy error)."""
@@ -233,7 +233,7 @@ class ConsoleFollower:
         self.errors = self.log.with_name(self.log.name + ".stderr")  # labgrid's own warnings
         with open(self.errors, "w") as err:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "harness.labgrid", "console", "--coordinator", self.place.coordinator,
+                [sys.executable, "-m", "harness.lab.labgrid", "console", "--coordinator", self.place.coordinator,
                  "--place", self.place.name, "--log", str(self.log)],
                 stdout=subprocess.PIPE, stderr=err, text=True, env=env, start_new_session=True,
                 preexec_fn=proc._pdeathsig)  # it dies with the harness, whatever kills it
@@ -342,7 +342,7 @@ class PlaceLock:
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    ap = argparse.ArgumentParser(prog="python -m harness.labgrid")
+    ap = argparse.ArgumentParser(prog="python -m harness.lab.labgrid")
     sub = ap.add_subparsers(dest="cmd", required=True)
     c = sub.add_parser("console", help="append a place's serial console to a file until killed")
     c.add_argument("--coordinator", required=True)

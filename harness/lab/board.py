@@ -39,7 +39,7 @@ their text anywhere in the line.
 
 Test markers must not be lost: the kernel rate-limits writes to /dev/kmsg
 unless ``printk_devkmsg`` is ``on``.  A trial kernel gets
-``printk.devkmsg=on`` on its command line (:mod:`harness.targets.deploy`);
+``printk.devkmsg=on`` on its command line (:mod:`harness.lab.deploy`);
 on the installed kernel the harness sets the sysctl to ``on`` for the
 session and puts the old value back, and refuses a board whose command line
 fixed it to anything else.

@@ -1,23 +1,8 @@
-"""The lab: a TOML file describing boards, and the lab's shared state
-(which run holds which board, which boards are quarantined).
-
-    state = "/srv/lab/state"        # optional; default: <lab file>.state/ next to it
-
-    [boards.odroid-m1]
-    host = "odroid-m1.lab"          # port 22, user root by default
-    key = "~/.ssh/lab_ed25519"
-    known_hosts = "~/lab/known_hosts"
-    arch = "arm64"
-    boot = "kexec"                  # kexec | oneshot | installed
-    dtb = "rockchip/rk3568-odroid-m1.dtb"   # built here; "firmware": the board's own (/sys/firmware/fdt)
-    kernel_config = "running"       # running (/proc/config.gz + lsmod) | defconfig | profile
-    power_cycle = "pdu-cycle 4"     # optional: run on this machine when the board does not answer
-    console = "conserver-log m1"    # optional: prints the serial console
-
-The state directory is where locks and quarantine marks live: put it on a
-filesystem every controller machine of the lab shares (NFS), so a lock is
-seen by all of them.  A lock is a lease, renewed while its holder runs:
-a holder that died leaves a lock that expires.
+"""The lab's shared state: which run holds which board (a lease, renewed
+while its holder runs: a holder that died leaves a lock that expires), and
+which boards are quarantined.  One directory per lab, with one file per
+board and kind; every controller machine of the lab shares it (NFS), and
+every wait on it is bounded.
 """
 
 from __future__ import annotations
@@ -28,21 +13,15 @@ import getpass
 import json
 import os
 import platform
-import re
 import secrets
 import threading
 import time
-import tomllib
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness import arches
-from harness.errors import InputError, LabError  # noqa: F401 - LabError: the lab's refusals
-from harness.targets.board import BoardEntry  # noqa: F401 - a lab file's board, as lab users name it
+from harness.errors import LabError
 
-BOOT_METHODS = ("kexec", "oneshot", "installed")
-KERNEL_CONFIGS = ("running", "defconfig", "profile")
 LEASE_S = 120.0  # a lock not renewed for this long belongs to a holder that died
 GUARD_WAIT_S = 30.0  # how long one board's state file is waited for (held by another controller)
 
@@ -53,88 +32,6 @@ class LockLost(LabError):
     board did since is not the run's, so the run has no verdict."""
 
     voids_verdict = True
-
-
-@dataclass(frozen=True)
-class Lab:
-    path: Path
-    boards: dict[str, BoardEntry]
-    state: Path
-    labgrid_coordinator: str = ""
-    labgrid_env: Path | None = None
-
-    def place(self, entry: BoardEntry):
-        """The labgrid place of ``entry`` (None if it has none)."""
-        if not entry.labgrid:
-            return None
-        from harness import labgrid
-
-        return labgrid.Place(entry.labgrid, self.labgrid_coordinator, self.labgrid_env, LabState(self.state))
-
-    def board(self, name: str) -> BoardEntry:
-        try:
-            return self.boards[name]
-        except KeyError:
-            raise InputError(f"lab {self.path} has no board {name!r}",
-                             f"its boards: {', '.join(sorted(self.boards)) or 'none'}") from None
-
-
-def _path(raw, base: Path) -> Path:
-    p = Path(str(raw)).expanduser()
-    return p if p.is_absolute() else (base / p)
-
-
-def load(path: Path) -> Lab:
-    path = path.expanduser().resolve()
-    try:
-        doc = tomllib.loads(path.read_text())
-    except OSError as e:
-        raise InputError(f"cannot read lab file {path}: {e.strerror}", "pass the lab's TOML file with --lab") from None
-    except tomllib.TOMLDecodeError as e:
-        raise InputError(f"lab file {path} is not valid TOML: {e}") from None
-    base = path.parent
-    boards = {}
-    for name, b in (doc.get("boards") or {}).items():
-        where = f"lab file {path}, board {name}"
-        if not re.fullmatch(r"[A-Za-z0-9._-]+", name):
-            raise InputError(f"{where}: a board name is letters, digits, '.', '_' and '-'")
-        if not isinstance(b, dict):
-            raise InputError(f"{where}: expected a table [boards.{name}]")
-        unknown = set(b) - {f for f in BoardEntry.__dataclass_fields__ if f != "name"}
-        if unknown:
-            raise InputError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}",
-                             f"known: {', '.join(f for f in BoardEntry.__dataclass_fields__ if f != 'name')}")
-        for key in ("key", "known_hosts", "arch") + (() if "labgrid" in b else ("host",)):
-            if key not in b:
-                raise InputError(f"{where}: '{key}' is missing")
-        arch = str(b["arch"])
-        if arch not in arches.available():
-            raise InputError(f"{where}: arch {arch!r} is not one of {', '.join(arches.available())}")
-        boot = str(b.get("boot", "kexec"))
-        if boot not in BOOT_METHODS:
-            raise InputError(f"{where}: boot = {boot!r}; it is one of {', '.join(BOOT_METHODS)}")
-        kcfg = str(b.get("kernel_config", "running"))
-        if kcfg not in KERNEL_CONFIGS:
-            raise InputError(f"{where}: kernel_config = {kcfg!r}; it is one of {', '.join(KERNEL_CONFIGS)}")
-        try:
-            port = int(b.get("port", 22))
-            timeout = float(b.get("boot_timeout", 300))
-        except (TypeError, ValueError) as e:
-            raise InputError(f"{where}: {e}") from None
-        boards[name] = BoardEntry(
-            name, str(b.get("host", "")), port, str(b.get("user", "root")), _path(b["key"], base),
-            _path(b["known_hosts"], base), arch, boot, b.get("dtb"), kcfg, b.get("initrd"), b.get("cmdline"),
-            str(b.get("reboot", "reboot")), b.get("power_cycle"), b.get("console"), timeout,
-            str(b.get("profile", f"board-{arch}")), str(b["labgrid"]) if "labgrid" in b else None)
-    state = _path(doc["state"], base) if "state" in doc else base / f"{path.stem}.state"
-    lg = doc.get("labgrid") or {}
-    if not isinstance(lg, dict) or set(lg) - {"coordinator", "env"}:
-        raise InputError(f"lab file {path}: [labgrid] takes coordinator and env")
-    coordinator = str(lg.get("coordinator") or os.environ.get("LG_COORDINATOR") or "127.0.0.1:20408")
-    return Lab(path, boards, state, coordinator, _path(lg["env"], base) if "env" in lg else None)
-
-
-# --- shared state: locks and quarantine ---------------------------------------------
 
 
 def holder_name() -> str:
@@ -187,7 +84,7 @@ class LabState:
                     time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
                 except OSError as e:
                     raise LabError(f"cannot lock the lab state file {path}: {e.strerror}",
-                                   f"put 'state' on a filesystem with working locks (local, NFSv4, or NFSv3 "
+                                   "put 'state' on a filesystem with working locks (local, NFSv4, or NFSv3 "
                                    "with lockd)") from None
             yield
         finally:
