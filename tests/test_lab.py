@@ -512,22 +512,6 @@ def test_a_labgrid_board_needs_no_host_and_names_its_coordinator(tmp_path, monke
         lab.load(write(tmp_path, '[labgrid]\nserver = "x"\n' + text))
 
 
-def test_a_place_held_by_someone_is_refused_with_the_holder_named(tmp_path, monkeypatch):
-    """What labgrid-client says when a place is taken (labgrid 24-26)."""
-    from harness.lab import labgrid
-
-    said = ("labgrid-client: Error: Place m1 is already acquired by ci-3/nightly. To work simultaneously, "
-            "nightly can execute 'labgrid-client -p m1 allow ci-3/root' on ci-3.")
-    p = labgrid.Place("m1", "127.0.0.1:1")
-    monkeypatch.setattr(p, "run", lambda *a, **k: subprocess.CompletedProcess([], 1, "", said))
-    with pytest.raises(lab.LabError, match=r"board m1 is locked by ci-3/nightly \(labgrid place m1"):
-        p.acquire(wait=0)
-    shown = "Place 'm1':\n  tags: board=m1, iommufd_harness_quarantine=yes\n  acquired: ci-3/nightly\n"
-    assert p.acquired_by(shown) == "ci-3/nightly" and p.tags(shown)["iommufd_harness_quarantine"] == "yes"
-    assert p.quarantined("m1", shown)["reason"].startswith("tagged iommufd_harness_quarantine=yes")
-    assert p.acquired_by("Place 'm1':\n  acquired: None\n") is None
-
-
 def test_the_qemu_board_serves_its_console_on_a_port_and_still_logs_it(tmp_path):
     """A labgrid exporter exports that port as a NetworkSerialPort; the log
     (qemu-board console, the e2e tests) keeps every boot either way."""

@@ -47,7 +47,8 @@ if TYPE_CHECKING:  # the lab hands its state in: the quarantine's reason, next t
 
 QUARANTINE_TAG = "iommufd_harness_quarantine"
 DEFAULT_COORDINATOR = "127.0.0.1:20408"
-ACQUIRED_BY = re.compile(r"already acquired by (\S+?)\.?(\s|$)")
+# what labgrid-client acquire says when the place is taken, in each of its three wordings
+ALREADY_ACQUIRED = re.compile(r"\balready acquired\b")
 
 
 def client_binary() -> str:
@@ -111,16 +112,27 @@ class Place:
     def acquire(self, wait: float = 0.0, say=None) -> None:
         deadline = time.monotonic() + wait
         told = False
+        vanished = 0
         while True:
             res = self.run("acquire")
             if res.returncode == 0:
                 return
             err = self._error(res)
-            m = ACQUIRED_BY.search(err)
-            if m is None:
+            if not ALREADY_ACQUIRED.search(err):
                 raise LabError(f"labgrid place {self.name} could not be acquired: {err}",
                                f"see labgrid-client -x {self.coordinator} -p {self.name} show")
-            holder = m.group(1)
+            # labgrid words it three ways (another user; this user on another
+            # host; this user on this host: another run here): the holder,
+            # HOST/USER, is the coordinator's, not a word of the message
+            try:
+                holder = self.acquired_by()
+            except LabError:
+                holder = None
+            if holder is None:
+                vanished += 1
+                if vanished <= 3:  # released in between: try again at once
+                    continue
+                holder = "a holder the coordinator does not name"
             if time.monotonic() >= deadline:
                 raise LabError(f"board {self.name} is locked by {holder} (labgrid place {self.name}, "
                                f"coordinator {self.coordinator})",

@@ -1,11 +1,13 @@
-"""A labgrid place's serial console, with a real labgrid coordinator and
-exporter on loopback (seconds, no kernel): the exporter exports a
-NetworkSerialPort served by a TCP server standing in for ser2net, and the
-harness follows it through labgrid's SerialDriver for as long as it holds
-the place."""
+"""Labgrid places with a real labgrid coordinator and exporter on loopback
+(seconds, no kernel): a place another holder has (each of the three ways
+labgrid-client says so), its quarantine tag, and its serial console: the
+exporter exports a NetworkSerialPort served by a TCP server standing in
+for ser2net, and the harness follows it through labgrid's SerialDriver for
+as long as it holds the place."""
 
 from __future__ import annotations
 
+import getpass
 import os
 import signal
 import socket
@@ -147,3 +149,53 @@ def test_a_place_without_a_serial_port_has_no_console(coordinator, tmp_path):
     with labgrid.PlaceLock(p, "b3") as lock:
         assert lock.follow_console(tmp_path / "con.log") is None and lock.console is None
         assert p.resolve(entry("b3"), None).console is None
+
+
+@pytest.mark.parametrize("who", ["another user on another host", "this user on another host",
+                                 "this user on this host (another run here)"])
+def test_a_place_held_by_someone_is_refused_with_the_holder_named_then_waited_for(coordinator, who):
+    """labgrid-client words "taken" three ways, after who holds the place;
+    each is refused naming the holder the coordinator has, and --lock-wait
+    waits until that holder lets go."""
+    addr, _, _ = coordinator
+    me_host, me_user = socket.gethostname(), getpass.getuser()
+    holder_host, holder_user = {"another user on another host": ("ci-3", "nightly"),
+                                "this user on another host": ("ci-4", me_user),
+                                "this user on this host (another run here)": (me_host, me_user)}[who]
+    env = {**os.environ, "LG_HOSTNAME": holder_host, "LG_USERNAME": holder_user}
+    env.pop("LG_COORDINATOR", None)
+
+    def holder(*args):
+        return subprocess.run([str(BIN / "labgrid-client"), "-x", addr, "-p", "b3", *args], env=env,
+                              capture_output=True, text=True, timeout=60)
+
+    assert holder("acquire").returncode == 0
+    p = labgrid.Place("b3", addr)
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(lab.LabError, match=rf"board b3 is locked by {holder_host}/{holder_user} \(labgrid "
+                                               rf"place b3, coordinator {addr}\)"):
+            p.acquire(wait=0)
+        said = []
+        threading.Timer(2.0, lambda: holder("release")).start()
+        p.acquire(wait=30, say=said.append)
+        assert time.monotonic() - t0 >= 2.0
+        assert said == [f"board b3 is locked by {holder_host}/{holder_user} (labgrid): waiting"]
+        assert p.acquired_by() == f"{me_host}/{me_user}"
+    finally:
+        holder("release")
+        p.release()
+    assert p.acquired_by() is None
+
+
+def test_a_quarantine_is_a_tag_on_the_place_every_controller_sees(coordinator):
+    addr, _, _ = coordinator
+    p, q = labgrid.Place("b3", addr), labgrid.Place("b3", addr)  # two controllers
+    assert q.quarantined("b3") is None
+    p.quarantine("b3", "did not come back to its installed kernel")
+    try:
+        assert q.tags()[labgrid.QUARANTINE_TAG] == "yes"
+        assert q.quarantined("b3")["reason"] == f"tagged {labgrid.QUARANTINE_TAG}=yes on labgrid place b3"
+    finally:
+        assert q.unquarantine("b3") == [f"labgrid tag {labgrid.QUARANTINE_TAG} removed"]
+    assert p.quarantined("b3") is None
