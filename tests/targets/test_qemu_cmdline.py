@@ -1,8 +1,9 @@
+import shutil
 from pathlib import Path
 
 import pytest
 
-from harness import profiles
+from harness import proc, profiles
 from harness.errors import InputError
 from harness.targets import qemu
 
@@ -91,3 +92,32 @@ def test_the_bare_boot_of_make_bench_is_the_same_machine_without_monitor_or_forw
     assert "-mon" not in bare and not any("qmp" in a for a in bare)
     assert bare[bare.index("-netdev") + 1] == "user,id=net0,restrict=on"
     assert full[:bare.index("-netdev")] == bare[:bare.index("-netdev")]
+
+
+@pytest.mark.parametrize("name", [n for n in profiles.available() if profiles.load(n).qemu is not None])
+def test_qemu_itself_accepts_every_profiles_command_line_and_builds_the_iommu_it_promises(name, tmp_path):
+    """The command line the harness makes for a profile, given to the real
+    QEMU (stopped before its CPUs run, -S; the kernel left out: nothing is
+    booted): QEMU accepts every option and device, listens on the QMP
+    socket, and its device tree has the vIOMMU the profile promises."""
+    prof = profiles.load(name)
+    if shutil.which(prof.qemu.binary) is None:
+        pytest.skip(f"{prof.qemu.binary} is not installed (make setup installs it)")
+    vm = qemu.QemuVM(qemu.BootRequest(prof, tmp_path / "kernel", tmp_path / "initrd", tmp_path, "tcg"))
+    argv = vm.command_line(qemu.free_port(), tmp_path / "qmp.sock")
+    at = argv.index("-kernel")
+    assert argv[at:at + 6:2] == ["-kernel", "-initrd", "-append"]
+    vm.proc = proc.spawn(argv[:at] + argv[at + 6:] + ["-S"], tmp_path / "qemu.log")
+    try:
+        try:
+            vm._connect_qmp(tmp_path / "qmp.sock", timeout=30)
+        except Exception as e:  # noqa: BLE001 - QEMU exited (an option refused) or never listened
+            pytest.fail(f"QEMU refused the command line of {name}: {e}: {(tmp_path / 'qemu.log').read_text()}")
+        assert vm.qmp.cmd("query-status")["status"] == "prelaunch"
+        vm.check_device()  # raises when the promised vIOMMU is not in QEMU's device tree
+        if prof.qemu.qtree:
+            tree = str(vm.qmp.cmd("human-monitor-command", **{"command-line": "info qtree"}))
+            assert f"dev: {prof.qemu.qtree}" in tree
+            assert f"dev: {prof.qemu.nic.split(',')[0]}" in tree  # the NIC the guest's network comes up on
+    finally:
+        vm.stop()
