@@ -4,7 +4,6 @@ drive the target's lifecycle and the test session, and write the reports."""
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import shutil
@@ -29,30 +28,30 @@ from harness.workdir import WorkDir, WorkLock, default_work
 
 def validate(opts: Options, tests: bool = True) -> None:
     """Check what can be checked before any work starts."""
-    profiles.load(opts.profile)
+    profiles.load(opts.machine.profile)
     if tests:
-        suites.load(opts.suite)
-    for text in opts.kconfig_add:
+        suites.load(opts.testing.suite)
+    for text in opts.kernel.kconfig_add:
         kconfig.parse_assignment(text)
-    for frag in opts.fragments:
+    for frag in opts.kernel.fragments:
         kconfig.parse_fragment(frag)
-    if opts.base_config is not None and not opts.base_config.is_file():
-        raise InputError(f"--config {opts.base_config} does not exist", "pass a full kernel .config")
-    if opts.rev and opts.commits:
+    if opts.kernel.base_config is not None and not opts.kernel.base_config.is_file():
+        raise InputError(f"--config {opts.kernel.base_config} does not exist", "pass a full kernel .config")
+    if opts.kernel.rev and opts.kernel.commits:
         raise InputError("--rev and --commits both say which commit to test",
                          "pass one: --commits BASE..TIP tests BASE with the range on top")
-    if (opts.rev or opts.commits) and opts.kernel_src is None:
-        raise InputError(f"{'--rev' if opts.rev else '--commits'} needs the git repository",
+    if (opts.kernel.rev or opts.kernel.commits) and opts.kernel.kernel_src is None:
+        raise InputError(f"{'--rev' if opts.kernel.rev else '--commits'} needs the git repository",
                          "pass it with --kernel-src")
-    if opts.commits and source.debian_package_name(opts.kernel_src):
+    if opts.kernel.commits and source.debian_package_name(opts.kernel.kernel_src):
         raise InputError("--commits needs a git repository", "pass a git checkout with --kernel-src")
-    for p in opts.patches:
+    for p in opts.kernel.patches:
         if not p.exists():
             raise InputError(f"patch input {p} does not exist", "pass a quilt directory, a .patch file or an mbox")
     if opts.compare_base and opts.baseline is not None:
         raise InputError("--compare-base and --baseline both say what to compare with",
                          "pass one: --compare-base compares with the tree without the series")
-    if opts.compare_base and not (opts.patches or opts.commits):
+    if opts.compare_base and not (opts.kernel.patches or opts.kernel.commits):
         raise InputError("--compare-base needs a series to compare: nothing but the tree is given",
                          "pass the series with --patches or --commits")
     if opts.baseline is not None and not opts.baseline.exists():
@@ -65,22 +64,22 @@ def run(opts: Options, ui: Ui, matrix: list[str] | None = None) -> int:
     one after the other (each TCG guest already keeps both cores busy)."""
     from harness.reports import merge as merge_reports
 
-    names = matrix or [opts.profile]
+    names = matrix or [opts.machine.profile]
     for name in names:
         profiles.load(name)
     validate(opts)
     work = WorkDir(opts.work).prepare()
     if len(names) == 1:
-        opts = dataclasses.replace(opts, profile=names[0])  # --profiles with one name runs that one
+        opts = opts.but(profile=names[0])  # --profiles with one name runs that one
         results_path = results_dir_for(opts, work)
         with WorkLock(work):
             record, interrupted = run_one(opts, ui, results_path)
         return EXIT_INTERRUPTED if interrupted else record.exit_code()
-    top = results_dir_for(dataclasses.replace(opts, profile="matrix"), work)
+    top = results_dir_for(opts.but(profile="matrix"), work)
     records = []
     with WorkLock(work):
         for name in names:
-            one = dataclasses.replace(opts, profile=name, results=None)
+            one = opts.but(profile=name, results=None)
             record, interrupted = run_one(one, ui, top / name)
             records.append(record)
             if interrupted:
@@ -107,7 +106,7 @@ def base_key(opts: Options, work: WorkDir) -> str:
     states it, or the working copy's sync count for a plain directory), the
     default series, the kernel's configuration inputs, the machine and the
     tests.  Many series against one tree share one base."""
-    req = source.SourceRequest(opts.kernel_src, rev=opts.rev)
+    req = source.SourceRequest(opts.kernel.kernel_src, rev=opts.kernel.rev)
     origin = source.find_origin(req, work)
     state = origin.state
     if not state:
@@ -117,19 +116,19 @@ def base_key(opts: Options, work: WorkDir) -> str:
         return hashlib.sha256(path.read_bytes()).hexdigest() if path is not None else None
 
     default = ([[p.sha256, p.strip, repr(p.rules)] for p in patches.load(default_series())]
-               if opts.default_patches else [])
-    profile = profiles.load(opts.profile)
+               if opts.kernel.default_patches else [])
+    profile = profiles.load(opts.machine.profile)
     recipe = sorted(str(p.relative_to(profile.recipe)) + ":" + (digest(p) or "")
                     for p in profile.recipe.rglob("*") if p.is_file())
-    suite_file = next((f for f in (Path(opts.suite), suites.SUITE_DIR / f"{opts.suite}.toml") if f.is_file()), None)
-    key = {"state": state, "default_patches": default, "profile": opts.profile, "suite": opts.suite,
+    suite_file = next((f for f in (Path(opts.testing.suite), suites.SUITE_DIR / f"{opts.testing.suite}.toml") if f.is_file()), None)
+    key = {"state": state, "default_patches": default, "profile": opts.machine.profile, "suite": opts.testing.suite,
            "profile_file": digest(profile.path), "profile_fragments": [digest(f) for f in profile.fragments],
-           "recipe": recipe, "suite_file": digest(suite_file), "board": opts.board, "accel": opts.accel,
-           "tests": opts.tests, "kconfig_add": list(opts.kconfig_add),
-           "fragments": [digest(f) for f in opts.fragments], "config": digest(opts.base_config),
-           "debug": list(opts.debug), "cmdline": opts.extra_cmdline, "per_test_timeout": opts.per_test_timeout,
-           "parallel": opts.parallel,
-           "continue_after_crash": opts.continue_after_crash, "rerun_failed": opts.rerun_failed,
+           "recipe": recipe, "suite_file": digest(suite_file), "board": opts.machine.board, "accel": opts.machine.accel,
+           "tests": opts.testing.tests, "kconfig_add": list(opts.kernel.kconfig_add),
+           "fragments": [digest(f) for f in opts.kernel.fragments], "config": digest(opts.kernel.base_config),
+           "debug": list(opts.kernel.debug), "cmdline": opts.machine.extra_cmdline, "per_test_timeout": opts.testing.per_test_timeout,
+           "parallel": opts.testing.parallel,
+           "continue_after_crash": opts.testing.continue_after_crash, "rerun_failed": opts.testing.rerun_failed,
            "harness": __version__}
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -140,10 +139,10 @@ def base_run(opts: Options, ui: Ui, work: WorkDir) -> dict:
     <work>/bases/ when that state of the tree ran before, else run now."""
     from harness.reports import markdown
 
-    bopts = dataclasses.replace(opts, patches=[], commits=None, compare_base=False, baseline=None, keep_vm=False,
+    bopts = opts.but(patches=[], commits=None, compare_base=False, baseline=None, keep_vm=False,
                                 coverage=())  # the series' coverage is the series run's
-    if opts.commits:
-        bopts.rev, _ = patches.load_commits(opts.kernel_src.expanduser().resolve(), opts.commits)
+    if opts.kernel.commits:
+        bopts.rev, _ = patches.load_commits(opts.kernel.kernel_src.expanduser().resolve(), opts.kernel.commits)
     key = base_key(bopts, work)
     where = work.root / "bases" / key
     if (where / "results.json").is_file():
@@ -157,7 +156,7 @@ def base_run(opts: Options, ui: Ui, work: WorkDir) -> dict:
             return {"results": str(where), "cached": True, "key": key, "verdict": cached.verdict}
     shutil.rmtree(where, ignore_errors=True)
     ui.info(f"base: running the tree without the series -> {where}")
-    record, interrupted = run_one(dataclasses.replace(bopts, results=where), ui, where, brief="base")
+    record, interrupted = run_one(bopts.but(results=where), ui, where, brief="base")
     if interrupted:
         raise KeyboardInterrupt
     if record.verdict not in BASE_VERDICTS or record.errors:
@@ -176,33 +175,33 @@ def run_one(opts: Options, ui: Ui, results_path: Path, brief: str = "") -> tuple
     line of summary starting with it (a base run, a step of a walk)."""
     record = new_record(opts)
     sink = ResultsDir(results_path)
-    if opts.patches or opts.fragments or opts.base_config:
+    if opts.kernel.patches or opts.kernel.fragments or opts.kernel.base_config:
         record.inputs["kept"] = keep_inputs(opts, results_path)
     interrupted = False
     void = False  # the tests' results do not count (a lab run that lost its board's lock)
     try:
         if opts.compare_base:
             record.base = base_run(opts, ui, WorkDir(opts.work))
-            opts = dataclasses.replace(opts, baseline=Path(record.base["results"]))
+            opts = opts.but(baseline=Path(record.base["results"]))
         pipe = Pipeline(opts, ui, record, results_path / "logs")
-        suite = suites.load(opts.suite)
+        suite = suites.load(opts.testing.suite)
         with pipe.held(f"run {results_path}"):
             prep = pipe.prepare()
             session = None
             with pipe.up(pipe.target(prep, results_path)) as lifecycle:
-                session = TestSession(lifecycle, suite, SessionOptions(opts.tests, opts.per_test_timeout,
-                                                                       opts.continue_after_crash, opts.rerun_failed,
-                                                                       opts.repeat, opts.until_fail,
-                                                                       debugkernels.slowdown(opts.debug),
-                                                                       pipe.has_kmemleak(prep), opts.parallel),
+                session = TestSession(lifecycle, suite, SessionOptions(opts.testing.tests, opts.testing.per_test_timeout,
+                                                                       opts.testing.continue_after_crash, opts.testing.rerun_failed,
+                                                                       opts.testing.repeat, opts.testing.until_fail,
+                                                                       debugkernels.slowdown(opts.kernel.debug),
+                                                                       pipe.has_kmemleak(prep), opts.testing.parallel),
                                       record, sink, ui, TestLists(pipe.work.cache, prep.kernel.selftests))
                 try:
-                    if opts.coverage:
+                    if opts.kernel.coverage:
                         coverage.reset(lifecycle.target)
                         boots = lifecycle.boots
                     with pipe.stage("run"):
                         session.run()
-                    if opts.coverage:
+                    if opts.kernel.coverage:
                         def collect() -> dict:
                             with pipe.stage("coverage"):
                                 return coverage.after_suite(
@@ -217,9 +216,9 @@ def run_one(opts: Options, ui: Ui, results_path: Path, brief: str = "") -> tuple
                 finally:
                     record.decide()  # results.json has the verdict while a kept VM waits
                     sink.write(record)
-                if opts.shell:
+                if opts.machine.shell:
                     shell(ui, lifecycle.ssh_command())
-                elif opts.keep_vm:
+                elif opts.machine.keep_vm:
                     hold(ui, lifecycle.target, lifecycle.ssh_command())
         pipe.decode_splats(prep, session.splats)
     except HarnessError as e:
@@ -241,11 +240,11 @@ def run_one(opts: Options, ui: Ui, results_path: Path, brief: str = "") -> tuple
         ui.info(f"{brief}: {record.verdict}, {c['pass']} of {len(record.tests)} passed")
         return record, interrupted
     gate = render_reports(ui, results_path, opts.baseline)
-    summary_table(record, ui.out, verbose=opts.verbose)
+    summary_table(record, ui.out, verbose=opts.testing.verbose)
     failing = [t for t in record.tests if t.status in ("fail", "timeout", "crash")]
     work = work_arg(opts.work)
     for t in failing[:10]:
-        ui.out.print("reproduce: " + reproducer(opts.profile, opts.suite, t.name, record.inputs, work, t.alongside),
+        ui.out.print("reproduce: " + reproducer(opts.machine.profile, opts.testing.suite, t.name, record.inputs, work, t.alongside),
                      highlight=False, markup=False)
     if failing:
         ui.out.print(f"repro: {repro_line(results_path, work=work)}  (the failing tests again; --repeat N, "
@@ -382,8 +381,8 @@ def repro_options(results_dir: Path, test: str | None, machine: Options) -> Opti
                 raise InputError(f"{i['kernel_src']} is not the tree that ran in {results_dir}: it was "
                                  f"{recorded.get('describe')} with uncommitted changes, it is {now['describe']} now",
                                  "put the tree back (or commit what ran and use --rev), then repro again")
-    return dataclasses.replace(
-        machine, kernel_src=path(i.get("kernel_src")), rev=rev, commits=i.get("commits"),
+    return machine.but(
+        kernel_src=path(i.get("kernel_src")), rev=rev, commits=i.get("commits"),
         default_patches=i.get("default_patches", True),
         patches=[path(p, "patches", n) for n, p in enumerate(i.get("patches", []))],
         kconfig_add=list(i.get("kconfig_add", [])),
@@ -391,8 +390,8 @@ def repro_options(results_dir: Path, test: str | None, machine: Options) -> Opti
         base_config=path(i.get("config"), "config"), debug=tuple(i.get("debug", [])),
         extra_cmdline=i.get("cmdline", ""),
         coverage=tuple(i.get("coverage", [])), parallel=int(i.get("parallel", 1)),
-        board=i.get("board") or machine.board, lab=path(i.get("lab")) or machine.lab,
-        profile=run.profile or machine.profile, suite=run.suite or machine.suite, tests=tests)
+        board=i.get("board") or machine.machine.board, lab=path(i.get("lab")) or machine.machine.lab,
+        profile=run.profile or machine.machine.profile, suite=run.suite or machine.testing.suite, tests=tests)
 
 
 def prepare(opts: Options, ui: Ui, until: str = "build") -> Prepared:
@@ -425,7 +424,7 @@ def boot(opts: Options, ui: Ui) -> int:
 def list_tests(opts: Options, ui: Ui) -> list[tuple[str, str]]:
     """``list-tests``: (binary, test) the suite selects, listed by running the
     built selftests here (so only for the host's architecture)."""
-    suite = suites.load(opts.suite)
+    suite = suites.load(opts.testing.suite)
     prep = prepare(opts, ui)
     if not prep.toolchain.native:
         arch = prep.profile.arch
@@ -437,5 +436,5 @@ def list_tests(opts: Options, ui: Ui) -> list[tuple[str, str]]:
         if res.timed_out:
             raise HarnessError(f"'{r.binary} -l' did not finish within 60 s")
         available[r.binary] = parse_list(res.stderr)  # kselftest_harness prints the table on stderr
-    selection = suites.select(suite, available, opts.tests)
+    selection = suites.select(suite, available, opts.testing.tests)
     return [(binary, n) for binary, names in selection.tests.items() for n in names]

@@ -27,7 +27,6 @@ infrastructure reasons is a cell without a verdict, never a regression.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import json
 import re
@@ -128,10 +127,10 @@ def cells(plan: Plan, base: Options) -> list[tuple[str, Options]]:
     out = []
     for suite in plan.suites:
         for profile in plan.profiles:
-            out.append((f"{profile}-{suite}", dataclasses.replace(base, profile=profile, suite=suite)))
+            out.append((f"{profile}-{suite}", base.but(profile=profile, suite=suite)))
         for b in plan.boards:
             entry = lab.load(b.lab).board(b.board)
-            out.append((f"board-{b.board}-{suite}", dataclasses.replace(base, profile=entry.profile, suite=suite,
+            out.append((f"board-{b.board}-{suite}", base.but(profile=entry.profile, suite=suite,
                                                                          lab=b.lab, board=b.board)))
     return out
 
@@ -147,7 +146,7 @@ def night(plan: Plan, work: Path, ui: Ui, name: str | None = None, accel: str = 
     here = root / name
     if here.exists() and any(here.iterdir()):
         raise InputError(f"night {name} already ran under {root}", "pass another --night NAME")
-    base = Options(work=wd.root, kernel_src=plan.kernel_src, rev=plan.rev, patches=list(plan.patches),
+    base = Options.of(work=wd.root, kernel_src=plan.kernel_src, rev=plan.rev, patches=list(plan.patches),
                    default_patches=plan.default_patches, debug=plan.debug, accel=accel)
     todo = cells(plan, base)
     ui.info(f"night {name}: {len(todo)} cell{'s' if len(todo) != 1 else ''} into {here}")
@@ -155,7 +154,7 @@ def night(plan: Plan, work: Path, ui: Ui, name: str | None = None, accel: str = 
     with WorkLock(wd):
         for dirname, opts in todo:
             ui.info(f"night {name}: cell {dirname}")
-            _, interrupted = jobs.run_one(dataclasses.replace(opts, results=here / dirname), ui, here / dirname,
+            _, interrupted = jobs.run_one(opts.but(results=here / dirname), ui, here / dirname,
                                           brief=f"night {name}: {dirname}")
             if interrupted:
                 break

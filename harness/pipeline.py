@@ -17,12 +17,13 @@ import platform
 import secrets
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from harness import __version__, arches, coverage, data, debugkernels, proc, profiles, suites
+from harness import __version__, arches, coverage, data, debugkernels, proc, profiles
 from harness.errors import HarnessError, InputError
+from harness.options import Options
 from harness.reports.results import RunRecord, clean
 from harness.stages import build, config, image, patches, source
 from harness.targets.lifecycle import Lifecycle
@@ -42,45 +43,6 @@ if TYPE_CHECKING:
 # KCIDB validator, the report writers and the terminal summary.
 AFTER_BOOT = ("paramiko", "jsonschema", "kcidb_io.schema", "harness.reports.kcidb", "harness.reports.markdown",
               "harness.reports.decode", "rich.console", "rich.table", "rich.markup")
-
-
-@dataclass
-class Options:
-    work: Path
-    kernel_src: Path | None = None
-    rev: str | None = None  # test this commit of the --kernel-src repository (--rev)
-    commits: str | None = None  # the series is this git range of --kernel-src, on its base (--commits A..B)
-    compare_base: bool = False  # run the tree without the series first, gate on what the series changed
-    patches: list[Path] = field(default_factory=list)
-    default_patches: bool = True
-    profile: str = profiles.DEFAULT_PROFILE
-    suite: str = suites.DEFAULT_SUITE
-    tests: str | None = None
-    results: Path | None = None
-    jobs: int = 0
-    keep_vm: bool = False
-    accel: str = "auto"
-    boot_timeout: float = 300.0
-    extra_cmdline: str = ""
-    per_test_timeout: float | None = None
-    parallel: int = 1  # tests at a time in the guest
-    kconfig_add: list[str] = field(default_factory=list)
-    fragments: list[Path] = field(default_factory=list)
-    base_config: Path | None = None
-    baseline: Path | None = None
-    rerun_failed: int = 0
-    continue_after_crash: bool = False
-    debug: tuple[str, ...] = ()  # debug kernels from configs/debug/ (--debug)
-    board: str | None = None  # USER@HOST[:PORT] of a real board instead of a VM; with --lab a board's name
-    lab: Path | None = None  # --lab: the lab file that describes --board
-    lock_wait: float = 0.0  # seconds to wait for a board another run holds
-    board_key: Path = Path("~/.ssh/id_ed25519")
-    known_hosts: Path = Path("~/.ssh/known_hosts")
-    verbose: bool = False  # the summary lists passing tests too
-    repeat: int = 1  # run the selected tests this many times in one boot (repro --repeat)
-    until_fail: bool = False  # ... stopping after the first attempt that does not pass
-    shell: bool = False  # after the tests, an interactive SSH shell in the guest (repro --shell)
-    coverage: tuple[str, ...] = ()  # --coverage: the directories profiled with gcov (empty: off)
 
 
 @dataclass(frozen=True)
@@ -105,15 +67,15 @@ class Pipeline:
         self.record = record
         self.logs = logs
         self.work = WorkDir(opts.work)
-        self.rev: str | None = opts.rev  # the commit the tree is (--rev, or the base of --commits)
+        self.rev: str | None = opts.kernel.rev  # the commit the tree is (--rev, or the base of --commits)
         self.series_files: list[str] = []  # what the series under test touches
         self.coverage_dirs: tuple[str, ...] = ()
         self.place: Place = Place()  # the run's VM: nothing to ask
-        if opts.board or opts.lab:
+        if opts.machine.board or opts.machine.lab:
             from harness.lab import place
 
-            self.place = place.for_options(opts.board or "", opts.lab, opts.board_key, opts.known_hosts,
-                                           opts.lock_wait, record, logs, say=ui.info)
+            self.place = place.for_options(opts.machine.board or "", opts.machine.lab, opts.machine.board_key, opts.machine.known_hosts,
+                                           opts.machine.lock_wait, record, logs, say=ui.info)
         self.kernel_for = KernelFor()  # what the place asks of the kernel (after the source stage)
 
     @contextlib.contextmanager
@@ -141,17 +103,17 @@ class Pipeline:
         """The default series, then --commits, then --patches; with --commits
         the tree is the range's base (``self.rev``)."""
         series: list[patches.Patch] = []
-        if self.opts.default_patches:
+        if self.opts.kernel.default_patches:
             series += patches.load(default_series())
         n_default = len(series)
-        self.rev = self.opts.rev
-        if self.opts.commits:
-            repo = self.opts.kernel_src.expanduser().resolve()
-            self.rev, commits = patches.load_commits(repo, self.opts.commits)
+        self.rev = self.opts.kernel.rev
+        if self.opts.kernel.commits:
+            repo = self.opts.kernel.kernel_src.expanduser().resolve()
+            self.rev, commits = patches.load_commits(repo, self.opts.kernel.commits)
             tip = commits[-1].origin.split()[1]
             self.record.inputs["commits"] = f"{self.rev}..{tip}"  # a reproducer takes exactly these
             series += commits
-        for spec in self.opts.patches:
+        for spec in self.opts.kernel.patches:
             series += patches.load(spec)
         # the series under test (not the default one): the files whose changed lines --coverage follows
         self.series_files = sorted({f for p in series[n_default:] for f in p.files})
@@ -162,37 +124,37 @@ class Pipeline:
         frag_tree = tree.path / "tools/testing/selftests/iommu/config"
         k = self.kernel_for
         fragments = profile.fragments if k.fragments is None else k.fragments
-        base_config = self.opts.base_config or k.base_config
+        base_config = self.opts.kernel.base_config or k.base_config
         return config.ConfigRequest(
-            tree.path, build_dir, tc, k.base, fragments, tuple(self.opts.kconfig_add),
+            tree.path, build_dir, tc, k.base, fragments, tuple(self.opts.kernel.kconfig_add),
             tree_fragments=(frag_tree,) if frag_tree.is_file() else (),
-            user_fragments=tuple(self.opts.fragments), base_config=base_config,
+            user_fragments=tuple(self.opts.kernel.fragments), base_config=base_config,
             kconfig_generation=kconfig_generation,
             # the gcov core is in every kernel: --coverage only profiles a
             # few directories, an incremental rebuild of the same build dir
-            debug_fragments=debugkernels.fragments(self.opts.debug) + (coverage.fragment(),),
+            debug_fragments=debugkernels.fragments(self.opts.kernel.debug) + (coverage.fragment(),),
             lsmod=k.lsmod)
 
     def prepare(self, until: str = "build") -> Prepared:
         opts = self.opts
-        profile = profiles.load(opts.profile)
-        tc = Toolchain(profile.arch, jobs=opts.jobs)
+        profile = profiles.load(opts.machine.profile)
+        tc = Toolchain(profile.arch, jobs=opts.kernel.jobs)
         series = self.load_series()  # before any work: a bad patch input fails fast
         with self.stage("source"):
-            tree = source.prepare(source.SourceRequest(opts.kernel_src, rev=self.rev), self.work,
+            tree = source.prepare(source.SourceRequest(opts.kernel.kernel_src, rev=self.rev), self.work,
                                   protect_fn=lambda origin, dest: patches.protected_files(origin.path, dest),
                                   show=self.ui.progress)
             self.record.kernel.update(version=tree.version, source=tree.origin.description)
             if tree.origin.git:
                 self.record.kernel["git"] = dict(tree.origin.git)
-                if opts.commits:
+                if opts.kernel.commits:
                     self.record.kernel["git"]["commits"] = self.record.inputs["commits"]
-                elif opts.rev:
+                elif opts.kernel.rev:
                     self.record.inputs["rev"] = tree.origin.git["head"]
             self.ui.info(f"kernel {tree.version} from {tree.origin.description} -> {tree.path}"
                          + (f" ({len(tree.changed)} files updated)" if tree.changed else ""))
-        if opts.coverage:
-            self.coverage_dirs = coverage.check_dirs(tree.origin.path, opts.coverage)
+        if opts.kernel.coverage:
+            self.coverage_dirs = coverage.check_dirs(tree.origin.path, opts.kernel.coverage)
             series = series + [coverage.profile_patch(tree.origin.path, self.coverage_dirs)]
         with self.stage("patches"):
             applied = patches.apply_series(tree.origin.path, tree.path, series, set(tree.protected),
@@ -211,7 +173,7 @@ class Pipeline:
         kconfig_generation = source.bump_generation(tree.path, [p for p in changed if source.is_kconfig(p)],
                                                     source.KCONFIG_GENERATION_FILE)
         self.kernel_for = self.place.kernel(profile, tree.path, arches.load(profile.arch).srcarch)
-        flavour = profile.arch + debugkernels.build_suffix(opts.debug) + self.kernel_for.flavour
+        flavour = profile.arch + debugkernels.build_suffix(opts.kernel.debug) + self.kernel_for.flavour
         build_dir = self.work.tree_build(tree.origin.key, flavour)
         dtbs = self.kernel_for.make_targets
         with self.stage("config"):
@@ -219,7 +181,7 @@ class Pipeline:
             cfg = config.configure(creq, self.logs / "config.log")
             for line in cfg.overrides:
                 self.ui.info(f"config: {line}")
-            self.record.kernel.update(config_sha256=cfg.sha256, debug=list(opts.debug))
+            self.record.kernel.update(config_sha256=cfg.sha256, debug=list(opts.kernel.debug))
             shutil.copy2(cfg.config, self.logs.parent / "kernel.config")  # the .config the kernel was built with
         if until == "config":
             return Prepared(tree, tuple(series), cfg, None, tc, profile, creq)
@@ -254,18 +216,18 @@ class Pipeline:
         """The run's VM, off; booting it adds the run's own SSH keys (in
         <work>/vm/<run>/) to the base image."""
         req = VmRequest(prep.profile, prep.kernel.image, base, results_dir, self.work.root / "vm" / results_dir.name,
-                        self.work.cache, self.opts.accel, self.opts.boot_timeout, self.opts.extra_cmdline)
+                        self.work.cache, self.opts.machine.accel, self.opts.machine.boot_timeout, self.opts.machine.extra_cmdline)
         return VmLifecycle(req, self.expect(prep), guest=self.record.guest, machine=self.record.qemu,
                            say=self.ui.info)
 
     def target(self, prep: Prepared, results_dir: Path) -> Lifecycle:
         """The run's target, off: the place's (a board), else the run's VM."""
         lifecycle = self.place.lifecycle(TargetRequest(prep.kernel, prep.profile, results_dir, self.expect(prep),
-                                                       self.record, self.opts.extra_cmdline, self.ui.info))
+                                                       self.record, self.opts.machine.extra_cmdline, self.ui.info))
         if lifecycle is not None:
             return lifecycle
         if prep.profile.qemu is None:
-            raise InputError(f"profile {self.opts.profile} is for real boards", "pass --board USER@HOST[:PORT]")
+            raise InputError(f"profile {self.opts.machine.profile} is for real boards", "pass --board USER@HOST[:PORT]")
         return self.vm(prep, self.make_image(prep), results_dir)
 
     @contextlib.contextmanager
@@ -308,16 +270,16 @@ def inputs(opts: Options) -> dict:
     def absolute(p: Path | None) -> str | None:
         return str(p.expanduser().resolve()) if p is not None else None
 
-    src = source.debian_package_name(opts.kernel_src) or absolute(opts.kernel_src)
-    return {"kernel_src": src, "rev": opts.rev, "commits": opts.commits, "default_patches": opts.default_patches,
-            "patches": [absolute(p) for p in opts.patches], "kconfig_add": list(opts.kconfig_add),
-            "fragments": [absolute(f) for f in opts.fragments], "config": absolute(opts.base_config),
-            "cmdline": opts.extra_cmdline, "debug": list(opts.debug),
-            **({"coverage": list(opts.coverage)} if opts.coverage else {}),
-            **({"parallel": opts.parallel} if opts.parallel > 1 else {}),
+    src = source.debian_package_name(opts.kernel.kernel_src) or absolute(opts.kernel.kernel_src)
+    return {"kernel_src": src, "rev": opts.kernel.rev, "commits": opts.kernel.commits, "default_patches": opts.kernel.default_patches,
+            "patches": [absolute(p) for p in opts.kernel.patches], "kconfig_add": list(opts.kernel.kconfig_add),
+            "fragments": [absolute(f) for f in opts.kernel.fragments], "config": absolute(opts.kernel.base_config),
+            "cmdline": opts.machine.extra_cmdline, "debug": list(opts.kernel.debug),
+            **({"coverage": list(opts.kernel.coverage)} if opts.kernel.coverage else {}),
+            **({"parallel": opts.testing.parallel} if opts.testing.parallel > 1 else {}),
             # a board: USER@HOST[:PORT], or with the lab file that names it its name
-            **({"board": opts.board} if opts.board else {}), **({"lab": absolute(opts.lab)} if opts.lab else {}),
-            **({"tests": opts.tests} if opts.tests else {})}
+            **({"board": opts.machine.board} if opts.machine.board else {}), **({"lab": absolute(opts.machine.lab)} if opts.machine.lab else {}),
+            **({"tests": opts.testing.tests} if opts.testing.tests else {})}
 
 
 KEPT = "inputs"  # <results>/inputs/: copies of the run's patches, fragments and --config
@@ -349,17 +311,17 @@ def keep_inputs(opts: Options, results: Path) -> dict:
             return None
         return str(rel)
 
-    for kind, paths in (("patches", opts.patches), ("fragments", opts.fragments)):
+    for kind, paths in (("patches", opts.kernel.patches), ("fragments", opts.kernel.fragments)):
         for i, p in enumerate(paths):
             kept[kind].append(copy(Path(p), kind, i))
-    if opts.base_config is not None:
-        kept["config"] = copy(Path(opts.base_config), "config", 0)
+    if opts.kernel.base_config is not None:
+        kept["config"] = copy(Path(opts.kernel.base_config), "config", 0)
     return kept
 
 
 def new_record(opts: Options) -> RunRecord:
     return RunRecord(
-        suite=opts.suite, profile=opts.profile, inputs=inputs(opts),
+        suite=opts.testing.suite, profile=opts.machine.profile, inputs=inputs(opts),
         started=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         harness={"version": __version__, "host": platform.node(), "python": platform.python_version(),
                  "argv": list(map(str, os.sys.argv))},
@@ -376,5 +338,5 @@ def results_dir_for(opts: Options, work: WorkDir, kind: str = "") -> Path:
                                "pass an empty or new directory with --results")
         return path
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    profile, suite = (data.named_file(n, Path())[0] for n in (opts.profile, opts.suite))
+    profile, suite = (data.named_file(n, Path())[0] for n in (opts.machine.profile, opts.testing.suite))
     return work.results / "-".join(x for x in (stamp, kind, profile, suite, secrets.token_hex(2)) if x)

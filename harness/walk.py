@@ -79,24 +79,24 @@ class Series:
 
 
 def load_series(opts: Options) -> Series:
-    if opts.commits:
-        repo = opts.kernel_src.expanduser().resolve()
-        base, items = patch_stage.load_commits(repo, opts.commits)
+    if opts.kernel.commits:
+        repo = opts.kernel.kernel_src.expanduser().resolve()
+        base, items = patch_stage.load_commits(repo, opts.kernel.commits)
         return Series(tuple(items), base, tuple(p.origin.split()[1] for p in items))
     items: list[patch_stage.Patch] = []
-    for spec in opts.patches:
+    for spec in opts.kernel.patches:
         items += patch_stage.load(spec)
     return Series(tuple(items), None)
 
 
 def step_options(opts: Options, series: Series, k: int, root: Path) -> Options:
     """The run of step ``k``: the tree plus the first ``k`` patches."""
-    base = dataclasses.replace(opts, patches=[], commits=None, compare_base=False, baseline=None, keep_vm=False,
+    base = opts.but(patches=[], commits=None, compare_base=False, baseline=None, keep_vm=False,
                                results=root / f"step-{k:02d}")
     if series.base_rev is not None:
         if k == 0:
-            return dataclasses.replace(base, rev=series.base_rev)
-        return dataclasses.replace(base, commits=f"{series.base_rev}..{series.tips[k - 1]}")
+            return base.but(rev=series.base_rev)
+        return base.but(commits=f"{series.base_rev}..{series.tips[k - 1]}")
     if k == 0:
         return base
     qdir = root / "series" / f"step-{k:02d}"
@@ -110,7 +110,7 @@ def step_options(opts: Options, series: Series, k: int, root: Path) -> Options:
     (qdir / "series").write_text("\n".join(names) + "\n")
     if any(rules):
         (qdir / applies.FILE).write_text("\n".join(r for r in rules if r))
-    return dataclasses.replace(base, patches=[qdir])
+    return base.but(patches=[qdir])
 
 
 def _error_stage(record: RunRecord) -> tuple[str, str]:
@@ -148,9 +148,9 @@ def walk(opts: Options, ui: Ui, bisect: bool = False, known: dict[int, Path] | N
     from harness import jobs
     from harness.reports.markdown import load_run
 
-    if not (opts.patches or opts.commits):
+    if not (opts.kernel.patches or opts.kernel.commits):
         raise InputError("walk needs a series", "pass it with --patches or --commits")
-    if opts.patches and opts.commits:
+    if opts.kernel.patches and opts.kernel.commits:
         raise InputError("walk walks one series: --patches and --commits are both given",
                          "pass one of them (make the other part of it: commit the patches, or format-patch the range)")
     if opts.compare_base or opts.baseline:
@@ -245,7 +245,7 @@ def first_broken(steps: dict[int, Step], bisect: bool) -> Step | None:
 
 def _write(root: Path, opts: Options, series: Series, steps: dict[int, Step], bisect: bool) -> None:
     first = first_broken(steps, bisect)
-    data = {"profile": opts.profile, "suite": opts.suite, "bisect": bisect, "patches": len(series.items),
+    data = {"profile": opts.machine.profile, "suite": opts.testing.suite, "bisect": bisect, "patches": len(series.items),
             "series": [p.record() for p in series.items],
             "first_broken": None if first is None else {"step": first.index, "patch": first.name,
                                                         "subject": first.subject},
@@ -277,7 +277,7 @@ def _finish(ui: Ui, root: Path, opts: Options, series: Series, steps: dict[int, 
     from rich.markup import escape
     from rich.table import Table
 
-    table = Table(title=f"iommufd-harness walk{' (bisect)' if bisect else ''}: suite {opts.suite} on {opts.profile}")
+    table = Table(title=f"iommufd-harness walk{' (bisect)' if bisect else ''}: suite {opts.testing.suite} on {opts.machine.profile}")
     for col in ("step", "patch", "outcome", "pass", "broke", "new reports"):
         table.add_column(col, overflow="fold")
     colors = {"base": "cyan", "same": "green", "fixed": "green", "broke": "red", "error": "bold red"}

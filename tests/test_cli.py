@@ -90,5 +90,5 @@ def test_repeated_tests_options_add_up(tmp_path):
     from harness.cli import build_parser, options
 
     args = build_parser().parse_args(["run", "--work", str(tmp_path), "--tests", "a.*", "--tests", "b.x,c.y"])
-    assert options(args).tests == "a.*,b.x,c.y"
-    assert options(build_parser().parse_args(["run", "--work", str(tmp_path)])).tests is None
+    assert options(args).testing.tests == "a.*,b.x,c.y"
+    assert options(build_parser().parse_args(["run", "--work", str(tmp_path)])).testing.tests is None

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -22,14 +21,14 @@ def test_the_base_is_keyed_by_the_tree_state_and_the_run_inputs(fake_kernel, tmp
     subprocess.run(GIT + ["-C", str(fake_kernel), "add", "-A"], check=True)
     subprocess.run(GIT + ["-C", str(fake_kernel), "commit", "-qm", "base"], check=True)
     work = WorkDir(tmp_path / "w").prepare()
-    opts = Options(work=work.root, kernel_src=fake_kernel)
+    opts = Options.of(work=work.root, kernel_src=fake_kernel)
     key = base_key(opts, work)
     assert base_key(opts, work) == key
     # the series is not part of the base: another series, the same base
-    assert base_key(dataclasses.replace(opts, patches=[tmp_path / "x.patch"]), work) == key
+    assert base_key(opts.but(patches=[tmp_path / "x.patch"]), work) == key
     for change in ({"suite": "full"}, {"profile": "arm64-smmuv3"}, {"debug": ("lockdep",)},
                    {"default_patches": False}, {"kconfig_add": ["CONFIG_X=y"]}, {"tests": "iommufd_ioas.*"}):
-        assert base_key(dataclasses.replace(opts, **change), work) != key, change
+        assert base_key(opts.but(**change), work) != key, change
     # an uncommitted change is another state of the tree; committing it is yet another
     main_c = fake_kernel / "drivers/iommu/iommufd/main.c"
     main_c.write_text(main_c.read_text() + "/* changed */\n")
@@ -38,13 +37,13 @@ def test_the_base_is_keyed_by_the_tree_state_and_the_run_inputs(fake_kernel, tmp
     subprocess.run(GIT + ["-C", str(fake_kernel), "commit", "-qam", "changed"], check=True)
     assert base_key(opts, work) not in (key, dirty)
     # a commit by --rev: keyed by the commit
-    assert base_key(dataclasses.replace(opts, rev="HEAD~1"), work) == \
-        base_key(dataclasses.replace(opts, rev="HEAD~1"), work) != base_key(opts, work)
+    assert base_key(opts.but(rev="HEAD~1"), work) == \
+        base_key(opts.but(rev="HEAD~1"), work) != base_key(opts, work)
 
 
 def test_a_plain_directory_is_keyed_by_what_its_working_copy_saw(fake_kernel, tmp_path):
     work = WorkDir(tmp_path / "w").prepare()
-    opts = Options(work=work.root, kernel_src=fake_kernel)
+    opts = Options.of(work=work.root, kernel_src=fake_kernel)
     key = base_key(opts, work)
     assert base_key(opts, work) == key
     (fake_kernel / "Kconfig").write_text("# changed\n")

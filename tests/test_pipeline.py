@@ -17,7 +17,7 @@ def _patch(tmp_path, tree, name, path, new_line):
 
 
 def _configured(fake_kernel, tmp_path, *patches):
-    opts = Options(work=tmp_path / "w", kernel_src=fake_kernel, default_patches=False, patches=list(patches))
+    opts = Options.of(work=tmp_path / "w", kernel_src=fake_kernel, default_patches=False, patches=list(patches))
     WorkDir(opts.work).prepare()
     pipe = Pipeline(opts, Ui(quiet=True), new_record(opts), tmp_path / "logs")
     return pipe.prepare(until="config").config.reconfigured

@@ -29,18 +29,18 @@ def _results(tmp_path: Path, golden: Path, inputs=INPUTS) -> Path:
 
 def test_repro_takes_everything_that_defines_the_kernel_and_the_failing_tests(tmp_path, golden):
     res = _results(tmp_path, golden)
-    machine = Options(work=tmp_path / "w", accel="tcg", repeat=5, until_fail=True)
+    machine = Options.of(work=tmp_path / "w", accel="tcg", repeat=5, until_fail=True)
     opts = repro_options(res, None, machine)
-    assert (opts.kernel_src, opts.commits, opts.default_patches) == (Path("/src/linux"), INPUTS["commits"], False)
-    assert (opts.patches, opts.fragments, opts.base_config) == ([Path("/p/fix.patch")], [Path("/f/x.config")],
+    assert (opts.kernel.kernel_src, opts.kernel.commits, opts.kernel.default_patches) == (Path("/src/linux"), INPUTS["commits"], False)
+    assert (opts.kernel.patches, opts.kernel.fragments, opts.kernel.base_config) == ([Path("/p/fix.patch")], [Path("/f/x.config")],
                                                                 Path("/c/.config"))
-    assert (opts.kconfig_add, opts.debug, opts.extra_cmdline) == (["CONFIG_DEBUG_VM=y"], ("lockdep",),
+    assert (opts.kernel.kconfig_add, opts.kernel.debug, opts.machine.extra_cmdline) == (["CONFIG_DEBUG_VM=y"], ("lockdep",),
                                                                   "iommu.strict=1")
-    assert (opts.profile, opts.suite) == ("x86_64-vtd", "full")
-    assert opts.tests.split(",") == [f"iommufd_ioas.{v}.area_auto_iova"
+    assert (opts.machine.profile, opts.testing.suite) == ("x86_64-vtd", "full")
+    assert opts.testing.tests.split(",") == [f"iommufd_ioas.{v}.area_auto_iova"
                                      for v in ("no_domain", "mock_domain", "two_mock_domain", "mock_domain_limit")]
-    assert (opts.accel, opts.repeat, opts.until_fail) == ("tcg", 5, True)
-    assert repro_options(res, "iommufd_ioas.*.access_pin", machine).tests == "iommufd_ioas.*.access_pin"
+    assert (opts.machine.accel, opts.testing.repeat, opts.testing.until_fail) == ("tcg", 5, True)
+    assert repro_options(res, "iommufd_ioas.*.access_pin", machine).testing.tests == "iommufd_ioas.*.access_pin"
 
 
 def test_repro_of_a_green_run_needs_a_test_name(tmp_path, golden):
@@ -49,7 +49,7 @@ def test_repro_of_a_green_run_needs_a_test_name(tmp_path, golden):
     (tmp_path / "ok").mkdir()
     (tmp_path / "ok" / "results.json").write_text(json.dumps(data))
     with pytest.raises(InputError, match="nothing failed"):
-        repro_options(tmp_path / "ok", None, Options(work=tmp_path))
+        repro_options(tmp_path / "ok", None, Options.of(work=tmp_path))
 
 
 def test_summary_names_the_repro_command(tmp_path, golden):
@@ -74,15 +74,15 @@ def test_a_test_of_a_parallel_run_is_reproduced_with_the_tests_that_ran_alongsid
     data["inputs"] = {**INPUTS, "parallel": 2}
     (tmp_path / "par").mkdir()
     (tmp_path / "par" / "results.json").write_text(json.dumps(data))
-    opts = repro_options(tmp_path / "par", None, Options(work=tmp_path))
-    assert opts.parallel == 2
-    assert opts.tests.split(",") == [t["name"] for t in failed] + [partner]
+    opts = repro_options(tmp_path / "par", None, Options.of(work=tmp_path))
+    assert opts.testing.parallel == 2
+    assert opts.testing.tests.split(",") == [t["name"] for t in failed] + [partner]
     line = reproducer("x86_64-vtd", "full", failed[0]["name"], data["inputs"], alongside=[partner])
     assert f"--tests '{failed[0]['name']},{partner}'" in line and line.count("--parallel 2") == 1
     run = RunRecord.from_json(data)
     assert f"--tests '{failed[0]['name']},{partner}'" in render(run, None)
     # the same run without --parallel: the test alone
-    assert repro_options(_results(tmp_path, golden), None, Options(work=tmp_path)).parallel == 1
+    assert repro_options(_results(tmp_path, golden), None, Options.of(work=tmp_path)).testing.parallel == 1
     alone = reproducer("x86_64-vtd", "full", failed[0]["name"], INPUTS, alongside=[partner])
     assert f"--tests '{failed[0]['name']}'" in alone and "--parallel" not in alone
 
@@ -100,7 +100,7 @@ def test_a_results_dir_keeps_its_inputs_and_repro_takes_the_copies_when_the_orig
     (mine / "quilt" / "one.patch").write_text("--- a/y\n+++ b/y\n")
     (mine / "x.config").write_text("CONFIG_X=y\n")
     (mine / "full.config").write_text("CONFIG_Y=y\n")
-    opts = Options(work=tmp_path / "w", patches=[mine / "fix.patch", mine / "quilt"], fragments=[mine / "x.config"],
+    opts = Options.of(work=tmp_path / "w", patches=[mine / "fix.patch", mine / "quilt"], fragments=[mine / "x.config"],
                    base_config=mine / "full.config")
     res = _results(tmp_path, golden, inputs={**inputs(opts), "kept": None})
     kept = keep_inputs(opts, res)
@@ -111,8 +111,8 @@ def test_a_results_dir_keeps_its_inputs_and_repro_takes_the_copies_when_the_orig
                     "fragments": ["inputs/fragments/0-x.config"], "config": "inputs/config/0-full.config"}
     assert (res / "inputs/patches/1-quilt/one.patch").read_text() == "--- a/y\n+++ b/y\n"
     # the originals still there: they are what runs
-    again = repro_options(res, None, Options(work=tmp_path / "w"))
-    assert again.patches == [mine / "fix.patch", mine / "quilt"] and again.base_config == mine / "full.config"
+    again = repro_options(res, None, Options.of(work=tmp_path / "w"))
+    assert again.kernel.patches == [mine / "fix.patch", mine / "quilt"] and again.kernel.base_config == mine / "full.config"
     # moved elsewhere, the originals gone: the copies
     import shutil
 
@@ -120,14 +120,14 @@ def test_a_results_dir_keeps_its_inputs_and_repro_takes_the_copies_when_the_orig
     (mine / "fix.patch").unlink()
     shutil.rmtree(mine / "quilt")
     (mine / "full.config").unlink()
-    again = repro_options(tmp_path / "elsewhere", None, Options(work=tmp_path / "w"))
+    again = repro_options(tmp_path / "elsewhere", None, Options.of(work=tmp_path / "w"))
     where = (tmp_path / "elsewhere").resolve()
-    assert again.patches == [where / "inputs/patches/0-fix.patch", where / "inputs/patches/1-quilt"]
-    assert again.fragments == [mine / "x.config"]  # still there: the original
-    assert again.base_config == where / "inputs/config/0-full.config"
+    assert again.kernel.patches == [where / "inputs/patches/0-fix.patch", where / "inputs/patches/1-quilt"]
+    assert again.kernel.fragments == [mine / "x.config"]  # still there: the original
+    assert again.kernel.base_config == where / "inputs/config/0-full.config"
 
 
 def test_repro_of_a_lab_board_run_goes_to_that_board(tmp_path, golden):
     res = _results(tmp_path, golden, inputs={**INPUTS, "lab": "/lab/lab.toml", "board": "odroid-1"})
-    opts = repro_options(res, None, Options(work=tmp_path / "w"))
-    assert (opts.lab, opts.board) == (Path("/lab/lab.toml"), "odroid-1")
+    opts = repro_options(res, None, Options.of(work=tmp_path / "w"))
+    assert (opts.machine.lab, opts.machine.board) == (Path("/lab/lab.toml"), "odroid-1")

@@ -77,21 +77,21 @@ def test_step_options_for_a_quilt_series_hold_the_first_k_patches(tmp_path):
         (series_dir / f"000{i}-p.patch").write_text(
             f"Subject: [PATCH] p{i}\n\n---\n--- a/f{i}\n+++ b/f{i}\n@@ -1 +1 @@\n-a\n+b\n")
     (series_dir / "series").write_text("0001-p.patch\n0002-p.patch\n0003-p.patch\n")
-    opts = Options(work=tmp_path / "w", patches=[series_dir])
+    opts = Options.of(work=tmp_path / "w", patches=[series_dir])
     series = load_series(opts)
     assert [p.subject for p in series.items] == ["p1", "p2", "p3"]
-    assert step_options(opts, series, 0, tmp_path / "root").patches == []
+    assert step_options(opts, series, 0, tmp_path / "root").kernel.patches == []
     two = step_options(opts, series, 2, tmp_path / "root")
-    assert [p.subject for p in patches.load(two.patches[0])] == ["p1", "p2"]
+    assert [p.subject for p in patches.load(two.kernel.patches[0])] == ["p1", "p2"]
     assert two.results == tmp_path / "root" / "step-02" and not two.compare_base
 
 
 def test_step_options_for_commits_are_prefixes_of_the_range(tmp_path):
-    opts = Options(work=tmp_path / "w", kernel_src=tmp_path, commits="main..series")
+    opts = Options.of(work=tmp_path / "w", kernel_src=tmp_path, commits="main..series")
     series = Series((), "b" * 40, ("1" * 40, "2" * 40))
-    assert step_options(opts, series, 0, tmp_path).rev == "b" * 40
-    assert step_options(opts, series, 0, tmp_path).commits is None
-    assert step_options(opts, series, 2, tmp_path).commits == f"{'b' * 40}..{'2' * 40}"
+    assert step_options(opts, series, 0, tmp_path).kernel.rev == "b" * 40
+    assert step_options(opts, series, 0, tmp_path).kernel.commits is None
+    assert step_options(opts, series, 2, tmp_path).kernel.commits == f"{'b' * 40}..{'2' * 40}"
 
 
 def test_a_steps_series_keeps_what_series_toml_says(tmp_path):
@@ -104,9 +104,9 @@ def test_a_steps_series_keeps_what_series_toml_says(tmp_path):
     (series_dir / "series.toml").write_text(
         'kernels = ">=6.2"\n[[patch]]\nname = "0002-p.patch"\nkernels = "<6.12"\nwhy = "fixed in \\"6.12\\""\n'
         'when = [{ file = "a/b.h", lacks = "X" }]\n')
-    opts = Options(work=tmp_path / "w", patches=[series_dir])
+    opts = Options.of(work=tmp_path / "w", patches=[series_dir])
     series = load_series(opts)
-    again = patches.load(step_options(opts, series, 2, tmp_path / "root").patches[0])
+    again = patches.load(step_options(opts, series, 2, tmp_path / "root").kernel.patches[0])
     for version in ("6.1.0", "6.6.3", "6.12.117"):
         for before, after in zip(series.items, again):
             assert bool(before.not_for(tmp_path, version)) == bool(after.not_for(tmp_path, version)), version

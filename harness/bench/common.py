@@ -78,7 +78,7 @@ def prepare(work: Path, profile: str, debug: tuple[str, ...], patches: list[Path
     from harness.ui import Ui
     from harness.workdir import WorkLock
 
-    opts = Options(work=work, profile=profile, debug=debug, patches=patches, kernel_src=kernel_src)
+    opts = Options.of(work=work, profile=profile, debug=debug, patches=patches, kernel_src=kernel_src)
     wd = WorkDir(work).prepare()
     with WorkLock(wd):
         pipe = Pipeline(opts, Ui(quiet=True), new_record(opts), wd.root / "logs")

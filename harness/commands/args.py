@@ -113,7 +113,7 @@ def _profile(args) -> str:
 
 
 def options(args) -> Options:
-    return Options(
+    return Options.of(
         work=args.work.expanduser().resolve(),
         kernel_src=args.kernel_src,
         rev=args.rev,

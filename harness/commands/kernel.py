@@ -54,7 +54,7 @@ def cmd_config(args, ui: Ui) -> int:
         matching = [n for n in profiles.available() if profiles.load(n).arch == args.arch]
         if not matching:
             raise InputError(f"no profile for {args.arch}")
-        opts.profile = next((n for n in matching if n == opts.profile), matching[0])
+        opts.machine.profile = next((n for n in matching if n == opts.machine.profile), matching[0])
     jobs.validate(opts, tests=False)
     prep = jobs.prepare(opts, ui, until="config")
     values = kconfig.read_config(prep.config.config)

@@ -29,11 +29,11 @@ def add(sub) -> None:
 def cmd_repro(args, ui: Ui) -> int:
     if args.repeat < 1:
         raise InputError("--repeat must be at least 1")
-    machine = Options(work=args.work.expanduser().resolve(), accel=args.accel, boot_timeout=args.boot_timeout,
+    machine = Options.of(work=args.work.expanduser().resolve(), accel=args.accel, boot_timeout=args.boot_timeout,
                       keep_vm=args.keep_vm, shell=args.shell, results=args.results,
                       repeat=args.repeat if args.repeat > 1 or not args.until_fail else 100,
                       until_fail=args.until_fail)
     opts = jobs.repro_options(args.results_dir, args.test, machine)
     if args.cmdline:
-        opts.extra_cmdline = " ".join(x for x in (opts.extra_cmdline, args.cmdline) if x)
+        opts.machine.extra_cmdline = " ".join(x for x in (opts.machine.extra_cmdline, args.cmdline) if x)
     return jobs.run(opts, ui)

@@ -11,7 +11,6 @@ and ``reply.eml`` as it was written or sent."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import shlex
@@ -26,7 +25,8 @@ from harness.errors import EXIT_ERROR, EXIT_FAIL, EXIT_PASS, HarnessError, Input
 from harness.mail import reply as replies
 from harness.mail.config import GateConfig, Smtp, load_config  # noqa: F401 - the gate's config, re-exported
 from harness.mail.series import Series, fetch, parse_source
-from harness.pipeline import Options, results_dir_for
+from harness.options import MachineSpec, Options, TestPlan
+from harness.pipeline import results_dir_for
 from harness.reports.results import RunRecord
 from harness.stages import source
 from harness.ui import Ui
@@ -138,19 +138,19 @@ def _setup(req: GateRequest, opts: Options) -> tuple[Options, GateConfig, Path, 
     """The gate's options (the tree, its config, the gate's kernel) and its
     cells (profile, suite): --profiles/--suites, else the config's, else
     --profile/--suite; checked."""
-    if opts.patches or opts.commits or opts.rev:
+    if opts.kernel.patches or opts.kernel.commits or opts.kernel.rev:
         raise InputError("gate takes the series from SERIES: --patches, --commits and --rev do not apply",
                          "use 'run' to test patches of your own")
-    if opts.kernel_src is None or not (Path(opts.kernel_src).expanduser() / ".git").exists():
+    if opts.kernel.kernel_src is None or not (Path(opts.kernel.kernel_src).expanduser() / ".git").exists():
         raise InputError("gate needs --kernel-src: the git tree the series is for",
                          "give the tree the series was written against (its base-commit must be in it)")
-    tree = Path(opts.kernel_src).expanduser().resolve()
+    tree = Path(opts.kernel.kernel_src).expanduser().resolve()
     cfg = load_config(req.config, tree)
-    names = req.profiles or (cfg.profiles if opts.profile == Options.profile else []) or [opts.profile]
-    tests = req.suites or (cfg.suites if opts.suite == Options.suite else []) or [opts.suite]
+    names = req.profiles or (cfg.profiles if opts.machine.profile == MachineSpec.profile else []) or [opts.machine.profile]
+    tests = req.suites or (cfg.suites if opts.testing.suite == TestPlan.suite else []) or [opts.testing.suite]
     cells = [(p, t) for p in dict.fromkeys(names) for t in dict.fromkeys(tests)]
-    opts = dataclasses.replace(opts, kernel_src=tree, profile=cells[0][0], suite=cells[0][1],
-                               debug=opts.debug or (cfg.debug if cfg.debug is not None else GATE_DEBUG),
+    opts = opts.but(kernel_src=tree, profile=cells[0][0], suite=cells[0][1],
+                               debug=opts.kernel.debug or (cfg.debug if cfg.debug is not None else GATE_DEBUG),
                                compare_base=True)
     for name in dict.fromkeys(names):
         profiles.load(name)
@@ -191,14 +191,14 @@ def _gate_series(req: GateRequest, opts: Options, cfg: GateConfig, tree: Path, c
         ui.info(f"base: {base[:12]} ({'from the series' if how == 'base-commit' else how})")
         info["prerequisites"] = prerequisites(tree, base, series.prerequisite_patch_ids)
         save()
-        ropts = dataclasses.replace(opts, rev=base, patches=[series.mbox], results=results)
+        ropts = opts.but(rev=base, patches=[series.mbox], results=results)
         validate(ropts)
         ran: list[tuple[replies.Cell, RunRecord, Options]] = []
         with WorkLock(work):
             for profile, suite in cells:
-                copts = dataclasses.replace(ropts, profile=profile, suite=suite)
+                copts = ropts.but(profile=profile, suite=suite)
                 where = results if len(cells) == 1 else results / f"{profile}-{suite}"
-                copts = dataclasses.replace(copts, results=where)
+                copts = copts.but(results=where)
                 if len(cells) > 1:
                     ui.stage(f"{profile}, suite {suite}")
                 record, interrupted = run_one(copts, ui, where)
@@ -278,7 +278,7 @@ def _reproducer(req: GateRequest, src, opts: Options, tree: Path, cells: list[tu
         words += ["--revision", str(req.revision)]
     names, tests = list(dict.fromkeys(p for p, _ in cells)), list(dict.fromkeys(t for _, t in cells))
     words += ["--kernel-src", str(tree), "--profiles" if len(names) > 1 else "--profile", ",".join(names),
-              "--suites" if len(tests) > 1 else "--suite", ",".join(tests), "--debug", ",".join(opts.debug)]
+              "--suites" if len(tests) > 1 else "--suite", ",".join(tests), "--debug", ",".join(opts.kernel.debug)]
     return " ".join(shlex.quote(w) for w in words)
 
 
@@ -292,7 +292,7 @@ def _which_patch(ropts: Options, series: Series, base_results: Path, results: Pa
     from harness import walk as walker
 
     n = len(series.patches)
-    wopts = dataclasses.replace(ropts, compare_base=False, baseline=None, results=results / "walk")
+    wopts = ropts.but(compare_base=False, baseline=None, results=results / "walk")
     ui.stage("which patch")
     try:
         code = walker.walk(wopts, ui, bisect=n >= WALK_BISECT, known={0: base_results, n: results})

@@ -273,7 +273,7 @@ def gate_new(req: "gate.GateRequest", poll: PollRequest, opts: Options, ui: Ui) 
                                       reply_on_error=req.reply_on_error and not mailed_error)
             one_cfg = dataclasses.replace(cfg, reply_on_error=False) if mailed_error else cfg
             slug = re.sub(r"[^A-Za-z0-9]+", "-", p.msgid).strip("-")[:60]
-            ropts = dataclasses.replace(opts, results=root / f"{i:02d}-{slug}" if root else None)
+            ropts = opts.but(results=root / f"{i:02d}-{slug}" if root else None)
             ui.stage(f"series {i}/{len(new)}")
             at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
             try:

@@ -163,6 +163,6 @@ def test_a_plan_names_its_cells(tmp_path):
     assert plan.root == tmp_path / "nights" and plan.patches == (tmp_path / "s.patch",) and plan.history == 7
     from harness.pipeline import Options
 
-    cells = nightly.cells(plan, Options(work=tmp_path))
-    assert [(d, o.profile, o.suite) for d, o in cells] == [("x86_64-vtd-access", "x86_64-vtd", "access"),
+    cells = nightly.cells(plan, Options.of(work=tmp_path))
+    assert [(d, o.machine.profile, o.testing.suite) for d, o in cells] == [("x86_64-vtd-access", "x86_64-vtd", "access"),
                                                             ("arm64-smmuv3-access", "arm64-smmuv3", "access")]

@@ -9,7 +9,7 @@ from harness.reports.results import TestRecord
 
 
 def test_every_input_is_in_the_line(tmp_path):
-    opts = Options(work=tmp_path, kernel_src=tmp_path / "linux", default_patches=False,
+    opts = Options.of(work=tmp_path, kernel_src=tmp_path / "linux", default_patches=False,
                    patches=[tmp_path / "a.patch", tmp_path / "b series"], kconfig_add=["CONFIG_KASAN=y"],
                    fragments=[tmp_path / "debug.config"], base_config=tmp_path / "full.config",
                    extra_cmdline="iommu.strict=1 nokaslr", profile="arm64-smmuv3", suite="full")
@@ -31,22 +31,22 @@ def test_every_input_is_in_the_line(tmp_path):
 def test_a_lab_board_run_is_reproduced_on_that_board(tmp_path):
     """Without --lab/--board the line would run a board profile on a VM."""
     lab = tmp_path / "lab.toml"
-    opts = Options(work=tmp_path, profile="board-arm64", board="odroid-1", lab=lab)
+    opts = Options.of(work=tmp_path, profile="board-arm64", board="odroid-1", lab=lab)
     argv = shlex.split(reproducer("board-arm64", "access", "iommufd_ioas.no_domain.access_rw", inputs(opts)))
     pairs = list(zip(argv, argv[1:]))
     assert ("--lab", str(lab)) in pairs and ("--board", "odroid-1") in pairs
-    line = reproducer("board-arm64", "access", "x", inputs(Options(work=tmp_path, board="root@10.0.0.2:2222")))
+    line = reproducer("board-arm64", "access", "x", inputs(Options.of(work=tmp_path, board="root@10.0.0.2:2222")))
     assert line.endswith("--board root@10.0.0.2:2222") and "--lab" not in line
 
 
 def test_a_plain_run_has_a_plain_line(tmp_path):
-    line = reproducer("x86_64-vtd", "access", "iommufd_ioas.mock_domain.access_pin", inputs(Options(work=tmp_path)))
+    line = reproducer("x86_64-vtd", "access", "iommufd_ioas.mock_domain.access_pin", inputs(Options.of(work=tmp_path)))
     assert line == ("iommufd-harness run --profile x86_64-vtd --suite access "
                     "--tests 'iommufd_ioas.mock_domain.access_pin'")
 
 
 def test_summary_md_reproduces_with_the_runs_inputs(tmp_path):
-    run = new_record(Options(work=tmp_path, patches=[tmp_path / "fix.patch"], kconfig_add=["CONFIG_PROVE_LOCKING=y"]))
+    run = new_record(Options.of(work=tmp_path, patches=[tmp_path / "fix.patch"], kconfig_add=["CONFIG_PROVE_LOCKING=y"]))
     run.tests = [TestRecord("iommufd_ioas.no_domain.access_rw", "fail", 0.1, "", "Expected 0", "iommufd")]
     run.decide()
     md = render(run, None)
@@ -64,7 +64,7 @@ def test_a_run_in_another_work_dir_is_reproduced_there(tmp_path, monkeypatch):
     assert work_arg(tmp_path / "default") is None
     other = tmp_path / "my work"
     assert work_arg(other) == str(other)
-    line = reproducer("x86_64-vtd", "access", "iommufd_ioas.mock_domain.access_pin", inputs(Options(work=other)),
+    line = reproducer("x86_64-vtd", "access", "iommufd_ioas.mock_domain.access_pin", inputs(Options.of(work=other)),
                       work_arg(other))
     assert shlex.split(line)[2:4] == ["--work", str(other)]
     assert shlex.split(repro_line("/r", work=work_arg(other))) == ["iommufd-harness", "repro", "/r", "--work", str(other)]

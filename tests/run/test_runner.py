@@ -179,7 +179,7 @@ def test_rerun_failed_marks_flaky_and_keeps_real_failures(fake_selftests, tmp_pa
 
     lifecycle = LocalLifecycle(fake_selftests)
     target = lifecycle.up()
-    record = new_record(Options(work=tmp_path / "w"))
+    record = new_record(Options.of(work=tmp_path / "w"))
     suite = suites.load("access")
     session = TestSession(lifecycle, suite, SessionOptions(rerun_failed=2), record, ResultsDir(tmp_path / "r"),
                           Ui(quiet=True))

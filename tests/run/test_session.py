@@ -23,7 +23,7 @@ HANGS = "iommufd_ioas.no_domain.hangs"  # the "kernel" dies while it runs
 
 
 def _session(lifecycle, tmp_path, **kw):
-    record = new_record(Options(work=tmp_path / "w"))
+    record = new_record(Options.of(work=tmp_path / "w"))
     return TestSession(lifecycle, SUITE, SessionOptions(tests=PICK, **kw), record, ResultsDir(tmp_path / "r"),
                        Ui(quiet=True)), record
 
@@ -72,7 +72,7 @@ def test_a_rerun_finds_its_own_kernel_reports(fake_selftests, tmp_path):
     """A test that makes the kernel WARN does so on its rerun too: the rerun's
     report is its own (not the first run's), so the test is not flaky."""
     lc = LocalLifecycle(fake_selftests)
-    record = new_record(Options(work=tmp_path / "w"))
+    record = new_record(Options.of(work=tmp_path / "w"))
     session = TestSession(lc, SUITE, SessionOptions(tests="*.no_domain.warns", rerun_failed=1), record,
                           ResultsDir(tmp_path / "r"), Ui(quiet=True))
     with lc:
@@ -107,7 +107,7 @@ def test_tests_after_lockdeps_or_kasans_first_report_ran_unchecked(fake_selftest
 
     for kind, key, without in (("lockdep", "lockdep_off", "lock checking"), ("kasan", "kasan_off", "KASAN's reports")):
         lc = Lc(fake_selftests)
-        record = new_record(Options(work=tmp_path / kind))
+        record = new_record(Options.of(work=tmp_path / kind))
         pick = "*.no_domain.access_pin,*.no_domain.warns,*.mock_domain.access_pin"
         session = TestSession(lc, SUITE, SessionOptions(tests=pick), record, ResultsDir(tmp_path / kind / "r"),
                               Ui(quiet=True))
@@ -201,7 +201,7 @@ def test_a_flood_of_kernel_reports_is_counted_not_listed(tmp_path):
 
 def _repeat(fake_selftests, tmp_path, tests, **kw):
     lc = LocalLifecycle(fake_selftests)
-    record = new_record(Options(work=tmp_path / "w"))
+    record = new_record(Options.of(work=tmp_path / "w"))
     session = TestSession(lc, SUITE, SessionOptions(tests=tests, **kw), record, ResultsDir(tmp_path / "r"),
                           Ui(quiet=True))
     with lc:
@@ -259,7 +259,7 @@ THREE = "*.no_domain.access_pin,*.mock_domain.access_rw,*.mock_domain.fails"
 def _leak_session(tmp_path, fake_selftests, kmemleak: Path):
     ctl = tmp_path / "kmemleak-ctl"
     lc = LocalLifecycle(fake_selftests, env={"HARNESS_KMEMLEAK": str(kmemleak), "HARNESS_KMEMLEAK_CTL": str(ctl)})
-    record = new_record(Options(work=tmp_path / "w"))
+    record = new_record(Options.of(work=tmp_path / "w"))
     sink = ResultsDir(tmp_path / "r")
     session = TestSession(lc, SUITE, SessionOptions(tests=THREE, leak_scan=True), record, sink, Ui(quiet=True))
     with lc:

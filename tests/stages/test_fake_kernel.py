@@ -187,7 +187,7 @@ def test_debug_kernels_are_a_config_level_and_a_build_dir_of_their_own(fake_kern
         debugkernels.parse(["kasna"])
 
     def prepare(*debug):
-        opts = Options(work=tmp_path / "w", kernel_src=fake_kernel, default_patches=False, debug=debug)
+        opts = Options.of(work=tmp_path / "w", kernel_src=fake_kernel, default_patches=False, debug=debug)
         WorkDir(opts.work).prepare()
         record = new_record(opts)
         prep = Pipeline(opts, Ui(quiet=True), record, tmp_path / "logs").prepare(until="config")

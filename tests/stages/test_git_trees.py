@@ -195,13 +195,13 @@ def test_repro_takes_the_commit_that_ran_or_refuses_a_changed_dirty_tree(repo, t
 
     recorded(clean)
     commit(repo, MAIN_C, "return 0;", "return 9;", "moved on")
-    assert repro_options(res, None, Options(work=tmp_path / "w")).rev == head
+    assert repro_options(res, None, Options.of(work=tmp_path / "w")).kernel.rev == head
     (repo / MAIN_C).write_text("dirty\n")
     recorded(source.git_state(repo))
-    assert repro_options(res, None, Options(work=tmp_path / "w")).rev is None  # the same dirty tree: as it is
+    assert repro_options(res, None, Options.of(work=tmp_path / "w")).kernel.rev is None  # the same dirty tree: as it is
     (repo / MAIN_C).write_text("dirtier\n")
     with pytest.raises(InputError, match="is not the tree that ran"):
-        repro_options(res, None, Options(work=tmp_path / "w"))
+        repro_options(res, None, Options.of(work=tmp_path / "w"))
 
 
 def test_an_exported_commit_is_not_compared_again_when_nothing_changed(repo, tmp_path, monkeypatch):
