@@ -1,20 +1,7 @@
-"""boot = "kexec": a board that boots the kernel built here once, and always comes back.
-
-    record the installed kernel (release, build-id, boot_id)
-    -> copy the trial kernel to /boot/iommufd-harness/<id>/
-    -> kexec it (the board's boot configuration is never touched, so any
-       power cycle returns to the installed kernel), or "oneshot": reboot
-       through U-Boot, whose hook runs the harness's one-shot script once
-       (the script deletes itself before it boots the trial kernel)
-    -> wait for SSH with a new boot_id and the built kernel's build-id
-    -> tests, exactly as on any target
-    -> reboot (power cycle if it does not answer by the deadline)
-    -> the installed kernel's build-id again; remove the directory.
-
-A trial kernel that does not come up, or comes up as another kernel, is
-"deploy failed": no verdict (exit 2), never a test failure.  A board that
-does not come back to its installed kernel is quarantined in the lab state.
-"""
+"""``boot = "kexec"``: the trial kernel built here is copied to the board,
+loaded with the board's dtb and command line and jumped into; teardown
+reboots into the installed kernel.  The steps, and what "deploy failed"
+and quarantine mean, are :mod:`harness.lab.deploy`'s."""
 
 from __future__ import annotations
 
