@@ -1,6 +1,7 @@
 """Results dirs made of real runs' results.json (tests/golden, captured by
-tests/golden/capture.py), for the tests of what reads many of them back:
-report --merge, report.html, the nightly history."""
+tests/golden/capture_results.py and validated against results.schema.json
+there), for the tests of what reads many of them back: report --merge,
+report.html, the nightly history."""
 
 from __future__ import annotations
 

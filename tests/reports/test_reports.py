@@ -129,7 +129,7 @@ def test_summary_without_baseline_and_of_an_error_run(golden):
     err = _golden_run(golden, "results-arm64-smmuv3-access-build-error.json")
     md = render(err, None)
     assert md.startswith("### iommufd-harness: ERROR\n")
-    assert "error [build]: iommufd selftests build failed: /usr/include/stdlib.h:26:10" in md
+    assert "error [build]: iommufd selftests build failed: iommufd_utils.h:12:10: linux/align.h" in md
     assert "`arm64-smmuv3`, suite `access`; not booted" in md
 
 
