@@ -21,8 +21,9 @@ one results dir per cell (profile or board x suite) in it, and over them the
 merged reports (harness.reports.merge: merged.json, summary.md, junit.xml,
 kcidb.json, report.html) with the history of the earlier nights under the
 same root (harness.reports.history: history.json; summary.md leads with
-what changed since the previous night).  A cell that fails for
-infrastructure reasons is a cell without a verdict, never a regression.
+what changed since the previous night).  A cell whose tests did not all
+run (a board unreachable, a build broken) is a cell without a verdict,
+never a regression; the summary says what stopped it.
 """
 
 from __future__ import annotations

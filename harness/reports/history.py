@@ -22,7 +22,7 @@ from pathlib import Path
 from harness.reports import merge
 from harness.reports.html import by_test  # noqa: F401 - grouped as report.html shows them
 from harness.reports.markdown import code, esc
-from harness.reports.results import BAD
+from harness.reports.results import BAD, no_verdict_cause
 
 UNKNOWN = "error"  # the cell gave no verdict that night
 FAILING = BAD - {"notrun"}
@@ -140,7 +140,8 @@ def changes(h: History) -> dict:
             continue
         p = prev.cells[cname]
         if c.run.verdict == "error" and p.run.verdict != "error":
-            out["no_verdict"].append({"cell": cname, "since": prev.name, "error": (c.run.errors or ["?"])[0]})
+            out["no_verdict"].append({"cell": cname, "since": prev.name, "error": (c.run.errors or ["?"])[0],
+                                      "cause": no_verdict_cause(c.run.errors)})
         if c.run.verdict != "error" and p.run.verdict == "error":
             out["verdict_again"].append(cname)
         if c.run.verdict == "error" or p.run.verdict == "error":
@@ -177,7 +178,7 @@ def markdown(h: History) -> list[str]:
                        f"({g['was']} -> {g['is']})" + (f": {esc(g['reason'], 160)}" if g["reason"] else ""))
     for x in ch["no_verdict"]:
         said = True
-        out.append(f"- **no verdict** on {esc(x['cell'])} (infrastructure, not the kernel): "
+        out.append(f"- **no verdict** on {esc(x['cell'])} ({esc(x.get('cause', 'infrastructure'))}): "
                    f"{esc(x['error'].splitlines()[0], 200)}")
     for c in ch["verdict_again"]:
         said = True

@@ -28,7 +28,7 @@ from harness.errors import EXIT_ERROR, EXIT_FAIL, EXIT_PASS, InputError, ToolMis
 from harness.reports import html
 from harness.reports.junit import junit_xml
 from harness.reports.markdown import block, code, esc, failure_lines, load_run
-from harness.reports.results import BAD, STATUSES, Cell  # noqa: F401 - Cell: merge's unit
+from harness.reports.results import BAD, STATUSES, Cell, no_verdict_cause  # noqa: F401 - Cell: merge's unit
 from harness.reports.resultsdir import atomic_write
 
 VERDICT_ORDER = ("pass", "fail", "error")  # the worse one wins
@@ -150,7 +150,7 @@ def summary(cs: list[Cell]) -> str:
     for c in bad:
         out += ["", f"#### {esc(c.name)}: {c.run.verdict}", ""]
         if c.run.errors:
-            what = "infrastructure, not the kernel: " if c.run.verdict == "error" and not \
+            what = f"{no_verdict_cause(c.run.errors)}: " if c.run.verdict == "error" and not \
                 [t for t in c.run.tests if t.status in BAD - {"notrun"}] else ""
             out += [f"{what}no verdict" if what else "errors:", "",
                     block([ln for e in c.run.errors for ln in e.splitlines()][:12]), ""]

@@ -129,6 +129,26 @@ class RunRecord:
         return cls(tests=tests, **data)
 
 
+# why a run gave no verdict, by the stage its first error names ("error [build]: ...")
+NO_VERDICT_CAUSES = {
+    "input": "the run's inputs",
+    "patches": "the series does not apply",
+    "config": "the kernel config",
+    "build": "the build failed",
+    "boot": "the kernel did not come up",
+}
+
+
+def no_verdict_cause(errors: list[str]) -> str:
+    """What a run without a verdict points at: the kernel's own stages
+    (its series, config, build, boot) by name, everything else (the host,
+    the image, a board or lab, the harness) as infrastructure."""
+    m = re.match(r"error \[(\w+)\]", errors[0]) if errors else None
+    if m is None:
+        return "tests left unrun" if not errors else "infrastructure, not the kernel"
+    return NO_VERDICT_CAUSES.get(m.group(1), "infrastructure, not the kernel")
+
+
 def validate(data: dict) -> list[str]:
     """What in ``data`` (a results.json) breaks results.schema.json: one
     line per problem, the first 20; none when it holds."""

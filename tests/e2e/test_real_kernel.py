@@ -187,7 +187,7 @@ def test_coverage_shows_which_changed_lines_each_suite_executed(full_run, tmp_pa
     assert full["coverage"]["total"]["lines"] == cov["total"]["lines"]
     assert full["coverage"]["total"]["executed"] > cov["total"]["executed"]
     assert full["coverage"]["total"]["taken"] > cov["total"]["taken"]
-    assert f"| `drivers/iommu/iommufd/vfio_compat.c` | 1 | 1 | 0 |" in (full_results / "summary.md").read_text()
+    assert "| `drivers/iommu/iommufd/vfio_compat.c` | 1 | 1 | 0 |" in (full_results / "summary.md").read_text()
 
 
 def test_without_the_vtd_fix_mock_domain_tests_fail(first_run, tmp_path):

@@ -419,8 +419,6 @@ def _refusing_smtp():
 def test_bad_input_is_a_clear_error_exit_2_and_no_mail(world, tmp_path, case):
     """Each: exit 2, a message naming what is wrong and what to do, no
     traceback, nobody mailed; with --new, nothing recorded as gated."""
-    import json
-
     from mailserver import free_port
 
     smtp = SmtpServer().start()

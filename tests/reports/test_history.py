@@ -44,7 +44,7 @@ def test_a_test_that_breaks_is_named_with_the_night_it_started_and_its_fix_the_n
     assert sorted(x["test"] for x in h2.changes["broke"]) == FAILING
     assert {(x["cell"], x["was"], x["is"], x["since"]) for x in h2.changes["broke"]} == \
         {("x86_64-vtd full", "pass", "fail", n1.name)}
-    # the arm64 cell's broken build is infrastructure: no verdict, and none of its tests broke
+    # the arm64 cell's broken build: no verdict, said to be the build, and none of its tests broke
     assert [x["cell"] for x in h2.changes["no_verdict"]] == ["arm64-smmuv3 full"]
     assert "iommufd selftests build failed" in h2.changes["no_verdict"][0]["error"]
     failing = {t["test"]: t for t in h2.tests if t["first_failing"]}
@@ -67,7 +67,7 @@ def test_a_test_that_breaks_is_named_with_the_night_it_started_and_its_fix_the_n
     for name in FAILING:
         assert f"- **broke**: `{name}` on x86\\_64-vtd full (pass -> fail)" in md
         assert f"| x86\\_64-vtd full | `{name}` | `{n2.name}` | pass fail |" in md
-    assert "- **no verdict** on arm64-smmuv3 full (infrastructure, not the kernel)" in md
+    assert "- **no verdict** on arm64-smmuv3 full (the build failed): error \\[build\\]: iommufd selftests build failed" in md
     assert json.loads((n2 / "history.json").read_text())["nights"] == [n1.name, n2.name]
     assert "#### Since the previous night (none: the first night)" in (n1 / "summary.md").read_text()
     assert "- **fixed**: `" in (n3 / "summary.md").read_text()
@@ -104,7 +104,7 @@ def test_the_nights_page_shows_the_changes_and_a_strip_per_result(tmp_path):
     assert sorted(x.split()[1] for x in changed) == FAILING
     assert all(x.endswith("on x86_64-vtd full (pass -> fail)") for x in changed)
     assert [e[2] for e in dom.find("li", class_="no-verdict")][0].startswith(
-        "no verdict on arm64-smmuv3 full (infrastructure): error [build]: iommufd selftests build failed")
+        "no verdict on arm64-smmuv3 full (the build failed): error [build]: iommufd selftests build failed")
     # the failing result: today's status, then one box per night, oldest first
     row = next(i for i, e in enumerate(dom.elements) if e[1].get("data-test") == FAILING[0])
     td = next(e for e in dom.elements[row:] if e[0] == "td" and e[1].get("data-cell") == "1")

@@ -1,7 +1,10 @@
 import json
 import xml.etree.ElementTree as ET
 
-from harness.reports.results import RunRecord, TestRecord, clean
+import pytest
+
+from harness import errors as E
+from harness.reports.results import RunRecord, TestRecord, clean, no_verdict_cause
 from harness.reports.resultsdir import ResultsDir
 
 
@@ -25,6 +28,22 @@ def test_verdicts_and_exit_codes():
         r = _record(*statuses, errors=errors)
         assert r.decide() == verdict, (statuses, errors)
         assert r.exit_code() == code
+
+
+@pytest.mark.parametrize("error, cause", [
+    (E.PatchError("0002-x.patch does not apply"), "the series does not apply"),
+    (E.ConfigError("CONFIG_IOMMUFD_TEST would not stick"), "the kernel config"),
+    (E.BuildError("iommufd selftests build failed: x.h: No such file", log="logs/build.log"), "the build failed"),
+    (E.BootError("the guest kernel panicked during boot"), "the kernel did not come up"),
+    (E.InputError("no such profile"), "the run's inputs"),
+    (E.ImageError("debootstrap failed"), "infrastructure, not the kernel"),
+    (E.TargetError("QEMU did not start"), "infrastructure, not the kernel"),
+    (E.LabError("board locked by ci@host"), "infrastructure, not the kernel"),
+    (E.ToolMissing("qemu-system-x86_64 is missing"), "infrastructure, not the kernel"),
+])
+def test_a_run_without_a_verdict_says_whether_the_kernel_or_the_infrastructure_stopped_it(error, cause):
+    # as results.json keeps them: the rendered error, with its log and hint lines
+    assert no_verdict_cause([error.render(), "error [host]: later"]) == cause
 
 
 def test_results_json_and_junit_agree(tmp_path):
