@@ -178,7 +178,7 @@ def markdown(h: History) -> list[str]:
                        f"({g['was']} -> {g['is']})" + (f": {esc(g['reason'], 160)}" if g["reason"] else ""))
     for x in ch["no_verdict"]:
         said = True
-        out.append(f"- **no verdict** on {esc(x['cell'])} ({esc(x.get('cause', 'infrastructure'))}): "
+        out.append(f"- **no verdict** on {esc(x['cell'])} ({esc(x['cause'])}): "
                    f"{esc(x['error'].splitlines()[0], 200)}")
     for c in ch["verdict_again"]:
         said = True

@@ -155,7 +155,7 @@ function changes() {
   const ul = $("ul", {id: "changed"});
   for (const x of c.broke) ul.append($("li", {class: "broke", text: `broke: ${x.test} on ${x.cells.join(", ")} (${x.was} -> ${x.is})`}));
   for (const x of c.fixed) ul.append($("li", {class: "fixed", text: `fixed: ${x.test} on ${x.cells.join(", ")} (${x.was} -> ${x.is})`}));
-  for (const x of c.no_verdict) ul.append($("li", {class: "no-verdict", text: `no verdict on ${x.cell} (${x.cause || "infrastructure"}): ${x.error.split("\n")[0]}`}));
+  for (const x of c.no_verdict) ul.append($("li", {class: "no-verdict", text: `no verdict on ${x.cell} (${x.cause}): ${x.error.split("\n")[0]}`}));
   for (const x of c.new) ul.append($("li", {class: "new", text: `new: ${x.test} on ${x.cell}`}));
   for (const x of c.vanished) ul.append($("li", {class: "vanished", text: `vanished: ${x.test} on ${x.cell}`}));
   if (!ul.children.length && c.previous) ul.append($("li", {text: "nothing changed"}));

@@ -9,6 +9,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from harness import errors
 from harness.errors import EXIT_ERROR, EXIT_FAIL, EXIT_PASS
 
 STATUSES = ("pass", "fail", "skip", "timeout", "crash", "notrun")
@@ -129,24 +130,24 @@ class RunRecord:
         return cls(tests=tests, **data)
 
 
-# why a run gave no verdict, by the stage its first error names ("error [build]: ...")
+# why a run gave no verdict, by the stage its first error names (HarnessError.render: "error [build]: ...")
 NO_VERDICT_CAUSES = {
-    "input": "the run's inputs",
-    "patches": "the series does not apply",
-    "config": "the kernel config",
-    "build": "the build failed",
-    "boot": "the kernel did not come up",
+    errors.InputError.stage: "the run's inputs",
+    errors.PatchError.stage: "the series does not apply",
+    errors.ConfigError.stage: "the kernel config",
+    errors.BuildError.stage: "the build failed",
+    errors.BootError.stage: "the kernel did not come up",
 }
 
 
-def no_verdict_cause(errors: list[str]) -> str:
+def no_verdict_cause(errs: list[str]) -> str:
     """What a run without a verdict points at: the kernel's own stages
     (its series, config, build, boot) by name, everything else (the host,
     the image, a board or lab, the harness) as infrastructure."""
-    m = re.match(r"error \[(\w+)\]", errors[0]) if errors else None
-    if m is None:
-        return "tests left unrun" if not errors else "infrastructure, not the kernel"
-    return NO_VERDICT_CAUSES.get(m.group(1), "infrastructure, not the kernel")
+    if not errs:
+        return "tests left unrun"
+    m = re.match(r"error \[(\w+)\]", errs[0])
+    return NO_VERDICT_CAUSES.get(m.group(1) if m else "", "infrastructure, not the kernel")
 
 
 def validate(data: dict) -> list[str]:

@@ -73,7 +73,6 @@ CAPTURES = {
 
 
 def capture(name: str, work: Path, tmp: Path) -> bool:
-    sys.path.insert(0, str(REPO))
     from harness.reports.results import validate
 
     golden, args, check = CAPTURES[name]
@@ -97,6 +96,7 @@ def capture(name: str, work: Path, tmp: Path) -> bool:
 
 
 def main() -> int:
+    sys.path.insert(0, str(REPO))
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", type=Path, default=REPO / "work")
     ap.add_argument("names", nargs="*", metavar="NAME", help=f"of {', '.join(CAPTURES)} (default: all)")
