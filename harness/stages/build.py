@@ -20,6 +20,9 @@ from harness.toolchain import Toolchain
 
 STAMP = ".harness-build.json"
 SELFTESTS = ("iommufd", "iommufd_fail_nth")
+# how the selftests are built; in the stamp's key, so a build dir whose
+# selftests were built another way (before -MD) is built again once
+SELFTESTS_CFLAGS = "-MD"
 
 
 @dataclass(frozen=True)
@@ -76,7 +79,7 @@ def _make(argv, req: BuildRequest, log: Path, what: str, env: dict | None = None
 
 def _stamp_key(req: BuildRequest) -> str:
     blob = json.dumps([req.config_sha256, req.tree_generation, req.toolchain.arch,
-                       req.toolchain.cross_compile, SELFTESTS])
+                       req.toolchain.cross_compile, SELFTESTS, SELFTESTS_CFLAGS])
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -107,6 +110,35 @@ def _cold_steps(facts: dict) -> int:
         return int(facts.get("cold_steps") or 0)
     except (ValueError, TypeError):
         return 0
+
+
+def _drop_stale(binaries: dict[str, Path], src: Path) -> None:
+    """The selftests' Makefile makes each binary depend on its .c file
+    alone: a series that changes iommufd_utils.h, the mock driver's
+    iommufd_test.h or the uapi headers would leave the old binaries in
+    place.  gcc lists what each one read (-MD: ``<binary>.d`` next to it);
+    a binary older than any of those files, or built without the list, is
+    removed so that make builds it again."""
+    for binary in binaries.values():
+        try:
+            built = binary.stat().st_mtime
+        except FileNotFoundError:
+            continue
+        try:
+            text = binary.with_name(binary.name + ".d").read_text()
+        except OSError:
+            binary.unlink()
+            continue
+        deps = text.replace("\\\n", " ").split(":", 1)[-1].split()
+        for dep in deps:
+            path = src / dep  # relative to the selftests' dir, where make ran gcc (absolute ones stay as they are)
+            try:
+                stale = path.stat().st_mtime > built
+            except OSError:
+                stale = True
+            if stale:
+                binary.unlink()
+                break
 
 
 def _estimate(previous_cold: int, cold: bool, tc: Toolchain) -> int:
@@ -150,11 +182,12 @@ def build(req: BuildRequest, log: Path, show=None) -> KernelBuild:
         _make(mk + ["headers"], req, log, "make headers", env)
         st_argv = ["make", "-C", str(req.tree / "tools/testing/selftests/iommu"),
                    f"ARCH={tc.kernel_arch}", f"OUTPUT={st_out}",
-                   f"KHDR_INCLUDES=-isystem {headers}", "USERLDFLAGS=-static",
+                   f"KHDR_INCLUDES=-isystem {headers}", "USERLDFLAGS=-static", f"USERCFLAGS={SELFTESTS_CFLAGS}",
                    f"-j{tc.jobs or 2}"]
         if tc.cross_compile:
             st_argv.append(f"CROSS_COMPILE={tc.cross_compile}")
         st_out.mkdir(parents=True, exist_ok=True)
+        _drop_stale(selftests, req.tree / "tools/testing/selftests/iommu")
         _make(st_argv, req, log, "iommufd selftests build")
         missing = [str(p) for p in outputs if not p.exists()]
         if missing:

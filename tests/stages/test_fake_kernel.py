@@ -83,6 +83,30 @@ def test_build_is_skipped_when_nothing_changed(fake_kernel, tmp_path):
     assert changed.rebuilt
 
 
+def test_the_selftests_are_built_again_when_a_header_they_read_changes_and_only_then(fake_kernel, tmp_path):
+    """The selftests' Makefile knows only their .c file: a series that
+    changes a header they include (here the uapi header, as a series adding
+    a mock-domain command does) must not leave the old binaries in place."""
+    bdir = tmp_path / "b"
+    cfg = _configure(fake_kernel, bdir)
+
+    def build_gen(gen):
+        return build.build(build.BuildRequest(fake_kernel, bdir, Toolchain("x86_64"), cfg.sha256, gen),
+                           tmp_path / "build.log")
+
+    kb = build_gen("gen1")
+    binary = kb.selftests["iommufd"]
+    past = binary.stat().st_mtime - 100
+    for p in kb.selftests.values():
+        os.utime(p, (past, past))
+    # the tree changed elsewhere: the kernel is made again, the selftests are not
+    assert build_gen("gen2").rebuilt and binary.stat().st_mtime == past
+    header = fake_kernel / "drivers/iommu/iommufd/iommufd.h"
+    header.write_text(header.read_text() + "#define IOMMUFD_FAKE_NEW_CMD 1\n")
+    assert build_gen("gen3").rebuilt
+    assert all(p.stat().st_mtime > past for p in kb.selftests.values())
+
+
 def test_an_unchanged_build_reads_no_elf_file_but_one_changed_since_is_checked_again(
         fake_kernel, tmp_path, monkeypatch):
     bdir = tmp_path / "b"
